@@ -1,0 +1,1 @@
+"""Datasets: the manifest schema, the phantom generator and the real-data adapters."""
