@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -99,36 +100,40 @@ def assign_split(
     return "test"
 
 
+_LABEL_TEXT = re.compile(r"^(-?1|0)(\.0*)?$")
+
+
 def parse_label(value: object) -> float:
     """One CheXpert label cell as a float: 1.0, 0.0, -1.0, or NaN for blank.
 
     Accepts ``1``, ``0``, ``-1`` as numbers or strings (``"1.0"`` too) and blank
-    (``""``, ``None``, NaN). Raises ``ValueError`` naming the value otherwise.
+    (``""``, ``None``, NaN, ``pd.NA``). Raises ``ValueError`` naming the value otherwise
+    (``"nan"``, ``"yes"``, ``2``, ``0.5``...).
     """
-    if value is None:
-        return float("nan")
     if isinstance(value, str):
         text = value.strip()
         if text == "":
             return float("nan")
-        try:
-            number = float(text)
-        except ValueError:
-            raise ValueError(f"label value {value!r} is not one of 1, 0, -1, blank") from None
-    else:
+        if not _LABEL_TEXT.match(text):
+            raise ValueError(f"label value {value!r} is not one of 1, 0, -1, blank")
+        return float(text) + 0.0  # -0.0 -> 0.0
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return float("nan")
+    try:
         number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"label value {value!r} is not one of 1, 0, -1, blank") from None
     if np.isnan(number):
         return float("nan")
     if number not in LABEL_VALUES:
         raise ValueError(f"label value {value!r} is not one of 1, 0, -1, blank")
-    return number
+    return number + 0.0
 
 
 def format_label(value: float) -> str:
     """Inverse of :func:`parse_label` for writing: ``"1"``, ``"0"``, ``"-1"`` or ``""``."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return str(int(parse_label(value)))
+    number = parse_label(value)
+    return "" if np.isnan(number) else str(int(number))
 
 
 def resolve(root: str | os.PathLike, path: str) -> Path:
@@ -137,9 +142,16 @@ def resolve(root: str | os.PathLike, path: str) -> Path:
     return p if p.is_absolute() else Path(root) / p
 
 
+def _cell(value: object) -> str:
+    """A text cell, stripped; blank for None/NaN/NA."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
 def is_text_only(df: pd.DataFrame) -> bool:
     """True when no row has an image: a text-only manifest (reports without images)."""
-    return len(df) > 0 and bool((df["image_path"].fillna("").astype(str).str.strip() == "").all())
+    return len(df) > 0 and bool((df["image_path"].map(_cell) == "").all())
 
 
 def validate(
@@ -153,8 +165,8 @@ def validate(
 
     Line numbers are those of the CSV file (the header is line 1, so row ``i`` of
     ``df`` is line ``i + 2``). Checks: required columns present; ``study_id`` and
-    ``image_id`` non-empty; ``image_id`` unique; ``split`` in :data:`SPLITS`; labels
-    in {1, 0, -1, blank}; ``findings`` a string (may be empty); image and mask files
+    ``image_id`` non-empty; ``image_id`` unique; ``split`` in :data:`SPLITS`; all
+    images of a study in one split; labels in {1, 0, -1, blank}; image and mask files
     exist (when ``check_files``). An empty ``image_path`` is allowed only when every
     row has one (a text-only manifest).
 
@@ -173,39 +185,53 @@ def validate(
     def line(i: int) -> str:
         return f"{name}:{i + 2}"
 
-    text = df[list(CORE_COLUMNS)].fillna("").astype(str)
+    found: list[tuple[int, str]] = []  # (row, message), sorted by row at the end
+    text = {c: df[c].map(_cell) for c in CORE_COLUMNS}
+    for col in ("study_id", "image_id"):
+        for i in np.flatnonzero((text[col] == "").to_numpy()):
+            found.append((i, f"empty {col}"))
+    ids = text["image_id"]
+    dup = (ids.duplicated(keep="first") & (ids != "")).to_numpy()
+    first_row = {v: i for i, v in reversed(list(enumerate(ids)))}
+    for i in np.flatnonzero(dup):
+        found.append(
+            (i, f"duplicate image_id {ids.iloc[i]!r} (first on line {first_row[ids.iloc[i]] + 2})")
+        )
+    bad_split = ~text["split"].isin(SPLITS).to_numpy()
+    for i in np.flatnonzero(bad_split):
+        found.append((i, f"unknown split {text['split'].iloc[i]!r} (expected one of {SPLITS})"))
+    # all images of a study share a split (otherwise a study leaks across splits)
+    ok = ~bad_split & (text["study_id"] != "").to_numpy()
+    per_study = pd.DataFrame({"study": text["study_id"][ok], "split": text["split"][ok]})
+    n_splits = per_study.groupby("study")["split"].nunique()
+    for study in n_splits.index[n_splits > 1]:
+        rows = np.flatnonzero((text["study_id"] == study).to_numpy() & ok)
+        lines = ", ".join(str(r + 2) for r in rows)
+        found.append((rows[0], f"study {study!r} has images in several splits (lines {lines})"))
     text_only = is_text_only(df)
-    seen: dict[str, int] = {}
-    present_masks = [c for c in MASK_COLUMNS if c in df.columns]
-    for i, row in enumerate(text.itertuples(index=False)):
-        study_id, image_id, image_path, _view, split, _findings = (s.strip() for s in row)
-        if not study_id:
-            problems.append(f"{line(i)}: empty study_id")
-        if not image_id:
-            problems.append(f"{line(i)}: empty image_id")
-        elif image_id in seen:
-            problems.append(
-                f"{line(i)}: duplicate image_id {image_id!r} (first on line {seen[image_id] + 2})"
-            )
-        else:
-            seen[image_id] = i
-        if split not in SPLITS:
-            problems.append(f"{line(i)}: unknown split {split!r} (expected one of {SPLITS})")
-        if not image_path:
-            if not text_only:
-                problems.append(f"{line(i)}: empty image_path in a manifest with images")
-        elif check_files and not resolve(root, image_path).is_file():
-            problems.append(f"{line(i)}: image_path {image_path!r} does not exist")
-        for col in present_masks:
-            cell = df[col].iloc[i]
-            if isinstance(cell, str) and cell.strip() and check_files:
-                if not resolve(root, cell.strip()).is_file():
-                    problems.append(f"{line(i)}: {col} {cell.strip()!r} does not exist")
-        for label in CHEXPERT_LABELS:
+    paths = text["image_path"]
+    for i in np.flatnonzero((paths == "").to_numpy()):
+        if not text_only:
+            found.append((i, "empty image_path in a manifest with images"))
+    if check_files:
+        for i, cell in enumerate(paths):
+            if cell and not resolve(root, cell).is_file():
+                found.append((i, f"image_path {cell!r} does not exist"))
+        for col in (c for c in MASK_COLUMNS if c in df.columns):
+            for i, cell in enumerate(df[col].map(_cell)):
+                if cell and not resolve(root, cell).is_file():
+                    found.append((i, f"{col} {cell!r} does not exist"))
+    for label in CHEXPERT_LABELS:
+        column = df[label]
+        for value in pd.unique(column.astype(object)):
             try:
-                parse_label(df[label].iloc[i])
+                parse_label(value)
             except ValueError as err:
-                problems.append(f"{line(i)}: column {label!r}: {err}")
+                same = (column.astype(object).map(repr) == repr(value)).to_numpy(dtype=bool)
+                for i in np.flatnonzero(same):
+                    found.append((i, f"column {label!r}: {err}"))
+    found.sort(key=lambda item: item[0])
+    problems += [f"{line(i)}: {message}" for i, message in found]
     return problems
 
 
@@ -257,9 +283,7 @@ def ordered_columns(columns: Iterable[str]) -> list[str]:
     return list(REQUIRED_COLUMNS) + optional + extra
 
 
-def write_manifest(
-    df: pd.DataFrame, path: str | os.PathLike, *, check_files: bool = True
-) -> Path:
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, check_files: bool = True) -> Path:
     """Validate ``df`` against the folder of ``path``, then write it atomically.
 
     Labels are written as ``1``, ``0``, ``-1`` or blank; columns in schema order.

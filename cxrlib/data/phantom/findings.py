@@ -220,11 +220,19 @@ def sample_study(study_id: str, rng: np.random.Generator) -> PhantomStudy:
             findings.append(Finding(name, c, size=severity))
         elif name == "Pleural Effusion":
             c = certainty(name)
-            size = "small" if c == POSSIBLE else EFFUSION_SIZES[int(rng.choice(3, p=[0.5, 0.35, 0.15]))]
+            size = (
+                "small"
+                if c == POSSIBLE
+                else EFFUSION_SIZES[int(rng.choice(3, p=[0.5, 0.35, 0.15]))]
+            )
             findings.append(Finding(name, c, side=side(0.35), size=size))
         elif name == "Pneumothorax":
             c = certainty(name)
-            size = "small" if c == POSSIBLE else PNEUMOTHORAX_SIZES[int(rng.choice(3, p=[0.55, 0.3, 0.15]))]
+            size = (
+                "small"
+                if c == POSSIBLE
+                else PNEUMOTHORAX_SIZES[int(rng.choice(3, p=[0.55, 0.3, 0.15]))]
+            )
             findings.append(Finding(name, c, side=side(), size=size))
         elif name in ("Consolidation", "Lung Opacity"):
             zone = ZONES[int(rng.choice(3, p=[0.25, 0.3, 0.45]))]
@@ -236,14 +244,20 @@ def sample_study(study_id: str, rng: np.random.Generator) -> PhantomStudy:
             findings.append(Finding(name, certainty(name), side=side(0.3), zone=zone))
         elif name == "Edema":
             c = certainty(name)
-            sev = "mild" if c == POSSIBLE else ("mild", "moderate", "severe")[int(rng.choice(3, p=[0.45, 0.4, 0.15]))]
+            sev = (
+                "mild"
+                if c == POSSIBLE
+                else ("mild", "moderate", "severe")[int(rng.choice(3, p=[0.45, 0.4, 0.15]))]
+            )
             findings.append(Finding(name, c, side="bilateral", size=sev))
         elif name == "Lung Lesion":
             kind = "nodule" if rng.random() < 0.75 else "mass"
             cm = rng.uniform(0.8, 2.8) if kind == "nodule" else rng.uniform(3.2, 6.0)
             zone = ZONES[int(rng.integers(3))]
             findings.append(
-                Finding(name, certainty(name), side=side(), size=f"{cm:.1f} cm", zone=zone, kind=kind)
+                Finding(
+                    name, certainty(name), side=side(), size=f"{cm:.1f} cm", zone=zone, kind=kind
+                )
             )
         elif name == "Enlarged Cardiomediastinum":
             findings.append(Finding(name, PRESENT))
@@ -257,9 +271,13 @@ def sample_study(study_id: str, rng: np.random.Generator) -> PhantomStudy:
             )
         elif name == "Support Devices":
             n_dev = 1 + int(rng.random() < 0.4) + int(rng.random() < 0.15)
-            kinds = rng.choice(len(DEVICE_KINDS), size=n_dev, replace=False, p=[0.35, 0.3, 0.25, 0.1])
+            kinds = rng.choice(
+                len(DEVICE_KINDS), size=n_dev, replace=False, p=[0.35, 0.3, 0.25, 0.1]
+            )
             for k in sorted(int(i) for i in kinds):
-                dev_side = side() if DEVICE_KINDS[k] in ("central venous catheter", "pacemaker") else None
+                dev_side = (
+                    side() if DEVICE_KINDS[k] in ("central venous catheter", "pacemaker") else None
+                )
                 findings.append(Finding(name, PRESENT, side=dev_side, kind=DEVICE_KINDS[k]))
 
     stated = {f.observation for f in findings}

@@ -1,0 +1,1 @@
+"""Anatomy: masks, the cardiothoracic ratio and (later) segmentation and priors."""

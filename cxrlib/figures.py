@@ -1,0 +1,412 @@
+"""The project's figure theme, figure saving, and the dataset-exploration figures.
+
+Call :func:`set_theme` once (at the top of a notebook or script) and every figure of
+the workbook looks the same: seaborn "ticks" style, the colour-blind-safe "colorblind"
+palette, fonts sized for a thesis page (text width :data:`PAGE_WIDTH` inches). Save
+with :func:`save_figure`: PNG at 300 dpi and PDF, byte-identical on a rerun.
+
+Figure functions build a :class:`matplotlib.figure.Figure` directly (not through
+``pyplot``), so they work with any backend, never pop up a window and never pile up
+open figures. In Jupyter (after ``%matplotlib inline``, which registers the PNG
+formatter) a returned figure shows once, when it is a cell's last expression.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from PIL import Image
+
+from cxrlib import explore
+from cxrlib.data.manifest import is_text_only, resolve
+from cxrlib.errors import CxrError
+
+PAGE_WIDTH = 6.3
+"""Text width of a thesis page in inches: the width of a full-width figure."""
+
+DPI = 300
+"""Resolution of saved PNGs."""
+
+PALETTE = "colorblind"
+"""The seaborn palette of every figure (Okabe-Ito-like, safe for colour blindness)."""
+
+_FONT_RC = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "legend.title_fontsize": 8,
+    "figure.titlesize": 11,
+}
+
+_THEME_RC = {
+    **_FONT_RC,
+    "figure.figsize": (PAGE_WIDTH, PAGE_WIDTH * 0.6),
+    "figure.dpi": 100,
+    "savefig.dpi": DPI,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.5,
+    "legend.frameon": False,
+    "image.cmap": "gray",
+    "pdf.fonttype": 42,  # embed TrueType: text stays text in the PDF
+    "ps.fonttype": 42,
+    "svg.hashsalt": "cxrlib",
+}
+
+# Mask overlay colours, from the theme palette: (colour index, legend label).
+_MASK_STYLE = {
+    "left_lung": (0, "lung (patient's left)"),
+    "right_lung": (1, "lung (patient's right)"),
+    "lungs": (9, "lungs"),
+    "heart": (2, "heart"),
+}
+_THUMBNAIL_SIDE = 512  # longest side of images drawn in a grid, px
+
+
+def set_theme() -> None:
+    """Apply the project's figure theme to matplotlib (global rcParams).
+
+    Seaborn style "ticks" with a light grid, palette :data:`PALETTE`, fonts of 8-11 pt
+    (readable at :data:`PAGE_WIDTH` inches), PNGs at :data:`DPI` dpi, TrueType fonts
+    embedded in PDFs. Idempotent.
+    """
+    sns.set_theme(context="paper", style="ticks", palette=PALETTE, rc=_THEME_RC)
+
+
+def colors(n: int | None = None) -> list[tuple[float, float, float]]:
+    """The theme's colours as RGB tuples (10 when ``n`` is None)."""
+    return sns.color_palette(PALETTE, n_colors=n or 10)
+
+
+def save_figure(fig: Figure, folder: str | os.PathLike, name: str) -> list[Path]:
+    """Write ``fig`` as ``folder/name.png`` (300 dpi) and ``folder/name.pdf``.
+
+    Metadata that changes between runs (software version string in the PNG, creation
+    date in the PDF) is left out, so saving the same figure again gives the same bytes.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    folder : path-like
+        Output folder; created when missing.
+    name : str
+        File name without extension, e.g. ``"01_label_prevalence"``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The PNG and the PDF path, in that order.
+    """
+    if not name or Path(name).name != name or Path(name).suffix in (".png", ".pdf"):
+        raise ValueError(f"name must be a bare file name without extension, got {name!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    png, pdf = folder / f"{name}.png", folder / f"{name}.pdf"
+    fig.savefig(png, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None, "Producer": None})
+    return [png, pdf]
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _empty(fig: Figure, message: str) -> Figure:
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+def plot_split_view_counts(counts: pd.DataFrame) -> Figure:
+    """Grouped bars: images per split (x) and view (colour).
+
+    Parameters
+    ----------
+    counts : pandas.DataFrame
+        The table of :func:`cxrlib.explore.split_view_counts` (its ``"total"`` row
+        and column are left out of the bars).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    table = counts.drop(index=explore.TOTAL, columns=explore.TOTAL, errors="ignore")
+    fig = _new_figure(PAGE_WIDTH, PAGE_WIDTH * 0.45)
+    if table.size == 0:
+        return _empty(fig, "no images")
+    ax = fig.add_subplot()
+    views = list(table.columns)
+    palette = colors(len(views))
+    width = 0.8 / len(views)
+    x = np.arange(len(table.index))
+    for i, view in enumerate(views):
+        bars = ax.bar(
+            x + (i - (len(views) - 1) / 2) * width,
+            table[view].to_numpy(),
+            width=width,
+            color=palette[i],
+            label=str(view),
+        )
+        ax.bar_label(bars, fontsize=7, padding=1)
+    ax.set_xticks(x, [str(s) for s in table.index])
+    ax.set_xlabel("split")
+    ax.set_ylabel("images")
+    ax.margins(y=0.12)
+    ax.grid(axis="x", visible=False)
+    ax.legend(title="view", loc="upper right")
+    return fig
+
+
+def plot_label_prevalence(prev: pd.DataFrame) -> Figure:
+    """Horizontal bars: share of studies positive or uncertain per observation and split.
+
+    The full bar is positive + uncertain; its darker part is positive alone, so the
+    lighter tip is the uncertain share.
+
+    Parameters
+    ----------
+    prev : pandas.DataFrame
+        The table of :func:`cxrlib.explore.label_prevalence`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    observations = list(dict.fromkeys(prev["observation"]))
+    splits = list(dict.fromkeys(prev["split"]))
+    fig = _new_figure(PAGE_WIDTH, max(2.5, 0.12 * len(observations) * max(len(splits), 2) + 0.8))
+    if not observations or not splits:
+        return _empty(fig, "no labels")
+    ax = fig.add_subplot()
+    palette = colors(len(splits))
+    height = 0.8 / len(splits)
+    y = np.arange(len(observations))
+    table = prev.set_index(["observation", "split"])
+    for i, split in enumerate(splits):
+        rows = table.xs(split, level="split").reindex(observations)
+        offset = y + (i - (len(splits) - 1) / 2) * height
+        either = rows["positive_or_uncertain_fraction"].fillna(0).to_numpy()
+        positive = rows["positive_fraction"].fillna(0).to_numpy()
+        ax.barh(offset, either, height=height, color=palette[i], alpha=0.4, linewidth=0)
+        ax.barh(offset, positive, height=height, color=palette[i], linewidth=0)
+    ax.set_yticks(y, observations)
+    ax.invert_yaxis()
+    ax.set_xlabel("fraction of studies (dark: positive, light: uncertain)")
+    largest = prev["positive_or_uncertain_fraction"].max(skipna=True)
+    ax.set_xlim(0, max(0.05, 0.0 if pd.isna(largest) else float(largest)) * 1.05)
+    ax.xaxis.set_major_formatter(mpl.ticker.PercentFormatter(xmax=1, decimals=0))
+    ax.grid(axis="y", visible=False)
+    handles = [Patch(color=palette[i], label=s) for i, s in enumerate(splits)]
+    ax.legend(handles=handles, title="split", loc="lower right")
+    return fig
+
+
+def plot_findings_lengths(lengths_by_split: pd.DataFrame) -> Figure:
+    """Histogram of words per report, one outline per split, each normalised to 1.
+
+    Parameters
+    ----------
+    lengths_by_split : pandas.DataFrame
+        Columns ``split`` and ``words``, as from
+        :func:`cxrlib.explore.findings_lengths_by_split`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = _new_figure(PAGE_WIDTH, PAGE_WIDTH * 0.45)
+    if len(lengths_by_split) == 0:
+        return _empty(fig, "no reports")
+    ax = fig.add_subplot()
+    splits = list(dict.fromkeys(lengths_by_split["split"]))
+    words = lengths_by_split["words"].to_numpy()
+    top = int(words.max())
+    binwidth = max(1, math.ceil((top + 1) / 40))
+    sns.histplot(
+        data=lengths_by_split,
+        x="words",
+        hue="split",
+        hue_order=splits,
+        palette=colors(len(splits)),
+        stat="proportion",
+        common_norm=False,
+        element="step",
+        fill=False,
+        binwidth=binwidth,
+        binrange=(0, top + binwidth),
+        ax=ax,
+    )
+    ax.set_xlabel("words per report (Findings)")
+    ax.set_ylabel("fraction of reports")
+    ax.yaxis.set_major_formatter(mpl.ticker.PercentFormatter(xmax=1, decimals=0))
+    legend = ax.get_legend()
+    if legend is not None:
+        legend.set_frame_on(False)
+    return fig
+
+
+def plot_top_sentences(freqs: pd.DataFrame, *, width: int = 60) -> Figure:
+    """Horizontal bars: share of reports containing each of the most frequent sentences.
+
+    Parameters
+    ----------
+    freqs : pandas.DataFrame
+        The table of :func:`cxrlib.explore.sentence_frequencies`.
+    width : int
+        Sentences longer than this many characters are shortened with "...".
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = _new_figure(PAGE_WIDTH, max(2.0, 0.2 * len(freqs) + 0.8))
+    if len(freqs) == 0:
+        return _empty(fig, "no findings text")
+    ax = fig.add_subplot()
+    labels = [textwrap.shorten(s, width=width, placeholder="...") for s in freqs["sentence"]]
+    y = np.arange(len(freqs))
+    ax.barh(y, freqs["fraction_of_reports"].to_numpy(), color=colors(1)[0], linewidth=0)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("fraction of reports containing the sentence")
+    ax.xaxis.set_major_formatter(mpl.ticker.PercentFormatter(xmax=1, decimals=0))
+    ax.grid(axis="y", visible=False)
+    return fig
+
+
+def _cell(row: pd.Series, column: str) -> str:
+    value = row.get(column, "")
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _thumbnail(image: np.ndarray, side: int) -> np.ndarray:
+    h, w = image.shape
+    scale = side / max(h, w)
+    if scale >= 1:
+        return image
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+
+
+def _fit_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if mask.shape == shape:
+        return mask
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+        (shape[1], shape[0]), Image.Resampling.NEAREST
+    )
+    return np.asarray(resized) > 127
+
+
+def _row_masks(row: pd.Series, root: str | os.PathLike) -> dict[str, str]:
+    """Mask kinds to draw for one row -> mask path (split lungs preferred to the union)."""
+    left, right = _cell(row, "left_lung_mask_path"), _cell(row, "right_lung_mask_path")
+    masks: dict[str, str] = {}
+    if left or right:
+        if left:
+            masks["left_lung"] = left
+        if right:
+            masks["right_lung"] = right
+    elif _cell(row, "lung_mask_path"):
+        masks["lungs"] = _cell(row, "lung_mask_path")
+    if _cell(row, "heart_mask_path"):
+        masks["heart"] = _cell(row, "heart_mask_path")
+    return {kind: str(resolve(root, p)) for kind, p in masks.items()}
+
+
+def plot_mask_overlays(
+    df: pd.DataFrame,
+    n: int = 8,
+    seed: int = 0,
+    *,
+    root: str | os.PathLike | None = None,
+    ncols: int = 4,
+) -> Figure:
+    """Grid of sample images with their lung and heart masks outlined and tinted.
+
+    Lungs are drawn in two colours (patient's left and right; the patient's left is the
+    image's right) when the manifest has ``left_lung_mask_path`` and
+    ``right_lung_mask_path``, else as one ``lung_mask_path``; the heart in a third
+    colour. Rows without mask cells (or manifests without mask columns) show the plain
+    image. Masks of another size than their image are resized (nearest neighbour).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        A manifest; rows with an image are sampled with
+        :func:`cxrlib.explore.sample_rows`.
+    n : int
+        Number of images (fewer when the manifest has fewer).
+    seed : int
+        Sampling seed.
+    root : path-like, optional
+        Folder that relative paths resolve against; default ``df.attrs["root"]`` (set by
+        :func:`~cxrlib.data.manifest.read_manifest`), else the working directory.
+    ncols : int
+        Images per grid row.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    CxrError
+        On a text-only manifest (no images), or when an image or mask is unreadable.
+    """
+    if n < 1 or ncols < 1:
+        raise ValueError(f"n and ncols must be >= 1, got n={n}, ncols={ncols}")
+    if len(df) == 0 or is_text_only(df):
+        raise CxrError("the manifest has no images (text-only): no mask overlays to draw")
+    root = root if root is not None else df.attrs.get("root", ".")
+    with_image = df[df["image_path"].fillna("").astype(str).str.strip() != ""]
+    rows = explore.sample_rows(with_image, n, seed)
+    ncols = min(ncols, len(rows))
+    nrows = math.ceil(len(rows) / ncols)
+    side = PAGE_WIDTH / ncols
+    fig = _new_figure(PAGE_WIDTH, side * nrows + 0.5)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    palette = colors()
+    drawn: list[str] = []
+    for ax, (_, row) in zip(axes.flat, rows.iterrows(), strict=False):
+        path = resolve(root, row["image_path"].strip())
+        image = _thumbnail(explore.load_image(path), _THUMBNAIL_SIDE)
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
+        for kind, mask_path in _row_masks(row, root).items():
+            mask = _fit_mask(explore.load_mask(mask_path), image.shape)
+            color = palette[_MASK_STYLE[kind][0]]
+            tint = np.zeros((*mask.shape, 4))
+            tint[mask] = (*color, 0.25)
+            ax.imshow(tint, interpolation="nearest")
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
+            if kind not in drawn:
+                drawn.append(kind)
+        view = _cell(row, "view")
+        ax.set_title(f"{row['image_id']}" + (f" ({view})" if view else ""), fontsize=7)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if drawn:
+        order = [k for k in _MASK_STYLE if k in drawn]
+        handles: Sequence[Line2D] = [
+            Line2D([], [], color=palette[_MASK_STYLE[k][0]], lw=2, label=_MASK_STYLE[k][1])
+            for k in order
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    return fig

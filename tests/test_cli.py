@@ -1,0 +1,95 @@
+"""The `cxr` command: help everywhere, one-line errors, non-zero exits."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cxrlib import __version__
+from cxrlib.cli import build_parser, main
+
+
+def _cxr(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cxrlib.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["--version"])
+    assert code.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cxr {__version__}"
+
+
+def _subcommand_paths(parser, prefix=()):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _subcommand_paths(sub, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", list(_subcommand_paths(build_parser())), ids=" ".join)
+def test_every_subcommand_has_help(path, capsys):
+    with pytest.raises(SystemExit) as code:
+        main([*path, "--help"])
+    assert code.value.code == 0
+    assert "usage: cxr" in capsys.readouterr().out
+
+
+def test_phantom_rejects_bad_numbers(capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["phantom", "--out", "x", "--n", "0"])
+    assert code.value.code == 2
+    assert "--n: expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_phantom_out_is_a_file_one_line_error(tmp_path, capsys):
+    afile = tmp_path / "taken"
+    afile.write_text("")
+    assert main(["phantom", "--out", str(afile), "--n", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cxr: error: --out {afile} exists and is not a folder"]
+
+
+def test_traceback_only_with_debug(tmp_path):
+    afile = tmp_path / "taken"
+    afile.write_text("")
+    plain = _cxr("phantom", "--out", str(afile), "--n", "2")
+    assert plain.returncode == 1
+    assert "Traceback" not in plain.stderr
+    debug = _cxr("--debug", "phantom", "--out", str(afile), "--n", "2")
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr
+
+
+def test_phantom_writes_a_dataset(tmp_path, capsys):
+    out = tmp_path / "ph"
+    assert main(["phantom", "--out", str(out), "--n", "3", "--seed", "1", "--size", "64"]) == 0
+    assert "wrote 3 phantom images" in capsys.readouterr().out
+    assert (out / "manifest.csv").is_file()
+    assert len(list((out / "images").glob("*.png"))) == 3
+
+
+def test_workbook_unknown_profile(capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["workbook", "run", "--profile", "huge"])
+    assert code.value.code == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_workbook_missing_manifest_one_line(tmp_path, capsys):
+    code = main(
+        ["workbook", "run", "--profile", "smoke", "--out", str(tmp_path / "r"),
+         "--manifest", str(tmp_path / "absent.csv")]
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "absent.csv does not exist" in err[0]
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as code:
+        main([])
+    assert code.value.code == 2
