@@ -118,6 +118,10 @@ def save_figure(fig: Figure, folder: str | os.PathLike, name: str) -> list[Path]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     png, pdf = folder / f"{name}.png", folder / f"{name}.pdf"
+    # settle the constrained layout first (an outside legend moves on the first draws),
+    # so that saving the same figure twice gives the same bytes
+    for _ in range(2):
+        fig.draw_without_rendering()
     fig.savefig(png, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None, "Producer": None})
     return [png, pdf]
@@ -214,7 +218,8 @@ def plot_label_prevalence(prev: pd.DataFrame) -> Figure:
     ax.xaxis.set_major_formatter(mpl.ticker.PercentFormatter(xmax=1, decimals=0))
     ax.grid(axis="y", visible=False)
     handles = [Patch(color=palette[i], label=s) for i, s in enumerate(splits)]
-    ax.legend(handles=handles, title="split", loc="lower right")
+    # legend outside the axes: no bar can hide behind it
+    fig.legend(handles=handles, title="split", loc="outside right upper")
     return fig
 
 

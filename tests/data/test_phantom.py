@@ -244,3 +244,20 @@ def test_manifest_text_is_pandas_readable(small):
     raw = pd.read_csv(small / "manifest.csv", dtype=str, keep_default_na=False)
     assert set(raw["No Finding"]) <= {"1", ""}
     assert set(raw["Cardiomegaly"]) <= {"1", "0", "-1", ""}
+
+
+def test_fast_affine_equals_scipy_inside_the_frame():
+    import importlib
+
+    from scipy import ndimage
+
+    render_module = importlib.import_module("cxrlib.data.phantom.render")
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.random((64, 64)).astype(np.float32), 2)
+    theta = np.deg2rad(2.5)
+    matrix = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) / 0.97
+    centre = np.array([31.5, 31.5])
+    offset = centre - matrix @ (centre + np.array([1.3, -0.7]))
+    ref = ndimage.affine_transform(image, matrix, offset=offset, order=1, cval=0.0)
+    got = render_module._affine(image, matrix, offset)
+    np.testing.assert_allclose(got[4:-4, 4:-4], ref[4:-4, 4:-4], atol=1e-5)

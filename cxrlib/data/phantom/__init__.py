@@ -130,7 +130,8 @@ def make_study_row(index: int, seed: int, size: int, out: Path | None) -> dict:
         }
         for col, array in arrays.items():
             pixels = array if array.dtype == np.uint8 else array.astype(np.uint8) * 255
-            Image.fromarray(pixels, mode="L").save(out / paths[col], compress_level=6)
+            # zlib level 1: 3x faster than the default for a few % more bytes
+            Image.fromarray(pixels, mode="L").save(out / paths[col], compress_level=1)
     row = {
         "study_id": study_id,
         "image_id": image_id,
