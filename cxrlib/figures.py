@@ -404,7 +404,9 @@ def plot_mask_overlays(
             if kind not in drawn:
                 drawn.append(kind)
         view = _cell(row, "view")
-        ax.set_title(f"{row['image_id']}" + (f" ({view})" if view else ""), fontsize=7)
+        ident = str(row["image_id"])
+        ident = ident if len(ident) <= 22 else "…" + ident[-21:]  # long ids (DICOM UIDs)
+        ax.set_title(ident + (f" ({view})" if view else ""), fontsize=7)
     for ax in axes.flat:
         ax.set_axis_off()
     if drawn:

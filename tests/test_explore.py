@@ -341,20 +341,6 @@ def test_mask_overlays_refuse_text_only(text_only):
 # --- notebook 01 -----------------------------------------------------------------------
 
 
-def test_committed_notebook_is_clean():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert nb.metadata["kernelspec"] == {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.outputs == [] and c.execution_count is None for c in code)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1 and tagged[0] is code[0]
-    assert not any("def " in c.source or "lambda" in c.source for c in code)
-
-
 def _run_notebook(manifest: Path, tmp_path: Path) -> tuple[Path, Path]:
     papermill = pytest.importorskip("papermill")
     figures_dir = tmp_path / "figures"

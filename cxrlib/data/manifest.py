@@ -295,13 +295,14 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, check_files: bo
     for label in CHEXPERT_LABELS:
         if label not in out.columns:
             out[label] = float("nan")
+    # the folder first: relative paths like ../data/x.png resolve only through it
+    path.parent.mkdir(parents=True, exist_ok=True)
     problems = validate(out, path.parent, name=str(path), check_files=check_files)
     if problems:
         raise ManifestError(str(path), problems)
     for label in CHEXPERT_LABELS:
         out[label] = out[label].map(format_label)
     out = out[ordered_columns(out.columns)]
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     out.to_csv(tmp, index=False, lineterminator="\n")
     os.replace(tmp, path)
