@@ -100,6 +100,12 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="run on this manifest instead of the profile's phantom dataset",
     )
+    r.add_argument(
+        "--wingspan",
+        type=Path,
+        default=None,
+        help="Wingspan folder for the segmenter (default ../shared/data/wingspan if present)",
+    )
     r.set_defaults(handler=_cmd_workbook_run)
 
 
@@ -107,9 +113,116 @@ def _cmd_workbook_run(args: argparse.Namespace) -> int:
     from cxrlib.workbook import run_workbook
 
     result = run_workbook(
-        args.profile, out=args.out, notebooks=args.notebooks, manifest=args.manifest
+        args.profile,
+        out=args.out,
+        notebooks=args.notebooks,
+        manifest=args.manifest,
+        wingspan=args.wingspan,
     )
     print(f"workbook run complete: {result.run_dir}")
+    return 0
+
+
+# --- cxr priors ------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+# The choices repeat cxrlib.anatomy.priors' constants (a test keeps them equal) so that
+# building the parser does not import torch; defaults (None) are PriorConfig's.
+_PRIOR_SCHEDULES = ("thesis", "linear", "constant", "none")
+_PRIOR_PADDINGS = ("reflect", "replicate", "zeros")
+_PRIOR_SOURCES = ("auto", "manifest", "segmenter", "none")
+
+
+def _add_priors(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "priors",
+        help="per-layer anatomical priors for every image of a manifest (cached)",
+        description=(
+            "Unite the selected structures' masks, area-downsample them to the encoder's "
+            "patch grid (IMAGE_SIZE / PATCH_SIZE per side) and smooth them once per decoder "
+            "layer, broad to focused. Masks come from the manifest, else the segmenter, "
+            "else none (uniform prior). Writes DIR/priors-<key>.safetensors: priors "
+            "(N, LAYERS, grid*grid) float32 in [0, 1], grid masks and image ids; images "
+            "already there under the same settings and unchanged masks are reused."
+        ),
+    )
+    p.add_argument("--manifest", required=True, type=Path, help="manifest CSV")
+    p.add_argument("--out", required=True, type=Path, help="cache folder (created)")
+    p.add_argument("--schedule", choices=_PRIOR_SCHEDULES, help="default linear")
+    p.add_argument(
+        "--structures",
+        help="comma-separated, from left_lung, right_lung, lungs, heart (default lungs,heart)",
+    )
+    p.add_argument("--image-size", type=_positive_int, help="encoder input px (default 224)")
+    p.add_argument("--patch-size", type=_positive_int, help="patch px (default 16)")
+    p.add_argument("--layers", type=_positive_int, help="decoder layers (default 12)")
+    p.add_argument("--sigma-start", type=_positive_float, help="linear: layer 0 (default 13/3)")
+    p.add_argument("--sigma-end", type=_positive_float, help="linear: last layer (default 2/3)")
+    p.add_argument("--sigma", type=_positive_float, help="constant: every layer (default 2)")
+    p.add_argument("--padding", choices=_PRIOR_PADDINGS, help="blur border (default reflect)")
+    p.add_argument("--source", choices=_PRIOR_SOURCES, default="auto", help="default auto")
+    p.add_argument("--segmenter", type=Path, default=None, help="segmenter checkpoint folder")
+    p.add_argument(
+        "--dtype", choices=("float32", "float16"), default="float32", help="stored priors"
+    )
+    p.set_defaults(handler=_cmd_priors)
+
+
+def _cmd_priors(args: argparse.Namespace) -> int:
+    from cxrlib.anatomy.cache import cached_priors_for_manifest, checkpoint_fingerprint
+    from cxrlib.anatomy.priors import PriorConfig
+    from cxrlib.data.manifest import read_manifest
+
+    if not args.manifest.is_file():
+        raise CxrError(f"--manifest {args.manifest} does not exist")
+    given = {
+        "structures": args.structures,
+        "schedule": args.schedule,
+        "num_layers": args.layers,
+        "image_size": args.image_size,
+        "patch_size": args.patch_size,
+        "sigma_start": args.sigma_start,
+        "sigma_end": args.sigma_end,
+        "sigma": args.sigma,
+        "padding": args.padding,
+    }
+    config = PriorConfig(**{k: v for k, v in given.items() if v is not None})
+    try:
+        df = read_manifest(args.manifest)
+    except CxrError as err:
+        problems = getattr(err, "problems", None) or [str(err)]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CxrError(f"invalid --manifest: {problems[0]}{more}") from None
+    segmenter = segmenter_id = None
+    if args.segmenter is not None:
+        from cxrlib.anatomy.segmenter import Segmenter
+
+        segmenter_id = checkpoint_fingerprint(args.segmenter)
+        segmenter = Segmenter.from_pretrained(args.segmenter)
+    result = cached_priors_for_manifest(
+        df,
+        config,
+        args.out,
+        source=args.source,
+        segmenter=segmenter,
+        segmenter_id=segmenter_id,
+        dtype=args.dtype,
+    )
+    print(
+        f"schedule {config.schedule}, structures {','.join(config.structures)}, "
+        f"grid {config.grid}x{config.grid}, {config.num_layers} layers"
+    )
+    print(result.describe())
     return 0
 
 
@@ -127,12 +240,80 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     ph.add_argument("--size", type=_positive_int, default=256, help="image side in px")
     ph.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     ph.set_defaults(handler=_cmd_bench_phantom)
+    pr = bsub.add_parser("priors", help="layer-prior masks/s: vectorised vs a naive loop")
+    pr.add_argument("--n", type=_positive_int, default=4096, help="masks (vectorised run)")
+    pr.add_argument("--grid", type=_positive_int, default=32, help="patch grid side")
+    pr.add_argument("--layers", type=_positive_int, default=12, help="decoder layers")
+    pr.add_argument(
+        "--schedule", choices=("thesis", "linear", "constant"), default="thesis", help="schedule"
+    )
+    pr.add_argument("--threads", type=_int, default=0, help="torch threads (0: torch's default)")
+    pr.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    pr.set_defaults(handler=_cmd_bench_priors)
+    mo = bsub.add_parser(
+        "model",
+        help="anatomical attention cost: train step and decode ms/token, soft/strict vs none",
+    )
+    mo.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    mo.add_argument(
+        "--preset",
+        choices=("tiny", "published"),
+        default="tiny",
+        help="model sizes (published: DINOv3 ViT-S/16 + GPT-2 small from configs, no download)",
+    )
+    mo.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16: autocast"
+    )
+    mo.add_argument("--batch", type=_positive_int, default=None, help="images (preset default)")
+    mo.add_argument(
+        "--text-tokens", type=_positive_int, default=None, help="text tokens (preset default)"
+    )
+    mo.add_argument(
+        "--new-tokens", type=_positive_int, default=None, help="tokens decoded (preset default)"
+    )
+    mo.add_argument("--repeats", type=_positive_int, default=None, help="timed repeats")
+    mo.add_argument("--threads", type=_int, default=0, help="torch threads (0: torch's default)")
+    mo.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    mo.set_defaults(handler=_cmd_bench_model)
 
 
 def _cmd_bench_phantom(args: argparse.Namespace) -> int:
     from cxrlib.bench import run
 
     run("phantom", out=args.json, n=args.n, size=args.size)
+    return 0
+
+
+def _cmd_bench_model(args: argparse.Namespace) -> int:
+    from cxrlib.bench import run
+
+    run(
+        "model",
+        out=args.json,
+        device=args.device,
+        preset=args.preset,
+        dtype=args.dtype,
+        batch=args.batch or 0,
+        text_tokens=args.text_tokens or 0,
+        new_tokens=args.new_tokens or 0,
+        repeats=args.repeats or 0,
+        threads=args.threads,
+    )
+    return 0
+
+
+def _cmd_bench_priors(args: argparse.Namespace) -> int:
+    from cxrlib.bench import run
+
+    run(
+        "priors",
+        out=args.json,
+        n=args.n,
+        grid=args.grid,
+        layers=args.layers,
+        schedule=args.schedule,
+        threads=args.threads,
+    )
     return 0
 
 
@@ -400,6 +581,123 @@ def _cmd_masks_chexmask(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- cxr segment -----------------------------------------------------------------------
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="train, run and evaluate the lung/heart segmenter",
+        description=(
+            "A small U-Net predicting the left lung, right lung and heart (patient's sides). "
+            "Default: train on the Wingspan radiographs' train split and report on the "
+            "held-out validate+test images."
+        ),
+    )
+    ssub = p.add_subparsers(dest="segment_command", metavar="COMMAND", required=True)
+
+    def data_source(q: argparse.ArgumentParser) -> None:
+        g = q.add_mutually_exclusive_group(required=True)
+        g.add_argument("--wingspan", type=Path, help="the Wingspan folder (png/, mask/, ctr.csv)")
+        g.add_argument(
+            "--manifest", type=Path, help="a manifest with left/right lung and heart masks"
+        )
+
+    t = ssub.add_parser("train", help="train on a manifest's train split")
+    data_source(t)
+    t.add_argument("--out", type=Path, required=True, help="checkpoint folder (created)")
+    t.add_argument("--epochs", type=_positive_int, default=None, help="default 40")
+    t.add_argument("--image-size", type=_positive_int, default=None, help="default 256")
+    t.add_argument("--seed", type=_int, default=None, help="default 0")
+    t.add_argument("--threads", type=_int, default=None, help="torch threads (default: torch's)")
+    t.set_defaults(handler=_cmd_segment_train)
+
+    pr = ssub.add_parser("predict", help="write masks for a folder of PNG/JPEG radiographs")
+    pr.add_argument("--checkpoint", type=Path, required=True, help="folder from `segment train`")
+    pr.add_argument("--images", type=Path, required=True, help="folder of radiographs")
+    pr.add_argument("--out", type=Path, required=True, help="writes <out>/<organ>/<name>.png")
+    pr.set_defaults(handler=_cmd_segment_predict)
+
+    e = ssub.add_parser("eval", help="Dice, HD95 and CTR error on held-out images")
+    data_source(e)
+    e.add_argument("--checkpoint", type=Path, required=True, help="folder from `segment train`")
+    e.add_argument(
+        "--splits", default="validate,test", help="splits to evaluate (default validate,test)"
+    )
+    e.add_argument("--json", type=Path, default=None, help="also write the summary JSON here")
+    e.add_argument("--per-image", type=Path, default=None, help="also write per-image CSV here")
+    e.set_defaults(handler=_cmd_segment_eval)
+
+
+def _cmd_segment_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from cxrlib.anatomy.segmenter import SegmenterConfig, segmenter_data, train_segmenter
+
+    overrides = {
+        k: v
+        for k, v in {
+            "epochs": args.epochs,
+            "image_size": args.image_size,
+            "seed": args.seed,
+            "threads": args.threads,
+        }.items()
+        if v is not None
+    }
+    cfg = replace(SegmenterConfig(), **overrides)
+    df = segmenter_data(wingspan=args.wingspan, manifest=args.manifest, work=args.out / "data")
+    train, held_out = df[df["split"] == "train"], df[df["split"] != "train"]
+    train.attrs, held_out.attrs = df.attrs, df.attrs
+    if len(train) == 0:
+        raise CxrError("the manifest has no train split rows to train on")
+    train_segmenter(train, args.out, cfg, held_out=held_out if len(held_out) else None)
+    print(f"segmenter trained on {len(train)} images -> {args.out}")
+    return 0
+
+
+def _cmd_segment_predict(args: argparse.Namespace) -> int:
+    from cxrlib.anatomy.segmenter import Segmenter, predict_folder
+
+    n = predict_folder(Segmenter.from_pretrained(args.checkpoint), args.images, args.out)
+    print(f"wrote masks of {n} images to {args.out}/{{left_lung,right_lung,heart,lungs}}/")
+    return 0
+
+
+def _cmd_segment_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from cxrlib.anatomy.segmenter import (
+        Segmenter,
+        evaluate,
+        format_summary,
+        segmenter_data,
+        summarise,
+    )
+
+    seg = Segmenter.from_pretrained(args.checkpoint)
+    df = segmenter_data(
+        wingspan=args.wingspan, manifest=args.manifest, work=args.checkpoint / "data"
+    )
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    subset = df[df["split"].isin(splits)]
+    subset.attrs = df.attrs
+    if len(subset) == 0:
+        raise CxrError(f"no rows in split(s) {', '.join(splits)}")
+    per_image = evaluate(seg, subset)
+    summary = summarise(per_image)
+    summary["splits"] = splits
+    print(format_summary(summary))
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    if args.per_image:
+        args.per_image.parent.mkdir(parents=True, exist_ok=True)
+        per_image.to_csv(args.per_image, index=False)
+    return 0
+
+
 # --- the command -----------------------------------------------------------------------
 
 # Each entry declares one top-level subcommand. Later capabilities add theirs here.
@@ -409,6 +707,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_bench,
     _add_manifest,
     _add_masks,
+    _add_segment,
+    _add_priors,
 ]
 
 

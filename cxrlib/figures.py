@@ -335,6 +335,28 @@ def _row_masks(row: pd.Series, root: str | os.PathLike) -> dict[str, str]:
     return {kind: str(resolve(root, p)) for kind, p in masks.items()}
 
 
+def _image_grid(n: int, ncols: int) -> tuple[Figure, np.ndarray]:
+    """A page-wide figure of square image panels, ``ncols`` per row, room for a legend."""
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = _new_figure(PAGE_WIDTH, PAGE_WIDTH / ncols * nrows + 0.5)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _short_id(image_id: object) -> str:
+    ident = str(image_id)
+    return ident if len(ident) <= 22 else "…" + ident[-21:]  # long ids (DICOM UIDs)
+
+
+def _mask_handles(kinds: Sequence[str]) -> list[Line2D]:
+    palette = colors()
+    return [
+        Line2D([], [], color=palette[_MASK_STYLE[k][0]], lw=2, label=_MASK_STYLE[k][1])
+        for k in _MASK_STYLE
+        if k in kinds
+    ]
+
+
 def plot_mask_overlays(
     df: pd.DataFrame,
     n: int = 8,
@@ -382,11 +404,7 @@ def plot_mask_overlays(
     root = root if root is not None else df.attrs.get("root", ".")
     with_image = df[df["image_path"].fillna("").astype(str).str.strip() != ""]
     rows = explore.sample_rows(with_image, n, seed)
-    ncols = min(ncols, len(rows))
-    nrows = math.ceil(len(rows) / ncols)
-    side = PAGE_WIDTH / ncols
-    fig = _new_figure(PAGE_WIDTH, side * nrows + 0.5)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes = _image_grid(len(rows), ncols)
     palette = colors()
     drawn: list[str] = []
     for ax, (_, row) in zip(axes.flat, rows.iterrows(), strict=False):
@@ -404,16 +422,152 @@ def plot_mask_overlays(
             if kind not in drawn:
                 drawn.append(kind)
         view = _cell(row, "view")
-        ident = str(row["image_id"])
-        ident = ident if len(ident) <= 22 else "…" + ident[-21:]  # long ids (DICOM UIDs)
-        ax.set_title(ident + (f" ({view})" if view else ""), fontsize=7)
+        ax.set_title(_short_id(row["image_id"]) + (f" ({view})" if view else ""), fontsize=7)
     for ax in axes.flat:
         ax.set_axis_off()
     if drawn:
-        order = [k for k in _MASK_STYLE if k in drawn]
-        handles: Sequence[Line2D] = [
-            Line2D([], [], color=palette[_MASK_STYLE[k][0]], lw=2, label=_MASK_STYLE[k][1])
-            for k in order
-        ]
+        handles = _mask_handles(drawn)
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    return fig
+
+
+# --- anatomy (notebook 02) -------------------------------------------------------------
+
+
+def plot_training_curve(metrics: pd.DataFrame) -> Figure:
+    """Segmenter training: loss per epoch (train, held-out) and held-out Dice per organ.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        ``metrics.csv`` of a segmenter run: ``epoch, split, loss, dice_<organ>...``.
+    """
+    fig = _new_figure(PAGE_WIDTH, 2.4)
+    ax_loss, ax_dice = fig.subplots(1, 2)
+    palette = colors()
+    for i, (split, part) in enumerate(metrics.groupby("split", sort=False)):
+        ax_loss.plot(part["epoch"], part["loss"], color=palette[i], label=split)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss (BCE + 1 - soft Dice)")
+    ax_loss.legend()
+    held = metrics[metrics["split"] == "held_out"]
+    organs = [
+        c[len("dice_") :] for c in metrics.columns if c.startswith("dice_") and c != "dice_mean"
+    ]
+    for organ in organs:
+        style = _MASK_STYLE.get(organ, (9, organ))
+        ax_dice.plot(held["epoch"], held[f"dice_{organ}"], color=palette[style[0]], label=style[1])
+    ax_dice.set_xlabel("epoch")
+    ax_dice.set_ylabel("held-out Dice (network size)")
+    ax_dice.set_ylim(0, 1)
+    if len(held):
+        ax_dice.legend(loc="lower right")
+    return fig
+
+
+def plot_segmentation_examples(examples: list[dict], ncols: int = 4) -> Figure:
+    """Radiographs with true (solid) and predicted (dashed) organ outlines.
+
+    Parameters
+    ----------
+    examples : list of dict
+        Each with ``image`` (H, W) uint8, ``true`` and ``pred`` (dicts organ -> bool
+        (H, W)) and ``image_id``, as from
+        :func:`cxrlib.anatomy.segmenter.example_predictions`.
+    """
+    if not examples:
+        raise ValueError("no examples to draw")
+    fig, axes = _image_grid(len(examples), ncols)
+    palette = colors()
+    for ax, ex in zip(axes.flat, examples, strict=False):
+        image = _thumbnail(ex["image"], _THUMBNAIL_SIDE)
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
+        for organ in ex["true"]:
+            color = palette[_MASK_STYLE[organ][0]]
+            for masks, style in ((ex["true"], "solid"), (ex["pred"], "dashed")):
+                mask = _fit_mask(masks[organ], image.shape)
+                if mask.any() and not mask.all():
+                    ax.contour(mask.astype(float), levels=[0.5], colors=[color],
+                               linewidths=0.8, linestyles=style)  # fmt: skip
+        ax.set_title(_short_id(ex["image_id"]), fontsize=7)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    handles = _mask_handles(list(examples[0]["true"]))
+    handles += [
+        Line2D([], [], color="0.3", lw=1, ls="solid", label="manual"),
+        Line2D([], [], color="0.3", lw=1, ls="dashed", label="predicted"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    return fig
+
+
+def plot_ctr_scatter(per_image: pd.DataFrame) -> Figure:
+    """Predicted vs reference cardiothoracic ratio, identity line and MAE.
+
+    Parameters
+    ----------
+    per_image : pandas.DataFrame
+        ``ctr_pred`` and ``ctr_true`` per image (from
+        :func:`cxrlib.anatomy.segmenter.evaluate`).
+    """
+    fig = _new_figure(PAGE_WIDTH * 0.5, PAGE_WIDTH * 0.5)
+    ax = fig.add_subplot()
+    x, y = per_image["ctr_true"].to_numpy(float), per_image["ctr_pred"].to_numpy(float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    ax.scatter(x[ok], y[ok], s=10, color=colors()[0], alpha=0.8, linewidths=0)
+    lo = float(np.nanmin(np.r_[x[ok], y[ok], 0.35])) - 0.02
+    hi = float(np.nanmax(np.r_[x[ok], y[ok], 0.6])) + 0.02
+    ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--")
+    ax.axhline(0.5, color="0.7", lw=0.6)
+    ax.axvline(0.5, color="0.7", lw=0.6)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel("reference CTR")
+    ax.set_ylabel("CTR from predicted masks")
+    mae = float(np.abs(x[ok] - y[ok]).mean()) if ok.any() else float("nan")
+    ax.set_title(f"n = {int(ok.sum())}, MAE = {mae:.3f}")
+    return fig
+
+
+def plot_prior_stack(
+    priors: np.ndarray, image: np.ndarray | None = None, title: str = "", ncols: int | None = None
+) -> Figure:
+    """One panel per decoder layer: the anatomical prior on the patch grid.
+
+    Parameters
+    ----------
+    priors : ndarray, shape (L, g, g) or (L, g*g)
+        One image's priors in [0, 1], layer 0 first.
+    image : ndarray (H, W) uint8, optional
+        The radiograph, drawn first for reference.
+    title : str
+        Figure title (e.g. the schedule).
+    ncols : int, optional
+        Panels per row; default: two rows.
+    """
+    priors = np.asarray(priors, dtype=float)
+    if priors.ndim == 2:
+        g = math.isqrt(priors.shape[1])
+        if g * g != priors.shape[1]:
+            raise ValueError(f"priors of shape {priors.shape}: P is not a square grid")
+        priors = priors.reshape(priors.shape[0], g, g)
+    panels = priors.shape[0] + (image is not None)
+    ncols = min(ncols or math.ceil(panels / 2), panels)  # default: two rows
+    nrows = math.ceil(panels / ncols)
+    side = PAGE_WIDTH / ncols
+    fig = _new_figure(PAGE_WIDTH, side * nrows + (0.35 if title else 0.1))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    flat = list(axes.flat)
+    if image is not None:
+        ax = flat.pop(0)
+        ax.imshow(_thumbnail(image, 256), cmap="gray", vmin=0, vmax=255)
+        ax.set_title("image", fontsize=7)
+    for layer, ax in enumerate(flat[: priors.shape[0]]):
+        ax.imshow(priors[layer], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"layer {layer}", fontsize=7)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig

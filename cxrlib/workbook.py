@@ -26,6 +26,9 @@ from cxrlib.provenance import provenance
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """Root of the source checkout (where ``notebooks/``, ``runs/`` and ``cache/`` live)."""
 
+SHARED_WINGSPAN = REPO_ROOT.parent / "shared" / "data" / "wingspan"
+"""Where the open Wingspan data lies beside a checkout, when it does."""
+
 
 @dataclass(frozen=True)
 class PhantomSpec:
@@ -59,12 +62,28 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # every notebook on tiny settings; CI runs it
-    "smoke": Profile("smoke", PhantomSpec(n=64, seed=0, size=128), {"seed": 0, "n_overlay": 4}),
+    "smoke": Profile(
+        "smoke",
+        PhantomSpec(n=64, seed=0, size=128),
+        {
+            "seed": 0,
+            "n_overlay": 4,
+            "segmenter_epochs": 1,
+            "segmenter_image_size": 64,
+            "n_examples": 2,
+        },
+    ),
     # what `make workbook` runs on the embedded phantom dataset
     "default": Profile(
         "default",
         PhantomSpec(n=3000, seed=0, size=224),
-        {"seed": 0, "n_overlay": 8},
+        {
+            "seed": 0,
+            "n_overlay": 8,
+            "segmenter_epochs": 40,
+            "segmenter_image_size": 256,
+            "n_examples": 4,
+        },
         publish_figures=True,
     ),
 }
@@ -124,6 +143,7 @@ def run_workbook(
     notebooks: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
     manifest: str | os.PathLike | None = None,
+    wingspan: str | os.PathLike | None = None,
 ) -> RunResult:
     """Execute the workbook's notebooks in order under ``profile``.
 
@@ -140,6 +160,9 @@ def run_workbook(
         Where generated datasets are kept; default ``$CXR_CACHE`` or ``cache/``.
     manifest : path-like, optional
         Run on this manifest instead of the profile's phantom dataset.
+    wingspan : path-like, optional
+        The Wingspan folder the segmenter trains on; default ``../shared/data/wingspan``
+        beside the checkout when present, else the notebook falls back to the manifest.
 
     Returns
     -------
@@ -188,6 +211,8 @@ def run_workbook(
         "manifest": str(manifest_path),
         "figures_dir": str(figures_dir),
         "run_dir": str(run_dir),
+        "wingspan": str(Path(wingspan).resolve()) if wingspan else str(SHARED_WINGSPAN),
+        "segmenter_cache": str((cache_dir / "segmenters").resolve()),
     }
     record["manifest"] = str(manifest_path)
 

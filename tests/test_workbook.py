@@ -116,7 +116,16 @@ def test_smoke_profile_runs_the_real_notebooks_on_a_phantom_set(tmp_path):
     for name in names:
         executed = nbformat.read(run / "notebooks" / name, as_version=4)
         assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
-    for fig in ("01_label_prevalence", "01_mask_overlays", "01_split_view_counts"):
+    for fig in (
+        "01_label_prevalence",
+        "01_mask_overlays",
+        "01_split_view_counts",
+        "02_segmenter_training",
+        "02_segmentation_overlays",
+        "02_ctr_scatter",
+        "02_prior_stack_thesis",
+        "02_prior_stack_linear",
+    ):
         assert (run / "figures" / f"{fig}.png").is_file()
         assert (run / "figures" / f"{fig}.pdf").is_file()
     assert result.manifest.parent.parent == tmp_path / "cache"

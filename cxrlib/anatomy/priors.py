@@ -1,0 +1,891 @@
+"""Anatomical priors: organ masks -> one smoothed prior per decoder layer.
+
+The pipeline, for each image (every step is a plain function on tensors, batched)::
+
+    masks {structure: (B, H, W)} --combine_structures--> (B, H, W) union in [0, 1]
+        --downsample_to_grid--> (B, g, g) fraction of each encoder patch covered
+        --layer_priors--> (B, L, g*g) one prior per decoder layer, float32 in [0, 1]
+
+``g = image_size / patch_size`` is the encoder's patch grid (14 at 224 px, 32 at 512
+px with 16 px patches) and ``L`` the number of decoder layers. Layer 0 gets the
+broadest prior and layer ``L - 1`` the most focused one. Priors cross into the model
+as ``(B, L, P)`` with ``P = g * g`` patches in row-major order (row ``i``, column ``j``
+is patch ``i * g + j``), the order of the encoder's patch tokens.
+
+Schedules (:func:`schedule`), all in patch units:
+
+- ``"thesis"``: the published one (the project's METHOD.md): for layer ``l`` of
+  ``L``, kernel ``k = 3 + 2 (L - l)`` and ``sigma = (k - 1) / 6``, i.e. a radius of
+  exactly 3 sigma; for ``L = 12`` layer 0 has ``k = 27, sigma = 13/3`` and layer 11
+  ``k = 5, sigma = 2/3``.
+- ``"linear"`` (default): sigma linear in the layer index from ``sigma_start``
+  (layer 0) to ``sigma_end`` (last layer), kernel ``2 ceil(3 sigma) + 1``. The
+  defaults (13/3 -> 2/3) span the thesis range; with ``L = 12`` the two presets give
+  the same kernels and sigmas (to float rounding, 1e-15); with other ``L`` "linear"
+  keeps the end points fixed while "thesis" moves them (its layer-0 sigma is
+  ``(L + 1) / 3``).
+- ``"constant"``: the same ``sigma`` for every layer.
+- ``"none"``: no smoothing and no renormalisation: the grid mask (patch coverage
+  fractions) repeated for every layer.
+
+Every smoothing schedule min-max normalises each layer of each image to [0, 1]
+afterwards, so every layer's maximum is exactly 1.
+
+Edge cases, the same in every function:
+
+- all-zero mask (no anatomy found): the prior is all ones for every layer, i.e.
+  attention is left unbiased; reported (``return_empty``, a logged warning, and the
+  ``empty`` list of :func:`priors_for_manifest`);
+- all-one mask, or any layer that is constant after smoothing: all ones;
+- NaN anywhere in a mask: ``ValueError`` naming the image;
+- masks whose size differs from their image's (or from each other's):
+  ``ValueError`` naming the image. Masks need not be ``image_size`` pixels: the
+  encoder sees the whole image resized to ``image_size`` squared, so area weights are
+  taken directly from the mask's native resolution (exact, no resize first).
+
+Padding: the Gaussian blur pads each axis by ``(k - 1) / 2`` patches. ``"reflect"``
+mirrors about the edge patch without repeating it (torch's ``F.pad(mode="reflect")``,
+numpy's ``"reflect"``, scipy's ``"mirror"``); where the pad is as wide as the grid or
+wider (e.g. ``k = 27`` on a grid smaller than 14) the mirroring repeats, as numpy's
+does, instead of failing as ``F.pad`` would. ``"replicate"`` repeats the edge patch,
+``"zeros"`` pads with 0. The blur is computed as two small matrix products per layer
+(``M X M^T`` with ``M`` the padded 1-D blur as a ``g x g`` matrix), which is exactly the
+separable padded convolution and lets one batched product serve every image and layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+PRIORS_VERSION = 1
+"""Bumped whenever the computation changes, so caches written before are not read."""
+
+STRUCTURES: tuple[str, ...] = ("left_lung", "right_lung", "lungs", "heart")
+"""Structures a prior can be built from; ``lungs`` is the union of both lungs."""
+
+SCHEDULES: tuple[str, ...] = ("thesis", "linear", "constant", "none")
+PADDINGS: tuple[str, ...] = ("reflect", "replicate", "zeros")
+SOURCES: tuple[str, ...] = ("auto", "manifest", "segmenter", "none")
+"""Mask sources of :func:`priors_for_manifest`; ``auto`` tries them in this order."""
+
+_CONSTANT_EPS = 1e-6  # a layer whose max - min is at most this is "constant" -> ones
+
+
+def patch_grid(image_size: int, patch_size: int) -> int:
+    """Side of the encoder's patch grid: ``image_size // patch_size``.
+
+    Parameters
+    ----------
+    image_size : int
+        Side of the (square) encoder input in pixels, e.g. 224 or 512.
+    patch_size : int
+        Side of one patch in pixels, e.g. 16.
+
+    Returns
+    -------
+    int
+        Patches per side (224/16 -> 14, 512/16 -> 32).
+
+    Raises
+    ------
+    ValueError
+        When either is not a positive integer or ``image_size`` is not a multiple of
+        ``patch_size``.
+    """
+    for name, value in (("image_size", image_size), ("patch_size", patch_size)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    return int(image_size // patch_size)
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Every setting that decides the priors' values (see the module docstring).
+
+    Sigmas are in patch units (1 = one encoder patch).
+    """
+
+    structures: tuple[str, ...] = ("lungs", "heart")  # union of these, from STRUCTURES
+    schedule: str = "linear"  # thesis | linear | constant | none
+    num_layers: int = 12  # decoder layers L: one prior per layer (GPT-2 small: 12)
+    image_size: int = 224  # encoder input side in px (published: 512)
+    patch_size: int = 16  # encoder patch side in px (DINOv3 ViT-S/16)
+    sigma_start: float = 13 / 3  # linear: sigma of layer 0 (= thesis layer 0 for L=12)
+    sigma_end: float = 2 / 3  # linear: sigma of the last layer (= thesis layer 11)
+    sigma: float = 2.0  # constant: sigma of every layer
+    padding: str = "reflect"  # reflect | replicate | zeros (blur border handling)
+
+    def __post_init__(self) -> None:
+        structures = self.structures
+        if isinstance(structures, str):
+            structures = tuple(s.strip() for s in structures.split(",") if s.strip())
+        structures = tuple(dict.fromkeys(structures))  # drop repeats, keep order
+        if not structures:
+            raise ValueError("structures must name at least one structure")
+        unknown = [s for s in structures if s not in STRUCTURES]
+        if unknown:
+            raise ValueError(
+                f"structures: unknown {', '.join(map(repr, unknown))} "
+                f"(choose from {', '.join(STRUCTURES)})"
+            )
+        object.__setattr__(self, "structures", structures)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+        if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int):
+            raise ValueError(f"num_layers must be a positive integer, got {self.num_layers!r}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be a positive integer, got {self.num_layers!r}")
+        patch_grid(self.image_size, self.patch_size)
+        for name in ("sigma_start", "sigma_end", "sigma"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+    @property
+    def grid(self) -> int:
+        """Patches per side, :func:`patch_grid` of ``image_size`` and ``patch_size``."""
+        return patch_grid(self.image_size, self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        """``P = grid * grid``, the length of one layer's prior."""
+        return self.grid**2
+
+    def to_dict(self) -> dict:
+        """Every field as JSON-ready values (``structures`` as a list)."""
+        d = asdict(self)
+        d["structures"] = list(self.structures)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> PriorConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are refused."""
+        known = {f for f in cls.__dataclass_fields__}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise ValueError(f"unknown PriorConfig key(s): {', '.join(extra)}")
+        d = dict(d)
+        if "structures" in d:
+            d["structures"] = tuple(d["structures"])
+        return cls(**d)
+
+    def value_settings(self) -> dict:
+        """The settings the priors' values depend on, and nothing else.
+
+        Structures are sorted (their union does not depend on order), the grid stands
+        for image and patch size (224/16 and 448/32 give the same priors), and sigmas
+        appear only for the schedules that use them.
+        """
+        d: dict = {
+            "priors_version": PRIORS_VERSION,
+            "structures": sorted(self.structures),
+            "schedule": self.schedule,
+            "num_layers": self.num_layers,
+            "grid": self.grid,
+        }
+        if self.schedule != "none":
+            d["padding"] = self.padding
+        if self.schedule == "linear":
+            d["sigma_start"] = float(self.sigma_start)
+            d["sigma_end"] = float(self.sigma_end)
+        elif self.schedule == "constant":
+            d["sigma"] = float(self.sigma)
+        return d
+
+    def cache_key(self) -> str:
+        """sha256 (64 hex digits) of :meth:`value_settings` as canonical JSON.
+
+        Equal keys mean equal priors for equal masks; any change of a setting that
+        affects values, or of :data:`PRIORS_VERSION`, changes the key.
+        """
+        text = json.dumps(self.value_settings(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _kernel_size(sigma: float) -> int:
+    """``2 ceil(3 sigma) + 1``, robust to 3 * sigma landing a hair above an integer."""
+    return 2 * math.ceil(3 * sigma - 1e-9) + 1
+
+
+def schedule(config: PriorConfig) -> list[tuple[int, float]]:
+    """Gaussian kernel size and sigma of every decoder layer.
+
+    Parameters
+    ----------
+    config : PriorConfig
+
+    Returns
+    -------
+    list of (int, float)
+        ``config.num_layers`` pairs ``(kernel_size, sigma)`` for layers ``l = 0..L-1``,
+        in patch units; kernel sizes are odd. For ``"none"`` every pair is ``(1, 0.0)``
+        (identity: no smoothing).
+
+    Examples
+    --------
+    >>> schedule(PriorConfig(schedule="thesis"))[0]
+    (27, 4.333333333333333)
+    >>> schedule(PriorConfig(schedule="thesis"))[-1]
+    (5, 0.6666666666666666)
+    """
+    n = config.num_layers
+    if config.schedule == "none":
+        return [(1, 0.0)] * n
+    if config.schedule == "thesis":
+        out = []
+        for layer in range(n):
+            k = 3 + 2 * (n - layer)
+            out.append((k, (k - 1) / 6))
+        return out
+    if config.schedule == "constant":
+        return [(_kernel_size(config.sigma), float(config.sigma))] * n
+    # linear
+    if n == 1:
+        sigmas = [float(config.sigma_start)]
+    else:
+        a, z = config.sigma_start, config.sigma_end
+        sigmas = [float((a * (n - 1 - layer) + z * layer) / (n - 1)) for layer in range(n)]
+    return [(_kernel_size(s), s) for s in sigmas]
+
+
+def gaussian_kernel1d(kernel_size: int, sigma: float) -> np.ndarray:
+    """Sampled, normalised 1-D Gaussian.
+
+    Parameters
+    ----------
+    kernel_size : int
+        Odd number of taps ``k``; taps sit at offsets ``-(k-1)/2 .. (k-1)/2``.
+    sigma : float
+        Standard deviation in taps, > 0 (``kernel_size == 1`` allows any sigma).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape ``(kernel_size,)``, symmetric, sums to 1.
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    if kernel_size == 1:
+        return np.ones(1)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    x = np.arange(kernel_size, dtype=np.float64) - (kernel_size - 1) / 2
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()
+
+
+def _source_index(position: int, n: int, padding: str) -> int | None:
+    """Index of the grid cell a padded position reads, or None for zero padding."""
+    if 0 <= position < n:
+        return position
+    if padding == "zeros":
+        return None
+    if padding == "replicate" or n == 1:
+        return min(max(position, 0), n - 1)
+    period = 2 * (n - 1)  # reflect without repeating the edge, repeated as needed
+    m = position % period
+    return m if m < n else period - m
+
+
+@lru_cache(maxsize=256)
+def _blur_matrix(grid: int, kernel_size: int, sigma: float, padding: str) -> np.ndarray:
+    """The padded 1-D blur as a (grid, grid) float64 matrix: ``blurred = M @ x``."""
+    w = gaussian_kernel1d(kernel_size, sigma)
+    radius = (kernel_size - 1) // 2
+    m = np.zeros((grid, grid))
+    for i in range(grid):
+        for t, weight in enumerate(w):
+            j = _source_index(i + t - radius, grid, padding)
+            if j is not None:
+                m[i, j] += weight
+    m.setflags(write=False)
+    return m
+
+
+def blur_matrices(config: PriorConfig) -> torch.Tensor:
+    """Every layer's padded 1-D Gaussian blur as a matrix.
+
+    Parameters
+    ----------
+    config : PriorConfig
+
+    Returns
+    -------
+    torch.Tensor
+        float32, shape ``(L, g, g)``: layer ``l``'s blur of a grid ``X`` (g, g) is
+        ``M[l] @ X @ M[l].T``, exactly the separable convolution with
+        ``config.padding``. Identity matrices for schedule ``"none"``.
+    """
+    g = config.grid
+    mats = [_blur_matrix(g, k, s, config.padding) for k, s in schedule(config)]
+    return torch.from_numpy(np.stack(mats)).to(torch.float32)
+
+
+def _as_tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    return x
+
+
+def _as_float_tensor(x, name: str) -> torch.Tensor:
+    x = _as_tensor(x, name)
+    if x.dtype == torch.bool or not torch.is_floating_point(x):
+        return x.to(torch.float32)
+    return x.to(torch.float32) if x.dtype != torch.float32 else x
+
+
+def _image_names(image_ids: Sequence[str] | None, rows: torch.Tensor, limit: int = 5) -> str:
+    idx = [int(i) for i in rows.tolist()]
+    names = [repr(str(image_ids[i])) for i in idx] if image_ids is not None else map(str, idx)
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    what = "image" if image_ids is not None else "batch index"
+    return f"{what}{'s' * (len(names) > 1)} {', '.join(names[:limit])}{more}"
+
+
+def combine_structures(
+    masks: Mapping[str, torch.Tensor | np.ndarray], structures: Sequence[str]
+) -> torch.Tensor:
+    """Union of the selected structures' masks.
+
+    Parameters
+    ----------
+    masks : mapping of str to Tensor or ndarray, each shape (B, H, W)
+        bool, or float in [0, 1]; keys from :data:`STRUCTURES`. ``"lungs"`` is taken
+        from ``masks["lungs"]`` when present, else as the union of ``"left_lung"`` and
+        ``"right_lung"``.
+    structures : sequence of str
+        Which structures to unite, e.g. ``("lungs", "heart")``.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (B, H, W): the element-wise maximum (union). bool when every input is
+        bool (4x less memory on the way to the grid), else float32 in [0, 1]; NaN in
+        any input stays NaN (refused later by :func:`layer_priors`).
+
+    Raises
+    ------
+    ValueError
+        Naming the structure, when it is unknown or missing from ``masks``, is not
+        3-D, or differs in shape from the others.
+    """
+    if not structures:
+        raise ValueError("structures must name at least one structure")
+    parts: list[tuple[str, torch.Tensor]] = []
+    for s in structures:
+        if s not in STRUCTURES:
+            raise ValueError(f"structures: unknown {s!r} (choose from {', '.join(STRUCTURES)})")
+        if s in masks:
+            names = [s]
+        elif s == "lungs" and "left_lung" in masks and "right_lung" in masks:
+            names = ["left_lung", "right_lung"]
+        else:
+            hint = " (or both 'left_lung' and 'right_lung')" if s == "lungs" else ""
+            raise ValueError(f"masks: no mask for structure {s!r}{hint}; got {sorted(masks)}")
+        parts += [(name, _as_tensor(masks[name], f"masks[{name!r}]")) for name in names]
+    first_name, first = parts[0]
+    for name, m in parts:
+        if m.ndim != 3:
+            raise ValueError(f"masks[{name!r}] must have shape (B, H, W), got {tuple(m.shape)}")
+        if m.shape != first.shape:
+            raise ValueError(
+                f"masks[{name!r}] has shape {tuple(m.shape)} but masks[{first_name!r}] "
+                f"has {tuple(first.shape)}"
+            )
+    if all(m.dtype == torch.bool for _, m in parts):  # 1 byte per pixel until the grid
+        out = first.clone()
+        for _, m in parts[1:]:
+            out |= m
+        return out
+    out = _as_float_tensor(first, f"masks[{first_name!r}]")
+    for name, m in parts[1:]:
+        out = torch.maximum(out, _as_float_tensor(m, f"masks[{name!r}]"))
+    return out
+
+
+def _area_matrix(n: int, grid: int) -> torch.Tensor:
+    """(grid, n) float64 weights: row i = overlap of each pixel with patch i / patch size."""
+    edges = np.arange(n + 1, dtype=np.float64)
+    step = n / grid
+    lo = np.arange(grid, dtype=np.float64)[:, None] * step
+    hi = lo + step
+    overlap = np.minimum(edges[None, 1:], hi) - np.maximum(edges[None, :-1], lo)
+    return torch.from_numpy(np.clip(overlap, 0.0, None) / step)
+
+
+def downsample_to_grid(mask: torch.Tensor | np.ndarray, grid: int) -> torch.Tensor:
+    """Fraction of each patch covered by the mask (exact area weights).
+
+    The image is divided into ``grid x grid`` equal patches (the encoder sees it
+    resized to a square, so a non-square mask is divided into non-square patches).
+    When ``H`` and ``W`` are multiples of ``grid`` this is the mean over each patch
+    (``F.avg_pool2d``); otherwise each pixel counts with the fraction of its area that
+    falls in the patch (a pixel straddling two patches is shared between them), so the
+    result is exact for any size, unlike ``adaptive_avg_pool2d`` / ``interpolate(
+    mode="area")``, which use overlapping integer windows there.
+
+    Parameters
+    ----------
+    mask : Tensor or ndarray, shape (B, H, W)
+        bool, or float in [0, 1].
+    grid : int
+        Patches per side (see :func:`patch_grid`).
+
+    Returns
+    -------
+    torch.Tensor
+        float32, shape (B, grid, grid), values in [0, 1] (up to float rounding); NaN
+        in a patch's pixels gives NaN there.
+
+    Examples
+    --------
+    >>> m = torch.zeros(1, 8, 8); m[0, :4, :4] = 1; m[0, 4:, 4:6] = 1
+    >>> downsample_to_grid(m, 2)[0]
+    tensor([[1.0000, 0.0000],
+            [0.0000, 0.5000]])
+    """
+    x = _as_tensor(mask, "mask")
+    if x.ndim != 3:
+        raise ValueError(f"mask must have shape (B, H, W), got {tuple(x.shape)}")
+    if isinstance(grid, bool) or not isinstance(grid, int | np.integer) or grid < 1:
+        raise ValueError(f"grid must be a positive integer, got {grid!r}")
+    _, h, w = x.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"mask must not be empty, got shape {tuple(x.shape)}")
+    if h % grid == 0 and w % grid == 0:
+        sh, sw = h // grid, w // grid
+        if x.dtype == torch.bool and sh < 2**15:  # exact pixel counts, a byte per pixel
+            rows = x.view(torch.uint8).reshape(-1, grid, sh, w).sum(2, dtype=torch.int16)
+            counts = rows.reshape(-1, grid, grid, sw).sum(3, dtype=torch.int32)
+            return counts.to(torch.float32) / (sh * sw)
+        return F.avg_pool2d(_as_float_tensor(x, "mask")[:, None], (sh, sw))[:, 0]
+    x = _as_float_tensor(x, "mask")
+    ah = _area_matrix(h, grid).to(x.device, torch.float32)  # (g, H)
+    aw = _area_matrix(w, grid).to(x.device, torch.float32)  # (g, W)
+    return ah @ x @ aw.T  # (B, g, g)
+
+
+_CHUNK = 1024  # images per batched product in layer_priors (measured: 256..4096 similar)
+
+
+def _smooth_and_normalise(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Blur (B, g, g) grids with every layer's (L, g, g) matrix, min-max per layer.
+
+    Returns float32 (B, L, g*g). Two products serve all images and layers: first one
+    GEMM ``(L*g, g) @ (g, B*g)`` blurs columns for every (layer, image), then one
+    batched product per layer blurs rows; the layout is [l, i, b, k] in between.
+    """
+    b, g, _ = x.shape
+    n_layers = m.shape[0]
+    xt = x.permute(1, 0, 2).reshape(g, b * g)  # [j, (b, k)]
+    t = (m.reshape(n_layers * g, g) @ xt).view(n_layers, g * b, g)  # [l, (i, b), k]
+    y = torch.bmm(t, m.transpose(1, 2))  # [l, (i, b), n]: M X M^T for each (b, l)
+    y = y.view(n_layers, g, b, g).permute(2, 0, 1, 3).reshape(b, n_layers, g * g)
+    lo, hi = torch.aminmax(y, dim=2, keepdim=True)
+    span = hi - lo
+    # (y - lo) / (hi - lo): exactly 0 at the min and 1 at the max, never outside [0, 1]
+    y.sub_(lo).div_(span.clamp_min(_CONSTANT_EPS))
+    return y.masked_fill_(span <= _CONSTANT_EPS, 1.0)  # constant layer -> ones
+
+
+def layer_priors(
+    grid_masks: torch.Tensor | np.ndarray,
+    config: PriorConfig,
+    *,
+    image_ids: Sequence[str] | None = None,
+    return_empty: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """One prior per decoder layer, broad (layer 0) to focused (last layer).
+
+    Per image and layer: separable Gaussian blur of the grid mask with the layer's
+    kernel from :func:`schedule` (padding ``config.padding``), then min-max
+    normalisation to [0, 1]. Schedule ``"none"`` returns the grid mask itself for
+    every layer. All images and layers are computed together (two batched matrix
+    products, see :func:`blur_matrices`); an image's result does not depend on the
+    batch it is in (to float rounding, 1e-6).
+
+    Parameters
+    ----------
+    grid_masks : Tensor or ndarray, shape (B, g, g)
+        Patch coverage in [0, 1] (bool accepted), ``g == config.grid``; e.g. from
+        :func:`downsample_to_grid`.
+    config : PriorConfig
+    image_ids : sequence of str, optional
+        Length B; used only to name images in errors and warnings.
+    return_empty : bool
+        Also return which images had an all-zero mask.
+
+    Returns
+    -------
+    priors : torch.Tensor
+        float32, shape (B, L, g*g), values in [0, 1], on ``grid_masks``' device.
+        Smoothing schedules: every layer's max is exactly 1 and min exactly 0, except
+        layers that are constant after smoothing (all-zero or all-one masks), which
+        are all ones. ``"none"``: the coverage fractions, all ones for an all-zero mask.
+    empty : torch.Tensor
+        Only with ``return_empty``: bool, shape (B,), True where the mask was all zero
+        (its prior is all ones: no anatomy, attention left unbiased).
+
+    Raises
+    ------
+    ValueError
+        When ``grid_masks`` is not (B, g, g) with ``g == config.grid``, or naming the
+        image(s) whose mask contains NaN or values outside [0, 1].
+    """
+    x = _as_float_tensor(grid_masks, "grid_masks")
+    g = config.grid
+    if x.ndim != 3 or x.shape[1:] != (g, g):
+        raise ValueError(
+            f"grid_masks must have shape (B, {g}, {g}) for image_size {config.image_size} "
+            f"and patch_size {config.patch_size}, got {tuple(x.shape)}"
+        )
+    b = x.shape[0]
+    if image_ids is not None and len(image_ids) != b:
+        raise ValueError(f"image_ids has {len(image_ids)} entries for {b} masks")
+    flat = x.reshape(b, g * g)
+    nan = torch.isnan(flat).any(dim=1)
+    if nan.any():
+        rows = torch.nonzero(nan).flatten()
+        raise ValueError(f"grid_masks: NaN in the mask of {_image_names(image_ids, rows)}")
+    if b:
+        lo_v, hi_v = flat.amin(dim=1), flat.amax(dim=1)
+        bad = (lo_v < -1e-5) | (hi_v > 1 + 1e-5)
+        if bad.any():
+            rows = torch.nonzero(bad).flatten()
+            raise ValueError(
+                f"grid_masks: values outside [0, 1] in the mask of {_image_names(image_ids, rows)}"
+            )
+        empty = hi_v <= 0
+    else:
+        empty = torch.zeros(0, dtype=torch.bool, device=x.device)
+    x = x.clamp(0.0, 1.0)
+    n_layers = config.num_layers
+    if config.schedule == "none":
+        out = x.reshape(b, 1, g * g).expand(b, n_layers, g * g).clone()
+        out[empty] = 1.0
+    else:
+        m = blur_matrices(config).to(x.device)  # (L, g, g)
+        if b <= _CHUNK:
+            out = _smooth_and_normalise(x, m)
+        else:  # chunks keep the working set small
+            out = torch.empty(b, n_layers, g * g, device=x.device)
+            for start in range(0, b, _CHUNK):
+                out[start : start + _CHUNK] = _smooth_and_normalise(x[start : start + _CHUNK], m)
+    if empty.any():
+        rows = torch.nonzero(empty).flatten()
+        log.warning(
+            "all-zero mask for %s: uniform prior (attention unbiased)",
+            _image_names(image_ids, rows),
+        )
+    out = out.contiguous()
+    return (out, empty) if return_empty else out
+
+
+def masks_to_priors(
+    masks: Mapping[str, torch.Tensor | np.ndarray],
+    config: PriorConfig,
+    *,
+    image_ids: Sequence[str] | None = None,
+    return_empty: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Organ masks -> per-layer priors: combine, downsample, smooth.
+
+    Parameters
+    ----------
+    masks : mapping of str to Tensor or ndarray, each shape (B, H, W)
+        bool or float in [0, 1], any ``H, W`` covering the whole image (see
+        :func:`combine_structures` for keys).
+    config : PriorConfig
+    image_ids, return_empty
+        As for :func:`layer_priors`.
+
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, torch.Tensor)
+        As :func:`layer_priors`: float32 (B, L, g*g) in [0, 1] (and bool (B,) empty).
+    """
+    union = combine_structures(masks, config.structures)
+    grid_masks = downsample_to_grid(union, config.grid)
+    return layer_priors(grid_masks, config, image_ids=image_ids, return_empty=return_empty)
+
+
+# --- priors for a manifest ---------------------------------------------------------------
+
+
+@dataclass
+class PriorInfo:
+    """What :func:`priors_for_manifest` did, per image and in total."""
+
+    sources: list[str]  # per image: "manifest", "segmenter" or "none"
+    grid_masks: torch.Tensor  # float32 (N, g, g): patch coverage (zeros for "none")
+    empty: list[str] = field(default_factory=list)  # ids whose mask was all zero
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Images per mask source, every source named (0 when unused)."""
+        return {s: self.sources.count(s) for s in ("manifest", "segmenter", "none")}
+
+    def describe(self) -> str:
+        """One line: images per source and empty masks."""
+        c = self.counts
+        text = ", ".join(f"{k} {v}" for k, v in c.items())
+        line = f"mask sources: {text}"
+        if c["none"]:
+            line += f" ({c['none']} without masks: uniform prior, attention unbiased)"
+        if self.empty:
+            line += f"; {len(self.empty)} all-zero masks (uniform prior)"
+        return line
+
+
+def _cell(value: object) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def manifest_mask_paths(row: Mapping, structures: Sequence[str]) -> dict[str, list[str]] | None:
+    """Manifest mask cells that give each structure, or None if any is missing.
+
+    ``"lungs"`` comes from ``lung_mask_path``, else from both ``left_lung_mask_path``
+    and ``right_lung_mask_path``; ``"left_lung"``, ``"right_lung"``, ``"heart"`` from
+    their own column. Cells are returned as written (relative to the manifest).
+    """
+    out: dict[str, list[str]] = {}
+    for s in structures:
+        if s == "lungs":
+            both = _cell(row.get("lung_mask_path"))
+            left, right = (
+                _cell(row.get("left_lung_mask_path")),
+                _cell(row.get("right_lung_mask_path")),
+            )
+            cells = [both] if both else ([left, right] if left and right else [])
+        else:
+            cell = _cell(row.get(f"{s}_mask_path"))
+            cells = [cell] if cell else []
+        if not cells:
+            return None
+        out[s] = cells
+    return out
+
+
+def row_sources(df: pd.DataFrame, structures: Sequence[str], source: str, has_segmenter: bool):
+    """Mask source of every row (``"manifest"``, ``"segmenter"``, ``"none"``).
+
+    ``auto``: the manifest's masks when every structure has one, else the segmenter
+    when given, else none. ``manifest``: every row must have its masks (ValueError
+    naming the first image without). ``segmenter``: needs a segmenter.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "segmenter" and not has_segmenter:
+        raise ValueError("source 'segmenter' needs a segmenter (--segmenter CKPT)")
+    if source in ("none", "segmenter"):
+        return [source] * len(df)
+    out = []
+    for row in df.to_dict("records"):
+        if manifest_mask_paths(row, structures) is not None:
+            out.append("manifest")
+        elif source == "manifest":
+            raise ValueError(
+                f"image {_cell(row.get('image_id'))!r}: no manifest mask for every one of "
+                f"{', '.join(structures)} (columns lung_mask_path or left/right_lung_mask_path, "
+                "heart_mask_path); use source 'auto' to fall back"
+            )
+        else:
+            out.append("segmenter" if has_segmenter else "none")
+    return out
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, from its header."""
+    from PIL import Image
+
+    from cxrlib.errors import CxrError
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError:
+        raise CxrError(f"{path}: image file does not exist") from None
+    except OSError as err:
+        raise CxrError(f"{path}: not a readable image ({err})") from None
+    return h, w
+
+
+def _manifest_grid_mask(row: Mapping, root: Path, structures: Sequence[str], grid: int):
+    from cxrlib.data.manifest import resolve
+    from cxrlib.explore import load_mask
+
+    image_id = _cell(row.get("image_id"))
+    paths = manifest_mask_paths(row, structures)
+    assert paths is not None
+    image_cell = _cell(row.get("image_path"))
+    expected = _image_size(resolve(root, image_cell)) if image_cell else None
+    union = None
+    for s, cells in paths.items():
+        for cell in cells:
+            m = load_mask(resolve(root, cell))
+            if expected is None:
+                expected = m.shape  # text-only manifest: masks must agree with each other
+            if m.shape != expected:
+                raise ValueError(
+                    f"image {image_id!r}: {s} mask {cell} is {m.shape[1]}x{m.shape[0]} px but "
+                    f"the image is {expected[1]}x{expected[0]} px"
+                )
+            union = m if union is None else (union | m)
+    return downsample_to_grid(torch.from_numpy(union[None]), grid)[0]
+
+
+def _segmenter_grid_masks(segmenter, rows: list[dict], root: Path, config: PriorConfig):
+    """Grid masks of rows from the segmenter, images of one shape batched together."""
+    from cxrlib.data.manifest import resolve
+    from cxrlib.explore import load_image
+
+    images = [load_image(resolve(root, _cell(r.get("image_path")))) for r in rows]
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    for shape, idx in by_shape.items():
+        pred = segmenter.predict(np.stack([images[i] for i in idx]))
+        for name, m in pred.items():
+            if tuple(np.shape(m)) != (len(idx), *shape):
+                ids = [_cell(rows[i].get("image_id")) for i in idx]
+                raise ValueError(
+                    f"image {ids[0]!r}: segmenter mask {name!r} has shape {tuple(np.shape(m))}, "
+                    f"expected {(len(idx), *shape)} (the images' size)"
+                )
+        grid = masks_to_grid(pred, config.structures, config.grid)
+        for j, i in enumerate(idx):
+            out[i] = grid[j]
+    return out
+
+
+def masks_to_grid(masks: Mapping, structures: Sequence[str], grid: int) -> torch.Tensor:
+    """:func:`combine_structures` then :func:`downsample_to_grid`: float32 (B, g, g)."""
+    return downsample_to_grid(combine_structures(masks, structures), grid)
+
+
+def priors_for_manifest(
+    df: pd.DataFrame,
+    config: PriorConfig,
+    *,
+    source: str = "auto",
+    segmenter=None,
+    root: str | os.PathLike | None = None,
+    progress: bool = True,
+    batch_size: int = 16,
+) -> tuple[list[str], torch.Tensor, PriorInfo]:
+    """Priors for every image of a manifest, masks taken from the best source.
+
+    Mask sources, in order (``source="auto"``): the manifest's mask files (ground
+    truth, CheXmask), when every structure of ``config.structures`` has one; the
+    segmenter's prediction, when ``segmenter`` is given; none, in which case the prior
+    is uniform (all ones) and :class:`PriorInfo` counts it. ``"manifest"``,
+    ``"segmenter"`` and ``"none"`` force one source for every row.
+
+    Masks are PNGs thresholded at > 127 (:func:`cxrlib.explore.load_mask`), united
+    and area-downsampled from their native resolution straight to the patch grid
+    (:func:`downsample_to_grid`; no resize to ``image_size`` first).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        A manifest (:func:`cxrlib.data.manifest.read_manifest`); rows in any order.
+    config : PriorConfig
+    source : {"auto", "manifest", "segmenter", "none"}
+    segmenter : object, optional
+        Anything with ``predict(images) -> dict[str, ndarray]``: images uint8
+        (B, H, W), masks bool (B, H, W) under keys ``left_lung``, ``right_lung``,
+        ``heart`` (e.g. :class:`cxrlib.anatomy.segmenter.Segmenter`).
+    root : path-like, optional
+        Folder relative paths resolve against (default ``df.attrs["root"]``).
+    progress : bool
+        Show a tqdm progress bar.
+    batch_size : int
+        Images per segmenter call.
+
+    Returns
+    -------
+    image_ids : list of str
+        ``df["image_id"]`` in row order.
+    priors : torch.Tensor
+        float32, shape (N, L, g*g), values in [0, 1] (see :func:`layer_priors`).
+    info : PriorInfo
+        Source per image and counts, grid masks (N, g, g), ids of all-zero masks.
+
+    Raises
+    ------
+    ValueError
+        Naming the image, when its mask size differs from its image's, when
+        ``source="manifest"`` and it has no masks; or when ``source`` is unknown or
+        ``"segmenter"`` without a segmenter.
+    CxrError
+        Naming the file, when a mask or image cannot be read.
+    """
+    from tqdm.auto import tqdm
+
+    if root is None:
+        root = df.attrs.get("root")
+        if root is None:
+            raise ValueError("root: the manifest has no attrs['root']; pass root=")
+    root = Path(root)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    g, n = config.grid, len(df)
+    ids = [_cell(v) for v in df["image_id"]]
+    sources = row_sources(df, config.structures, source, segmenter is not None)
+    rows = df.to_dict("records")
+    grid_masks = torch.zeros(n, g, g)
+    seg_rows = [i for i, s in enumerate(sources) if s == "segmenter"]
+    bar = tqdm(total=n, desc="priors", unit="img", disable=not progress)
+    for i, s in enumerate(sources):
+        if s == "manifest":
+            grid_masks[i] = _manifest_grid_mask(rows[i], root, config.structures, g)
+            bar.update()
+        elif s == "none":
+            bar.update()
+    for start in range(0, len(seg_rows), batch_size):
+        chunk = seg_rows[start : start + batch_size]
+        predicted = _segmenter_grid_masks(segmenter, [rows[i] for i in chunk], root, config)
+        for i, m in zip(chunk, predicted, strict=True):
+            grid_masks[i] = m
+        bar.update(len(chunk))
+    bar.close()
+    # rows without masks get ones directly (no "all-zero mask" warning for them)
+    priors = torch.ones(n, config.num_layers, g * g)
+    masked = [i for i, s in enumerate(sources) if s != "none"]
+    empty_ids: list[str] = []
+    if masked:
+        sub_ids = [ids[i] for i in masked]
+        sub, empty = layer_priors(grid_masks[masked], config, image_ids=sub_ids, return_empty=True)
+        priors[masked] = sub
+        empty_ids = [sub_ids[j] for j in torch.nonzero(empty).flatten().tolist()]
+    info = PriorInfo(sources=sources, grid_masks=grid_masks, empty=empty_ids)
+    if info.counts["none"]:
+        log.warning("%d of %d images have no masks: uniform prior", info.counts["none"], n)
+    return ids, priors, info

@@ -1,0 +1,25 @@
+"""The report model: DINOv3 encoder + MLP bridge + GPT-2 with anatomical attention.
+
+- :mod:`cxrlib.model.config`: :class:`ModelConfig` (tiny / published presets, the
+  position scheme);
+- :mod:`cxrlib.model.attention`: the anatomical attention, registered with transformers
+  (the one place the mechanism lives);
+- :mod:`cxrlib.model.report_model`: :class:`ReportModel` (forward, generate, save, load);
+- :mod:`cxrlib.model.tokenizer`: :class:`ReportTokenizer` (byte-level BPE, BOS/EOS/PAD).
+
+Priors cross into the model as a tensor (B, L, P) in [0, 1]: L decoder layers, P image
+patches row-major over the patch grid; ``priors=None`` means uniform (no bias).
+"""
+
+from cxrlib.model.attention import AnatomicalPrior
+from cxrlib.model.config import ModelConfig
+from cxrlib.model.report_model import ReportModel, ReportModelOutput
+from cxrlib.model.tokenizer import ReportTokenizer
+
+__all__ = [
+    "AnatomicalPrior",
+    "ModelConfig",
+    "ReportModel",
+    "ReportModelOutput",
+    "ReportTokenizer",
+]

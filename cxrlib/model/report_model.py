@@ -1,0 +1,730 @@
+"""The report model: DINOv3 patches -> MLP bridge -> prefix tokens of GPT-2.
+
+Data flow (shapes for a batch of B images, P patches, T text tokens, L decoder layers)::
+
+    pixel_values (B, 3, H, W) --DINOv3ViTModel--> (B, 1 + R + P, E)
+        drop CLS + R register tokens (R from the encoder config) -> (B, P, E)
+        [or image_features (B, P, E) from a feature cache]
+    --bridge MLP--> prefix (B, P, D)
+    [prefix ; wte(input_ids)] (B, P + T, D) + learned positions 0 .. P + T - 1
+    --GPT-2, anatomical attention in every layer (cxrlib.model.attention)-->
+    text hidden states (B, T, D) --lm_head--> logits (B, T, V)
+
+The prior ``priors`` (B, L, P) in [0, 1] enters every layer's attention as a
+(L, B, 1, 1, P) bias (see :mod:`cxrlib.model.attention` for the modes). The position
+scheme is documented in :mod:`cxrlib.model.config`.
+
+Save / load: ``config.json`` (the :class:`ModelConfig` plus the encoder's and decoder's
+own configs, so loading needs no hub), ``model.safetensors`` (written to a temporary
+file, then renamed), ``tokenizer.json`` + ``tokenizer_config.json``. No pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import DINOv3ViTConfig, DINOv3ViTModel, DynamicCache, GPT2Config, GPT2LMHeadModel
+
+from cxrlib.model.attention import IMPLEMENTATIONS, AnatomicalPrior
+from cxrlib.model.config import ModelConfig
+from cxrlib.model.tokenizer import ReportTokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "cxrlib.ReportModel"
+FORMAT_VERSION = 1
+
+
+def hub_token() -> str | None:
+    """The hub access token: the ``HF_TOKEN`` environment variable, never code or configs."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+@dataclass
+class ReportModelOutput:
+    """What :meth:`ReportModel.forward` returns.
+
+    Attributes
+    ----------
+    logits : torch.Tensor
+        (B, T, V) next-token logits at the text positions.
+    loss : torch.Tensor or None
+        Mean cross-entropy of the text tokens (labels shifted by one; -100 ignored).
+    attentions : tuple of torch.Tensor or None
+        One (B, heads, P + T, P + T) weight tensor per decoder layer, when asked.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """CTRL's repetition penalty on the logits of tokens already in each sequence.
+
+    Parameters
+    ----------
+    logits : (N, V) float
+    tokens : (N, T) int64
+        The sequence so far (prompt and generated tokens).
+    mask : (N, T) int64
+        1 where ``tokens`` holds a token, 0 at padding (not penalised).
+    penalty : float
+        > 1 discourages repeats: a seen token's positive logit is divided by it, a
+        negative one multiplied.
+    """
+    if penalty == 1.0:
+        return logits
+    counts = torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
+    seen = counts.scatter_add_(1, tokens, mask.long()) > 0  # (N, V)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+class ReportModel(nn.Module):
+    """DINOv3 encoder + MLP bridge + GPT-2 decoder with anatomical attention.
+
+    Build with :meth:`from_config` or :meth:`from_pretrained`; the constructor only
+    assembles parts that already agree with ``config``.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        encoder: DINOv3ViTModel,
+        decoder: GPT2LMHeadModel,
+        tokenizer: ReportTokenizer,
+    ):
+        super().__init__()
+        self.config = config.replace()  # a copy: set_attn_implementation edits it
+        self.encoder = encoder
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        enc_width, dec_width = encoder.config.hidden_size, decoder.config.n_embd
+        hidden = config.bridge_hidden_size or dec_width
+        self.bridge = nn.Sequential(
+            nn.Linear(enc_width, hidden), nn.GELU(), nn.Linear(hidden, dec_width)
+        )
+        if config.learn_prior_strength:
+            strength = torch.full((self.num_decoder_layers,), float(config.prior_strength))
+            self.prior_strength = nn.Parameter(strength)  # (L,)
+        else:
+            self.prior_strength = None
+        if not config.encoder_rope_augmentation:
+            for name in ("pos_embed_shift", "pos_embed_jitter", "pos_embed_rescale"):
+                setattr(encoder.config, name, None)
+        self._check_parts()
+        self._set_encoder_trainable()
+        self.set_attn_implementation(config.attn_implementation)
+        self.train(False)
+
+    # --- construction ----------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ModelConfig,
+        tokenizer: ReportTokenizer | None = None,
+        texts: list[str] | None = None,
+    ) -> ReportModel:
+        """Build the model: pretrained parts from hub ids or folders, the rest from configs.
+
+        Parameters
+        ----------
+        config : ModelConfig
+        tokenizer : ReportTokenizer, optional
+            Default: a pretrained decoder's own tokenizer; for a config-built decoder a
+            byte-level BPE trained on ``texts`` (with ``texts=None``: the 256 bytes and
+            the specials only, no merges).
+        texts : list of str, optional
+            Training Findings for the BPE (config-built decoder, no ``tokenizer``).
+        """
+        token = hub_token()
+        if tokenizer is None:
+            if isinstance(config.decoder, dict):
+                tokenizer = ReportTokenizer.train(texts or [], config.tokenizer_vocab_size)
+            else:
+                tokenizer = ReportTokenizer.from_pretrained(config.decoder, token=token)
+        encoder = _build_encoder(config, token)
+        decoder = _build_decoder(config, tokenizer, token)
+        return cls(config, encoder, decoder, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> ReportModel:
+        """Load a model written by :meth:`save_pretrained` (no network, no pickle)."""
+        folder = Path(path)
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path}: no model config")
+        data = json.loads(config_path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{config_path}: not a {FORMAT} folder")
+        config = ModelConfig.from_dict(data["model_config"])
+        encoder = DINOv3ViTModel(DINOv3ViTConfig.from_dict(data["encoder_config"]))
+        decoder = GPT2LMHeadModel._from_config(
+            GPT2Config.from_dict(data["decoder_config"]),
+            attn_implementation=IMPLEMENTATIONS[config.attn_implementation],
+        )
+        model = cls(config, encoder, decoder, ReportTokenizer.load(folder))
+        load_model(model, folder / WEIGHTS_FILE, strict=True)
+        return model
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``config.json``, ``model.safetensors`` and the tokenizer files to ``path``."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_config": self.config.to_dict(),
+            "encoder_config": self.encoder.config.to_dict(),
+            "decoder_config": self.decoder.config.to_dict(),
+        }
+        _write_atomic(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
+        _write_atomic(
+            folder / WEIGHTS_FILE,
+            lambda tmp: save_model(self, str(tmp), metadata={"format": "pt"}),
+        )
+        self.tokenizer.save(folder)
+
+    def _check_parts(self) -> None:
+        cfg, enc, dec = self.config, self.encoder.config, self.decoder.config
+        if enc.patch_size != cfg.patch_size:
+            raise ValueError(
+                f"ModelConfig.patch_size={cfg.patch_size} but the encoder's patch size is "
+                f"{enc.patch_size}"
+            )
+        if dec.n_positions < cfg.num_positions:
+            raise ValueError(
+                f"decoder position table has {dec.n_positions} rows; the prefix and text need "
+                f"{cfg.num_positions} (num_patches {cfg.num_patches} + max_text_tokens "
+                f"{cfg.max_text_tokens})"
+            )
+        if len(self.tokenizer) > dec.vocab_size:
+            raise ValueError(
+                f"tokenizer has {len(self.tokenizer)} tokens, the decoder only {dec.vocab_size}"
+            )
+
+    def _set_encoder_trainable(self) -> None:
+        how = self.config.encoder_trainable
+        self.encoder.requires_grad_(how == "all")
+        if how == "last_n":
+            blocks = self.encoder.model.layer
+            n = self.config.encoder_trainable_blocks
+            if n > len(blocks):
+                raise ValueError(
+                    f"ModelConfig.encoder_trainable_blocks={n}, the encoder has {len(blocks)}"
+                )
+            for block in blocks[len(blocks) - n :]:
+                block.requires_grad_(True)
+            self.encoder.norm.requires_grad_(True)
+
+    def set_attn_implementation(self, name: str) -> None:
+        """Switch the attention backend (``"sdpa"`` or ``"eager"``); weights unchanged."""
+        if name not in IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation: expected sdpa or eager (got {name!r})")
+        self.decoder.set_attn_implementation(IMPLEMENTATIONS[name])
+        self.config.attn_implementation = name
+
+    def train(self, mode: bool = True) -> ReportModel:
+        """Train/eval mode; a frozen encoder always stays in eval mode."""
+        super().train(mode)
+        if self.config.encoder_trainable == "frozen":
+            self.encoder.eval()
+        return self
+
+    # --- sizes -------------------------------------------------------------------------
+
+    @property
+    def num_patches(self) -> int:
+        """P: image prefix tokens (row-major over the patch grid)."""
+        return self.config.num_patches
+
+    @property
+    def num_decoder_layers(self) -> int:
+        """L: decoder layers, the second axis of ``priors``."""
+        return self.decoder.config.n_layer
+
+    @property
+    def device(self) -> torch.device:
+        return self.bridge[0].weight.device
+
+    # --- image -> prefix ---------------------------------------------------------------
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encoder patch features without CLS and register tokens.
+
+        Parameters
+        ----------
+        pixel_values : (B, 3, S, S) float, ImageNet-normalised, S = ``image_size``
+
+        Returns
+        -------
+        (B, P, E) float: patch tokens, row-major over the patch grid.
+        """
+        size = self.config.image_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"pixel_values: expected (B, 3, {size}, {size}), got {tuple(pixel_values.shape)}"
+            )
+        trainable = self.config.encoder_trainable != "frozen"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            hidden = self.encoder(pixel_values=pixel_values).last_hidden_state  # (B, 1+R+P, E)
+        patches = hidden[:, 1 + self.encoder.config.num_register_tokens :]  # (B, P, E)
+        if patches.shape[1] != self.num_patches:
+            raise ValueError(
+                f"encoder gave {patches.shape[1]} patch tokens, expected {self.num_patches}"
+            )
+        return patches
+
+    def embed_prefix(
+        self, pixel_values: torch.Tensor | None = None, image_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Prefix tokens: (B, P, D) from ``pixel_values`` or cached ``image_features``."""
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("give exactly one of pixel_values and image_features")
+        if image_features is None:
+            image_features = self.encode_images(pixel_values)
+        width = self.encoder.config.hidden_size
+        if image_features.ndim != 3 or image_features.shape[1:] != (self.num_patches, width):
+            raise ValueError(
+                f"image_features: expected (B, {self.num_patches}, {width}), got "
+                f"{tuple(image_features.shape)}"
+            )
+        return self.bridge(image_features.to(self.bridge[0].weight.dtype))  # (B, P, D)
+
+    def prior_state(
+        self, priors: torch.Tensor | None, batch_size: int, need_weights: bool = False
+    ) -> AnatomicalPrior:
+        """Check ``priors`` (B, L, P) in [0, 1] (None: uniform) and build the layers' state."""
+        if priors is not None:
+            expected = (batch_size, self.num_decoder_layers, self.num_patches)
+            if tuple(priors.shape) != expected:
+                raise ValueError(
+                    f"priors: expected shape (B, L, P) = {expected}, got {tuple(priors.shape)}"
+                )
+            if not priors.is_floating_point():
+                raise ValueError(f"priors: expected floating point values, got {priors.dtype}")
+            lo, hi = torch.aminmax(priors.detach())
+            if not (lo >= 0 and hi <= 1):  # NaN fails too
+                raise ValueError(
+                    f"priors: values must lie in [0, 1] (got min {lo.item()}, max {hi.item()})"
+                )
+            dtype = torch.promote_types(priors.dtype, torch.float32)
+            priors = priors.to(device=self.device, dtype=dtype)
+        strength = self.prior_strength
+        if strength is None:
+            strength = float(self.config.prior_strength)
+        return AnatomicalPrior.build(
+            priors, self.config.mode, strength, self.num_patches, need_weights=need_weights
+        )
+
+    # --- the decoder ---------------------------------------------------------------------
+
+    def _run_decoder(
+        self,
+        embeds: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        prior: AnatomicalPrior,
+        cache: DynamicCache | None = None,
+        output_attentions: bool = False,
+    ):
+        """GPT-2 over ``embeds`` (B, Tq, D); ``text_mask`` (B, T) covers the whole text so far."""
+        full_mask = None
+        if text_mask is not None:
+            ones = text_mask.new_ones(text_mask.shape[0], self.num_patches)
+            full_mask = torch.cat([ones, text_mask], dim=1)  # (B, P + T)
+        prior.applied.clear()
+        out = self.decoder.transformer(
+            inputs_embeds=embeds,
+            attention_mask=full_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+            output_attentions=output_attentions,
+            anatomical_prior=prior,
+        )
+        missing = sorted(set(range(self.num_decoder_layers)) - prior.applied)
+        if missing:
+            raise RuntimeError(
+                f"the anatomical prior was not applied in decoder layers {missing}: the "
+                f"decoder's attention implementation is "
+                f"{self.decoder.config._attn_implementation!r}, expected one of "
+                f"{sorted(IMPLEMENTATIONS.values())}"
+            )
+        return out
+
+    def _text_positions(self, text_mask: torch.Tensor | None, batch: int, length: int):
+        """(B, T) positions of the text tokens: P, P + 1, ... counting real tokens only."""
+        if text_mask is None:
+            pos = torch.arange(length, device=self.device) + self.num_patches
+            return pos.expand(batch, length)
+        return self.num_patches + (text_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        priors: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> ReportModelOutput:
+        """Teacher-forced pass over image prefix + text.
+
+        Parameters
+        ----------
+        pixel_values : (B, 3, S, S), optional
+        image_features : (B, P, E), optional
+            Encoder patch features (feature cache); exactly one of the two.
+        input_ids : (B, T) int64
+            ``BOS text EOS`` and padding (see :meth:`ReportTokenizer.batch`).
+        attention_mask : (B, T), optional
+            1 = token, 0 = padding (left or right); None: no padding.
+        priors : (B, L, P) in [0, 1], optional
+            Per-layer anatomical prior; None: uniform (no bias).
+        labels : (B, T) int64, optional
+            Targets aligned with ``input_ids`` (shifted inside), -100 = ignore.
+        output_attentions : bool
+            Also return each layer's (B, heads, P + T, P + T) attention weights.
+        """
+        if input_ids is None:
+            raise ValueError("input_ids: required (at least BOS)")
+        batch, length = input_ids.shape
+        if length > self.config.max_text_tokens:
+            raise ValueError(
+                f"input_ids: {length} tokens, the position table holds "
+                f"max_text_tokens={self.config.max_text_tokens}"
+            )
+        prefix = self.embed_prefix(pixel_values, image_features)  # (B, P, D)
+        if prefix.shape[0] != batch:
+            raise ValueError(f"batch sizes differ: images {prefix.shape[0]}, text {batch}")
+        prior = self.prior_state(priors, batch, need_weights=output_attentions)
+        text = self.decoder.transformer.wte(input_ids)  # (B, T, D)
+        embeds = torch.cat([prefix.to(text.dtype), text], dim=1)  # (B, P + T, D)
+        prefix_pos = torch.arange(self.num_patches, device=self.device).expand(batch, -1)
+        position_ids = torch.cat(
+            [prefix_pos, self._text_positions(attention_mask, batch, length)], 1
+        )
+        out = self._run_decoder(
+            embeds, attention_mask, position_ids, prior, output_attentions=output_attentions
+        )
+        hidden = out.last_hidden_state[:, self.num_patches :]  # (B, T, D)
+        logits = self.decoder.lm_head(hidden)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            upcast = torch.promote_types(logits.dtype, torch.float32)
+            loss = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).to(upcast),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+            )
+        attentions = tuple(out.attentions) if output_attentions else None
+        return ReportModelOutput(logits=logits, loss=loss, attentions=attentions)
+
+    # --- generation ----------------------------------------------------------------------
+
+    def _next_logits(
+        self,
+        prefix: torch.Tensor,
+        tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        padded: bool,
+        prior: AnatomicalPrior,
+        cache: DynamicCache | None,
+        step: int,
+    ) -> torch.Tensor:
+        """(N, V) logits for the token after each row of ``tokens`` (N, T).
+
+        Without a cache (or at step 0) the whole prefix + text is run; with a cache only
+        the last token, whose query still meets every cached patch key with its bias.
+        """
+        n, length = tokens.shape
+        text_pos = self._text_positions(text_mask, n, length)  # (N, T)
+        mask = text_mask if padded else None
+        if cache is None or step == 0:
+            text = self.decoder.transformer.wte(tokens)  # (N, T, D)
+            embeds = torch.cat([prefix.to(text.dtype), text], dim=1)  # (N, P + T, D)
+            prefix_pos = torch.arange(self.num_patches, device=self.device).expand(n, -1)
+            position_ids = torch.cat([prefix_pos, text_pos], dim=1)  # (N, P + T)
+            hidden = self._run_decoder(embeds, mask, position_ids, prior, cache).last_hidden_state
+            order = torch.arange(length, device=self.device)
+            last = (text_mask * (order + 1)).argmax(-1)  # (N,) last real text token
+            h = hidden[torch.arange(n, device=self.device), self.num_patches + last]  # (N, D)
+        else:
+            embeds = self.decoder.transformer.wte(tokens[:, -1:])  # (N, 1, D)
+            hidden = self._run_decoder(embeds, mask, text_pos[:, -1:], prior, cache)
+            h = hidden.last_hidden_state[:, -1]  # (N, D)
+        logits = self.decoder.lm_head(h)  # (N, V)
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+    def _prompt(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if input_ids is None:
+            ids = torch.full((batch, 1), self.tokenizer.bos_id, dtype=torch.long)
+            return ids.to(self.device), torch.ones_like(ids, device=self.device)
+        if input_ids.ndim != 2 or input_ids.shape[0] != batch:
+            raise ValueError(f"input_ids: expected ({batch}, T), got {tuple(input_ids.shape)}")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        if not bool(mask.any(-1).all()):
+            raise ValueError("attention_mask: every prompt needs at least one token")
+        return input_ids.to(self.device), mask.long().to(self.device)
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        priors: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        use_cache: bool = True,
+        repetition_penalty: float | None = None,
+        length_penalty: float | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        stop_at_eos: bool = True,
+    ) -> torch.Tensor:
+        """Generate Findings token ids after the image prefix and a prompt (default BOS).
+
+        Parameters
+        ----------
+        pixel_values, image_features, priors
+            As in :meth:`forward`; the prior is applied in every layer at every step.
+        max_new_tokens, num_beams, repetition_penalty, length_penalty
+            Defaults from the config. ``num_beams == 1`` is greedy.
+        use_cache : bool
+            KV cache (same tokens as full recomputation, faster).
+        input_ids, attention_mask : (B, T0), optional
+            A prompt, left- or right-padded (mask 0 at padding). Default: BOS.
+        stop_at_eos : bool
+            Stop a sequence at EOS (False: always ``max_new_tokens``, for benchmarks).
+
+        Returns
+        -------
+        (B, T_new) int64: generated ids (EOS included), padded with the PAD id.
+        """
+        cfg = self.config
+        max_new = cfg.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        beams = cfg.num_beams if num_beams is None else int(num_beams)
+        penalty = cfg.repetition_penalty if repetition_penalty is None else repetition_penalty
+        lp = cfg.length_penalty if length_penalty is None else length_penalty
+        if max_new <= 0:
+            raise ValueError(f"max_new_tokens: expected > 0 (got {max_new})")
+        if beams <= 0:
+            raise ValueError(f"num_beams: expected > 0 (got {beams})")
+        prefix = self.embed_prefix(pixel_values, image_features)  # (B, P, D)
+        batch = prefix.shape[0]
+        prior = self.prior_state(priors, batch)
+        tokens, text_mask = self._prompt(input_ids, attention_mask, batch)
+        if tokens.shape[1] + max_new > cfg.max_text_tokens:
+            raise ValueError(
+                f"max_new_tokens: prompt {tokens.shape[1]} + {max_new} new tokens exceed "
+                f"max_text_tokens={cfg.max_text_tokens}"
+            )
+        padded = not bool(text_mask.all())
+        args = (prefix, prior, tokens, text_mask, padded, max_new, penalty, use_cache, stop_at_eos)
+        if beams == 1:
+            return self._greedy(*args)
+        return self._beam_search(*args, beams, lp)
+
+    def _greedy(
+        self,
+        prefix: torch.Tensor,
+        prior: AnatomicalPrior,
+        tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        padded: bool,
+        max_new: int,
+        penalty: float,
+        use_cache: bool,
+        stop_at_eos: bool,
+    ) -> torch.Tensor:
+        """Greedy decoding of N = B rows; finished rows continue with PAD."""
+        n = tokens.shape[0]
+        cache = DynamicCache(config=self.decoder.config) if use_cache else None
+        finished = torch.zeros(n, dtype=torch.bool, device=self.device)
+        out = []
+        for step in range(max_new):
+            logits = self._next_logits(prefix, tokens, text_mask, padded, prior, cache, step)
+            logits = apply_repetition_penalty(logits, tokens, text_mask, penalty)  # (N, V)
+            nxt = logits.argmax(-1).masked_fill(finished, self.tokenizer.pad_id)  # (N,)
+            out.append(nxt)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            text_mask = torch.cat([text_mask, text_mask.new_ones(n, 1)], dim=1)
+            if stop_at_eos:
+                finished |= nxt == self.tokenizer.eos_id
+                if bool(finished.all()):
+                    break
+        return torch.stack(out, dim=1)
+
+    def _beam_search(
+        self,
+        prefix: torch.Tensor,
+        prior: AnatomicalPrior,
+        tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        padded: bool,
+        max_new: int,
+        penalty: float,
+        use_cache: bool,
+        stop_at_eos: bool,
+        beams: int,
+        length_penalty: float,
+    ) -> torch.Tensor:
+        """Beam search: each image keeps ``beams`` running hypotheses; a hypothesis that
+        ends with EOS among the top ``beams`` candidates is finished with score
+        sum(log p) / length ** length_penalty; an image is done when ``beams``
+        hypotheses are finished and no running one can beat the worst of them."""
+        batch, k, eos, pad = prefix.shape[0], beams, self.tokenizer.eos_id, self.tokenizer.pad_id
+        rows = torch.arange(batch, device=self.device).repeat_interleave(k)  # (N,)
+        prefix, tokens, text_mask = prefix[rows], tokens[rows], text_mask[rows]
+        prior = prior.select(rows)  # the priors travel with their beams
+        n = batch * k
+        cache = DynamicCache(config=self.decoder.config) if use_cache else None
+        scores = torch.zeros(batch, k, dtype=torch.float64, device=self.device)
+        scores[:, 1:] = -torch.inf  # the first step expands beam 0 only
+        generated = tokens.new_empty(n, 0)
+        finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(batch)]
+        done = [False] * batch
+        for step in range(max_new):
+            logits = self._next_logits(prefix, tokens, text_mask, padded, prior, cache, step)
+            logits = apply_repetition_penalty(logits, tokens, text_mask, penalty)
+            logp = torch.log_softmax(logits.double(), dim=-1)  # (N, V)
+            vocab = logp.shape[-1]
+            cand = (scores.view(n, 1) + logp).view(batch, k * vocab)
+            top, idx = cand.topk(2 * k, dim=1)  # (B, 2k) best first
+            top_l, src_l, tok_l = top.tolist(), (idx // vocab).tolist(), (idx % vocab).tolist()
+            next_scores = scores.clone()
+            next_src = torch.arange(k, device=self.device).repeat(batch, 1)  # (B, k)
+            next_tok = torch.full((batch, k), pad, dtype=torch.long, device=self.device)
+            for b in range(batch):
+                if done[b]:
+                    continue
+                j = 0
+                for r in range(2 * k):
+                    s, src, tok = top_l[b][r], src_l[b][r], tok_l[b][r]
+                    if stop_at_eos and tok == eos:
+                        if r < k:
+                            seq = torch.cat([generated[b * k + src], generated.new_tensor([eos])])
+                            finished[b].append((s / len(seq) ** length_penalty, seq))
+                        continue
+                    next_scores[b, j], next_src[b, j], next_tok[b, j] = s, src, tok
+                    j += 1
+                    if j == k:
+                        break
+                finished[b] = sorted(finished[b], key=lambda h: -h[0])[:k]
+                if len(finished[b]) == k:
+                    best_running = next_scores[b, 0].item() / (step + 1) ** length_penalty
+                    done[b] = finished[b][-1][0] >= best_running
+            if all(done):
+                break
+            beam_idx = (torch.arange(batch, device=self.device)[:, None] * k + next_src).view(n)
+            generated = torch.cat([generated[beam_idx], next_tok.view(n, 1)], dim=1)
+            tokens = torch.cat([tokens[beam_idx], next_tok.view(n, 1)], dim=1)
+            text_mask = torch.cat([text_mask[beam_idx], text_mask.new_ones(n, 1)], dim=1)
+            prefix = prefix[beam_idx]
+            prior = prior.select(beam_idx)
+            if cache is not None:
+                cache.reorder_cache(beam_idx)
+            scores = next_scores
+        best = []
+        for b in range(batch):
+            hyps = list(finished[b])
+            if not done[b]:
+                length = generated.shape[1]
+                hyps += [
+                    (scores[b, j].item() / max(length, 1) ** length_penalty, generated[b * k + j])
+                    for j in range(k)
+                ]
+            best.append(max(hyps, key=lambda h: h[0])[1])
+        width = max(len(seq) for seq in best)
+        out = torch.full((batch, width), pad, dtype=torch.long, device=self.device)
+        for b, seq in enumerate(best):
+            out[b, : len(seq)] = seq
+        return out
+
+    @torch.no_grad()
+    def generate(self, *args, **kwargs) -> list[str]:
+        """Generated Findings as text, one string per image (arguments of :meth:`generate_ids`)."""
+        ids = self.generate_ids(*args, **kwargs)
+        return [self.tokenizer.decode(row) for row in ids.tolist()]
+
+
+# --- builders ----------------------------------------------------------------------------
+
+
+def _build_encoder(config: ModelConfig, token: str | None) -> DINOv3ViTModel:
+    if isinstance(config.encoder, dict):
+        fields = {
+            "patch_size": config.patch_size,
+            **config.encoder,
+            "image_size": config.image_size,
+        }
+        return DINOv3ViTModel(DINOv3ViTConfig(**fields))
+    return DINOv3ViTModel.from_pretrained(
+        config.encoder, token=token, dtype=torch.float32, use_safetensors=True
+    )
+
+
+def _build_decoder(
+    config: ModelConfig, tokenizer: ReportTokenizer, token: str | None
+) -> GPT2LMHeadModel:
+    impl = IMPLEMENTATIONS[config.attn_implementation]
+    specials = {
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+    }
+    if isinstance(config.decoder, dict):
+        fields = dict(config.decoder)
+        fields["vocab_size"] = max(int(fields.get("vocab_size", 0)), len(tokenizer))
+        fields["n_positions"] = max(int(fields.get("n_positions", 0)), config.num_positions)
+        fields.update(specials)
+        return GPT2LMHeadModel._from_config(GPT2Config(**fields), attn_implementation=impl)
+    decoder = GPT2LMHeadModel.from_pretrained(
+        config.decoder,
+        token=token,
+        attn_implementation=impl,
+        dtype=torch.float32,
+        use_safetensors=True,  # never unpickle a checkpoint
+    )
+    for name, value in specials.items():
+        setattr(decoder.config, name, value)
+    _extend_positions(decoder, config.num_positions)
+    return decoder
+
+
+def _extend_positions(decoder: GPT2LMHeadModel, rows: int) -> None:
+    """Grow GPT-2's position table to ``rows`` by tiling it (row n_old + j <- row j)."""
+    old = decoder.transformer.wpe.weight
+    if old.shape[0] >= rows:
+        return
+    index = torch.arange(rows, device=old.device) % old.shape[0]
+    wpe = nn.Embedding(rows, old.shape[1], device=old.device, dtype=old.dtype)
+    with torch.no_grad():
+        wpe.weight.copy_(old[index])
+    decoder.transformer.wpe = wpe
+    decoder.config.n_positions = rows
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,175 @@
+"""The prior cache: round trips, keys, stale files never read, changed masks recomputed."""
+
+import json
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from cxrlib.anatomy.cache import (
+    PriorCache,
+    cached_priors_for_manifest,
+    checkpoint_fingerprint,
+    mask_fingerprints,
+)
+from cxrlib.anatomy.priors import PriorConfig, layer_priors, priors_for_manifest
+from cxrlib.data.manifest import read_manifest
+
+CONFIG = PriorConfig(image_size=64, patch_size=8, schedule="thesis")  # 8x8 grid
+
+
+def _entries(n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    grids = (torch.rand(n, 8, 8, generator=gen) > 0.5).float()
+    return [f"img{i}" for i in range(n)], layer_priors(grids, CONFIG), grids
+
+
+def test_round_trip(tmp_path):
+    ids, priors, grids = _entries(3)
+    cache = PriorCache(tmp_path, CONFIG)
+    assert cache.get(ids) is None  # no file yet
+    path = cache.put(ids, priors, grids, sources=["manifest"] * 3, fingerprints=["a", "b", "c"])
+    assert path == tmp_path / f"priors-{cache.key[:16]}.safetensors" and path.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
+    got_priors, got_grids = PriorCache(tmp_path, CONFIG).get(["img2", "img0"])
+    assert torch.equal(got_priors, priors[[2, 0]]) and got_priors.dtype == torch.float32
+    assert torch.equal(got_grids, grids[[2, 0]])
+    assert cache.get(["img0", "missing"]) is None
+    assert cache.get(["img0"], fingerprints=["a"]) is not None
+    assert cache.get(["img0"], fingerprints=["changed"]) is None
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["cache_key"] == cache.key
+    assert json.loads(meta["image_ids"]) == ids
+    assert json.loads(meta["counts"]) == {"manifest": 3}
+    assert PriorConfig.from_dict(json.loads(meta["config"])) == CONFIG
+
+
+def test_put_adds_and_replaces_entries(tmp_path):
+    ids, priors, grids = _entries(3)
+    cache = PriorCache(tmp_path, CONFIG)
+    cache.put(ids[:2], priors[:2], grids[:2])
+    cache.put(ids[1:], priors[1:] * 0 + 1, grids[1:])  # replaces img1, adds img2
+    got, _ = cache.get(ids)
+    assert torch.equal(got[0], priors[0])
+    assert torch.equal(got[1:], torch.ones(2, 12, 64))
+    assert cache.load().image_ids == ["img0", "img1", "img2"]
+
+
+def test_float16_storage(tmp_path):
+    ids, priors, grids = _entries(2)
+    cache = PriorCache(tmp_path, CONFIG, dtype="float16")
+    assert cache.key != PriorCache(tmp_path, CONFIG).key
+    cache.put(ids, priors, grids)
+    got, _ = cache.get(ids)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, priors, atol=2.5e-4, rtol=0)
+
+
+def test_a_cache_of_other_settings_is_never_read(tmp_path, caplog):
+    ids, priors, grids = _entries(2)
+    PriorCache(tmp_path, CONFIG).put(ids, priors, grids)
+    other = PriorConfig(image_size=64, patch_size=8, schedule="linear")
+    stale = PriorCache(tmp_path, other)
+    assert stale.path != PriorCache(tmp_path, CONFIG).path
+    assert stale.get(ids) is None
+    # even a file copied under the other key's name is refused: the key is re-checked
+    shutil.copy(PriorCache(tmp_path, CONFIG).path, stale.path)
+    with caplog.at_level(logging.WARNING, logger="cxrlib.anatomy.cache"):
+        assert stale.get(ids) is None
+    assert "written under another key, ignored" in caplog.text
+    for kwargs in ({"source": "none"}, {"segmenter_id": "ckpt-1"}):
+        assert PriorCache(tmp_path, CONFIG, **kwargs).get(ids) is None
+
+
+def test_unreadable_cache_is_ignored(tmp_path):
+    cache = PriorCache(tmp_path, CONFIG)
+    cache.path.write_bytes(b"not a safetensors file")
+    assert cache.get(["img0"]) is None
+    ids, priors, grids = _entries(1)
+    cache.put(ids, priors, grids)  # overwritten cleanly
+    assert cache.get(ids) is not None
+
+
+def test_put_validates_shapes(tmp_path):
+    ids, priors, grids = _entries(2)
+    cache = PriorCache(tmp_path, CONFIG)
+    with pytest.raises(ValueError, match=r"priors must have shape \(2, 12, 64\)"):
+        cache.put(ids, priors[:, :6], grids)
+    with pytest.raises(ValueError, match="unique"):
+        cache.put(["a", "a"], priors, grids)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    from cxrlib.data.phantom import write_phantom
+
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom(root, n=4, seed=0, size=64, progress=False)
+    return root
+
+
+def test_cached_priors_for_manifest(phantom, tmp_path):
+    df = read_manifest(phantom / "manifest.csv")
+    first = cached_priors_for_manifest(df, CONFIG, tmp_path, progress=False)
+    assert (first.reused, first.computed) == (0, 4)
+    _, direct, info = priors_for_manifest(df, CONFIG, progress=False)
+    assert torch.equal(first.priors, direct)
+    assert first.info.counts == info.counts == {"manifest": 4, "segmenter": 0, "none": 0}
+    second = cached_priors_for_manifest(df, CONFIG, tmp_path, progress=False)
+    assert (second.reused, second.computed) == (4, 0)
+    assert torch.equal(second.priors, direct)
+    assert torch.equal(second.info.grid_masks, info.grid_masks)
+    assert "4 reused, 0 computed" in second.describe()
+    other = cached_priors_for_manifest(
+        df, PriorConfig(image_size=64, patch_size=8), tmp_path, progress=False
+    )
+    assert other.computed == 4 and other.path != first.path
+
+
+def test_a_changed_mask_is_recomputed(phantom, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(phantom, root)
+    df = read_manifest(root / "manifest.csv")
+    cached_priors_for_manifest(df, CONFIG, tmp_path / "cache", progress=False)
+    heart = root / df.loc[1, "heart_mask_path"]
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(heart)
+    os.utime(heart, ns=(1, 1))  # a different modification time, whatever the clock
+    again = cached_priors_for_manifest(df, CONFIG, tmp_path / "cache", progress=False)
+    assert (again.reused, again.computed) == (3, 1)
+    _, fresh, _ = priors_for_manifest(df, CONFIG, progress=False)
+    assert torch.equal(again.priors, fresh)
+
+
+def test_fingerprints_follow_the_source(phantom):
+    df = read_manifest(phantom / "manifest.csv")
+    sources, fps = mask_fingerprints(df, CONFIG)
+    assert sources == ["manifest"] * 4 and len(set(fps)) == 4
+    df.loc[0, "heart_mask_path"] = ""
+    sources2, fps2 = mask_fingerprints(df, CONFIG, has_segmenter=True, segmenter_id="s1")
+    assert sources2[0] == "segmenter" and fps2[0] != fps[0] and fps2[1:] == fps[1:]
+    _, fps3 = mask_fingerprints(df, CONFIG, has_segmenter=True, segmenter_id="s2")
+    assert fps3[0] != fps2[0]
+
+
+def test_segmenter_needs_an_id(phantom, tmp_path):
+    df = read_manifest(phantom / "manifest.csv")
+    with pytest.raises(ValueError, match="segmenter_id is required"):
+        cached_priors_for_manifest(df, CONFIG, tmp_path, segmenter=object(), progress=False)
+
+
+def test_checkpoint_fingerprint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"1")
+    before = checkpoint_fingerprint(ckpt)
+    assert before == checkpoint_fingerprint(ckpt)
+    (ckpt / "model.safetensors").write_bytes(b"22")
+    assert checkpoint_fingerprint(ckpt) != before
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        checkpoint_fingerprint(tmp_path / "nope")

@@ -1,0 +1,247 @@
+"""The anatomical attention provably acts inside every layer, on both backends.
+
+Every test runs with the SDPA backend (PyTorch's fused kernel, where the published code
+silently lost its bias) and the eager backend.
+"""
+
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from cxrlib.model.attention import ANATOMICAL_EAGER, ANATOMICAL_SDPA, AnatomicalPrior
+from tests.model import (  # noqa: F401 (one_thread: an autouse fixture)
+    IMPLS,
+    batch_inputs,
+    one_thread,
+    random_priors,
+    same_weights,
+    small_model,
+)
+
+
+def _logits(model, inputs, priors, **kwargs):
+    with torch.no_grad():
+        return model(
+            pixel_values=inputs["pixel_values"],
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            priors=priors,
+            **kwargs,
+        )
+
+
+def test_functions_are_registered_and_used():
+    assert AttentionInterface._global_mapping[ANATOMICAL_SDPA].__name__.startswith("anatomical")
+    assert AttentionInterface._global_mapping[ANATOMICAL_EAGER].__name__.startswith("anatomical")
+    # without a mask builder for the name, transformers would build no causal mask at all
+    assert ANATOMICAL_SDPA in AttentionMaskInterface._global_mapping
+    assert ANATOMICAL_EAGER in AttentionMaskInterface._global_mapping
+    for impl, name in (("sdpa", ANATOMICAL_SDPA), ("eager", ANATOMICAL_EAGER)):
+        model = small_model(impl=impl)
+        assert model.decoder.config._attn_implementation == name
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_soft_with_strength_zero_equals_none_exactly(impl):
+    none = small_model("none", impl)
+    soft0 = same_weights(none, mode="soft", prior_strength=0.0)
+    inputs = batch_inputs(none)
+    priors = random_priors(none, zero_fraction=0.3)
+    expected = _logits(none, inputs, priors).logits
+    torch.testing.assert_close(_logits(soft0, inputs, priors).logits, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_priors_change_text_logits_in_soft_mode_only(impl):
+    soft = small_model("soft", impl)
+    none = same_weights(soft, mode="none")
+    inputs = batch_inputs(soft)
+    a, b = random_priors(soft, seed=3), random_priors(soft, seed=4)
+    assert not torch.allclose(_logits(soft, inputs, a).logits, _logits(soft, inputs, b).logits)
+    assert torch.equal(_logits(none, inputs, a).logits, _logits(none, inputs, b).logits)
+    # priors=None means uniform: no bias at all
+    assert torch.equal(_logits(soft, inputs, None).logits, _logits(none, inputs, None).logits)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["soft", "strict"])
+def test_each_layer_applies_its_own_prior(impl, mode):
+    model = small_model(mode, impl)
+    inputs = batch_inputs(model)
+    base = torch.zeros(2, model.num_decoder_layers, model.num_patches, dtype=torch.float64)
+    if mode == "strict":
+        base += 1.0
+    reference = _logits(model, inputs, base).logits
+    for layer in range(model.num_decoder_layers):
+        priors = base.clone()
+        priors[:, layer] = random_priors(model, zero_fraction=0.5)[:, layer]
+        changed = _logits(model, inputs, priors).logits
+        assert not torch.allclose(changed, reference), f"layer {layer} ignored its prior"
+
+
+def _materialised_reference(model, inputs, prior_row):
+    """Stock transformers eager GPT-2 with a full (B, 1, T, T) additive mask: the bias the
+    anatomical attention must equal, for a prior shared by all layers."""
+    cfg, patches = model.config, model.num_patches
+    with torch.no_grad():
+        prefix = model.embed_prefix(inputs["pixel_values"])
+        text = model.decoder.transformer.wte(inputs["input_ids"])
+        embeds = torch.cat([prefix, text], dim=1)
+        batch, total = embeds.shape[:2]
+        lowest = torch.finfo(embeds.dtype).min
+        causal = torch.ones(total, total, dtype=torch.bool).tril()
+        mask = torch.zeros(batch, 1, total, total, dtype=embeds.dtype)
+        mask = mask.masked_fill(~causal, lowest)
+        if cfg.mode == "soft":
+            mask[..., :patches] += cfg.prior_strength * prior_row[:, None, None, :]
+        else:
+            mask[..., :patches] = mask[..., :patches].masked_fill(
+                (prior_row == 0)[:, None, None, :], lowest
+            )
+        model.decoder.set_attn_implementation("eager")  # the stock one, not ours
+        try:
+            hidden = model.decoder.transformer(inputs_embeds=embeds, attention_mask=mask)
+        finally:
+            model.set_attn_implementation(cfg.attn_implementation)
+        return model.decoder.lm_head(hidden.last_hidden_state[:, patches:])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["soft", "strict"])
+def test_bias_equals_a_materialised_mask(impl, mode):
+    model = small_model(mode, impl)
+    inputs = batch_inputs(model)
+    inputs["attention_mask"] = None  # the reference has no padding
+    inputs["input_ids"] = inputs["input_ids"][:, :6]
+    row = random_priors(model, zero_fraction=0.4)[:, 0]  # (B, P), the same in every layer
+    row[:, 0] = 0.5  # keep patch 0: every query has a kept key
+    priors = row[:, None, :].expand(-1, model.num_decoder_layers, -1).contiguous()
+    expected = _materialised_reference(model, inputs, row)
+    actual = _logits(model, inputs, priors).logits
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_strict_excluded_patches_get_exactly_zero_weight(impl):
+    model = small_model("strict", impl)
+    inputs = batch_inputs(model)
+    priors = random_priors(model, zero_fraction=0.4)
+    priors[0, 0, :3] = 0.0  # the first queries of layer 0 see only excluded keys (guard 2)
+    priors[1, 1, 0] = 0.7
+    out = _logits(model, inputs, priors, output_attentions=True)
+    patches = model.num_patches
+    total = patches + inputs["input_ids"].shape[1]
+    assert len(out.attentions) == model.num_decoder_layers
+    for layer, weights in enumerate(out.attentions):
+        assert weights.shape == (2, model.decoder.config.n_head, total, total)
+        assert torch.isfinite(weights).all()
+        excluded = priors[:, layer] == 0  # (B, P)
+        to_patches = weights[..., :patches]  # (B, nh, T, P)
+        assert (to_patches.masked_select(excluded[:, None, None, :]) == 0).all()
+        # queries before the first kept patch attend to nothing; all others sum to 1
+        first = (~excluded).int().argmax(-1)  # (B,)
+        sums = weights.sum(-1)  # (B, nh, T)
+        for b in range(2):
+            torch.testing.assert_close(
+                sums[b, :, : first[b]], torch.zeros_like(sums[b, :, : first[b]])
+            )
+            torch.testing.assert_close(
+                sums[b, :, first[b] :], torch.ones_like(sums[b, :, first[b] :])
+            )
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_strict_text_logits_ignore_features_of_excluded_patches(impl):
+    model = small_model("strict", impl)
+    inputs = batch_inputs(model)
+    with torch.no_grad():
+        features = model.encode_images(inputs["pixel_values"])
+    priors = random_priors(model, zero_fraction=0.0).clamp(min=0.05)
+    hidden = torch.tensor([0, 1, 5, 6, 10])  # excluded in every layer (0, 1: empty rows)
+    priors[:, :, hidden] = 0.0
+    kept = 3
+
+    def logits(feats, mode_model=model):
+        with torch.no_grad():
+            return mode_model(
+                image_features=feats,
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                priors=priors,
+            ).logits
+
+    noise = torch.randn_like(features) * 5.0
+    perturbed = features.clone()
+    perturbed[:, hidden] += noise[:, hidden]
+    assert torch.equal(logits(perturbed), logits(features))
+    touched = features.clone()
+    touched[:, kept] += noise[:, kept]
+    assert not torch.allclose(logits(touched), logits(features))
+    soft = same_weights(model, mode="soft")
+    assert not torch.allclose(logits(perturbed, soft), logits(features, soft))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_strict_layer_with_nothing_kept_is_left_unmasked(impl):
+    model = small_model("strict", impl)
+    none = same_weights(model, mode="none")
+    inputs = batch_inputs(model)
+    zeros = torch.zeros(2, model.num_decoder_layers, model.num_patches, dtype=torch.float64)
+    torch.testing.assert_close(
+        _logits(model, inputs, zeros).logits, _logits(none, inputs, zeros).logits, rtol=0, atol=0
+    )
+    priors = random_priors(model, zero_fraction=0.5)
+    priors[:, 1] = 0.0  # layer 1: every patch 0 for both images
+    weights = _logits(model, inputs, priors, output_attentions=True).attentions[1]
+    text_rows = weights[:, :, model.num_patches :, : model.num_patches]  # text -> patches
+    assert (text_rows > 0).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_backends_agree(impl):
+    for mode in ("none", "soft", "strict"):
+        model = small_model(mode, impl)
+        other = "eager" if impl == "sdpa" else "sdpa"
+        inputs = batch_inputs(model)
+        priors = random_priors(model, zero_fraction=0.3)
+        expected = _logits(model, inputs, priors).logits
+        model.set_attn_implementation(other)
+        torch.testing.assert_close(
+            _logits(model, inputs, priors).logits, expected, atol=1e-10, rtol=0
+        )
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_learned_strength_receives_gradients(impl):
+    model = small_model("soft", impl, learn_prior_strength=True)
+    assert model.prior_strength.shape == (model.num_decoder_layers,)
+    inputs = batch_inputs(model)
+    out = model(**inputs, priors=random_priors(model))
+    out.loss.backward()
+    grad = model.prior_strength.grad
+    assert grad is not None and torch.isfinite(grad).all() and (grad != 0).all()
+
+
+def test_a_backend_that_drops_the_prior_is_an_error():
+    model = small_model("soft", "sdpa")
+    model.decoder.set_attn_implementation("sdpa")  # the stock function ignores the prior
+    inputs = batch_inputs(model)
+    with pytest.raises(RuntimeError, match="not applied"):
+        _logits(model, inputs, random_priors(model))
+
+
+def test_prior_is_stored_per_key_never_per_query_key_pair():
+    priors = torch.rand(3, 4, 16)  # (B, L, P)
+    soft = AnatomicalPrior.build(priors, "soft", 2.0, num_patches=16)
+    assert soft.bias.shape == (4, 3, 1, 1, 16)
+    torch.testing.assert_close(soft.bias[:, :, 0, 0], 2.0 * priors.transpose(0, 1))
+    assert soft.key_bias(2, kv_length=40, dtype=torch.float32).shape == (3, 1, 1, 40)
+    strict = AnatomicalPrior.build(priors.masked_fill(priors < 0.5, 0), "strict", 1.0, 16)
+    assert strict.keep.shape == (4, 3, 1, 1, 16) and strict.bias is None
+    bias = strict.layer_bias(0, torch.bfloat16)
+    assert bias.dtype == torch.bfloat16 and torch.isfinite(bias).all()
+    assert AnatomicalPrior.build(priors, "none", 1.0, 16).active is False
+    assert AnatomicalPrior.build(None, "soft", 1.0, 16).active is False
+    beams = soft.select(torch.tensor([0, 0, 2]))
+    torch.testing.assert_close(beams.bias[:, 2], soft.bias[:, 2])
