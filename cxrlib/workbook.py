@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cxrlib.errors import CxrError
+from cxrlib.io import write_json_atomic
 from cxrlib.provenance import provenance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -131,12 +132,6 @@ def prepare_phantom(spec: PhantomSpec, cache: Path, workers: int = 1) -> Path:
     return folder / "manifest.csv"
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def run_workbook(
     profile: str,
     out: str | os.PathLike | None = None,
@@ -198,7 +193,7 @@ def run_workbook(
         "notebooks": [],
         "status": "running",
     }
-    _write_json(run_dir / "run.json", record)
+    write_json_atomic(run_dir / "run.json", record, default=str)
     if manifest is None:
         manifest_path = prepare_phantom(prof.phantom, cache_dir, workers=prof.workers).resolve()
     else:
@@ -236,18 +231,18 @@ def run_workbook(
             entry["status"] = "failed"
             entry["seconds"] = round(time.perf_counter() - started, 1)
             record["status"] = "failed"
-            _write_json(run_dir / "run.json", record)
+            write_json_atomic(run_dir / "run.json", record, default=str)
             raise CxrError(
                 f"notebook {src.name} failed at cell {err.exec_count}: {err.ename}: "
                 f"{err.evalue.splitlines()[0] if err.evalue else ''} (executed copy: {dst})"
             ) from None
         entry["status"] = "ok"
         entry["seconds"] = round(time.perf_counter() - started, 1)
-        _write_json(run_dir / "run.json", record)
+        write_json_atomic(run_dir / "run.json", record, default=str)
 
     record["status"] = "complete"
     record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    _write_json(run_dir / "run.json", record)
+    write_json_atomic(run_dir / "run.json", record, default=str)
     if prof.publish_figures and figures_dir.is_dir():
         publish_figures(run_dir, figures_dir, REPO_ROOT / "figures", record)
     return RunResult(run_dir=run_dir, notebooks=record["notebooks"], manifest=manifest_path)

@@ -41,6 +41,7 @@ from cxrlib.anatomy.priors import (
     priors_for_manifest,
     row_sources,
 )
+from cxrlib.io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -345,13 +346,8 @@ class PriorCache:
             "counts": json.dumps(counts),
         }
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tensors = {"priors": new_priors.contiguous(), "grid_masks": new_grid.contiguous()}
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
         self._contents, self._loaded_stat = None, None
         return self.path
 

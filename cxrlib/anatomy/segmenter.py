@@ -39,6 +39,7 @@ from cxrlib.anatomy.metrics import bootstrap_mean_ci, dice, hd95
 from cxrlib.data.manifest import resolve
 from cxrlib.errors import CxrError
 from cxrlib.explore import load_image, load_mask
+from cxrlib.io import write_atomic, write_json_atomic
 from cxrlib.provenance import provenance
 
 ORGANS: tuple[str, ...] = ("left_lung", "right_lung", "heart")
@@ -262,13 +263,9 @@ class Segmenter:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        tmp = path / ".model.safetensors.tmp"
-        save_file(state, tmp)
-        os.replace(tmp, path / "model.safetensors")
+        write_atomic(path / "model.safetensors", lambda tmp: save_file(state, tmp))
         meta = {"config": asdict(self.config), "organs": list(ORGANS), **(extra or {})}
-        tmp = path / ".config.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        os.replace(tmp, path / "config.json")
+        write_json_atomic(path / "config.json", meta, default=str)
         return path
 
     @torch.no_grad()
@@ -453,13 +450,15 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
         "dice_mean",
         "seconds",
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in columns})
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in columns})
+
+    write_atomic(path, write)
 
 
 # --- evaluation -------------------------------------------------------------------------

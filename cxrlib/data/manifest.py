@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.errors import ManifestError
+from cxrlib.io import write_atomic
 
 CHEXPERT_LABELS: tuple[str, ...] = (
     "No Finding",
@@ -303,7 +304,4 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, check_files: bo
     for label in CHEXPERT_LABELS:
         out[label] = out[label].map(format_label)
     out = out[ordered_columns(out.columns)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    out.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: out.to_csv(tmp, index=False, lineterminator="\n"))

@@ -31,6 +31,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import DINOv3ViTConfig, DINOv3ViTModel, DynamicCache, GPT2Config, GPT2LMHeadModel
 
+from cxrlib.io import write_atomic
 from cxrlib.model.attention import IMPLEMENTATIONS, AnatomicalPrior
 from cxrlib.model.config import ModelConfig
 from cxrlib.model.tokenizer import ReportTokenizer
@@ -188,8 +189,8 @@ class ReportModel(nn.Module):
             "encoder_config": self.encoder.config.to_dict(),
             "decoder_config": self.decoder.config.to_dict(),
         }
-        _write_atomic(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
-        _write_atomic(
+        write_atomic(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
+        write_atomic(
             folder / WEIGHTS_FILE,
             lambda tmp: save_model(self, str(tmp), metadata={"format": "pt"}),
         )
@@ -717,14 +718,3 @@ def _extend_positions(decoder: GPT2LMHeadModel, rows: int) -> None:
         wpe.weight.copy_(old[index])
     decoder.transformer.wpe = wpe
     decoder.config.n_positions = rows
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

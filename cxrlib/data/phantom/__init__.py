@@ -22,7 +22,6 @@ output is byte-identical for the same arguments, whatever the number of workers.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -44,6 +43,7 @@ from cxrlib.data.phantom.findings import (
     sample_study,
 )
 from cxrlib.data.phantom.render import render
+from cxrlib.io import write_json_atomic
 from cxrlib.provenance import provenance
 
 PHANTOM_VERSION = "1"
@@ -221,9 +221,7 @@ def write_phantom(
         "size": size,
         "provenance": provenance(),
     }
-    tmp = out / ".phantom.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / "phantom.json")
+    write_json_atomic(out / "phantom.json", meta, sort_keys=True)
 
     positives = Counter()
     for label in CHEXPERT_LABELS:
