@@ -70,6 +70,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxrlib.data.manifest import resolve, text_cell
+
 log = logging.getLogger(__name__)
 
 PRIORS_VERSION = 1
@@ -661,12 +663,6 @@ class PriorInfo:
         return line
 
 
-def _cell(value: object) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return str(value).strip()
-
-
 def manifest_mask_paths(row: Mapping, structures: Sequence[str]) -> dict[str, list[str]] | None:
     """Manifest mask cells that give each structure, or None if any is missing.
 
@@ -677,14 +673,14 @@ def manifest_mask_paths(row: Mapping, structures: Sequence[str]) -> dict[str, li
     out: dict[str, list[str]] = {}
     for s in structures:
         if s == "lungs":
-            both = _cell(row.get("lung_mask_path"))
+            both = text_cell(row.get("lung_mask_path"))
             left, right = (
-                _cell(row.get("left_lung_mask_path")),
-                _cell(row.get("right_lung_mask_path")),
+                text_cell(row.get("left_lung_mask_path")),
+                text_cell(row.get("right_lung_mask_path")),
             )
             cells = [both] if both else ([left, right] if left and right else [])
         else:
-            cell = _cell(row.get(f"{s}_mask_path"))
+            cell = text_cell(row.get(f"{s}_mask_path"))
             cells = [cell] if cell else []
         if not cells:
             return None
@@ -711,7 +707,7 @@ def row_sources(df: pd.DataFrame, structures: Sequence[str], source: str, has_se
             out.append("manifest")
         elif source == "manifest":
             raise ValueError(
-                f"image {_cell(row.get('image_id'))!r}: no manifest mask for every one of "
+                f"image {text_cell(row.get('image_id'))!r}: no manifest mask for every one of "
                 f"{', '.join(structures)} (columns lung_mask_path or left/right_lung_mask_path, "
                 "heart_mask_path); use source 'auto' to fall back"
             )
@@ -737,13 +733,12 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _manifest_grid_mask(row: Mapping, root: Path, structures: Sequence[str], grid: int):
-    from cxrlib.data.manifest import resolve
     from cxrlib.explore import load_mask
 
-    image_id = _cell(row.get("image_id"))
+    image_id = text_cell(row.get("image_id"))
     paths = manifest_mask_paths(row, structures)
     assert paths is not None
-    image_cell = _cell(row.get("image_path"))
+    image_cell = text_cell(row.get("image_path"))
     expected = _image_size(resolve(root, image_cell)) if image_cell else None
     union = None
     for s, cells in paths.items():
@@ -762,10 +757,9 @@ def _manifest_grid_mask(row: Mapping, root: Path, structures: Sequence[str], gri
 
 def _segmenter_grid_masks(segmenter, rows: list[dict], root: Path, config: PriorConfig):
     """Grid masks of rows from the segmenter, images of one shape batched together."""
-    from cxrlib.data.manifest import resolve
     from cxrlib.explore import load_image
 
-    images = [load_image(resolve(root, _cell(r.get("image_path")))) for r in rows]
+    images = [load_image(resolve(root, text_cell(r.get("image_path")))) for r in rows]
     out: list[torch.Tensor | None] = [None] * len(rows)
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
@@ -774,7 +768,7 @@ def _segmenter_grid_masks(segmenter, rows: list[dict], root: Path, config: Prior
         pred = segmenter.predict(np.stack([images[i] for i in idx]))
         for name, m in pred.items():
             if tuple(np.shape(m)) != (len(idx), *shape):
-                ids = [_cell(rows[i].get("image_id")) for i in idx]
+                ids = [text_cell(rows[i].get("image_id")) for i in idx]
                 raise ValueError(
                     f"image {ids[0]!r}: segmenter mask {name!r} has shape {tuple(np.shape(m))}, "
                     f"expected {(len(idx), *shape)} (the images' size)"
@@ -857,7 +851,7 @@ def priors_for_manifest(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     g, n = config.grid, len(df)
-    ids = [_cell(v) for v in df["image_id"]]
+    ids = [text_cell(v) for v in df["image_id"]]
     sources = row_sources(df, config.structures, source, segmenter is not None)
     rows = df.to_dict("records")
     grid_masks = torch.zeros(n, g, g)

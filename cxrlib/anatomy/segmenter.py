@@ -413,7 +413,6 @@ def train_segmenter(
             "provenance": provenance(),
         },
     )
-    _write_metrics(out / "metrics.csv", rows)
     return seg
 
 
@@ -464,6 +463,22 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 # --- evaluation -------------------------------------------------------------------------
 
 
+def _predict_row(seg: Segmenter, row, root: str | os.PathLike) -> dict:
+    """One manifest row's image, manual masks and post-processed predicted masks.
+
+    Returns ``image_id``, ``image`` (H, W) uint8, ``true`` and ``pred`` (organ -> bool
+    (H, W), at the image's own size).
+    """
+    image = load_image(resolve(root, row["image_path"]))
+    pred = seg.predict([image])
+    return {
+        "image_id": row["image_id"],
+        "image": image,
+        "true": {o: load_mask(resolve(root, row[MASK_COLUMN[o]])) for o in ORGANS},
+        "pred": {o: pred[o][0] for o in ORGANS},
+    }
+
+
 def evaluate(seg: Segmenter, df: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
     """Per-image quality of ``seg`` on a manifest with left/right lung and heart masks.
 
@@ -484,10 +499,8 @@ def evaluate(seg: Segmenter, df: pd.DataFrame, progress: bool = True) -> pd.Data
         df.itertuples(index=False), total=len(df), desc="evaluate", disable=not progress
     ):
         row = row._asdict()
-        image = load_image(resolve(root, row["image_path"]))
-        true = {o: load_mask(resolve(root, row[MASK_COLUMN[o]])) for o in ORGANS}
-        pred = seg.predict([image])
-        pred = {o: pred[o][0] for o in ORGANS}
+        example = _predict_row(seg, row, root)
+        true, pred = example["true"], example["pred"]
         out = {"image_id": row["image_id"]}
         for o in ORGANS:
             out[f"dice_{o}"] = dice(pred[o], true[o])
@@ -607,19 +620,7 @@ def example_predictions(seg: Segmenter, df: pd.DataFrame, n: int = 4, seed: int 
     from cxrlib.explore import sample_rows
 
     root = df.attrs.get("root", ".")
-    out = []
-    for _, row in sample_rows(df, n, seed).iterrows():
-        image = load_image(resolve(root, row["image_path"]))
-        pred = seg.predict([image])
-        out.append(
-            {
-                "image_id": row["image_id"],
-                "image": image,
-                "true": {o: load_mask(resolve(root, row[MASK_COLUMN[o]])) for o in ORGANS},
-                "pred": {o: pred[o][0] for o in ORGANS},
-            }
-        )
-    return out
+    return [_predict_row(seg, row, root) for _, row in sample_rows(df, n, seed).iterrows()]
 
 
 SEGMENTER_VERSION = 1

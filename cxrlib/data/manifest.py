@@ -143,7 +143,7 @@ def resolve(root: str | os.PathLike, path: str) -> Path:
     return p if p.is_absolute() else Path(root) / p
 
 
-def _cell(value: object) -> str:
+def text_cell(value: object) -> str:
     """A text cell, stripped; blank for None/NaN/NA."""
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return ""
@@ -152,7 +152,7 @@ def _cell(value: object) -> str:
 
 def is_text_only(df: pd.DataFrame) -> bool:
     """True when no row has an image: a text-only manifest (reports without images)."""
-    return len(df) > 0 and bool((df["image_path"].map(_cell) == "").all())
+    return len(df) > 0 and bool((df["image_path"].map(text_cell) == "").all())
 
 
 def validate(
@@ -187,7 +187,7 @@ def validate(
         return f"{name}:{i + 2}"
 
     found: list[tuple[int, str]] = []  # (row, message), sorted by row at the end
-    text = {c: df[c].map(_cell) for c in CORE_COLUMNS}
+    text = {c: df[c].map(text_cell) for c in CORE_COLUMNS}
     for col in ("study_id", "image_id"):
         for i in np.flatnonzero((text[col] == "").to_numpy()):
             found.append((i, f"empty {col}"))
@@ -219,7 +219,7 @@ def validate(
             if cell and not resolve(root, cell).is_file():
                 found.append((i, f"image_path {cell!r} does not exist"))
         for col in (c for c in MASK_COLUMNS if c in df.columns):
-            for i, cell in enumerate(df[col].map(_cell)):
+            for i, cell in enumerate(df[col].map(text_cell)):
                 if cell and not resolve(root, cell).is_file():
                     found.append((i, f"{col} {cell!r} does not exist"))
     for label in CHEXPERT_LABELS:
