@@ -513,3 +513,327 @@ def format_model_table(result: dict) -> str:
     )
     lines.append(f"  meets targets: {'yes' if result['meets_targets'] else 'no'}")
     return "\n".join(lines)
+
+
+# --- cxr bench features ----------------------------------------------------------------
+
+FEATURES_TARGET_SPEEDUP = 3.0
+
+
+def bench_features(
+    n: int = 128,
+    batch: int = 16,
+    size: int = 224,
+    threads: int = 0,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict:
+    """Training epoch with the encoder feature cache against recomputing the encoder.
+
+    In one run, at the tiny preset (``ModelConfig.tiny(mode="soft")``, frozen encoder,
+    random weights, float32) on the CPU with ``threads`` torch threads (0: torch's
+    default; restored afterwards): write an ``n``-image phantom at ``size`` px (resized
+    to the model's 224 px on load), build the :class:`~cxrlib.features.FeatureCache`
+    (timed: the one-time cost), then run ``repeats`` epochs each way, interleaved, and
+    keep the fastest of each. An epoch is, per batch of ``batch`` images: the image
+    features, then the trainer's step (forward with labels and priors of ones, backward,
+    AdamW step, zero_grad).
+
+    - uncached: :func:`~cxrlib.data.images.load_pixels` of every image, then the
+      encoder under ``no_grad``;
+    - cached: :meth:`FeatureCache.load` of the batch's ids.
+
+    Ratio: uncached / cached epoch seconds, against the 3x target. The uncached epoch is
+    split into image loading, encoder and decoder step (bridge + decoder forward,
+    backward and optimiser step), so what dominates is measured, not guessed.
+    """
+    import torch
+
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    for name, value in (("n", n), ("batch", batch), ("size", size), ("repeats", repeats)):
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _bench_features(Path(tmp), n, batch, size, repeats, seed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed: int) -> dict:
+    import torch
+
+    from cxrlib.data.images import load_pixels
+    from cxrlib.data.manifest import read_manifest, resolve
+    from cxrlib.data.phantom import write_phantom
+    from cxrlib.features import FeatureCache
+    from cxrlib.model import ModelConfig, ReportModel
+
+    write_phantom(tmp / "phantom", n=n, seed=seed, size=size, workers=1, progress=False)
+    df = read_manifest(tmp / "phantom" / "manifest.csv")
+    ids = [str(v) for v in df["image_id"]]
+    paths = [str(resolve(df.attrs["root"], p)) for p in df["image_path"]]
+    texts = [str(t) for t in df["findings"]]
+    torch.manual_seed(seed)
+    model = ReportModel.from_config(ModelConfig.tiny(mode="soft"), texts=texts)
+    cfg = model.config
+    cache = FeatureCache(tmp / "features", model)
+    report = cache.build(ids, paths, batch_size=batch, progress=False)
+    if report.bad or report.computed != n:
+        raise RuntimeError(f"feature cache build failed: {report.describe()}")
+
+    batches = []
+    for start in range(0, n, batch):
+        rows = slice(start, start + batch)
+        tokens = model.tokenizer.batch(texts[rows], cfg.max_text_tokens)
+        priors = torch.ones(len(ids[rows]), model.num_decoder_layers, model.num_patches)
+        batches.append((ids[rows], paths[rows], tokens, priors))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+
+    def step(features, tokens, priors) -> None:
+        out = model(image_features=features, priors=priors, **tokens)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def encode(paths_b) -> tuple[torch.Tensor, float, float]:
+        t0 = time.perf_counter()
+        pixels = torch.stack([load_pixels(p, cfg.image_size) for p in paths_b])  # (B, 3, S, S)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            features = model.encode_images(pixels)  # (B, P, E)
+        return features, t1 - t0, time.perf_counter() - t1
+
+    def uncached_epoch() -> dict[str, float]:
+        split = {"image_loading": 0.0, "encoder": 0.0, "decoder_step": 0.0}
+        for _, paths_b, tokens, priors in batches:
+            features, load_s, enc_s = encode(paths_b)
+            t0 = time.perf_counter()
+            step(features, tokens, priors)
+            split["image_loading"] += load_s
+            split["encoder"] += enc_s
+            split["decoder_step"] += time.perf_counter() - t0
+        return split
+
+    def cached_epoch() -> dict[str, float]:
+        split = {"cache_load": 0.0, "decoder_step": 0.0}
+        for ids_b, _, tokens, priors in batches:
+            t0 = time.perf_counter()
+            features = cache.load(ids_b)  # (B, P, E) float16
+            t1 = time.perf_counter()
+            step(features, tokens, priors)
+            split["cache_load"] += t1 - t0
+            split["decoder_step"] += time.perf_counter() - t1
+        return split
+
+    # same features both ways (float16 rounding only), and a warm-up step each way
+    ids0, paths0, tokens0, priors0 = batches[0]
+    fresh, _, _ = encode(paths0)
+    max_diff = float((cache.load(ids0).float() - fresh).abs().max())
+    step(fresh, tokens0, priors0)
+    step(cache.load(ids0), tokens0, priors0)
+
+    uncached_runs, cached_runs = [], []
+    for r in range(repeats):
+        order = (uncached_epoch, cached_epoch) if r % 2 == 0 else (cached_epoch, uncached_epoch)
+        for epoch in order:
+            t0 = time.perf_counter()
+            split = epoch()
+            total = time.perf_counter() - t0
+            runs = uncached_runs if epoch is uncached_epoch else cached_runs
+            runs.append((total, split))
+    uncached_s, uncached_split = min(uncached_runs, key=lambda run: run[0])
+    cached_s, cached_split = min(cached_runs, key=lambda run: run[0])
+    ratio = uncached_s / cached_s
+    r3 = lambda d: {k: round(v, 3) for k, v in d.items()}  # noqa: E731
+    share = {k: round(v / uncached_s, 3) for k, v in uncached_split.items()}
+    mean_tokens = sum(int(t["attention_mask"].sum()) for _, _, t, _ in batches) / n
+    return {
+        "benchmark": "features",
+        "n": n,
+        "size": size,
+        "batch": batch,
+        "batches_per_epoch": len(batches),
+        "repeats": repeats,
+        "preset": "tiny",
+        "image_size": cfg.image_size,
+        "num_patches": model.num_patches,
+        "encoder_width": model.encoder.config.hidden_size,
+        "decoder_layers": model.num_decoder_layers,
+        "mean_text_tokens": round(mean_tokens, 1),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": _cpu_name(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "build_s": round(report.seconds, 3),
+        "cache_bytes": sum(p.stat().st_size for p in cache.folder.iterdir()),
+        "epoch_s": {"uncached": round(uncached_s, 3), "cached": round(cached_s, 3)},
+        "uncached_split_s": r3(uncached_split),
+        "uncached_share": share,
+        "cached_split_s": r3(cached_split),
+        "all_epochs_s": {
+            "uncached": [round(t, 3) for t, _ in uncached_runs],
+            "cached": [round(t, 3) for t, _ in cached_runs],
+        },
+        "ratios": {
+            "uncached_vs_cached": round(ratio, 3),
+            "vs_target_3x": round(ratio / FEATURES_TARGET_SPEEDUP, 3),
+            "bound_if_cache_load_free": round(uncached_s / uncached_split["decoder_step"], 3),
+            "build_vs_uncached_epoch": round(report.seconds / uncached_s, 3),
+        },
+        "target": FEATURES_TARGET_SPEEDUP,
+        "meets_target": ratio >= FEATURES_TARGET_SPEEDUP,
+        "max_abs_diff_cached_vs_encoder": max_diff,
+        "provenance": provenance(),
+    }
+
+
+def format_features_table(result: dict) -> str:
+    """The feature-cache benchmark as an aligned table."""
+    e, u, c, r = (
+        result["epoch_s"],
+        result["uncached_split_s"],
+        result["cached_split_s"],
+        result["ratios"],
+    )
+    share = result["uncached_share"]
+    rows = [
+        ("epoch s, uncached (load + encoder + step)", e["uncached"]),
+        (f"  image loading ({share['image_loading']:.0%})", u["image_loading"]),
+        (f"  encoder ({share['encoder']:.0%})", u["encoder"]),
+        (f"  decoder step ({share['decoder_step']:.0%})", u["decoder_step"]),
+        ("epoch s, cached (cache load + step)", e["cached"]),
+        ("  cache load", c["cache_load"]),
+        ("  decoder step", c["decoder_step"]),
+        ("one-time cache build s", result["build_s"]),
+        ("uncached / cached", r["uncached_vs_cached"]),
+        (f"  vs the {result['target']:g}x target", r["vs_target_3x"]),
+        ("  bound if the cache load were free", r["bound_if_cache_load_free"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    head = (
+        f"features benchmark: n={result['n']}, size={result['size']} px -> "
+        f"{result['image_size']} px, batch={result['batch']}, preset={result['preset']} "
+        f"(P={result['num_patches']}, ~{result['mean_text_tokens']} text tokens), "
+        f"threads={result['torch_threads']}, best of {result['repeats']}"
+    )
+    lines = [head] + [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"  meets target: {'yes' if result['meets_target'] else 'no'}")
+    return "\n".join(lines)
+
+
+def run_features(out: str | os.PathLike | None = None, **kwargs) -> dict:
+    """:func:`bench_features`: print its table and JSON, write JSON to ``out`` if given."""
+    result = bench_features(**kwargs)
+    print(format_features_table(result))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    return result
+
+
+# --- cxr bench labeler -----------------------------------------------------------------
+
+LABELER_TARGET_REPORTS_PER_S = 1000.0
+
+
+def bench_labeler(
+    n: int = 2000,
+    repeats: int = 3,
+    seed: int = 0,
+    iu: str | os.PathLike | None = None,
+) -> dict:
+    """Report labeler (``cxrlib-rule-v1``) throughput on one core, reports/s.
+
+    Measured in one process (pure Python: one core), best of ``repeats``, after one
+    warm-up: :func:`cxrlib.evaluate.labeler.label_reports` on ``n`` synthetic Findings
+    written by the phantom text generator (``cxrlib.data.phantom``; no real report
+    text), and the same on the FINDINGS + IMPRESSION of every IU X-ray report when
+    ``iu`` (default ``../shared/data/iu-xray/NLMCXR_reports.tgz``) exists. Ratios:
+    each rate vs the 1,000 reports/s target; the lexicon compilation time is given
+    apart (a one-off per process).
+    """
+    import numpy as np
+
+    from cxrlib.data.phantom import phantom_study
+    from cxrlib.data.phantom.text import findings_text
+    from cxrlib.evaluate import labeler as lab
+
+    texts = [
+        findings_text(phantom_study(i, seed), np.random.default_rng([seed, i, 1])) for i in range(n)
+    ]
+    t0 = time.perf_counter()
+    labeler = lab.Labeler()
+    compile_s = time.perf_counter() - t0
+    labeler.label_many(texts[: min(n, 50)])  # warm-up
+    rate_phantom, _ = _best_rate(lambda: labeler.label_many(texts), n, repeats)
+    rates = {"phantom_findings": round(rate_phantom, 1)}
+    ratios = {"phantom_vs_target_1000": round(rate_phantom / LABELER_TARGET_REPORTS_PER_S, 2)}
+    sizes = {"phantom_findings_mean_chars": round(float(np.mean([len(t) for t in texts])), 1)}
+    iu_path = None
+    if iu is None:
+        from cxrlib.evaluate.iu_validation import SHARED_REPORTS
+
+        iu = SHARED_REPORTS if SHARED_REPORTS.is_file() else None
+    if iu is not None:
+        from cxrlib.data.iu_xray import iter_reports
+        from cxrlib.evaluate.iu_validation import report_text
+
+        iu_path = str(iu)
+        reports = [
+            report_text(r.sections.get("FINDINGS", ""), r.sections.get("IMPRESSION", ""))
+            for r in iter_reports(iu)
+        ]
+        rate_iu, _ = _best_rate(lambda: labeler.label_many(reports), len(reports), repeats)
+        rates["iu_findings_impression"] = round(rate_iu, 1)
+        ratios["iu_vs_target_1000"] = round(rate_iu / LABELER_TARGET_REPORTS_PER_S, 2)
+        sizes["iu_reports"] = len(reports)
+        sizes["iu_mean_chars"] = round(float(np.mean([len(t) for t in reports])), 1)
+    return {
+        "benchmark": "labeler",
+        "labeler": lab.LABELER_NAME,
+        "n": n,
+        "repeats": repeats,
+        "iu_reports_path": iu_path,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "lexicon_compile_s": round(compile_s, 4),
+        "reports_per_s": rates,
+        "ratios": ratios,
+        "text_sizes": sizes,
+        "provenance": provenance(),
+    }
+
+
+def format_labeler_table(result: dict) -> str:
+    """The labeler benchmark as an aligned two-column text table."""
+    rows = [(f"reports/s, {k}", v) for k, v in result["reports_per_s"].items()]
+    rows += list(result["ratios"].items())
+    rows += [("lexicon compile s (once)", result["lexicon_compile_s"])]
+    width = max(len(k) for k, _ in rows)
+    head = (
+        f"labeler benchmark ({result['labeler']}, one core): n={result['n']} synthetic, "
+        f"best of {result['repeats']}"
+    )
+    return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def run_labeler(out: str | os.PathLike | None = None, **kwargs) -> dict:
+    """:func:`bench_labeler`: print its table and JSON, write JSON to ``out`` if given."""
+    result = bench_labeler(**kwargs)
+    print(format_labeler_table(result))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    return result

@@ -275,6 +275,32 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     mo.add_argument("--threads", type=_int, default=0, help="torch threads (0: torch's default)")
     mo.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     mo.set_defaults(handler=_cmd_bench_model)
+    fe = bsub.add_parser(
+        "features",
+        help="training epoch with the encoder feature cache vs recomputing the encoder (tiny)",
+    )
+    fe.add_argument("--n", type=_positive_int, default=128, help="phantom images (one epoch)")
+    fe.add_argument("--batch", type=_positive_int, default=16, help="images per training step")
+    fe.add_argument(
+        "--size", type=_positive_int, default=224, help="phantom side in px (resized to 224)"
+    )
+    fe.add_argument("--repeats", type=_positive_int, default=3, help="epochs each way (best)")
+    fe.add_argument("--threads", type=_int, default=0, help="torch threads (0: torch's default)")
+    fe.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    fe.set_defaults(handler=_cmd_bench_features)
+    la = bsub.add_parser(
+        "labeler", help="report labeler reports/s on one core vs the 1,000/s target"
+    )
+    la.add_argument("--n", type=_positive_int, default=2000, help="synthetic reports")
+    la.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats (best)")
+    la.add_argument(
+        "--iu",
+        type=Path,
+        default=None,
+        help="IU X-ray NLMCXR_reports.tgz (default ../shared/data/iu-xray/... if present)",
+    )
+    la.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    la.set_defaults(handler=_cmd_bench_labeler)
 
 
 def _cmd_bench_phantom(args: argparse.Namespace) -> int:
@@ -314,6 +340,27 @@ def _cmd_bench_priors(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         threads=args.threads,
     )
+    return 0
+
+
+def _cmd_bench_features(args: argparse.Namespace) -> int:
+    from cxrlib.bench import run_features
+
+    run_features(
+        out=args.json,
+        n=args.n,
+        batch=args.batch,
+        size=args.size,
+        repeats=args.repeats,
+        threads=args.threads,
+    )
+    return 0
+
+
+def _cmd_bench_labeler(args: argparse.Namespace) -> int:
+    from cxrlib.bench import run_labeler
+
+    run_labeler(out=args.json, n=args.n, repeats=args.repeats, iu=args.iu)
     return 0
 
 
@@ -698,6 +745,132 @@ def _cmd_segment_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- cxr train -------------------------------------------------------------------------
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from cxrlib.config import PROFILES
+    from cxrlib.model.config import MODES
+
+    p = sub.add_parser(
+        "train",
+        help="train the report model (Accelerate: CPU, one or several GPUs)",
+        description=(
+            "Train one run: the profile's config tree, then --config (a partial YAML/JSON "
+            "tree), then --set and the flags, merged in that order. Several processes: "
+            "`accelerate launch -m cxrlib.cli train ...` or `torchrun --nproc_per_node N "
+            "-m cxrlib.cli train ...`."
+        ),
+    )
+    p.add_argument("--profile", choices=sorted(PROFILES), default="default", help="preset")
+    p.add_argument("--config", type=Path, default=None, help="YAML or JSON (partial) tree")
+    p.add_argument("--mode", choices=MODES, default=None, help="anatomical attention mode")
+    p.add_argument("--seed", type=_int, default=None, help="run seed")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set train.epochs=3 (repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cxrlib.config import load_config, parse_assignment
+    from cxrlib.train import train
+
+    overrides = [parse_assignment(a) for a in args.assignments]
+    if args.mode is not None:
+        overrides.append({"model": {"mode": args.mode}})
+    if args.seed is not None:
+        overrides.append({"seed": args.seed})
+    config = load_config(args.profile, args.config, overrides)
+    result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if result.metrics is None:  # not the main process of a distributed run
+        return 0
+    best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
+    print(
+        f"trained {result.global_step} steps, {result.epochs_done} epochs "
+        f"({result.stop_reason}); best {config.train.early_stopping_metric} {best}; "
+        f"checkpoints in {args.out / 'checkpoints'}"
+    )
+    return 0
+
+
+# --- cxr label -------------------------------------------------------------------------
+
+
+def _add_label(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "label",
+        help="CheXpert labels of report texts (rule-based cxrlib-rule-v1, no download)",
+        description=(
+            "Label the report texts of one CSV column with the 14 CheXpert observations "
+            "(1, 0, -1, blank) and the laterality of six of them; write the input columns "
+            "plus the labels. 'cxr label iu-validate' measures the labeler against the "
+            "IU X-ray MeSH annotations."
+        ),
+    )
+    p.add_argument(
+        "--in", dest="in_csv", metavar="CSV", type=Path, default=None, help="input .csv/.csv.gz"
+    )
+    p.add_argument(
+        "--text-column", default="findings", help="column with the report text (default findings)"
+    )
+    p.add_argument("--out", dest="out_csv", metavar="CSV", type=Path, default=None, help="output")
+    p.set_defaults(handler=_cmd_label, label_parser=p)
+    lsub = p.add_subparsers(dest="label_command", metavar="COMMAND", required=False)
+    v = lsub.add_parser(
+        "iu-validate",
+        help="precision/recall/F1 against IU X-ray MeSH terms, odd and even report ids",
+        description=(
+            "Label FINDINGS + IMPRESSION of the IU X-ray reports and compare with their "
+            "manual MeSH terms; odd ids = development, even ids = held-out. Writes "
+            "iu_labeler_metrics.csv, iu_labeler_laterality.csv, iu_labeler_reports.csv "
+            "and iu_labeler_validation.md (numbers only, no report text) into DIR."
+        ),
+    )
+    v.add_argument(
+        "--reports",
+        type=Path,
+        default=None,
+        help="NLMCXR_reports.tgz or its folder (default ../shared/data/iu-xray/...)",
+    )
+    v.add_argument(
+        "--out", dest="validate_out", metavar="DIR", type=Path, required=True, help="output folder"
+    )
+    v.set_defaults(handler=_cmd_label_iu_validate)
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from cxrlib.evaluate.labeler import label_csv
+
+    if args.in_csv is None or args.out_csv is None:
+        args.label_parser.error("--in and --out are required (or a COMMAND: iu-validate)")
+    summary = label_csv(args.in_csv, args.out_csv, text_column=args.text_column)
+    print(
+        f"labelled {summary['rows']} reports ({summary['empty_texts']} empty) of column "
+        f"{args.text_column!r} with {summary['labeler']}: {summary['out']}"
+    )
+    return 0
+
+
+def _cmd_label_iu_validate(args: argparse.Namespace) -> int:
+    from cxrlib.evaluate.iu_validation import SHARED_REPORTS, markdown_tables, write_validation
+
+    reports = args.reports if args.reports is not None else SHARED_REPORTS
+    result, written = write_validation(reports, args.validate_out)
+    print(markdown_tables(result))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 # --- the command -----------------------------------------------------------------------
 
 # Each entry declares one top-level subcommand. Later capabilities add theirs here.
@@ -709,6 +882,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_masks,
     _add_segment,
     _add_priors,
+    _add_train,
+    _add_label,
 ]
 
 

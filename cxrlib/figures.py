@@ -465,6 +465,32 @@ def plot_training_curve(metrics: pd.DataFrame) -> Figure:
     return fig
 
 
+def plot_report_model_training(metrics: pd.DataFrame) -> Figure:
+    """Report model training: loss per step (train, validation) and the learning rate.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        ``metrics.csv`` of a :func:`cxrlib.train.train` run: ``step, epoch, split, loss,
+        lr, ...``; validation rows sit at the step that ended their epoch.
+    """
+    fig = _new_figure(PAGE_WIDTH, 2.4)
+    ax_loss, ax_lr = fig.subplots(1, 2)
+    palette = colors()
+    train = metrics[metrics["split"] == "train"]
+    val = metrics[metrics["split"] == "validate"]
+    ax_loss.plot(train["step"], train["loss"], color=palette[0], label="train")
+    ax_loss.plot(val["step"], val["loss"], "o-", color=palette[1], label="validation")
+    ax_loss.set_xlabel("optimizer step")
+    ax_loss.set_ylabel("cross-entropy per token")
+    ax_loss.legend()
+    ax_lr.plot(train["step"], train["lr"], color=palette[2])
+    ax_lr.set_xlabel("optimizer step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    return fig
+
+
 def plot_segmentation_examples(examples: list[dict], ncols: int = 4) -> Figure:
     """Radiographs with true (solid) and predicted (dashed) organ outlines.
 

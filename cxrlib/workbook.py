@@ -208,6 +208,7 @@ def run_workbook(
         "run_dir": str(run_dir),
         "wingspan": str(Path(wingspan).resolve()) if wingspan else str(SHARED_WINGSPAN),
         "segmenter_cache": str((cache_dir / "segmenters").resolve()),
+        "cache_dir": str(cache_dir.resolve()),
     }
     record["manifest"] = str(manifest_path)
 

@@ -1,0 +1,383 @@
+"""One config tree for a training run: ``data`` / ``priors`` / ``model`` / ``train``.
+
+:class:`RunConfig` holds these nodes, ``pretrain`` (supervised encoder pretraining,
+:mod:`cxrlib.pretrain`) and the seed. Every node is a dataclass with one
+commented default per field; the tree is plain JSON (:meth:`RunConfig.to_dict`) and
+loads from YAML or JSON (:func:`load_config`). Unknown keys are errors at every level,
+so a typo never silently falls back to a default.
+
+Profiles are named presets (:data:`PROFILES`, :func:`profile_config`):
+
+- ``smoke``: seconds on a CPU: 48 phantom images at 64 px, a 2-layer model, 2 epochs
+  (1 epoch of encoder pretraining); what the tests and CI run;
+- ``default``: the phantom dataset (3,000 images at 224 px) with
+  :meth:`ModelConfig.tiny`, its encoder pretrained once on the phantom labels
+  (:mod:`cxrlib.pretrain`) and frozen, sized for 2 CPU cores;
+- ``full``: the published sizes (:meth:`ModelConfig.published`: DINOv3 ViT-S/16 +
+  GPT-2 small, 512 px) on a user's manifest (MIMIC-CXR), bf16 on GPUs.
+
+A file given with ``--config`` is a *partial* tree merged over the profile
+(:func:`merge`): ``{"train": {"epochs": 3}}`` changes one field and keeps the rest.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cxrlib.model.config import ModelConfig
+from cxrlib.pretrain import PretrainConfig
+
+MASK_SOURCES = ("auto", "manifest", "segmenter", "none")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+EARLY_STOPPING_MODES = ("min", "max")
+
+
+def _check_unknown(cls: type, data: dict, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+@dataclass
+class DataConfig:
+    """Which images and texts a run trains on."""
+
+    # manifest CSV (cxrlib.data.manifest schema); None: the phantom dataset below
+    manifest: str | None = None
+    # phantom dataset generated (once, cached) when manifest is None
+    phantom_n: int = 3000
+    phantom_seed: int = 0
+    phantom_size: int = 224
+    # folder for the phantom, prior and encoder-feature caches
+    cache_dir: str = "cache"
+    # the report text the decoder learns
+    text_column: str = "findings"
+    # first N images of the train / validate split (manifest order); None: all
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    # unreadable images are logged, counted and skipped up to this many; one more
+    # stops the run with the list
+    max_bad_images: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("phantom_n", "phantom_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name}: expected a positive integer")
+        for name in ("max_train_images", "max_val_images"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name}: expected a positive integer or null")
+        if self.max_bad_images < 0:
+            raise ValueError("data.max_bad_images: expected >= 0")
+
+
+@dataclass
+class PriorsConfig:
+    """How masks become the per-layer priors (:class:`cxrlib.anatomy.priors.PriorConfig`).
+
+    Image size, patch size and the number of layers come from the model, so they are
+    not repeated here.
+    """
+
+    # structures united into the mask: lungs, heart, left_lung, right_lung
+    structures: list[str] = field(default_factory=lambda: ["lungs", "heart"])
+    # thesis | linear | constant | none (see cxrlib.anatomy.priors)
+    schedule: str = "linear"
+    sigma_start: float = 13 / 3
+    sigma_end: float = 2 / 3
+    sigma: float = 2.0
+    padding: str = "reflect"
+    # where masks come from: auto (manifest masks, else segmenter, else uniform),
+    # manifest, segmenter or none (uniform priors)
+    source: str = "auto"
+    # segmenter folder (cxr segment train) for images without masks; None: no segmenter
+    segmenter: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in MASK_SOURCES:
+            raise ValueError(f"priors.source: expected one of {', '.join(MASK_SOURCES)}")
+        self.resolve(224, 16, 1)  # validates the remaining fields
+
+    def resolve(self, image_size: int, patch_size: int, num_layers: int):
+        """The :class:`PriorConfig` for a model of these sizes."""
+        from cxrlib.anatomy.priors import PriorConfig
+
+        return PriorConfig(
+            structures=tuple(self.structures),
+            schedule=self.schedule,
+            num_layers=num_layers,
+            image_size=image_size,
+            patch_size=patch_size,
+            sigma_start=self.sigma_start,
+            sigma_end=self.sigma_end,
+            sigma=self.sigma,
+            padding=self.padding,
+        )
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop (:func:`cxrlib.train.train`)."""
+
+    epochs: int = 10
+    # images per process per forward pass
+    batch_size: int = 16
+    # forward passes per optimizer step (effective batch = batch * processes * this)
+    grad_accum_steps: int = 1
+    # AdamW; no weight decay on biases, norms and embeddings' positions
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # linear warmup over this fraction of all optimizer steps, then cosine decay to
+    # min_lr_ratio * lr
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.0
+    # gradient clipping by global norm; None: off
+    grad_clip: float | None = 1.0
+    # auto: bf16 autocast on CUDA, fp32 on CPU; or no / bf16 / fp16
+    mixed_precision: str = "auto"
+    # frozen encoder: compute patch features once (fp16 on disk) and reuse them
+    feature_cache: bool = True
+    # DataLoader worker processes (0: load in the training process)
+    num_workers: int = 0
+    # optimizer steps between checkpoints (0: only at the end of each epoch)
+    checkpoint_every: int = 0
+    # optimizer steps between train rows in metrics.csv / TensorBoard
+    log_every: int = 10
+    # early stopping: validation metric, its direction, epochs without improvement
+    # (None: never stop early); the best checkpoint follows the same metric
+    early_stopping_metric: str = "val_loss"
+    early_stopping_mode: str = "min"
+    patience: int | None = None
+    # validation images whose Findings are generated after each epoch (samples file)
+    val_generate: int = 8
+    # stop after this many optimizer steps in all (None: run every epoch)
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum_steps", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"train.{name}: expected a positive integer (got {value!r})")
+        for name in ("checkpoint_every", "num_workers", "val_generate"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name}: expected >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"train.lr: expected a positive number (got {self.lr!r})")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("train.warmup_ratio: expected a value in [0, 1)")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("train.min_lr_ratio: expected a value in [0, 1]")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError("train.grad_clip: expected a positive number or null")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"train.mixed_precision: expected one of {', '.join(MIXED_PRECISION)}")
+        if self.early_stopping_mode not in EARLY_STOPPING_MODES:
+            raise ValueError("train.early_stopping_mode: expected min or max")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError("train.patience: expected a positive integer or null")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("train.max_steps: expected a positive integer or null")
+        if len(self.betas) != 2:
+            raise ValueError("train.betas: expected two numbers")
+
+
+@dataclass
+class RunConfig:
+    """The whole tree of one training run."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    priors: PriorsConfig = field(default_factory=PriorsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig.tiny)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # supervised pretraining of a config-built encoder before it is frozen
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    # the profile this tree started from (informational)
+    profile: str = "custom"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tree as JSON-ready plain data."""
+        return {
+            "profile": self.profile,
+            "seed": self.seed,
+            "data": dataclasses.asdict(self.data),
+            "priors": dataclasses.asdict(self.priors),
+            "model": self.model.to_dict(),
+            "train": dataclasses.asdict(self.train),
+            "pretrain": dataclasses.asdict(self.pretrain),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`; missing keys take defaults, unknown keys are errors."""
+        _check_unknown(cls, data, "config")
+        parts: dict[str, Any] = {k: data[k] for k in ("seed", "profile") if k in data}
+        nodes = (
+            ("data", DataConfig),
+            ("priors", PriorsConfig),
+            ("train", TrainConfig),
+            ("pretrain", PretrainConfig),
+        )
+        for name, node in nodes:
+            if name in data:
+                if not isinstance(data[name], dict):
+                    raise ValueError(f"config.{name}: expected a mapping")
+                _check_unknown(node, data[name], f"config.{name}")
+                parts[name] = node(**data[name])
+        if "model" in data:
+            parts["model"] = ModelConfig.from_dict(data["model"])
+        return cls(**parts)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A deep copy with top-level ``changes`` applied."""
+        return dataclasses.replace(copy.deepcopy(self), **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+def _smoke() -> RunConfig:
+    model = ModelConfig.tiny(
+        encoder={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_register_tokens": 2,
+        },
+        image_size=64,
+        decoder={"n_layer": 2, "n_head": 2, "n_embd": 64},
+        max_text_tokens=96,
+        tokenizer_vocab_size=512,
+        max_new_tokens=24,
+    )
+    return RunConfig(
+        profile="smoke",
+        data=DataConfig(phantom_n=48, phantom_size=64),
+        model=model,
+        train=TrainConfig(
+            epochs=2,
+            batch_size=8,
+            lr=1e-3,
+            warmup_ratio=0.1,
+            checkpoint_every=2,
+            log_every=1,
+            val_generate=2,
+        ),
+        pretrain=PretrainConfig(enabled=True, epochs=1, batch_size=8),
+    )
+
+
+def _default() -> RunConfig:
+    return RunConfig(
+        profile="default",
+        data=DataConfig(phantom_n=3000, phantom_size=224),
+        model=ModelConfig.tiny(),
+        train=TrainConfig(epochs=4, batch_size=16, lr=1e-3, checkpoint_every=50, log_every=10),
+        # a random frozen encoder gives the decoder nothing to read (one text for every
+        # image); 15 epochs of label pretraining take ~5 min once, then are reused
+        pretrain=PretrainConfig(enabled=True, epochs=15, lr=2e-3),
+    )
+
+
+def _full() -> RunConfig:
+    return RunConfig(
+        profile="full",
+        data=DataConfig(manifest=None, max_bad_images=100),
+        model=ModelConfig.published(),
+        train=TrainConfig(
+            epochs=10,
+            batch_size=16,
+            lr=5e-5,
+            mixed_precision="auto",
+            checkpoint_every=1000,
+            log_every=50,
+            early_stopping_metric="val_loss",
+            patience=3,
+            val_generate=64,
+            num_workers=8,
+        ),
+    )
+
+
+PROFILES = {"smoke": _smoke, "default": _default, "full": _full}
+"""Profile name -> a function returning a fresh :class:`RunConfig`."""
+
+
+def profile_config(name: str) -> RunConfig:
+    """A fresh :class:`RunConfig` of profile ``name``."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r} (choose from {', '.join(PROFILES)})")
+    return PROFILES[name]()
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in recursively (mappings merge, values replace)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """A (partial) config tree from a ``.yaml``/``.yml`` or ``.json`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(
+            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'} ({first})"
+        ) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def parse_assignment(text: str) -> dict:
+    """``"train.epochs=3"`` -> ``{"train": {"epochs": 3}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    node: dict = {}
+    cursor = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor[part] = {}
+        cursor = cursor[part]
+    cursor[parts[-1]] = value
+    return node
+
+
+def load_config(
+    profile: str = "default",
+    path: str | os.PathLike | None = None,
+    overrides: list[dict] | None = None,
+) -> RunConfig:
+    """Profile ``profile``, then the file at ``path``, then ``overrides``, merged in order."""
+    tree = profile_config(profile).to_dict()
+    if path is not None:
+        tree = merge(tree, read_config_file(path))
+    for override in overrides or []:
+        tree = merge(tree, override)
+    return RunConfig.from_dict(tree)

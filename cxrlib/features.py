@@ -1,0 +1,580 @@
+"""The encoder feature cache: a frozen encoder's patch features, computed once per image.
+
+With ``encoder_trainable="frozen"`` the encoder gives the same (P, E) patch features for
+an image in every epoch, so the trainer reads them from disk
+(:meth:`ReportModel.forward(image_features=...) <cxrlib.model.ReportModel.forward>`)
+instead of decoding the image and running the encoder again.
+
+Layout of ``FeatureCache(folder, model)``::
+
+    folder/features-<key[:16]>/index.json               key, settings, shard -> image ids
+    folder/features-<key[:16]>/shard-00000.safetensors  "features" (n, P, E) float16
+    folder/features-<key[:16]>/shard-00001.safetensors  ...
+
+The key (:attr:`FeatureCache.key`) is a sha256 of everything that decides the values:
+:data:`CACHE_FORMAT`, :func:`encoder_fingerprint` (every encoder weight), the encoder's
+config (operations without weights: norms, RoPE), the image preprocessing
+(:func:`cxrlib.data.images.preprocessing` at ``config.image_size``), the register
+tokens dropped, the stored dtype, P and E. Any change gives a new folder; an old
+folder is never read under new settings.
+
+Each shard is written whole to a temporary name, then renamed; ``index.json`` is
+rewritten the same way after every shard. A build killed at any point therefore loses
+at most the shard in progress and never leaves an index that names a missing or
+half-written shard. Both the index and every shard header carry the key, checked again
+on reading: a folder copied under another key is ignored with a warning (and rebuilt).
+Shards are read with :func:`safetensors.safe_open` (memory-mapped, no pickle). One
+writer per folder at a time; readers may run beside it (they see whole shards only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cxrlib.data.images import load_pixels, preprocessing
+from cxrlib.errors import CxrError
+from cxrlib.io import write_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+"""Version of the folder layout and of what is stored; part of the key."""
+
+STORED_DTYPE = "float16"
+INDEX_FILE = "index.json"
+SHARD_BYTES = 256 * 2**20
+"""Default shard size in bytes of features (a build killed mid-way loses at most one)."""
+
+_SHARD_RE = re.compile(r"^shard-(\d+)\.safetensors$")
+_FORMAT_NAME = "cxrlib-features"
+
+
+def encoder_fingerprint(model) -> str:
+    """sha256 (hex) of the encoder's weights: every tensor of ``model.encoder.state_dict()``.
+
+    Tensors are taken in name order; each contributes its name, dtype, shape and raw
+    bytes, so changing any single value (or casting the encoder) changes the result.
+    Computed afresh on every call (about 0.1 s per 100 MB of weights).
+    """
+    digest = hashlib.sha256()
+    state = model.encoder.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        head = f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0"
+        digest.update(head.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+# encoder config fields that never change the features: bookkeeping, outputs, init
+_CONFIG_BOOKKEEPING = frozenset(
+    {
+        "transformers_version",
+        "architectures",
+        "dtype",
+        "torch_dtype",  # the weights' dtype is in encoder_fingerprint
+        "id2label",
+        "label2id",
+        "problem_type",
+        "return_dict",
+        "output_attentions",
+        "output_hidden_states",
+        "initializer_range",
+        "out_features",
+        "out_indices",
+        "stage_names",
+    }
+)
+
+
+def _encoder_config(model) -> dict:
+    """The encoder config fields that affect its output (operations without weights)."""
+    data = model.encoder.config.to_dict()
+    return {
+        k: v
+        for k, v in sorted(data.items())
+        if not k.startswith("_") and k not in _CONFIG_BOOKKEEPING
+    }
+
+
+@dataclass
+class BuildReport:
+    """What :meth:`FeatureCache.build` did.
+
+    Attributes
+    ----------
+    computed : int
+        Images whose features were computed (and written) in this call.
+    reused : int
+        Images already in the cache.
+    bad : list of (image_id, path, message)
+        Images that could not be read; not cached, retried by the next build.
+    seconds : float
+        Wall time of the call.
+    folder : Path
+        The cache folder (``features-<key[:16]>``).
+    """
+
+    computed: int = 0
+    reused: int = 0
+    bad: list[tuple[str, str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    folder: Path | None = None
+
+    def describe(self) -> str:
+        """One line, plus one per unreadable image."""
+        lines = [
+            f"encoder features: {self.computed} computed, {self.reused} reused, "
+            f"{len(self.bad)} unreadable, {self.seconds:.1f} s; cache: {self.folder}"
+        ]
+        lines += [f"  unreadable {image_id}: {message}" for image_id, _, message in self.bad]
+        return "\n".join(lines)
+
+
+class FeatureCache:
+    """Patch features of a frozen encoder per image id, in float16 safetensors shards.
+
+    Parameters
+    ----------
+    folder : path-like
+        Parent folder; the cache lives in ``folder/features-<key[:16]>`` (created on
+        the first :meth:`build`).
+    model : ReportModel
+        Its encoder, ``config.image_size`` and patch grid decide the key. The encoder
+        must be frozen (``config.encoder_trainable == "frozen"``).
+
+    Raises
+    ------
+    ValueError
+        For a trainable encoder: its features change while training, a cache would
+        serve stale ones.
+    """
+
+    def __init__(self, folder: str | os.PathLike, model):
+        how = model.config.encoder_trainable
+        if how != "frozen":
+            raise ValueError(
+                f"FeatureCache: the encoder is trainable (encoder_trainable={how!r}); its "
+                "features change during training, so they cannot be cached"
+            )
+        self.model = model
+        self.root = Path(folder)
+        self.fingerprint = encoder_fingerprint(model)
+        enc = model.encoder.config
+        self.num_patches = int(model.num_patches)
+        self.width = int(enc.hidden_size)
+        self.settings = {
+            "format": CACHE_FORMAT,
+            "encoder_fingerprint": self.fingerprint,
+            "encoder_config": _encoder_config(model),
+            "preprocessing": preprocessing(model.config.image_size),
+            "num_register_tokens": int(enc.num_register_tokens),
+            "dtype": STORED_DTYPE,
+            "num_patches": self.num_patches,
+            "encoder_width": self.width,
+        }
+        text = json.dumps(self.settings, sort_keys=True, separators=(",", ":"), default=str)
+        self.key = hashlib.sha256(text.encode()).hexdigest()
+        self.folder = self.root / f"features-{self.key[:16]}"
+        self.index_path = self.folder / INDEX_FILE
+        self._shards: dict[str, list[str]] = {}  # shard file name -> its image ids (rows)
+        self._where: dict[str, tuple[str, int]] = {}  # image id -> (shard, row)
+        self._stat: tuple | None = None  # (size, mtime_ns) of the index last read
+        self._handles: dict[str, object] = {}  # open safe_open handles, per shard
+        self._refresh()
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.folder)!r}, {len(self._where)} images)"
+
+    def description(self) -> str:
+        """The settings in words (also stored in ``index.json``)."""
+        pre = self.settings["preprocessing"]
+        size = pre["image_size"]
+        grid = int(round(self.num_patches**0.5))
+        return (
+            f"{self.num_patches} patch features ({grid}x{grid} grid at {size} px) of width "
+            f"{self.width}, float16, after dropping CLS and {self.settings['num_register_tokens']} "
+            f"register tokens; preprocessing v{pre['version']} ({pre['resize']}, "
+            f"{pre['channels']}, ImageNet mean/std); encoder sha256 {self.fingerprint[:16]}"
+        )
+
+    # --- the index ------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Re-read ``index.json`` when it changed on disk (another process wrote it)."""
+        try:
+            st = self.index_path.stat()
+            stat = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            stat = None
+        if stat == self._stat and (stat is not None or not self._shards):
+            return
+        self._handles.clear()
+        self._shards, self._where, self._stat = {}, {}, stat
+        if stat is None:
+            return
+        try:
+            data = json.loads(self.index_path.read_text())
+            key, shards = data["cache_key"], data["shards"]
+            if not isinstance(shards, dict):
+                raise TypeError(f"shards: expected an object, got {type(shards).__name__}")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("%s: unreadable feature index ignored (%s)", self.index_path, err)
+            return
+        if key != self.key:
+            log.warning(
+                "%s: written under another key (%s...), ignored; its features will be rebuilt",
+                self.index_path,
+                str(key)[:16],
+            )
+            return
+        for name, ids in shards.items():
+            problem = self._check_shard(name, ids)
+            if problem:
+                log.warning(
+                    "%s: %s; its %d images will be rebuilt", self.folder / name, problem, len(ids)
+                )
+                continue
+            self._shards[name] = list(ids)
+            for row, image_id in enumerate(ids):
+                self._where[image_id] = (name, row)
+
+    def _check_shard(self, name: str, ids: list[str]) -> str | None:
+        """Why shard ``name`` cannot serve ``ids`` (None when it can); reads the header only."""
+        from safetensors import SafetensorError, safe_open
+
+        if not _SHARD_RE.match(str(name)) or not isinstance(ids, list):
+            return "not a shard entry"
+        path = self.folder / name
+        if not path.is_file():
+            return "listed in the index but missing"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                shape = tuple(f.get_slice("features").get_shape())
+                dtype = f.get_slice("features").get_dtype()
+            stored_ids = json.loads(meta.get("image_ids", "null"))
+        except (SafetensorError, OSError, ValueError) as err:
+            return f"unreadable ({err})"
+        if meta.get("cache_key") != self.key:
+            return "written under another key"
+        if stored_ids != ids:
+            return "image ids differ from the index"
+        if shape != (len(ids), self.num_patches, self.width) or dtype != "F16":
+            return f"unexpected features {dtype} {shape}"
+        return None
+
+    def _write_index(self) -> None:
+        data = {
+            "format": _FORMAT_NAME,
+            "format_version": CACHE_FORMAT,
+            "cache_key": self.key,
+            "description": self.description(),
+            "settings": self.settings,
+            "num_images": len(self._where),
+            "shards": self._shards,
+        }
+        write_json_atomic(self.index_path, data, default=str)
+        st = self.index_path.stat()
+        self._stat = (st.st_size, st.st_mtime_ns)
+
+    # --- queries ----------------------------------------------------------------------
+
+    def __contains__(self, image_id: object) -> bool:
+        self._refresh()
+        return str(image_id) in self._where
+
+    def __len__(self) -> int:
+        self._refresh()
+        return len(self._where)
+
+    @property
+    def image_ids(self) -> list[str]:
+        """Every cached image id (shard order)."""
+        self._refresh()
+        return list(self._where)
+
+    def missing(self, image_ids: Sequence[str]) -> list[str]:
+        """The ids of ``image_ids`` not in the cache, first occurrence order, no repeats."""
+        self._refresh()
+        return list(dict.fromkeys(str(i) for i in image_ids if str(i) not in self._where))
+
+    def load(self, image_ids: Sequence[str]) -> torch.Tensor:
+        """Cached features of ``image_ids``, in that order (repeats allowed).
+
+        Returns
+        -------
+        torch.Tensor
+            (N, P, E) float16 on the CPU.
+
+        Raises
+        ------
+        KeyError
+            Naming the first id that is not cached.
+        """
+        self._refresh()
+        ids = [str(i) for i in image_ids]
+        out = torch.empty(len(ids), self.num_patches, self.width, dtype=torch.float16)
+        by_shard: dict[str, list[tuple[int, int]]] = {}  # shard -> [(row, output position)]
+        for pos, image_id in enumerate(ids):
+            where = self._where.get(image_id)
+            if where is None:
+                raise KeyError(f"image id {image_id!r} is not in the feature cache {self.folder}")
+            by_shard.setdefault(where[0], []).append((where[1], pos))
+        for name, wanted in by_shard.items():
+            features = self._handle(name).get_slice("features")
+            wanted.sort()
+            i = 0
+            while i < len(wanted):  # read contiguous runs of rows
+                j = i + 1
+                while j < len(wanted) and wanted[j][0] <= wanted[j - 1][0] + 1:
+                    j += 1
+                lo, hi = wanted[i][0], wanted[j - 1][0] + 1
+                block = features[lo:hi]  # (hi - lo, P, E)
+                for row, pos in wanted[i:j]:
+                    out[pos] = block[row - lo]
+                i = j
+        return out
+
+    def _handle(self, name: str):
+        from safetensors import safe_open
+
+        handle = self._handles.get(name)
+        if handle is None:
+            if len(self._handles) >= 64:  # bound the open files
+                self._handles.pop(next(iter(self._handles)))
+            handle = safe_open(str(self.folder / name), framework="pt")
+            if (handle.metadata() or {}).get("cache_key") != self.key:
+                raise CxrError(f"{self.folder / name}: shard changed on disk; rebuild the cache")
+            self._handles[name] = handle
+        return handle
+
+    # --- building ---------------------------------------------------------------------
+
+    def _clean_orphans(self) -> None:
+        """Remove shards the index does not list and temporary files of killed writers."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.iterdir():
+            orphan = _SHARD_RE.match(path.name) and path.name not in self._shards
+            if orphan or (path.name.startswith(".") and path.name.endswith(".tmp")):
+                log.info("%s: removing a leftover of an interrupted build", path)
+                path.unlink(missing_ok=True)
+
+    def _next_shard(self) -> str:
+        numbers = [int(_SHARD_RE.match(name).group(1)) for name in self._shards]
+        return f"shard-{max(numbers, default=-1) + 1:05d}.safetensors"
+
+    def _write_shard(self, ids: list[str], features: list[torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        name = self._next_shard()
+        tensor = torch.cat(features).contiguous()  # (n, P, E) float16
+        meta = {
+            "format": _FORMAT_NAME,
+            "cache_key": self.key,
+            "image_ids": json.dumps(ids),
+            "description": self.description(),
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            self.folder / name,
+            lambda tmp: save_file({"features": tensor}, str(tmp), metadata=meta),
+        )
+        self._shards[name] = list(ids)
+        for row, image_id in enumerate(ids):
+            self._where[image_id] = (name, row)
+        self._write_index()
+
+    def build(
+        self,
+        image_ids: Sequence[str],
+        paths: Sequence[str | os.PathLike],
+        batch_size: int = 32,
+        progress: bool = True,
+        shard_size: int | None = None,
+    ) -> BuildReport:
+        """Compute and store the features of every image not cached yet.
+
+        Parameters
+        ----------
+        image_ids : sequence of str
+            One id per image; a repeated id is computed once (its first path is used).
+        paths : sequence of path-like
+            The image files, aligned with ``image_ids``; read with
+            :func:`cxrlib.data.images.load_pixels`.
+        batch_size : int
+            Images per encoder forward.
+        progress : bool
+            Show a tqdm progress bar.
+        shard_size : int, optional
+            Images per shard (default: about :data:`SHARD_BYTES` of features, a
+            multiple of ``batch_size``). A shard is written, then the index, as soon as
+            it is full.
+
+        Returns
+        -------
+        BuildReport
+            Counts, time and the unreadable images (logged as warnings too; they are
+            not cached, so the next build tries them again).
+
+        Raises
+        ------
+        RuntimeError
+            When the encoder's weights changed since this cache object was made, or
+            features overflow float16.
+        """
+        t0 = time.perf_counter()
+        ids = [str(i) for i in image_ids]
+        paths = [str(p) for p in paths]
+        if len(ids) != len(paths):
+            raise ValueError(f"image_ids ({len(ids)}) and paths ({len(paths)}) differ in length")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size: expected > 0 (got {batch_size})")
+        if encoder_fingerprint(self.model) != self.fingerprint:
+            raise RuntimeError(
+                "the encoder's weights changed since this FeatureCache was made; make a new one"
+            )
+        self._refresh()
+        first = dict(zip(reversed(ids), reversed(paths), strict=True))  # id -> its first path
+        unique = list(dict.fromkeys(ids))
+        todo = [i for i in unique if i not in self._where]
+        report = BuildReport(reused=len(unique) - len(todo), folder=self.folder)
+        if shard_size is None:
+            per_image = self.num_patches * self.width * 2
+            shard_size = max(batch_size, SHARD_BYTES // per_image // batch_size * batch_size)
+        if shard_size <= 0:
+            raise ValueError(f"shard_size: expected > 0 (got {shard_size})")
+        if todo:
+            self._clean_orphans()
+            self._encode(todo, first, batch_size, shard_size, progress, report)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _encode(self, todo, paths, batch_size, shard_size, progress, report) -> None:
+        model = self.model
+        size = model.config.image_size
+        param = next(model.encoder.parameters())
+        was_training = model.training
+        model.eval()
+        pending_ids: list[str] = []
+        pending: list[torch.Tensor] = []
+        bar = tqdm(total=len(todo), unit="img", desc="encoder features", disable=not progress)
+        try:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                good, pixels = [], []
+                for image_id in chunk:
+                    try:
+                        pixels.append(load_pixels(paths[image_id], size))  # (3, S, S)
+                        good.append(image_id)
+                    except CxrError as err:
+                        log.warning("image %s unreadable, not cached: %s", image_id, err)
+                        report.bad.append((image_id, paths[image_id], str(err)))
+                if good:
+                    batch = torch.stack(pixels).to(param.device, param.dtype)  # (b, 3, S, S)
+                    with torch.no_grad():
+                        features = model.encode_images(batch)  # (b, P, E)
+                    half = features.to("cpu", torch.float16)
+                    if not bool(torch.isfinite(half).all()):
+                        raise RuntimeError(
+                            f"encoder features of {good[0]}..{good[-1]} are not finite in "
+                            "float16 (overflow or NaN)"
+                        )
+                    pending_ids += good
+                    pending.append(half)
+                    report.computed += len(good)
+                    if len(pending_ids) >= shard_size:
+                        self._write_shard(pending_ids, pending)
+                        pending_ids, pending = [], []
+                bar.update(len(chunk))
+            if pending_ids:
+                self._write_shard(pending_ids, pending)
+        finally:
+            bar.close()
+            model.train(was_training)
+
+
+@dataclass
+class ManifestFeatures:
+    """Result of :func:`features_for_manifest`.
+
+    Attributes
+    ----------
+    image_ids : list of str
+        The id of each readable row, manifest order (repeats kept).
+    features : torch.Tensor
+        (N, P, E) float16, aligned with ``image_ids``.
+    bad : list of (image_id, path, message)
+        Rows whose image could not be read (left out of ``features``).
+    report : BuildReport
+    rows : list of int
+        Position (``df.iloc``) of each kept row in the manifest.
+    """
+
+    image_ids: list[str]
+    features: torch.Tensor
+    bad: list[tuple[str, str, str]]
+    report: BuildReport
+    rows: list[int] = field(default_factory=list)
+
+
+def features_for_manifest(
+    df: pd.DataFrame,
+    model,
+    folder: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    shard_size: int | None = None,
+) -> ManifestFeatures:
+    """Encoder features of every manifest row through a :class:`FeatureCache` in ``folder``.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        A manifest: ``image_id`` and ``image_path`` columns.
+    model : ReportModel
+        With a frozen encoder.
+    folder : path-like
+        Parent folder of the cache.
+    root : path-like, optional
+        Folder relative image paths resolve against (default ``df.attrs["root"]``).
+    batch_size, progress, shard_size
+        As :meth:`FeatureCache.build`.
+
+    Returns
+    -------
+    ManifestFeatures
+        Features (N, P, E) float16 of the rows whose image was readable, in manifest
+        order; the unreadable ones in ``bad``. Everything is held in memory: for a
+        large dataset use :meth:`FeatureCache.load` per batch instead.
+    """
+    from cxrlib.data.manifest import resolve
+
+    if root is None:
+        root = df.attrs.get("root")
+        if root is None:
+            raise ValueError("root: the manifest has no attrs['root']; pass root=")
+    ids = [str(v).strip() for v in df["image_id"]]
+    paths = [str(resolve(root, str(p))) for p in df["image_path"]]
+    cache = FeatureCache(folder, model)
+    report = cache.build(
+        ids, paths, batch_size=batch_size, progress=progress, shard_size=shard_size
+    )
+    bad_ids = {image_id for image_id, _, _ in report.bad}
+    rows = [i for i, image_id in enumerate(ids) if image_id not in bad_ids]
+    kept = [ids[i] for i in rows]
+    return ManifestFeatures(kept, cache.load(kept), list(report.bad), report, rows)

@@ -1,0 +1,922 @@
+"""Training: the Accelerate loop, checkpoints with exact resume, the feature cache in use.
+
+``train(config, out)`` (and ``cxr train``) runs one :class:`cxrlib.config.RunConfig`:
+
+- **Engine**: Hugging Face Accelerate. The same code runs on a CPU, on one GPU (bf16
+  autocast with ``mixed_precision="auto"``) and on several GPUs or nodes when started
+  with ``accelerate launch`` or ``torchrun``; gradients are synchronised by Accelerate's
+  DistributedDataParallel, never by hand.
+- **Data**: the manifest's ``train`` and ``validate`` rows (the phantom dataset when no
+  manifest is given); the per-layer priors from the prior cache; with a frozen encoder
+  the patch features from the feature cache (:mod:`cxrlib.features`), computed once.
+  Batch order: :func:`cxrlib.data.dataset.epoch_batches` (seeded per epoch, disjoint per
+  process).
+- **Optimisation**: AdamW (no decay on biases, norms and embeddings), linear warmup then
+  cosine decay, gradient clipping, gradient accumulation; validation loss every epoch
+  (and whatever ``val_metrics`` computes on generated validation Findings); early
+  stopping on ``train.early_stopping_metric``.
+- **Outputs** in ``out``: ``config.json`` (the whole tree, seed, git commit, package
+  versions), ``metrics.csv`` (one row per logged step and per validation), TensorBoard
+  logs in ``tensorboard/``, ``samples.csv`` (generated vs reference Findings of a few
+  validation images after each epoch), ``checkpoints/last`` and ``checkpoints/best``,
+  ``summary.json`` at the end.
+
+Checkpoints: a :meth:`ReportModel.save_pretrained` folder plus ``optimizer.safetensors``
+(optimizer tensors), ``rng.safetensors`` (every process's torch RNG state) and
+``trainer_state.json`` (step, epoch, position in the epoch, scheduler, optimizer
+settings, python/numpy RNG states, best metric, bad images, rows of ``metrics.csv``).
+No pickle. A checkpoint is written whole into ``checkpoints/.tmp-<name>``, then the old
+one is renamed to ``.old-<name>``, the new one renamed into place and the old deleted;
+:func:`recover_checkpoints` repairs a run killed between the renames. So a ``kill -9``
+at any moment loses at most the steps since the last checkpoint, and ``--resume``
+continues with the same batches, learning rate and random numbers as an uninterrupted
+run (bit-identical weights on the same machine and thread count).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from cxrlib.config import RunConfig
+from cxrlib.data.dataset import (
+    Collate,
+    Example,
+    ReportDataset,
+    epoch_batches,
+    model_inputs,
+    resolve_path,
+)
+from cxrlib.data.manifest import read_manifest, text_cell
+from cxrlib.errors import CxrError
+from cxrlib.io import write_atomic
+from cxrlib.model import ReportModel
+from cxrlib.provenance import provenance
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+METRICS_FILE = "metrics.csv"
+SAMPLES_FILE = "samples.csv"
+CRASH_ENV = "CXR_CRASH_AT"
+"""Test hook: ``"<stage>:<n>"`` kills the process with SIGKILL at the n-th checkpoint
+write when it reaches ``stage`` (``files``: model written, state not yet; ``swap``: old
+checkpoint renamed away, new one not yet in place). Used by the kill -9 tests."""
+
+ValMetrics = Callable[[list[str], list[str], list[str]], dict]
+"""``val_metrics(image_ids, references, generated) -> {name: value}`` on validation."""
+
+
+class TrainingError(CxrError):
+    """Training stopped: non-finite loss, too many unreadable images, bad resume."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did."""
+
+    out: Path
+    global_step: int
+    epochs_done: int
+    stop_reason: str
+    best_metric: float | None
+    bad_images: list[tuple[str, str]] = field(default_factory=list)
+    metrics: pd.DataFrame | None = None
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitData:
+    examples: list[Example]
+    frame: pd.DataFrame  # the manifest rows, same order
+
+
+def resolve_manifest(config: RunConfig) -> Path:
+    """The manifest a run trains on: ``data.manifest`` or the cached phantom dataset."""
+    if config.data.manifest:
+        return Path(config.data.manifest)
+    from cxrlib.workbook import PhantomSpec, prepare_phantom
+
+    data = config.data
+    spec = PhantomSpec(n=data.phantom_n, seed=data.phantom_seed, size=data.phantom_size)
+    return prepare_phantom(spec, Path(data.cache_dir))  # the workbook's cache layout
+
+
+def load_splits(config: RunConfig, manifest: Path) -> dict[str, SplitData]:
+    """Train and validate rows with their texts; rows without image or text are counted
+    and left out (logged)."""
+    df = read_manifest(manifest, check_files=False)
+    root = df.attrs["root"]
+    column = config.data.text_column
+    if column not in df.columns:
+        raise CxrError(f"{manifest}: no text column {column!r} (data.text_column)")
+    out = {}
+    for split, cap in (("train", config.data.max_train_images), ("validate", None)):
+        if split == "validate":
+            cap = config.data.max_val_images
+        rows = df[df["split"] == split]
+        texts = rows[column].map(text_cell)
+        paths = rows["image_path"].map(text_cell)
+        keep = (texts != "") & (paths != "")
+        if (~keep).any():
+            log.warning(
+                "%s: %d %s rows left out (%d without text, %d without image)",
+                manifest,
+                int((~keep).sum()),
+                split,
+                int((texts == "").sum()),
+                int((paths == "").sum()),
+            )
+        rows = rows[keep]
+        if cap is not None:
+            rows = rows.iloc[:cap]
+        rows = rows.copy()
+        rows.attrs = dict(df.attrs)
+        examples = [
+            Example(
+                text_cell(r["image_id"]), text_cell(r[column]), resolve_path(root, r["image_path"])
+            )
+            for r in rows.to_dict("records")
+        ]
+        out[split] = SplitData(examples, rows)
+    if not out["train"].examples:
+        raise CxrError(f"{manifest}: no train rows with an image and {column!r} text")
+    return out
+
+
+def _priors_for(config: RunConfig, model: ReportModel, frame: pd.DataFrame) -> torch.Tensor | None:
+    if model.config.mode == "none" or len(frame) == 0:
+        return None
+    from cxrlib.anatomy.cache import cached_priors_for_manifest, checkpoint_fingerprint
+
+    prior_config = config.priors.resolve(
+        model.config.image_size, model.config.patch_size, model.num_decoder_layers
+    )
+    segmenter = segmenter_id = None
+    if config.priors.segmenter:
+        from cxrlib.anatomy.segmenter import Segmenter
+
+        segmenter = Segmenter.from_pretrained(config.priors.segmenter)
+        segmenter_id = checkpoint_fingerprint(config.priors.segmenter)
+    cached = cached_priors_for_manifest(
+        frame,
+        prior_config,
+        Path(config.data.cache_dir) / "priors",
+        source=config.priors.source,
+        segmenter=segmenter,
+        segmenter_id=segmenter_id,
+        progress=False,
+    )
+    log.info("priors: %s", cached.describe())
+    return cached.priors
+
+
+# --- optimisation -----------------------------------------------------------------------
+
+
+class WarmupCosine:
+    """LR multiplier: linear warmup to 1 over ``warmup`` steps, cosine to ``floor``."""
+
+    def __init__(self, warmup: int, total: int, floor: float):
+        self.warmup, self.total, self.floor = warmup, total, floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: ReportModel, weight_decay: float) -> list[dict]:
+    """Trainable parameters: decayed matrices, and undecayed biases/norms/embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.ndim < 2 or "wpe" in name or "wte" in name or "prior_strength" in name
+        (no_decay if plain else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+
+def _crash_point(stage: str, counter: list[int]) -> None:
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    want, _, nth = spec.partition(":")
+    if want == stage and counter[0] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rng_state() -> dict:
+    state = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": _numpy_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _numpy_state() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    keys = np.asarray(keys, dtype=np.uint32)
+    np.random.set_state((name, keys, pos, has_gauss, cached))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _optimizer_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def recover_checkpoints(folder: Path) -> None:
+    """Repair ``folder`` after a kill: put back ``.old-<name>`` where ``<name>`` is
+    missing (killed between the two renames) and delete unfinished ``.tmp-*`` folders."""
+    if not folder.is_dir():
+        return
+    for old in folder.glob(".old-*"):
+        name = old.name[len(".old-") :]
+        if (folder / name).is_dir():
+            shutil.rmtree(old)
+        else:
+            old.rename(folder / name)
+            log.warning("recovered checkpoint %s from an interrupted write", folder / name)
+    for tmp in folder.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.iterdir():
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def write_checkpoint(
+    folder: Path,
+    name: str,
+    model: ReportModel,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    rng_states: list[dict],
+    counter: list[int],
+) -> Path:
+    """Write checkpoint ``folder/name`` atomically (main process only; see module doc)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-{name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    _crash_point("files", counter)
+    tensors, opt_meta = _optimizer_files(optimizer)
+    save_file(tensors, str(tmp / OPTIMIZER_FILE))
+    rng_tensors, rng_meta = {}, []
+    for rank, rs in enumerate(rng_states):
+        rng_tensors[f"rank{rank}.torch"] = rs["torch"]
+        for i, cuda in enumerate(rs.get("cuda", [])):
+            rng_tensors[f"rank{rank}.cuda{i}"] = cuda
+        rng_meta.append(
+            {"python": rs["python"], "numpy": rs["numpy"], "cuda": len(rs.get("cuda", []))}
+        )
+    save_file(rng_tensors, str(tmp / RNG_FILE))
+    full_state = {**state, "optimizer": opt_meta, "rng": rng_meta}
+    (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1))
+    _fsync_tree(tmp)
+    final, old = folder / name, folder / f".old-{name}"
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+    _crash_point("swap", counter)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+def read_checkpoint(path: Path, rank: int) -> tuple[dict, dict, dict]:
+    """(trainer state, optimizer state_dict, this rank's RNG state) of a checkpoint."""
+    state = json.loads((path / STATE_FILE).read_text())
+    optimizer = _optimizer_state(load_file(str(path / OPTIMIZER_FILE)), state["optimizer"])
+    rng_tensors = load_file(str(path / RNG_FILE))
+    if rank >= len(state["rng"]):
+        raise TrainingError(
+            f"{path}: saved by {len(state['rng'])} processes, cannot resume on rank {rank}"
+        )
+    meta = state["rng"][rank]
+    rng = {
+        "python": meta["python"],
+        "numpy": meta["numpy"],
+        "torch": rng_tensors[f"rank{rank}.torch"],
+    }
+    if meta["cuda"]:
+        rng["cuda"] = [rng_tensors[f"rank{rank}.cuda{i}"] for i in range(meta["cuda"])]
+    return state, optimizer, rng
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """``metrics.csv`` (rewritten atomically on every row) and TensorBoard scalars."""
+
+    def __init__(self, out: Path, enabled: bool, keep_rows: int | None, purge_step: int | None):
+        self.path = out / METRICS_FILE
+        self.enabled = enabled
+        self.rows: list[dict] = []
+        self.writer = None
+        if not enabled:
+            return
+        if keep_rows is not None and self.path.is_file():
+            self.rows = pd.read_csv(self.path).iloc[:keep_rows].to_dict("records")
+            self._flush()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
+
+    def add(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self.rows.append(row)
+        for key, value in row.items():
+            numeric = isinstance(value, int | float) and math.isfinite(value)
+            if key not in ("step", "epoch", "split") and numeric:
+                self.writer.add_scalar(f"{row['split']}/{key}", value, row["step"])
+        self._flush()
+
+    def _flush(self) -> None:
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.rows)
+        write_atomic(self.path, lambda tmp: tmp.write_text(buf.getvalue()))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+
+def _mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def _sha256_params(model: ReportModel) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def train(
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    val_metrics: ValMetrics | None = None,
+) -> TrainResult:
+    """Train one run of ``config`` into ``out`` (see the module docstring).
+
+    Parameters
+    ----------
+    config : RunConfig
+    out : path-like
+        Run folder; must be empty or absent unless ``resume``.
+    resume : bool
+        Continue from ``out/checkpoints/last`` (the config must be the same); with no
+        checkpoint yet, start from the beginning.
+    progress : bool
+        Show tqdm bars (main process only).
+    val_metrics : callable, optional
+        Extra validation metrics from generated Findings (e.g. clinical F1), logged
+        beside the validation loss and usable as ``train.early_stopping_metric``.
+
+    Raises
+    ------
+    TrainingError
+        Non-finite loss (the last good checkpoint is kept), more unreadable images than
+        ``data.max_bad_images``, an ``out`` folder of another run, a changed config on
+        resume.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object, set_seed
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    tc = config.train
+    # cpu=True without CUDA: also what makes torchrun / accelerate launch on CPUs
+    # start a gloo process group instead of running W independent copies
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(tc.mixed_precision), cpu=not torch.cuda.is_available()
+    )
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+    ckpt_dir = out / CHECKPOINTS
+
+    # --- run folder and config -----------------------------------------------------
+    config_path = out / "config.json"
+    tree = config.to_dict()
+    last = None
+    if main:
+        recover_checkpoints(ckpt_dir)
+    accelerator.wait_for_everyone()
+    if resume:
+        if not config_path.is_file():
+            log.warning("%s: nothing to resume (no config.json); starting a new run", out)
+            resume = False
+        else:
+            stored = json.loads(config_path.read_text())
+            if stored.get("config") != tree:
+                raise TrainingError(
+                    f"{config_path}: the run was started with another config; resume with "
+                    "the same profile, --config and options (or use a new --out)"
+                )
+            if (ckpt_dir / "last").is_dir():
+                last = ckpt_dir / "last"
+            else:
+                log.warning("%s: no checkpoint yet; starting from the beginning", out)
+    elif out.exists() and any(out.iterdir()):
+        raise TrainingError(f"{out}: not empty; give a new --out, or --resume to continue it")
+    if main and not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"config": tree, "seed": config.seed, "world_size": world, **provenance()}
+        write_atomic(config_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    accelerator.wait_for_everyone()
+
+    # --- data and model ------------------------------------------------------------
+    set_seed(config.seed)
+    with accelerator.main_process_first():
+        manifest = resolve_manifest(config)
+    splits = load_splits(config, manifest)
+    train_texts = [ex.text for ex in splits["train"].examples]
+    if last is not None:
+        model = ReportModel.from_pretrained(last)
+    else:
+        model_config = config.model
+        if config.pretrain.enabled and isinstance(model_config.encoder, dict):
+            from cxrlib.pretrain import pretrained_encoder
+
+            with accelerator.main_process_first():
+                encoder = pretrained_encoder(
+                    model_config,
+                    manifest,
+                    config.data.cache_dir,
+                    config.pretrain,
+                    seed=config.pretrain.seed,
+                    progress=progress and main,
+                )
+            log.info("encoder pretrained on %s: %s", manifest, encoder)
+            model_config = model_config.replace(encoder=str(encoder))
+        set_seed(config.seed)
+        model = ReportModel.from_config(model_config, texts=train_texts)
+    if tc.feature_cache and config.model.encoder_trainable != "frozen":
+        log.warning(
+            "train.feature_cache ignored: the encoder trains (%s)", config.model.encoder_trainable
+        )
+
+    bad_images: list[tuple[str, str]] = []
+    datasets = {}
+    for split, data in splits.items():
+        examples, frame = data.examples, data.frame
+        features = None
+        if tc.feature_cache and config.model.encoder_trainable == "frozen" and examples:
+            from cxrlib.features import features_for_manifest
+
+            with accelerator.main_process_first():
+                found = features_for_manifest(
+                    frame,
+                    model,
+                    Path(config.data.cache_dir) / "features",
+                    progress=progress and main,
+                )
+            bad_ids = {b[0] for b in found.bad}
+            bad_images += [(b[0], b[2]) for b in found.bad]
+            keep = [i for i, ex in enumerate(examples) if ex.image_id not in bad_ids]
+            examples = [examples[i] for i in keep]
+            frame = frame.iloc[keep]
+            row_of = {image_id: i for i, image_id in enumerate(found.image_ids)}
+            features = found.features[[row_of[ex.image_id] for ex in examples]]
+        else:
+            # cheap header check first (the priors read image sizes); images that fail
+            # later, while decoding, are skipped by the loader
+            bad = _unreadable(examples)
+            bad_images += [(image_id, message) for image_id, message in bad.items()]
+            keep = [i for i, ex in enumerate(examples) if ex.image_id not in bad]
+            examples = [examples[i] for i in keep]
+            frame = frame.iloc[keep]
+        with accelerator.main_process_first():
+            priors = _priors_for(config, model, frame)
+        datasets[split] = ReportDataset(examples, model.config.image_size, features, priors)
+    _check_bad(bad_images, config)
+
+    collate = Collate(model.tokenizer, model.config.max_text_tokens)
+    n_train = len(datasets["train"])
+    batches_per_epoch = len(epoch_batches(n_train, tc.batch_size, config.seed, 0, world, rank))
+    if batches_per_epoch == 0:
+        raise TrainingError(f"{n_train} training images cannot fill one batch on {world} processes")
+    steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum_steps)
+    total_steps = tc.epochs * steps_per_epoch
+    if tc.max_steps is not None:
+        total_steps = min(total_steps, tc.max_steps)
+    warmup = int(round(tc.warmup_ratio * total_steps))
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas)
+    )
+    schedule = WarmupCosine(warmup, total_steps, tc.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    # --- resume state ----------------------------------------------------------------
+    step, epoch, batch_pos, best, bad_epochs, metrics_rows = 0, 0, 0, None, 0, None
+    if last is not None:
+        state, opt_state, rng = read_checkpoint(last, rank)
+        optimizer.load_state_dict(opt_state)
+        sched_state = dict(state["scheduler"])
+        sched_state["lr_lambdas"] = [None] * len(optimizer.param_groups)
+        scheduler.load_state_dict(sched_state)
+        step, epoch, batch_pos = state["step"], state["epoch"], state["batch_in_epoch"]
+        best, bad_epochs, metrics_rows = state["best"], state["bad_epochs"], state["metrics_rows"]
+        bad_images = [tuple(b) for b in state["bad_images"]] + [
+            b for b in bad_images if list(b) not in state["bad_images"]
+        ]
+        _set_rng_state(rng)
+        log.info("resuming %s at step %d (epoch %d, batch %d)", out, step, epoch + 1, batch_pos)
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model: ReportModel = accelerator.unwrap_model(model)
+    metrics = MetricsLog(
+        out, main, metrics_rows if last is not None else None, step + 1 if last else None
+    )
+    counter = [0]
+    saved_step: list[int | None] = [step if last is not None else None]
+    seen_first_epoch: list[str] = []
+
+    def checkpoint(name: str, next_epoch: int, next_batch: int) -> None:
+        rng_states = gather_object([_rng_state()])
+        if main:
+            counter[0] += 1
+            sched = scheduler.state_dict()
+            sched.pop("lr_lambdas", None)
+            state = {
+                "step": step,
+                "epoch": next_epoch,
+                "batch_in_epoch": next_batch,
+                "best": best,
+                "bad_epochs": bad_epochs,
+                "bad_images": [list(b) for b in bad_images],
+                "metrics_rows": len(metrics.rows),
+                "scheduler": sched,
+                "world_size": world,
+                "seed": config.seed,
+            }
+            write_checkpoint(
+                ckpt_dir, name, raw_model, optimizer.optimizer, state, rng_states, counter
+            )
+        if name == "last":
+            saved_step[0] = step
+        accelerator.wait_for_everyone()
+
+    stop_reason = "completed"
+    started = time.perf_counter()
+    done = step >= total_steps
+    while not done and epoch < tc.epochs:
+        batches = epoch_batches(n_train, tc.batch_size, config.seed, epoch, world, rank)
+        loader = torch.utils.data.DataLoader(
+            datasets["train"],
+            batch_sampler=batches[batch_pos:],
+            collate_fn=collate,
+            num_workers=tc.num_workers,
+            # its own generator: creating the iterator must not draw from the global RNG
+            # (it would shift dropout after a resume)
+            generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch),
+        )
+        model.train()
+        bar = tqdm(
+            total=len(batches),
+            initial=batch_pos,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            unit="batch",
+            disable=not (progress and main),
+        )
+        window_loss, window_images, window_start = [], 0, time.perf_counter()
+        for i, batch in enumerate(loader, start=batch_pos):
+            if epoch == 0 and world > 1:
+                seen_first_epoch += batch["image_ids"]
+            if batch["bad"]:
+                bad_images += batch["bad"]
+                for image_id, message in batch["bad"]:
+                    log.warning("skipped unreadable image %s: %s", image_id, message)
+                _check_bad(bad_images, config)
+            window_end = min(len(batches), (i // tc.grad_accum_steps + 1) * tc.grad_accum_steps)
+            window_size = window_end - (i // tc.grad_accum_steps) * tc.grad_accum_steps
+            sync = i + 1 == window_end
+            with nullcontext() if sync else accelerator.no_sync(model):
+                if batch["image_ids"]:
+                    out_ = model(**model_inputs(batch, accelerator.device))
+                    loss = out_.loss
+                else:  # every image of this batch was unreadable: keep the ranks in step
+                    loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+                finite = torch.tensor(
+                    float(torch.isfinite(loss.detach()).item()), device=accelerator.device
+                )
+                if accelerator.reduce(finite, "min").item() < 1:
+                    kept = (
+                        f"the last good checkpoint is {ckpt_dir / 'last'} (step {saved_step[0]})"
+                        if saved_step[0] is not None
+                        else "no checkpoint was written yet"
+                    )
+                    raise TrainingError(
+                        f"step {step + 1} (epoch {epoch + 1}, batch {i + 1}): the loss is "
+                        f"{loss.item()}; training stopped, {kept}. Lower train.lr or check "
+                        "the data"
+                    )
+                accelerator.backward(loss / window_size)
+            window_loss.append(loss.detach())
+            window_images += len(batch["image_ids"])
+            bar.update(1)
+            if not sync:
+                continue
+            grad_norm = None
+            if tc.grad_clip is not None:
+                grad_norm = accelerator.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], tc.grad_clip
+                )
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % tc.log_every == 0 or step == total_steps:
+                mean_loss = accelerator.reduce(torch.stack(window_loss).mean(), "mean").item()
+                images = accelerator.reduce(
+                    torch.tensor(float(window_images), device=accelerator.device), "sum"
+                ).item()
+                rate = images / max(1e-9, time.perf_counter() - window_start)
+                metrics.add(
+                    {
+                        "step": step,
+                        "epoch": epoch + 1,
+                        "split": "train",
+                        "loss": round(mean_loss, 6),
+                        "lr": lr,
+                        "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+                        "images_per_s": round(rate, 2),
+                        "elapsed_s": round(time.perf_counter() - started, 2),
+                    }
+                )
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+                window_loss, window_images, window_start = [], 0, time.perf_counter()
+            epoch_end = i + 1 == len(batches)
+            if step >= total_steps:
+                done = True
+            if (
+                tc.checkpoint_every
+                and step % tc.checkpoint_every == 0
+                and not epoch_end
+                and not done
+            ):
+                checkpoint("last", epoch, i + 1)
+            if done and not epoch_end:
+                break
+        bar.close()
+        # --- end of epoch: validation, best, early stopping, checkpoint -------------
+        finished_epoch = epoch
+        epoch, batch_pos = epoch + 1, 0
+        values = evaluate_split(model, datasets["validate"], collate, accelerator, tc.batch_size)
+        values.update(
+            _samples(
+                raw_model,
+                datasets["validate"],
+                tc.val_generate,
+                out,
+                step,
+                finished_epoch,
+                main,
+                val_metrics,
+            )
+        )
+        metrics.add({"step": step, "epoch": finished_epoch + 1, "split": "validate", **values})
+        name = "loss" if tc.early_stopping_metric == "val_loss" else tc.early_stopping_metric
+        metric = values.get(name)
+        improved = False
+        if metric is not None and math.isfinite(metric):
+            if best is None:
+                improved = True
+            else:
+                improved = metric < best if tc.early_stopping_mode == "min" else metric > best
+        if improved:
+            best, bad_epochs = metric, 0
+        else:
+            bad_epochs += 1
+        if tc.patience is not None and bad_epochs >= tc.patience:
+            stop_reason = (
+                f"early stopping: {tc.early_stopping_metric} did not improve for "
+                f"{bad_epochs} epochs"
+            )
+            done = True
+        if improved:
+            checkpoint("best", epoch, 0)
+        checkpoint("last", epoch, 0)
+        if step >= total_steps and stop_reason == "completed" and epoch < tc.epochs:
+            stop_reason = f"max_steps={tc.max_steps} reached"
+    metrics.close()
+
+    if world > 1:
+        record = {
+            "rank": rank,
+            "world_size": world,
+            "first_epoch_image_ids": seen_first_epoch,
+            "weights_sha256": _sha256_params(raw_model),
+        }
+        (out / f"rank-{rank}.json").write_text(json.dumps(record))
+    result = TrainResult(
+        out=out,
+        global_step=step,
+        epochs_done=epoch,
+        stop_reason=stop_reason,
+        best_metric=best,
+        bad_images=list(bad_images),
+        metrics=pd.DataFrame(metrics.rows) if main else None,
+    )
+    if main:
+        summary = {
+            "global_step": step,
+            "epochs_done": epoch,
+            "stop_reason": stop_reason,
+            "best": {tc.early_stopping_metric: best},
+            "bad_images": [list(b) for b in bad_images],
+            "train_images": n_train,
+            "validate_images": len(datasets["validate"]),
+            "world_size": world,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        write_atomic(
+            out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
+        )
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _unreadable(examples: list[Example]) -> dict[str, str]:
+    """Image id -> message for files that are missing or have no readable image header."""
+    from PIL import Image
+
+    bad = {}
+    for ex in examples:
+        try:
+            with Image.open(ex.path) as img:
+                img.size  # noqa: B018 (reads the header)
+        except (OSError, ValueError) as err:
+            bad[ex.image_id] = f"{ex.path}: not a readable image ({err})"
+            log.warning("skipped unreadable image %s: %s", ex.image_id, bad[ex.image_id])
+    return bad
+
+
+def _check_bad(bad_images: list, config: RunConfig) -> None:
+    if len(bad_images) > config.data.max_bad_images:
+        listed = "; ".join(f"{i}: {m}" for i, m in bad_images[:20])
+        more = f" (+{len(bad_images) - 20} more)" if len(bad_images) > 20 else ""
+        raise TrainingError(
+            f"{len(bad_images)} unreadable images, more than data.max_bad_images="
+            f"{config.data.max_bad_images}: {listed}{more}"
+        )
+
+
+@torch.no_grad()
+def evaluate_split(
+    model, dataset: ReportDataset, collate: Collate, accelerator, batch_size: int
+) -> dict:
+    """Token-weighted mean loss over ``dataset``, split over the processes."""
+    if len(dataset) == 0:
+        return {}
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    order = list(range(rank, len(dataset), world))
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for start in range(0, len(order), batch_size):
+        batch = collate([dataset[i] for i in order[start : start + batch_size]])
+        if not batch["image_ids"]:
+            continue
+        inputs = model_inputs(batch, accelerator.device)
+        loss = model(**inputs).loss
+        tokens = (inputs["labels"][:, 1:] != -100).sum()
+        total += torch.stack([loss.double() * tokens, tokens.double()])
+    total = accelerator.reduce(total, "sum")
+    model.train()
+    return {"loss": round((total[0] / total[1].clamp(min=1)).item(), 6)}
+
+
+def _samples(
+    model: ReportModel,
+    dataset: ReportDataset,
+    n: int,
+    out: Path,
+    step: int,
+    epoch: int,
+    main: bool,
+    val_metrics: ValMetrics | None,
+) -> dict:
+    """Generate Findings for the first ``n`` validation images; append to samples.csv."""
+    if not main or n == 0 or len(dataset) == 0:
+        return {}
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    items = [it for it in items if "error" not in it]
+    if not items:
+        return {}
+    was_training = model.training
+    model.eval()
+    kwargs = {}
+    for key in ("image_features", "pixel_values", "priors"):
+        if key in items[0]:
+            kwargs[key] = torch.stack([it[key] for it in items]).to(torch.float32).to(model.device)
+    with torch.no_grad():
+        generated = model.generate(**kwargs)
+    model.train(was_training)
+    ids = [it["image_id"] for it in items]
+    refs = [it["text"] for it in items]
+    rows = pd.DataFrame(
+        {
+            "epoch": epoch + 1,
+            "step": step,
+            "image_id": ids,
+            "reference": refs,
+            "generated": generated,
+        }
+    )
+    path = out / SAMPLES_FILE
+    if path.is_file():
+        old = pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+        rows = pd.concat([old[old["epoch"] < epoch + 1], rows], ignore_index=True)
+    write_atomic(path, lambda tmp: rows.to_csv(tmp, index=False))
+    if val_metrics is None:
+        return {}
+    return {k: float(v) for k, v in val_metrics(ids, refs, generated).items()}
