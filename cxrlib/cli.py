@@ -871,6 +871,138 @@ def _cmd_label_iu_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- cxr evaluate ----------------------------------------------------------------------
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="clinical F1, RadGraph F1 and lexical metrics of generated Findings, with CIs",
+        description=(
+            "Compare generated Findings (CSV with image_id, generated) with a manifest's "
+            "findings: CheXpert F1 (micro/macro over 14 and 5 observations, uncertain as "
+            "negative and as positive), RadGraph F1, BLEU-1..4, METEOR, ROUGE-L, CIDEr, each "
+            "with a 95% bootstrap interval over studies. Writes DIR/metrics.json, "
+            "metrics.md, per_observation.csv, labels_generated.csv, labels_reference.csv."
+        ),
+    )
+    p.add_argument(
+        "--pred", required=True, type=Path, metavar="CSV", help="CSV with image_id, generated"
+    )
+    p.add_argument(
+        "--ref", required=True, type=Path, metavar="MANIFEST", help="manifest (references)"
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--labeler", choices=("rule", "chexbert"), default="rule", help="default rule")
+    p.add_argument(
+        "--chexbert",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="CheXbert checkpoint chexbert.pth (default $CXR_CHEXBERT)",
+    )
+    p.add_argument(
+        "--ref-labels",
+        choices=("labeler", "manifest"),
+        default="labeler",
+        help="reference labels: the labeler on the reference text, or the manifest's columns",
+    )
+    p.add_argument(
+        "--split",
+        choices=("train", "validate", "test", "all"),
+        default="test",
+        help="manifest split the predictions must belong to (default test)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=_non_negative_int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples, 0: no intervals (default 1000)",
+    )
+    p.add_argument("--seed", type=_int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument(
+        "--radgraph-model",
+        choices=("radgraph", "radgraph-xl"),
+        default="radgraph",
+        help="RadGraph annotation model when installed (default radgraph)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cxrlib.evaluate.evaluate import evaluate_files
+
+    result = evaluate_files(
+        args.pred,
+        args.ref,
+        args.out,
+        labeler=args.labeler,
+        chexbert=args.chexbert,
+        ref_labels=args.ref_labels,
+        split=None if args.split == "all" else args.split,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        radgraph_model=args.radgraph_model,
+        progress=not args.no_progress,
+    )
+    print(result.markdown().split("\nConventions:")[0].rstrip())
+    print(f"wrote {args.out}/metrics.json, metrics.md, per_observation.csv, labels_*.csv")
+    return 0
+
+
+# --- cxr generate ----------------------------------------------------------------------
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate Findings for a manifest split with a trained run",
+        description=(
+            "Load a training run's best (else last) checkpoint and its config, and write "
+            "image_id,generated for every image of the split (the input of cxr evaluate)."
+        ),
+    )
+    p.add_argument("--run", required=True, type=Path, help="training run folder (cxr train --out)")
+    p.add_argument("--manifest", required=True, type=Path, help="manifest CSV")
+    p.add_argument("--split", default="test", help="split to generate for (default test)")
+    p.add_argument("--out", required=True, type=Path, help="output CSV")
+    p.add_argument("--max-images", type=_positive_int, default=None, help="first N images only")
+    p.add_argument("--num-beams", type=_positive_int, default=None, help="default: the model's")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature/prior cache folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_generate)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from cxrlib.generate import generate_split
+
+    result = generate_split(
+        args.run,
+        args.manifest,
+        args.split,
+        out=args.out,
+        cache_dir=args.cache_dir,
+        max_images=args.max_images,
+        num_beams=args.num_beams,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{len(result.frame)} Findings generated with {result.checkpoint} in "
+        f"{result.seconds} s -> {args.out}"
+        + (f"; {len(result.bad)} unreadable images skipped" if result.bad else "")
+    )
+    return 0
+
+
 # --- the command -----------------------------------------------------------------------
 
 # Each entry declares one top-level subcommand. Later capabilities add theirs here.
@@ -883,7 +1015,9 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_segment,
     _add_priors,
     _add_train,
+    _add_generate,
     _add_label,
+    _add_evaluate,
 ]
 
 

@@ -154,12 +154,14 @@ class TrainConfig:
     checkpoint_every: int = 0
     # optimizer steps between train rows in metrics.csv / TensorBoard
     log_every: int = 10
-    # early stopping: validation metric, its direction, epochs without improvement
-    # (None: never stop early); the best checkpoint follows the same metric
+    # early stopping: validation metric (val_loss, or clinical_micro_14: clinical
+    # micro-F1 of the val_generate generated Findings, mode max), its direction, epochs
+    # without improvement (None: never stop early); the best checkpoint follows it
     early_stopping_metric: str = "val_loss"
     early_stopping_mode: str = "min"
     patience: int | None = None
-    # validation images whose Findings are generated after each epoch (samples file)
+    # validation images whose Findings are generated after each epoch (samples.csv and
+    # the clinical_micro_14 metric)
     val_generate: int = 8
     # stop after this many optimizer steps in all (None: run every epoch)
     max_steps: int | None = None
@@ -284,7 +286,9 @@ def _default() -> RunConfig:
         profile="default",
         data=DataConfig(phantom_n=3000, phantom_size=224),
         model=ModelConfig.tiny(),
-        train=TrainConfig(epochs=4, batch_size=16, lr=1e-3, checkpoint_every=50, log_every=10),
+        train=TrainConfig(
+            epochs=4, batch_size=16, lr=1e-3, checkpoint_every=50, log_every=10, val_generate=64
+        ),
         # a random frozen encoder gives the decoder nothing to read (one text for every
         # image); 15 epochs of label pretraining take ~5 min once, then are reused
         pretrain=PretrainConfig(enabled=True, epochs=15, lr=2e-3),
@@ -305,7 +309,7 @@ def _full() -> RunConfig:
             log_every=50,
             early_stopping_metric="val_loss",
             patience=3,
-            val_generate=64,
+            val_generate=256,
             num_workers=8,
         ),
     )

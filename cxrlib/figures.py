@@ -597,3 +597,35 @@ def plot_prior_stack(
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def plot_per_observation_f1(per_observation: pd.DataFrame) -> Figure:
+    """Per-observation clinical F1 by system (uncertain as negative).
+
+    Parameters
+    ----------
+    per_observation : pandas.DataFrame
+        ``system, observation, convention, f1`` rows (each system's
+        ``per_observation.csv`` with a ``system`` column).
+    """
+    import seaborn as sns
+
+    data = per_observation[per_observation["convention"] == "uncertain_as_negative"]
+    fig = _new_figure(PAGE_WIDTH, 3.4)
+    ax = fig.subplots()
+    systems = list(dict.fromkeys(data["system"]))
+    sns.barplot(
+        data=data,
+        y="observation",
+        x="f1",
+        hue="system",
+        hue_order=systems,
+        palette=colors(len(systems)),
+        ax=ax,
+        orient="h",
+    )
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1 (uncertain as negative)")
+    ax.set_ylabel("")
+    ax.legend(title=None, loc="lower right", fontsize="small")
+    return fig

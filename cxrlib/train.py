@@ -457,8 +457,9 @@ def train(
     progress : bool
         Show tqdm bars (main process only).
     val_metrics : callable, optional
-        Extra validation metrics from generated Findings (e.g. clinical F1), logged
-        beside the validation loss and usable as ``train.early_stopping_metric``.
+        Validation metrics from the ``train.val_generate`` generated Findings, logged
+        beside the validation loss and usable as ``train.early_stopping_metric``;
+        default :func:`clinical_val_metrics` (``clinical_micro_14``).
 
     Raises
     ------
@@ -468,11 +469,13 @@ def train(
         resume.
     """
     from accelerate import Accelerator
-    from accelerate.utils import gather_object, set_seed
+    from accelerate.utils import broadcast_object_list, gather_object, set_seed
     from tqdm.auto import tqdm
 
     out = Path(out)
     tc = config.train
+    if val_metrics is None:
+        val_metrics = clinical_val_metrics
     # cpu=True without CUDA: also what makes torchrun / accelerate launch on CPUs
     # start a gloo process group instead of running W independent copies
     accelerator = Accelerator(
@@ -764,6 +767,7 @@ def train(
                 val_metrics,
             )
         )
+        values = broadcast_object_list([values])[0]  # generated metrics: main's, for all
         metrics.add({"step": step, "epoch": finished_epoch + 1, "split": "validate", **values})
         name = "loss" if tc.early_stopping_metric == "val_loss" else tc.early_stopping_metric
         metric = values.get(name)
@@ -839,6 +843,19 @@ def _unreadable(examples: list[Example]) -> dict[str, str]:
             bad[ex.image_id] = f"{ex.path}: not a readable image ({err})"
             log.warning("skipped unreadable image %s: %s", ex.image_id, bad[ex.image_id])
     return bad
+
+
+def clinical_val_metrics(
+    image_ids: list[str], references: list[str], generated: list[str]
+) -> dict[str, float]:
+    """The default validation metric: clinical micro-F1 over the 14 observations
+    (uncertain as negative) of the generated vs the reference Findings, both read by the
+    rule labeler (:mod:`cxrlib.evaluate`); logged as ``clinical_micro_14``."""
+    from cxrlib.evaluate.clinical import clinical_f1
+    from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
+
+    result = clinical_f1(label_reports(generated), label_reports(references), labeler=LABELER_NAME)
+    return {"clinical_micro_14": result.metrics["clinical.uncertain_as_negative.micro_14"]}
 
 
 def _check_bad(bad_images: list, config: RunConfig) -> None:

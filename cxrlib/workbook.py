@@ -72,6 +72,7 @@ PROFILES: dict[str, Profile] = {
             "segmenter_epochs": 1,
             "segmenter_image_size": 64,
             "n_examples": 2,
+            "n_bootstrap": 50,
         },
     ),
     # what `make workbook` runs on the embedded phantom dataset
@@ -84,6 +85,7 @@ PROFILES: dict[str, Profile] = {
             "segmenter_epochs": 40,
             "segmenter_image_size": 256,
             "n_examples": 4,
+            "n_bootstrap": 1000,
         },
         publish_figures=True,
     ),

@@ -106,6 +106,8 @@ def test_smoke_run_writes_checkpoints_config_metrics(reference):
     assert "git_commit" in record and record["packages"]["torch"] == torch.__version__
     metrics = pd.read_csv(reference / "metrics.csv")
     assert {"step", "epoch", "split", "loss", "lr", "grad_norm"} <= set(metrics.columns)
+    val = metrics[metrics["split"] == "validate"]
+    assert val["clinical_micro_14"].between(0, 1).all()  # labeler F1 of the samples
     steps = metrics[metrics["split"] == "train"]["step"].tolist()
     assert steps == list(range(1, len(steps) + 1))
     assert (metrics["split"] == "validate").sum() == 3

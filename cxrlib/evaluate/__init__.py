@@ -1,8 +1,20 @@
-"""Evaluation of report text: a rule-based CheXpert-style labeler and its validation.
+"""Evaluation of generated Findings, offline by default, every convention named.
 
 - :mod:`cxrlib.evaluate.labeler`: ``cxrlib-rule-v1``, the 14 CheXpert observations
   (1 / 0 / -1 / blank) and the laterality of six of them, from free text, in pure
   Python (lexicon in ``lexicon.yaml``, no model, no download);
 - :mod:`cxrlib.evaluate.iu_validation`: its agreement with the manual MeSH annotations
-  of the IU X-ray reports (``docs/labeler.md``).
+  of the IU X-ray reports (``docs/labeler.md``);
+- :mod:`cxrlib.evaluate.clinical`: clinical precision / recall / F1 (micro and macro,
+  14 and 5 observations, uncertain as negative and as positive), rule or CheXbert labels;
+- :mod:`cxrlib.evaluate.radgraph`: RadGraph F1 (simple, partial, complete) from entity
+  and relation annotations;
+- :mod:`cxrlib.evaluate.lexical`: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap
+  conventions);
+- :mod:`cxrlib.evaluate.grounding`: hallucinated and omitted findings and laterality on
+  the phantom, whose ground truth is drawn;
+- :mod:`cxrlib.evaluate.stats`: bootstrap intervals over studies, paired tests, seeds;
+- :mod:`cxrlib.evaluate.baselines`: most frequent report and nearest-image retrieval;
+- :mod:`cxrlib.evaluate.evaluate`: all of it for one predictions table
+  (``cxr evaluate``; ``docs/evaluation.md``).
 """

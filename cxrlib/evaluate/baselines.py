@@ -1,0 +1,93 @@
+"""Baselines evaluated exactly like a model: their output is ``image_id, generated``.
+
+- **most frequent**: every image gets the training split's most frequent Findings text
+  (ties broken by the text's sort order, so the choice is deterministic);
+- **retrieval** (nearest neighbour): an image gets the Findings of the training image
+  whose encoder features are closest: patch features (the run's frozen encoder, from
+  the feature cache) mean-pooled over patches, L2-normalised, cosine similarity; ties
+  go to the earliest training row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from cxrlib.data.manifest import text_cell
+
+
+def most_frequent_report(train_texts: Sequence[str]) -> str:
+    """The most frequent non-empty text (ties: the first in sorted order)."""
+    counts = Counter(t for t in train_texts if t)
+    if not counts:
+        raise ValueError("no training texts")
+    best = max(counts.values())
+    return min(t for t, c in counts.items() if c == best)
+
+
+def pooled(features: torch.Tensor) -> torch.Tensor:
+    """(N, P, E) patch features -> (N, E) mean over patches, L2-normalised, float32."""
+    x = features.to(torch.float32).mean(dim=1)
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def nearest_reports(
+    train_features: torch.Tensor,
+    train_texts: Sequence[str],
+    query_features: torch.Tensor,
+    batch_size: int = 1024,
+) -> tuple[list[str], list[int]]:
+    """For each query, the text of the most cosine-similar training image, and its row."""
+    if train_features.shape[0] != len(train_texts):
+        raise ValueError(f"{train_features.shape[0]} feature rows for {len(train_texts)} texts")
+    bank = pooled(train_features)  # (N, E)
+    rows: list[int] = []
+    for start in range(0, query_features.shape[0], batch_size):
+        q = pooled(query_features[start : start + batch_size])  # (b, E)
+        rows += (q @ bank.T).argmax(dim=1).tolist()  # first maximum on ties
+    return [train_texts[i] for i in rows], rows
+
+
+def baseline_generations(
+    run: str | os.PathLike,
+    manifest: str | os.PathLike,
+    split: str = "test",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    max_images: int | None = None,
+    progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """``{"most_frequent": frame, "retrieval": frame}`` for ``split``, each with
+    ``image_id, generated``, using the training run's encoder and data settings."""
+    from pathlib import Path
+
+    from cxrlib.features import features_for_manifest
+    from cxrlib.generate import run_checkpoint, run_config, split_frame
+    from cxrlib.model import ReportModel
+
+    config = run_config(run)
+    if cache_dir is not None:
+        config.data.cache_dir = str(cache_dir)
+    column = config.data.text_column
+    model = ReportModel.from_pretrained(run_checkpoint(run))
+    train = split_frame(manifest, "train")
+    train = train[train[column].map(text_cell) != ""]
+    test = split_frame(manifest, split)
+    if max_images is not None:
+        test = test.iloc[:max_images]
+    folder = Path(config.data.cache_dir) / "features"
+    bank = features_for_manifest(train, model, folder, progress=progress)
+    queries = features_for_manifest(test, model, folder, progress=progress)
+    text_of = dict(zip(train["image_id"].map(text_cell), train[column].map(text_cell), strict=True))
+    bank_texts = [text_of[i] for i in bank.image_ids]
+    retrieved, _ = nearest_reports(bank.features, bank_texts, queries.features)
+    frequent = most_frequent_report(list(train[column].map(text_cell)))
+    ids = list(queries.image_ids)
+    return {
+        "most_frequent": pd.DataFrame({"image_id": ids, "generated": [frequent] * len(ids)}),
+        "retrieval": pd.DataFrame({"image_id": ids, "generated": retrieved}),
+    }

@@ -1,0 +1,614 @@
+"""``cxr evaluate``: every metric of generated Findings against a manifest, with intervals.
+
+Inputs: a predictions table (``image_id``, ``generated``; one row per image) and a
+manifest (:mod:`cxrlib.data.manifest`) whose ``findings`` are the references. Rows are
+matched by ``image_id``; only the manifest rows of the chosen split are eligible.
+Empty generated texts are allowed (they count as reports with nothing in them) and
+counted. Reference labels come from the same labeler run on the reference text
+(``ref_labels="labeler"``) or from the manifest's 14 label columns
+(``ref_labels="manifest"``, e.g. the phantom's ground truth).
+
+Metrics (flat keys, :data:`METRIC_KEYS`):
+
+- ``clinical.<uncertain_as_negative|uncertain_as_positive>.<micro_14|macro_14|micro_5|
+  macro_5>`` (:mod:`cxrlib.evaluate.clinical`);
+- ``lexical.bleu_1`` .. ``lexical.bleu_4``, ``lexical.meteor``, ``lexical.rouge_l``,
+  ``lexical.cider`` (:mod:`cxrlib.evaluate.lexical`, pycocoevalcap conventions);
+- ``radgraph.simple`` (RG_E), ``radgraph.partial`` (RG_ER), ``radgraph.complete``
+  (:mod:`cxrlib.evaluate.radgraph`);
+- ``grounding.<uncertain_as_negative|uncertain_as_positive>.<hallucination_rate|
+  omission_rate|laterality_accuracy>`` (:mod:`cxrlib.evaluate.grounding`), only with
+  drawn ground truth: ``ref_labels="manifest"`` on a manifest with the phantom's
+  ``*_side`` columns.
+
+Every value has a 95 % percentile bootstrap interval over **studies** (all images of a
+drawn study enter the resample; corpus metrics recomputed on each resample,
+:mod:`cxrlib.evaluate.stats`). A metric that cannot be computed here (METEOR without
+Java, RadGraph without its weights) is listed under ``unavailable`` with the reason.
+
+Outputs in ``DIR`` (:meth:`Evaluation.write`):
+
+- ``metrics.json``::
+
+      {"metrics": {"<key>": {"value": float, "ci_low": float|null, "ci_high": float|null,
+                             "n": items, "n_studies": studies}},
+       "unavailable": {"<key>": "reason"},
+       "labeler": "cxrlib-rule-v1" | "chexbert",
+       "reference_labels": "<labeler name>" | "manifest",
+       "radgraph_model": "radgraph" | "radgraph-xl" | null,
+       "conventions": {...definitions, one line each...},
+       "bootstrap": {"n_resamples", "seed", "confidence", "method", "unit"},
+       "counts": {"n", "n_studies", "empty_generated", "empty_reference",
+                  "manifest_rows_without_prediction"},
+       "inputs": {"pred", "ref", "split"},
+       "provenance": {...}}
+
+  Values are fractions in [0, 1] (CIDEr: 0..10); ``null`` where undefined.
+- ``per_observation.csv``: ``observation, convention, precision, recall, f1, support,
+  labeler, reference_labels, tp, fp, fn`` (14 observations x 2 conventions);
+- ``labels_generated.csv``, ``labels_reference.csv``: ``image_id, study_id``, the 14
+  labels (``1``, ``0``, ``-1``, blank) and ``labeler``;
+- ``metrics.md``: the metrics as a Markdown table with n and intervals.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, format_label, text_cell
+from cxrlib.errors import CxrError
+from cxrlib.evaluate.clinical import CLINICAL_KEYS, CONVENTIONS, FIVE, ClinicalData, get_labeler
+from cxrlib.evaluate.grounding import GROUNDING_KEYS, GroundingData, has_ground_truth_sides
+from cxrlib.evaluate.lexical import LEXICAL_KEYS, LexicalCorpus
+from cxrlib.evaluate.radgraph import (
+    RADGRAPH_KEYS,
+    RadGraphAnnotator,
+    RadGraphScores,
+    radgraph_scores,
+    radgraph_unavailable_reason,
+)
+from cxrlib.evaluate.stats import BootstrapResult, bootstrap_many
+from cxrlib.io import write_atomic, write_json_atomic
+
+__all__ = [
+    "CONVENTION_TEXT",
+    "compare",
+    "METRIC_KEYS",
+    "REF_LABEL_SOURCES",
+    "Evaluation",
+    "evaluate_files",
+    "evaluate_generations",
+    "read_predictions",
+]
+
+METRIC_KEYS: tuple[str, ...] = (
+    CLINICAL_KEYS + tuple(f"lexical.{k}" for k in LEXICAL_KEYS) + RADGRAPH_KEYS + GROUNDING_KEYS
+)
+"""Every metric key of ``metrics.json``, in report order."""
+
+REF_LABEL_SOURCES: tuple[str, ...] = ("labeler", "manifest")
+
+CONVENTION_TEXT: dict[str, str] = {
+    "uncertain_as_negative": "label -1 (uncertain) counts as negative; positive iff 1",
+    "uncertain_as_positive": "label -1 (uncertain) counts as positive; positive iff 1 or -1",
+    "blank": "blank (not mentioned) and 0 are negative in both conventions",
+    "per_observation": "P = TP/(TP+FP), R = TP/(TP+FN), F1 = 2TP/(2TP+FP+FN); 0 when 0/0",
+    "micro": "TP, FP, FN pooled over the observations of the set, then F1",
+    "macro": "unweighted mean of per-observation F1 over every observation of the set, "
+    "observations without positives included (F1 0)",
+    "set_14": "the 14 CheXpert observations (13 findings + No Finding)",
+    "set_5": ", ".join(FIVE),
+    "lexical": "pycocoevalcap conventions: PTB tokenisation (lower-case, punctuation "
+    "removed), corpus BLEU with closest reference length, METEOR 1.5 aggregate, ROUGE-L "
+    "(beta 1.2) mean over items, CIDEr-D (n=4, sigma=6, IDF from the references, x10)",
+    "radgraph": "per-report F1 of entity sets (simple = RG_E: tokens+label; partial = "
+    "RG_ER: + has a relation; complete: + each relation tuple), mean over reports; an "
+    "empty report or one without entities scores 0",
+    "bootstrap": "percentile interval over studies (all images of a drawn study), corpus "
+    "metrics recomputed on each resample",
+}
+
+
+def _null(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+@dataclass
+class Evaluation:
+    """Every metric of one evaluation, its intervals, labels and settings.
+
+    Attributes
+    ----------
+    metrics : dict of str to BootstrapResult
+        By flat key (:data:`METRIC_KEYS` minus the unavailable ones).
+    unavailable : dict of str to str
+        Key -> why it could not be computed.
+    per_observation : DataFrame
+        See the module docstring (``per_observation.csv``).
+    labels_generated, labels_reference : DataFrame
+        ``image_id, study_id`` + 14 labels (floats) + ``labeler``.
+    counts : dict
+        ``n``, ``n_studies``, ``empty_generated``, ``empty_reference``,
+        ``manifest_rows_without_prediction``.
+    """
+
+    metrics: dict[str, BootstrapResult]
+    unavailable: dict[str, str]
+    per_observation: pd.DataFrame
+    labels_generated: pd.DataFrame
+    labels_reference: pd.DataFrame
+    labeler: str
+    reference_labels: str
+    radgraph_model: str | None
+    counts: dict[str, int]
+    bootstrap: dict[str, object]
+    inputs: dict[str, object] = field(default_factory=dict)
+
+    def value(self, key: str) -> float:
+        """The observed value of one metric (KeyError when unavailable)."""
+        return self.metrics[key].value
+
+    def to_json(self) -> dict[str, object]:
+        """The ``metrics.json`` content (module docstring), provenance included."""
+        from cxrlib.provenance import provenance
+
+        metrics = {
+            key: {
+                "value": _null(r.value),
+                "ci_low": _null(r.ci_low),
+                "ci_high": _null(r.ci_high),
+                "n": r.n,
+                "n_studies": r.n_groups,
+            }
+            for key, r in self.metrics.items()
+        }
+        return {
+            "metrics": metrics,
+            "unavailable": dict(self.unavailable),
+            "labeler": self.labeler,
+            "reference_labels": self.reference_labels,
+            "radgraph_model": self.radgraph_model,
+            "conventions": dict(CONVENTION_TEXT),
+            "bootstrap": dict(self.bootstrap),
+            "counts": dict(self.counts),
+            "inputs": dict(self.inputs),
+            "provenance": provenance(),
+        }
+
+    def markdown(self) -> str:
+        """The metrics as a Markdown table with n and 95 % intervals."""
+
+        def fmt(x: float | None) -> str:
+            return "n/a" if x is None or math.isnan(x) else f"{x:.4f}"
+
+        c = self.counts
+        lines = [
+            "# Evaluation",
+            "",
+            f"- items (images): {c['n']}, studies: {c['n_studies']}, empty generated: "
+            f"{c['empty_generated']}, empty references: {c['empty_reference']}",
+            f"- labeler: {self.labeler}; reference labels: {self.reference_labels}",
+            f"- RadGraph model: {self.radgraph_model or 'n/a'}",
+            f"- intervals: {self.bootstrap['method']} bootstrap over {self.bootstrap['unit']}, "
+            f"{self.bootstrap['n_resamples']} resamples, seed {self.bootstrap['seed']}",
+            "",
+            "| metric | value | 95% CI | n |",
+            "| --- | ---: | --- | ---: |",
+        ]
+        for key in METRIC_KEYS:
+            if key in self.metrics:
+                r = self.metrics[key]
+                ci = f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
+                lines.append(f"| {key} | {fmt(r.value)} | {ci} | {r.n} |")
+            elif key in self.unavailable:
+                lines.append(f"| {key} | unavailable | {self.unavailable[key]} | |")
+        lines += ["", "Conventions:", ""]
+        lines += [f"- {name}: {text}" for name, text in CONVENTION_TEXT.items()]
+        return "\n".join(lines) + "\n"
+
+    def write(self, out: str | os.PathLike) -> list[Path]:
+        """Write the five outputs into folder ``out`` (created); returns their paths."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        written = [write_json_atomic(out / "metrics.json", self.to_json())]
+
+        def csv(frame: pd.DataFrame, name: str) -> Path:
+            return write_atomic(
+                out / name, lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n")
+            )
+
+        written.append(csv(self.per_observation, "per_observation.csv"))
+        for frame, name in (
+            (self.labels_generated, "labels_generated.csv"),
+            (self.labels_reference, "labels_reference.csv"),
+        ):
+            shown = frame.copy()
+            for obs in CHEXPERT_LABELS:
+                shown[obs] = [format_label(v) for v in shown[obs]]
+            written.append(csv(shown, name))
+        text = self.markdown()
+        written.append(write_atomic(out / "metrics.md", lambda tmp: tmp.write_text(text)))
+        return written
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a predictions CSV: ``image_id`` and ``generated`` columns, ids unique.
+
+    Returns
+    -------
+    DataFrame
+        ``image_id``, ``generated`` (strings; empty allowed) and ``line`` (the CSV line
+        of each row, for messages); other columns are kept.
+
+    Raises
+    ------
+    CxrError
+        One line naming the file (and line): missing file, missing column, empty
+        ``image_id``, duplicate ``image_id``.
+    """
+    from cxrlib.data.adapters import iter_csv
+
+    path = Path(path)
+    rows = []
+    for line, row in iter_csv(path, ("image_id", "generated")):
+        row = dict(row)
+        row["line"] = line
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=None if rows else ["image_id", "generated", "line"])
+    frame = _check_predictions(frame, str(path))
+    return frame
+
+
+def _check_predictions(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    missing = [c for c in ("image_id", "generated") if c not in frame.columns]
+    if missing:
+        raise CxrError(f"{name}: missing column(s): {', '.join(missing)}")
+    frame = frame.reset_index(drop=True).copy()
+    if "line" not in frame.columns:
+        frame["line"] = np.arange(len(frame)) + 2
+    frame["image_id"] = frame["image_id"].map(text_cell)
+    frame["generated"] = frame["generated"].map(text_cell)
+    if len(frame) == 0:
+        raise CxrError(f"{name}: no prediction rows")
+    empty = frame.index[frame["image_id"] == ""]
+    if len(empty):
+        raise CxrError(f"{name}:{frame.at[empty[0], 'line']}: empty image_id")
+    dup = frame["image_id"].duplicated(keep="first")
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        image_id = frame.at[i, "image_id"]
+        first = frame.loc[frame["image_id"] == image_id, "line"].iloc[0]
+        raise CxrError(
+            f"{name}:{frame.at[i, 'line']}: duplicate image_id {image_id!r} "
+            f"(first on line {first}; {int(dup.sum())} duplicate row(s) in all)"
+        )
+    return frame
+
+
+def _align(
+    pred: pd.DataFrame, ref: pd.DataFrame, split: str | None, pred_name: str, ref_name: str
+) -> tuple[pd.DataFrame, int]:
+    """Manifest rows of the predictions, in prediction order; also the unmatched count."""
+    ref = ref.reset_index(drop=True).copy()
+    ref["image_id"] = ref["image_id"].map(text_cell)
+    by_id = {image_id: i for i, image_id in enumerate(ref["image_id"])}
+    absent = [
+        (line, i) for line, i in zip(pred["line"], pred["image_id"], strict=True) if i not in by_id
+    ]
+    if absent:
+        line, image_id = absent[0]
+        more = f" ({len(absent)} such rows)" if len(absent) > 1 else ""
+        raise CxrError(f"{pred_name}:{line}: image_id {image_id!r} is not in {ref_name}{more}")
+    rows = ref.iloc[[by_id[i] for i in pred["image_id"]]].reset_index(drop=True)
+    if split is not None:
+        wrong = rows["split"].map(text_cell) != split
+        if wrong.any():
+            k = int(np.flatnonzero(wrong.to_numpy())[0])
+            raise CxrError(
+                f"{pred_name}:{pred['line'].iloc[k]}: image_id {pred['image_id'].iloc[k]!r} "
+                f"is in split {rows['split'].iloc[k]!r} of {ref_name}, not {split!r} "
+                f"({int(wrong.sum())} such row(s); --split all evaluates every split)"
+            )
+        eligible = int((ref["split"].map(text_cell) == split).sum())
+    else:
+        eligible = len(ref)
+    return rows, eligible - len(rows)
+
+
+def _label_frame(ids: pd.DataFrame, labels: pd.DataFrame, labeler: str) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {"image_id": ids["image_id"].to_numpy(), "study_id": ids["study_id"].map(text_cell)}
+    )
+    for obs in CHEXPERT_LABELS:
+        frame[obs] = labels[obs].to_numpy(dtype=float)
+    frame["labeler"] = labeler
+    return frame
+
+
+def evaluate_generations(
+    pred_df: pd.DataFrame,
+    ref_df: pd.DataFrame,
+    *,
+    labeler: str = "rule",
+    ref_labels: str = "labeler",
+    split: str | None = "test",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    chexbert: str | os.PathLike | None = None,
+    radgraph_model: str = "radgraph",
+    radgraph_annotations: tuple[list, list] | None = None,
+    meteor: bool = True,
+    progress: bool = True,
+    out: str | os.PathLike | None = None,
+    pred_name: str = "predictions",
+    ref_name: str = "manifest",
+) -> Evaluation:
+    """Evaluate generated Findings against a manifest's references (the library call).
+
+    Parameters
+    ----------
+    pred_df : DataFrame
+        ``image_id`` and ``generated`` columns (a ``line`` column, if present, names
+        rows in messages; else row ``i`` is line ``i + 2``).
+    ref_df : DataFrame
+        A manifest (:func:`~cxrlib.data.manifest.read_manifest`): ``image_id``,
+        ``study_id``, ``split``, ``findings`` and the 14 label columns.
+    labeler : str
+        ``rule`` or ``chexbert`` (:func:`~cxrlib.evaluate.clinical.get_labeler`).
+    ref_labels : str
+        ``labeler`` (label the reference text) or ``manifest`` (its label columns).
+    split : str or None
+        Only this split's rows may be evaluated (None: any).
+    n_bootstrap, seed : int
+        Bootstrap resamples (0: no intervals) and seed.
+    chexbert : path-like, optional
+        CheXbert checkpoint for ``labeler="chexbert"``.
+    radgraph_model : str
+        ``radgraph`` or ``radgraph-xl`` (used when the package and weights are here).
+    radgraph_annotations : (list, list), optional
+        Precomputed (generated, reference) RadGraph annotations, one per row (None for
+        an empty text); model recorded as ``given``.
+    meteor : bool
+        Compute METEOR when Java and the jar are available.
+    progress : bool
+        Progress bar for the bootstrap.
+    out : path-like, optional
+        Also write the outputs into this folder (:meth:`Evaluation.write`).
+
+    Returns
+    -------
+    Evaluation
+
+    Raises
+    ------
+    CxrError
+        Bad predictions (missing column, duplicate or unknown ids, wrong split),
+        unknown labeler or label source, CheXbert not available, no manifest labels.
+    """
+    if ref_labels not in REF_LABEL_SOURCES:
+        raise CxrError(
+            f"ref_labels must be one of {', '.join(REF_LABEL_SOURCES)}, got {ref_labels!r}"
+        )
+    if split is not None and split not in SPLITS:
+        raise CxrError(f"split must be one of {', '.join(SPLITS)} (or None), got {split!r}")
+    if n_bootstrap < 0:
+        raise CxrError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    missing = [c for c in ("image_id", "study_id", "split", "findings") if c not in ref_df.columns]
+    if missing:
+        raise CxrError(f"{ref_name}: missing column(s): {', '.join(missing)}")
+    pred = _check_predictions(pred_df, pred_name)
+    rows, unmatched = _align(pred, ref_df, split, pred_name, ref_name)
+    generated = pred["generated"].tolist()
+    references = rows["findings"].map(text_cell).tolist()
+    n = len(pred)
+
+    label_fn, labeler_name = get_labeler(labeler, chexbert=chexbert)
+    gen_labels = label_fn(generated).reset_index(drop=True)
+    if ref_labels == "manifest":
+        missing_labels = [c for c in CHEXPERT_LABELS if c not in rows.columns]
+        if missing_labels:
+            raise CxrError(f"{ref_name}: no label column(s) {', '.join(missing_labels)}")
+        ref_label_values = rows[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce")
+        if ref_label_values.isna().all().all():
+            raise CxrError(
+                f"{ref_name}: every label of the evaluated rows is blank; "
+                "use reference labels from the labeler (--ref-labels labeler)"
+            )
+        ref_source = "manifest"
+    else:
+        ref_label_values = label_fn(references).reset_index(drop=True)
+        ref_source = labeler_name
+    clinical = ClinicalData.build(
+        gen_labels, ref_label_values, labeler=labeler_name, reference_source=ref_source
+    )
+
+    unavailable: dict[str, str] = {}
+    radgraph: RadGraphScores | None = None
+    if radgraph_annotations is not None:
+        radgraph = radgraph_scores(*radgraph_annotations, model="given")
+    else:
+        reason = radgraph_unavailable_reason(radgraph_model)
+        if reason is None:
+            annotator = RadGraphAnnotator(radgraph_model)
+            radgraph = radgraph_scores(
+                annotator(generated), annotator(references), model=radgraph_model
+            )
+        else:
+            unavailable.update(dict.fromkeys(RADGRAPH_KEYS, reason))
+
+    grounding_data = None
+    if ref_labels == "manifest" and has_ground_truth_sides(rows):
+        grounding_data = GroundingData.build(gen_labels, rows)
+    else:
+        why = (
+            "needs drawn ground truth: manifest labels (--ref-labels manifest) and the "
+            "phantom's *_side columns"
+        )
+        unavailable.update(dict.fromkeys(GROUNDING_KEYS, why))
+
+    groups = rows["study_id"].map(text_cell).to_numpy()
+    with LexicalCorpus.build(generated, references, meteor=meteor) as lexical:
+        if lexical.meteor_reason is not None:
+            unavailable["lexical.meteor"] = lexical.meteor_reason
+
+        def metric(idx: np.ndarray) -> Mapping[str, float]:
+            values = dict(clinical.scores(idx))
+            values.update({f"lexical.{k}": v for k, v in lexical.scores(idx).items()})
+            if radgraph is not None:
+                values.update(radgraph.scores(idx))
+            if grounding_data is not None:
+                values.update(grounding_data.scores(idx))
+            return values
+
+        if n_bootstrap > 0:
+            results = bootstrap_many(
+                metric,
+                n,
+                n_resamples=n_bootstrap,
+                seed=seed,
+                groups=groups,
+                progress=progress,
+                desc="bootstrap",
+            )
+        else:
+            n_studies = len(set(groups))
+            results = {
+                k: BootstrapResult(v, math.nan, math.nan, n, 0, seed, n_groups=n_studies)
+                for k, v in metric(np.arange(n)).items()
+            }
+    metrics = {k: results[k] for k in METRIC_KEYS if k in results}
+    evaluation = Evaluation(
+        metrics=metrics,
+        unavailable={k: unavailable[k] for k in METRIC_KEYS if k in unavailable},
+        per_observation=_per_observation(clinical),
+        labels_generated=_label_frame(rows, gen_labels, labeler_name),
+        labels_reference=_label_frame(rows, ref_label_values, ref_source),
+        labeler=labeler_name,
+        reference_labels=ref_source,
+        radgraph_model=None if radgraph is None else radgraph.model,
+        counts={
+            "n": n,
+            "n_studies": len(set(groups)),
+            "empty_generated": sum(1 for t in generated if not t),
+            "empty_reference": sum(1 for t in references if not t),
+            "manifest_rows_without_prediction": unmatched,
+        },
+        bootstrap={
+            "n_resamples": n_bootstrap,
+            "seed": seed,
+            "confidence": 0.95,
+            "method": "percentile",
+            "unit": "studies",
+        },
+        inputs={"pred": pred_name, "ref": ref_name, "split": split or "all"},
+    )
+    if out is not None:
+        evaluation.write(out)
+    return evaluation
+
+
+def _per_observation(clinical: ClinicalData) -> pd.DataFrame:
+    table = clinical.table()
+    first = ["observation", "convention", "precision", "recall", "f1", "support", "labeler"]
+    rest = [c for c in table.columns if c not in first]
+    table = table[first + rest]
+    order = {c: i for i, c in enumerate(CONVENTIONS)}
+    return table.sort_values("convention", key=lambda s: s.map(order), kind="stable").reset_index(
+        drop=True
+    )
+
+
+def evaluate_files(
+    pred: str | os.PathLike,
+    ref: str | os.PathLike,
+    out: str | os.PathLike | None,
+    **options: object,
+) -> Evaluation:
+    """:func:`evaluate_generations` on a predictions CSV and a manifest CSV.
+
+    The manifest is read with :func:`~cxrlib.data.manifest.read_manifest` (image files
+    not checked); its problems become one ``CxrError`` line.
+    """
+    from cxrlib.data.manifest import read_manifest
+
+    pred, ref = Path(pred), Path(ref)
+    if not pred.is_file():
+        raise CxrError(f"--pred {pred}: file does not exist")
+    if not ref.is_file():
+        raise CxrError(f"--ref {ref}: file does not exist")
+    predictions = read_predictions(pred)
+    try:
+        manifest = read_manifest(ref, check_files=False)
+    except CxrError as err:
+        problems = getattr(err, "problems", None) or [str(err)]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CxrError(f"invalid --ref manifest: {problems[0]}{more}") from None
+    return evaluate_generations(
+        predictions, manifest, out=out, pred_name=str(pred), ref_name=str(ref), **options
+    )
+
+
+HEADLINE_KEYS: tuple[str, ...] = (
+    "clinical.uncertain_as_negative.micro_14",
+    "clinical.uncertain_as_negative.macro_14",
+    "clinical.uncertain_as_positive.micro_14",
+    "clinical.uncertain_as_negative.micro_5",
+    "lexical.bleu_4",
+    "lexical.rouge_l",
+    "lexical.cider",
+    "grounding.uncertain_as_negative.hallucination_rate",
+    "grounding.uncertain_as_negative.omission_rate",
+    "grounding.uncertain_as_negative.laterality_accuracy",
+)
+"""The metrics the notebooks' summary tables show (any key of :data:`METRIC_KEYS` works)."""
+
+
+def compare(evaluations: Mapping[str, Evaluation], keys: tuple[str, ...] = HEADLINE_KEYS):
+    """One row per system and metric: ``system, metric, value, ci_low, ci_high, n``.
+
+    Metrics a system could not compute appear with ``value`` NaN and the reason in
+    ``unavailable``; ``n`` counts the studies each value was computed over.
+    """
+    rows = []
+    for system, ev in evaluations.items():
+        for key in keys:
+            r = ev.metrics.get(key)
+            rows.append(
+                {
+                    "system": system,
+                    "metric": key,
+                    "value": math.nan if r is None else r.value,
+                    "ci_low": math.nan if r is None else r.ci_low,
+                    "ci_high": math.nan if r is None else r.ci_high,
+                    "n": ev.counts["n_studies"],
+                    "unavailable": ev.unavailable.get(key, ""),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def format_compare(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """:func:`compare` as a systems x metrics table of ``value [ci_low, ci_high]``."""
+
+    def cell(r) -> str:
+        if math.isnan(r["value"]):
+            return "n/a"
+        if math.isnan(r["ci_low"]):
+            return f"{r['value']:.{digits}f}"
+        return f"{r['value']:.{digits}f} [{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]"
+
+    t = table.assign(cell=table.apply(cell, axis=1))
+    wide = t.pivot(index="metric", columns="system", values="cell")
+    wide = wide.loc[
+        [k for k in dict.fromkeys(table["metric"])], list(dict.fromkeys(table["system"]))
+    ]
+    n = table.groupby("system", sort=False)["n"].first()
+    wide.columns = [f"{s} (n={n[s]})" for s in wide.columns]
+    return wide

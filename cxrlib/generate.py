@@ -1,0 +1,185 @@
+"""Generation for a manifest split with a trained run: ``generations.csv``.
+
+``generate_split(run, manifest, split)`` loads a training run's checkpoint (``best``,
+else ``last``) and its config tree (``config.json``), computes the inputs exactly as
+training did (cached encoder features for a frozen encoder, the same prior settings
+and mask source) and generates Findings for every image of the split with the
+checkpoint's decoding settings (greedy or beam, repetition penalty, ``max_new_tokens``;
+override with ``num_beams=`` / ``max_new_tokens=``). The result has the columns
+``image_id, generated`` that :mod:`cxrlib.evaluate` reads; unreadable images are
+left out and listed (``GenerationResult.bad``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cxrlib.config import RunConfig
+from cxrlib.data.dataset import Example, ReportDataset, resolve_path
+from cxrlib.data.manifest import read_manifest, text_cell
+from cxrlib.errors import CxrError
+from cxrlib.io import write_atomic
+from cxrlib.model import ReportModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    """Generated Findings of one split."""
+
+    frame: pd.DataFrame  # image_id, generated (manifest order)
+    checkpoint: Path
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_checkpoint(run: str | os.PathLike) -> Path:
+    """``run/checkpoints/best``, else ``run/checkpoints/last``; or ``run`` itself when it
+    is a model folder."""
+    run = Path(run)
+    if (run / "model.safetensors").is_file():
+        return run
+    for name in ("best", "last"):
+        folder = run / "checkpoints" / name
+        if (folder / "model.safetensors").is_file():
+            return folder
+    raise CxrError(f"{run}: no checkpoints/best or checkpoints/last (is it a training run?)")
+
+
+def run_config(run: str | os.PathLike) -> RunConfig:
+    """The config tree a training run recorded in ``config.json``."""
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise CxrError(f"{path}: not found (is {run} a training run folder?)")
+    return RunConfig.from_dict(json.loads(path.read_text())["config"])
+
+
+def split_frame(manifest: str | os.PathLike, split: str | None) -> pd.DataFrame:
+    """The manifest's rows of ``split`` (all rows for None) that have an image."""
+    df = read_manifest(manifest, check_files=False)
+    rows = df if split is None else df[df["split"] == split]
+    rows = rows[rows["image_path"].map(text_cell) != ""].copy()
+    rows.attrs = dict(df.attrs)
+    if rows.empty:
+        raise CxrError(f"{manifest}: no rows with an image in split {split!r}")
+    return rows
+
+
+def model_inputs_for(
+    model: ReportModel, config: RunConfig, frame: pd.DataFrame, progress: bool = True
+) -> tuple[ReportDataset, list[tuple[str, str]]]:
+    """The dataset training would build for ``frame`` (features, priors), and bad images."""
+    from cxrlib.train import _priors_for, _unreadable
+
+    root = frame.attrs["root"]
+    examples = [
+        Example(text_cell(r["image_id"]), text_cell(r.get(config.data.text_column, "")), "")
+        for r in frame.to_dict("records")
+    ]
+    for ex, path in zip(examples, frame["image_path"], strict=True):
+        ex.path = resolve_path(root, text_cell(path))
+    bad: list[tuple[str, str]] = []
+    features = None
+    if model.config.encoder_trainable == "frozen" and config.train.feature_cache:
+        from cxrlib.features import features_for_manifest
+
+        found = features_for_manifest(
+            frame, model, Path(config.data.cache_dir) / "features", progress=progress
+        )
+        bad = [(b[0], b[2]) for b in found.bad]
+        bad_ids = {b[0] for b in bad}
+        keep = [i for i, ex in enumerate(examples) if ex.image_id not in bad_ids]
+        row_of = {image_id: i for i, image_id in enumerate(found.image_ids)}
+        examples = [examples[i] for i in keep]
+        frame = frame.iloc[keep]
+        features = found.features[[row_of[ex.image_id] for ex in examples]]
+    else:
+        unreadable = _unreadable(examples)
+        bad = list(unreadable.items())
+        keep = [i for i, ex in enumerate(examples) if ex.image_id not in unreadable]
+        examples = [examples[i] for i in keep]
+        frame = frame.iloc[keep]
+    priors = _priors_for(config, model, frame)
+    return ReportDataset(examples, model.config.image_size, features, priors), bad
+
+
+def generate_split(
+    run: str | os.PathLike,
+    manifest: str | os.PathLike,
+    split: str | None = "test",
+    *,
+    out: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    max_images: int | None = None,
+    num_beams: int | None = None,
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+) -> GenerationResult:
+    """Generate Findings for ``split`` of ``manifest`` with training run ``run``.
+
+    Parameters
+    ----------
+    run : path-like
+        A training run folder (``cxr train --out``) or a checkpoint folder; a bare
+        checkpoint needs the run's ``config.json`` one or two folders up.
+    cache_dir : path-like, optional
+        Feature and prior caches (default: the run config's ``data.cache_dir``).
+    max_images : int, optional
+        Only the first N images of the split (manifest order).
+    out : path-like, optional
+        Also write ``image_id, generated`` there as CSV (atomically).
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    checkpoint = run_checkpoint(run)
+    run_dir = Path(run)
+    if not (run_dir / "config.json").is_file() or checkpoint == run_dir:
+        run_dir = checkpoint.parent.parent
+    config = run_config(run_dir)
+    if cache_dir is not None:
+        config.data.cache_dir = str(cache_dir)
+    model = ReportModel.from_pretrained(checkpoint)
+    model.eval()
+    frame = split_frame(manifest, split)
+    if max_images is not None:
+        frame = frame.iloc[:max_images]
+    dataset, bad = model_inputs_for(model, config, frame, progress=progress)
+    for image_id, message in bad:
+        log.warning("generation: skipped unreadable image %s: %s", image_id, message)
+    kwargs = {}
+    if num_beams is not None:
+        kwargs["num_beams"] = num_beams
+    if max_new_tokens is not None:
+        kwargs["max_new_tokens"] = max_new_tokens
+    ids, texts = [], []
+    for start in tqdm(
+        range(0, len(dataset), batch_size), desc="generating", unit="batch", disable=not progress
+    ):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        good = [it for it in items if "error" not in it]
+        bad += [(it["image_id"], it["error"]) for it in items if "error" in it]
+        if not good:
+            continue
+        inputs = {}
+        for key in ("image_features", "pixel_values", "priors"):
+            if key in good[0]:
+                inputs[key] = torch.stack([it[key] for it in good]).to(torch.float32)
+        with torch.no_grad():
+            texts += model.generate(**inputs, **kwargs)
+        ids += [it["image_id"] for it in good]
+    result = pd.DataFrame({"image_id": ids, "generated": texts})
+    if out is not None:
+        write_atomic(Path(out), lambda tmp: result.to_csv(tmp, index=False))
+    return GenerationResult(result, checkpoint, bad, round(time.perf_counter() - started, 1))

@@ -1,0 +1,104 @@
+"""Generation for a split with a trained run, and the baselines, on a smoke run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from cxrlib.cli import main
+from cxrlib.config import load_config, parse_assignment
+from cxrlib.errors import CxrError
+from cxrlib.evaluate.baselines import baseline_generations
+from cxrlib.generate import generate_split, run_checkpoint
+from cxrlib.model import ReportModel
+from cxrlib.train import resolve_manifest, train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    config = load_config(
+        "smoke",
+        overrides=[parse_assignment(f"data.cache_dir={cache}"), {"train": {"epochs": 1}}],
+    )
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    train(config, out, progress=False)
+    return out, resolve_manifest(config), cache
+
+
+def test_generate_split_matches_the_model(run):
+    out, manifest, cache = run
+    result = generate_split(out, manifest, "test", progress=False)
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    test_ids = df[df["split"] == "test"]["image_id"].tolist()
+    assert result.frame["image_id"].tolist() == test_ids
+    assert result.checkpoint == out / "checkpoints" / "best"
+    # the same text as calling the model on the cached features and priors directly
+    from cxrlib.generate import model_inputs_for, run_config, split_frame
+
+    model = ReportModel.from_pretrained(result.checkpoint)
+    dataset, bad = model_inputs_for(model, run_config(out), split_frame(manifest, "test"))
+    assert not bad
+    first = dataset[0]
+    with torch.no_grad():
+        text = model.generate(
+            image_features=first["image_features"][None].float(), priors=first["priors"][None]
+        )
+    assert result.frame["generated"].iloc[0] == text[0]
+
+
+def test_cli_generate_writes_csv(run, tmp_path, capsys):
+    out, manifest, _ = run
+    csv = tmp_path / "gen.csv"
+    code = main(
+        ["generate", "--run", str(out), "--manifest", str(manifest), "--out", str(csv)]
+        + ["--max-images", "2", "--no-progress"]
+    )
+    assert code == 0
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    assert list(frame.columns) == ["image_id", "generated"] and len(frame) == 2
+    assert "2 Findings generated" in capsys.readouterr().out
+
+
+def test_not_a_run_is_a_clear_error(tmp_path):
+    with pytest.raises(CxrError, match="no checkpoints/best or checkpoints/last"):
+        run_checkpoint(tmp_path)
+
+
+def test_baselines(run):
+    out, manifest, _ = run
+    frames = baseline_generations(out, manifest, "test", progress=False)
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    train_texts = set(df[df["split"] == "train"]["findings"])
+    for name in ("most_frequent", "retrieval"):
+        frame = frames[name]
+        assert frame["image_id"].tolist() == df[df["split"] == "test"]["image_id"].tolist()
+        assert set(frame["generated"]) <= train_texts  # both return training reports
+    assert frames["most_frequent"]["generated"].nunique() == 1
+
+
+def test_evaluate_phantom_generations_has_grounding(run, tmp_path):
+    import json
+
+    from cxrlib.data.manifest import read_manifest
+    from cxrlib.evaluate.evaluate import compare, evaluate_generations, format_compare
+
+    out, manifest, _ = run
+    frame = generate_split(out, manifest, "test", progress=False).frame
+    ref = read_manifest(manifest, check_files=False)
+    ev = evaluate_generations(
+        frame, ref, ref_labels="manifest", n_bootstrap=20, progress=False, out=tmp_path / "ev"
+    )
+    data = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for key in (
+        "clinical.uncertain_as_negative.micro_14",
+        "grounding.uncertain_as_negative.omission_rate",
+        "grounding.uncertain_as_positive.laterality_accuracy",
+    ):
+        assert key in data["metrics"]
+    table = format_compare(compare({"model": ev}))
+    assert table.columns.tolist() == [f"model (n={ev.counts['n_studies']})"]
+    # with labels from the labeler there is no drawn truth: grounding is unavailable
+    ev2 = evaluate_generations(frame, ref, n_bootstrap=0, progress=False)
+    assert "grounding.uncertain_as_negative.omission_rate" in ev2.unavailable
