@@ -629,3 +629,153 @@ def plot_per_observation_f1(per_observation: pd.DataFrame) -> Figure:
     ax.set_ylabel("")
     ax.legend(title=None, loc="lower right", fontsize="small")
     return fig
+
+
+def plot_ablation_bars(summary: pd.DataFrame, metrics: Sequence[str], labels: dict) -> Figure:
+    """Ablation: one panel per metric, one bar per system, 95% interval over seeds.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        ``ablation_summary.csv``: ``system, metric, mean, ci_low, ci_high, n_seeds``.
+    metrics : sequence of str
+        Metric keys, one panel each.
+    labels : dict
+        Metric key -> panel title.
+    """
+    systems = list(dict.fromkeys(summary["system"]))
+    palette = colors(len(systems))
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig = _new_figure(PAGE_WIDTH, 1.9 * nrows + 0.4)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, key in zip(axes, metrics, strict=False):
+        part = summary[summary["metric"] == key].set_index("system").reindex(systems)
+        x = np.arange(len(systems))
+        mean = part["mean"].to_numpy(dtype=float)
+        low = (mean - part["ci_low"].to_numpy(dtype=float)).clip(min=0)
+        high = (part["ci_high"].to_numpy(dtype=float) - mean).clip(min=0)
+        err = np.nan_to_num(np.vstack([low, high]))
+        ax.bar(x, mean, color=palette, yerr=err, capsize=2, error_kw={"lw": 0.8})
+        ax.set_title(labels.get(key, key), fontsize="small")
+        ax.set_xticks(x, systems, rotation=35, ha="right", fontsize="x-small")
+        ax.set_ylim(
+            0,
+            max(1.0, np.nanmax(mean + err[1]) * 1.05)
+            if key.startswith(("clinical", "grounding", "lexical.bleu", "lexical.rouge"))
+            else None,
+        )
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    return fig
+
+
+def plot_observation_heatmap(per_observation: pd.DataFrame) -> Figure:
+    """Per-observation F1 (uncertain as negative) by system, mean over seeds.
+
+    Parameters
+    ----------
+    per_observation : pandas.DataFrame
+        ``system, seed, observation, convention, f1`` rows.
+    """
+    import seaborn as sns
+
+    data = per_observation[per_observation["convention"] == "uncertain_as_negative"]
+    systems = list(dict.fromkeys(data["system"]))
+    table = data.pivot_table(index="observation", columns="system", values="f1", aggfunc="mean")
+    order = list(dict.fromkeys(data["observation"]))
+    table = table.loc[order, systems]
+    fig = _new_figure(PAGE_WIDTH, 3.8)
+    ax = fig.subplots()
+    sns.heatmap(
+        table,
+        vmin=0,
+        vmax=1,
+        cmap="viridis",
+        annot=True,
+        fmt=".2f",
+        annot_kws={"fontsize": 6},
+        cbar_kws={"label": "F1 (uncertain as negative)"},
+        ax=ax,
+    )
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    return fig
+
+
+def plot_sentence_attention(image: np.ndarray, attention, max_sentences: int = 4) -> Figure:
+    """Each generated sentence (rows) and layer group (columns): the image with the
+    sentence's mean attention to each patch overlaid (heads and tokens averaged).
+
+    Parameters
+    ----------
+    image : (H, W) uint8
+        The radiograph (any size; the patch grid is stretched over it).
+    attention : cxrlib.explain.SentenceAttention
+    """
+    n = min(max_sentences, len(attention.sentences))
+    groups = attention.groups
+    fig = _new_figure(PAGE_WIDTH, 1.55 * n + 0.3)
+    axes = fig.subplots(n, len(groups), squeeze=False)
+    h, w = image.shape
+    for s in range(n):
+        vmax = float(attention.maps[s].max()) or 1.0
+        for g, layers in enumerate(groups):
+            ax = axes[s, g]
+            ax.imshow(image, cmap="gray", extent=(0, w, h, 0))
+            ax.imshow(
+                attention.maps[s, g],
+                cmap="magma",
+                alpha=0.55,
+                vmin=0,
+                vmax=vmax,
+                extent=(0, w, h, 0),
+                interpolation="bilinear",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if s == 0:
+                ax.set_title(
+                    f"layers {layers[0] + 1}-{layers[-1] + 1}"
+                    if len(layers) > 1
+                    else f"layer {layers[0] + 1}",
+                    fontsize="small",
+                )
+            if g == 0:
+                text = attention.sentences[s]
+                ax.set_ylabel(text if len(text) <= 38 else text[:36] + "…", fontsize=6)
+    return fig
+
+
+def plot_runs_training(curves: pd.DataFrame) -> Figure:
+    """Validation loss per epoch of every ablation run, coloured by mode.
+
+    Parameters
+    ----------
+    curves : pandas.DataFrame
+        ``mode, seed, epoch, split, loss`` (the runs' ``metrics.csv`` rows).
+    """
+    val = curves[curves["split"] == "validate"]
+    train = curves[curves["split"] == "train"]
+    modes = list(dict.fromkeys(curves["mode"]))
+    palette = dict(zip(modes, colors(len(modes)), strict=True))
+    fig = _new_figure(PAGE_WIDTH, 2.4)
+    ax_train, ax_val = fig.subplots(1, 2)
+    for (mode, seed), part in train.groupby(["mode", "seed"], sort=False):
+        ax_train.plot(
+            part["step"],
+            part["loss"],
+            color=palette[mode],
+            lw=0.7,
+            alpha=0.8,
+            label=mode if seed == part["seed"].min() else None,
+        )
+    for (mode, _seed), part in val.groupby(["mode", "seed"], sort=False):
+        ax_val.plot(part["step"], part["loss"], "o-", color=palette[mode], ms=3, lw=0.8)
+    ax_train.set_xlabel("optimizer step")
+    ax_train.set_ylabel("train loss")
+    ax_val.set_xlabel("optimizer step")
+    ax_val.set_ylabel("validation loss")
+    handles = [Line2D([], [], color=palette[m], label=m) for m in modes]
+    ax_train.legend(handles=handles, fontsize="small")
+    return fig

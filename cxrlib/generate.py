@@ -181,5 +181,6 @@ def generate_split(
         ids += [it["image_id"] for it in good]
     result = pd.DataFrame({"image_id": ids, "generated": texts})
     if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(out), lambda tmp: result.to_csv(tmp, index=False))
     return GenerationResult(result, checkpoint, bad, round(time.perf_counter() - started, 1))

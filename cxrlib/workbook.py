@@ -73,6 +73,8 @@ PROFILES: dict[str, Profile] = {
             "segmenter_image_size": 64,
             "n_examples": 2,
             "n_bootstrap": 50,
+            "epochs": 1,
+            "seeds": [0, 1, 2],
         },
     ),
     # what `make workbook` runs on the embedded phantom dataset
@@ -86,6 +88,10 @@ PROFILES: dict[str, Profile] = {
             "segmenter_image_size": 256,
             "n_examples": 4,
             "n_bootstrap": 1000,
+            # 9 decoder runs (3 modes x 3 seeds) must fit the 30-minute budget on 2
+            # cores: one epoch each (cxr train --profile default trains 4)
+            "epochs": 1,
+            "seeds": [0, 1, 2],
         },
         publish_figures=True,
     ),

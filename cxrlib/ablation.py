@@ -1,0 +1,433 @@
+"""The ablation: anatomical attention none / soft / strict x seeds, same data and budget.
+
+``run_ablation(config, out, modes, seeds)`` (notebook 05):
+
+1. prepares what every run shares, once: the manifest, the pretrained frozen encoder
+   (:mod:`cxrlib.pretrain`), its cached patch features and the priors of every image
+   (so the runs only read the caches);
+2. trains every (mode, seed) with :func:`cxrlib.train.train` in its own process
+   (``cxr train``; ``parallel`` at a time, each on ``threads`` threads), into
+   ``out/train/<mode>-seed<seed>/``; a finished run (``summary.json``) is reused, an
+   interrupted one resumed;
+3. generates Findings for the evaluation split with each run and with the two
+   baselines, and evaluates them all the same way (:mod:`cxrlib.evaluate`);
+4. writes ``out/ablation/``: ``ablation.csv`` (one row per system, seed and metric),
+   ``ablation_summary.csv`` (per system and metric: mean, sd and Student-t 95%
+   interval over seeds), ``paired_tests.csv`` (soft and strict against none: paired
+   bootstrap over studies, seeds pooled, on each headline metric), and the summary as
+   ``ablation.md`` and ``ablation.tex``.
+
+Every run differs only in ``model.mode`` and ``seed`` (initialisation of the bridge and
+decoder, batch order, dropout); the encoder, its features, the data, the priors and the
+budget (epochs, steps, learning rate) are the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cxrlib.config import RunConfig
+from cxrlib.errors import CxrError
+from cxrlib.io import write_atomic
+
+log = logging.getLogger(__name__)
+
+MODES = ("none", "soft", "strict")
+BASELINES = ("retrieval", "most_frequent")
+ABLATION_KEYS: tuple[str, ...] = (
+    "clinical.uncertain_as_negative.micro_14",
+    "clinical.uncertain_as_negative.macro_14",
+    "clinical.uncertain_as_positive.micro_14",
+    "clinical.uncertain_as_negative.micro_5",
+    "lexical.bleu_4",
+    "lexical.rouge_l",
+    "lexical.cider",
+    "grounding.uncertain_as_negative.hallucination_rate",
+    "grounding.uncertain_as_negative.omission_rate",
+    "grounding.uncertain_as_negative.laterality_accuracy",
+)
+"""Metrics the ablation tables report (any key of ``metrics.json``)."""
+TESTED_KEYS: tuple[str, ...] = (
+    "clinical.uncertain_as_negative.micro_14",
+    "clinical.uncertain_as_negative.macro_14",
+    "lexical.cider",
+)
+"""Metrics of the paired tests against ``none``."""
+
+
+def run_name(mode: str, seed: int) -> str:
+    return f"{mode}-seed{seed}"
+
+
+@dataclass
+class AblationResult:
+    """Where the ablation wrote its tables, and the tables."""
+
+    folder: Path
+    results: pd.DataFrame  # ablation.csv
+    summary: pd.DataFrame  # ablation_summary.csv
+    tests: pd.DataFrame  # paired_tests.csv
+    seconds: float
+
+
+def prepare_shared(config: RunConfig, split: str, progress: bool = True) -> Path:
+    """Build once what all runs read: manifest, pretrained encoder, features, priors.
+
+    Each run then finds them in the caches (the same keys), so parallel runs only read
+    and every run uses exactly the same encoder. Returns the manifest.
+    """
+    from cxrlib.generate import split_frame
+    from cxrlib.model import ReportModel
+    from cxrlib.train import _priors_for, resolve_manifest
+
+    manifest = resolve_manifest(config)
+    if config.pretrain.enabled and isinstance(config.model.encoder, dict):
+        from cxrlib.pretrain import pretrained_encoder
+
+        encoder = pretrained_encoder(
+            config.model,
+            manifest,
+            config.data.cache_dir,
+            config.pretrain,
+            seed=config.pretrain.seed,
+            progress=progress,
+        )
+        model_config = config.model.replace(encoder=str(encoder))
+    else:
+        model_config = config.model
+    frames = [split_frame(manifest, s) for s in dict.fromkeys(("train", "validate", split))]
+    frame = pd.concat(frames)
+    frame.attrs = dict(frames[0].attrs)
+    model = ReportModel.from_config(model_config.replace(mode="soft"), texts=["x"])
+    if config.train.feature_cache and config.model.encoder_trainable == "frozen":
+        from cxrlib.features import features_for_manifest
+
+        features_for_manifest(
+            frame, model, Path(config.data.cache_dir) / "features", progress=progress
+        )
+    _priors_for(config, model, frame)
+    return manifest
+
+
+def _train_command(config_path: Path, run_dir: Path, resume: bool) -> list[str]:
+    # the --config file holds the whole tree, so the profile it is merged over is moot
+    cmd = [sys.executable, "-m", "cxrlib.cli", "train", "--profile", "smoke"]
+    cmd += ["--config", str(config_path), "--out", str(run_dir), "--no-progress"]
+    return cmd + (["--resume"] if resume else [])
+
+
+def train_runs(
+    config: RunConfig,
+    out: Path,
+    modes: tuple[str, ...],
+    seeds: tuple[int, ...],
+    parallel: int = 2,
+    threads: int = 1,
+    progress: bool = True,
+) -> dict[tuple[str, int], Path]:
+    """Train every (mode, seed) run in subprocesses, ``parallel`` at a time."""
+    from tqdm.auto import tqdm
+
+    folder = out / "train"
+    configs = out / "ablation" / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    todo, runs = [], {}
+    for seed in seeds:
+        for mode in modes:
+            run_dir = folder / run_name(mode, seed)
+            runs[(mode, seed)] = run_dir
+            if (run_dir / "summary.json").is_file():
+                continue
+            tree = config.replace(seed=seed, model=config.model.replace(mode=mode)).to_dict()
+            path = configs / f"{run_name(mode, seed)}.json"
+            path.write_text(json.dumps(tree, indent=2))
+            todo.append((mode, seed, path, run_dir))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    running: list[tuple[subprocess.Popen, str, Path]] = []
+    bar = tqdm(total=len(todo), desc="ablation runs", unit="run", disable=not progress)
+    pending = list(todo)
+    failures = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            mode, seed, path, run_dir = pending.pop(0)
+            resume = (run_dir / "config.json").is_file()
+            log_path = out / "ablation" / f"{run_name(mode, seed)}.log"
+            with open(log_path, "w") as log_file:
+                proc = subprocess.Popen(
+                    _train_command(path, run_dir, resume),
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+            running.append((proc, run_name(mode, seed), log_path))
+        time.sleep(0.5)
+        for item in list(running):
+            proc, name, log_path = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            bar.update(1)
+            if proc.returncode != 0:
+                tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
+                failures.append(f"{name}: exit {proc.returncode}: {tail[0]} (log: {log_path})")
+    bar.close()
+    if failures:
+        raise CxrError("ablation runs failed: " + "; ".join(failures))
+    return runs
+
+
+def run_ablation(
+    config: RunConfig,
+    out: str | os.PathLike,
+    modes: tuple[str, ...] = MODES,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    split: str = "test",
+    n_bootstrap: int = 1000,
+    parallel: int = 2,
+    threads: int = 1,
+    progress: bool = True,
+) -> AblationResult:
+    """Train, generate and evaluate every (mode, seed); write the tables (module doc)."""
+    from cxrlib.data.manifest import read_manifest, text_cell
+    from cxrlib.evaluate.baselines import baseline_generations
+    from cxrlib.evaluate.clinical import ClinicalData
+    from cxrlib.evaluate.evaluate import evaluate_generations
+    from cxrlib.evaluate.grounding import has_ground_truth_sides
+    from cxrlib.evaluate.lexical import LexicalCorpus
+    from cxrlib.evaluate.stats import aggregate_seeds, paired_bootstrap_test
+    from cxrlib.generate import generate_split
+
+    started = time.perf_counter()
+    out = Path(out)
+    folder = out / "ablation"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = prepare_shared(config, split, progress)
+    runs = train_runs(config, out, modes, seeds, parallel, threads, progress)
+    ref = read_manifest(manifest, check_files=False)
+    ref_labels = "manifest" if has_ground_truth_sides(ref) else "labeler"
+
+    generations: dict[tuple[str, int], pd.DataFrame] = {}
+    for (mode, seed), run_dir in runs.items():
+        path = folder / "generations" / f"{run_name(mode, seed)}.csv"
+        if path.is_file():
+            generations[(mode, seed)] = pd.read_csv(path, dtype=str, keep_default_na=False)
+            continue
+        result = generate_split(run_dir, manifest, split, out=path, progress=progress)
+        generations[(mode, seed)] = result.frame
+    first_run = runs[(modes[0], seeds[0])]
+    for name, frame in baseline_generations(first_run, manifest, split, progress=progress).items():
+        generations[(name, -1)] = frame  # deterministic: one "seed"
+
+    rows, per_obs = [], []
+    evaluations = {}
+    for (system, seed), frame in generations.items():
+        ev = evaluate_generations(
+            frame,
+            ref,
+            ref_labels=ref_labels,
+            split=split,
+            n_bootstrap=n_bootstrap,
+            seed=0,
+            progress=False,
+            out=folder / "evaluation" / (run_name(system, seed) if seed >= 0 else system),
+        )
+        evaluations[(system, seed)] = ev
+        for key, r in ev.metrics.items():
+            rows.append(
+                {
+                    "system": system,
+                    "seed": seed if seed >= 0 else "",
+                    "metric": key,
+                    "value": r.value,
+                    "ci_low": r.ci_low,
+                    "ci_high": r.ci_high,
+                    "n_studies": ev.counts["n_studies"],
+                }
+            )
+        per_obs.append(ev.per_observation.assign(system=system, seed=seed))
+    results = pd.DataFrame(rows)
+    pd.concat(per_obs).to_csv(folder / "per_observation.csv", index=False)
+
+    summary_rows = []
+    for (system, metric), part in results.groupby(["system", "metric"], sort=False):
+        values = part["value"].dropna().tolist()
+        if not values:
+            continue
+        s = aggregate_seeds(values)
+        summary_rows.append(
+            {
+                "system": system,
+                "metric": metric,
+                "mean": s.mean,
+                "sd": s.sd,
+                "ci_low": s.ci_low,
+                "ci_high": s.ci_high,
+                "n_seeds": s.n,
+                "n_studies": int(part["n_studies"].iloc[0]),
+            }
+        )
+    summary = pd.DataFrame(summary_rows)
+
+    # paired tests against none: items = (seed, study), resampled by study
+    tests = []
+    if "none" in modes:
+        reference_rows = ref.set_index("image_id")
+        for mode in [m for m in modes if m != "none"]:
+            a_frames = [generations[(mode, s)] for s in seeds]
+            b_frames = [generations[("none", s)] for s in seeds]
+            ids = pd.concat([f["image_id"] for f in a_frames]).tolist()
+            if ids != pd.concat([f["image_id"] for f in b_frames]).tolist():
+                raise CxrError(f"{mode} and none runs generated for different images")
+            truth = reference_rows.loc[ids]
+            groups = truth["study_id"].map(text_cell).to_numpy()
+            gen_a = pd.concat([f["generated"] for f in a_frames]).tolist()
+            gen_b = pd.concat([f["generated"] for f in b_frames]).tolist()
+            refs = truth["findings"].map(text_cell).tolist()
+            from cxrlib.data.manifest import CHEXPERT_LABELS
+            from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
+
+            if ref_labels == "manifest":
+                truth_labels = truth[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce")
+            else:
+                truth_labels = label_reports(refs)
+            truth_labels = truth_labels.reset_index(drop=True)
+            clin_a = ClinicalData.build(
+                label_reports(gen_a), truth_labels, labeler=LABELER_NAME, reference_source="ref"
+            )
+            clin_b = ClinicalData.build(
+                label_reports(gen_b), truth_labels, labeler=LABELER_NAME, reference_source="ref"
+            )
+            with (
+                LexicalCorpus.build(gen_a, refs, meteor=False) as lex_a,
+                LexicalCorpus.build(gen_b, refs, meteor=False) as lex_b,
+            ):
+                for key in TESTED_KEYS:
+
+                    def metric_of(clin, lex, key=key):
+                        def metric(idx):
+                            if key.startswith("lexical."):
+                                return lex.scores(idx)[key[len("lexical.") :]]
+                            return clin.scores(idx)[key]
+
+                        return metric
+
+                    t = paired_bootstrap_test(
+                        metric_of(clin_a, lex_a),
+                        metric_of(clin_b, lex_b),
+                        len(ids),
+                        n_resamples=n_bootstrap,
+                        seed=0,
+                        groups=groups,
+                    )
+                    tests.append(
+                        {
+                            "comparison": f"{mode} - none",
+                            "metric": key,
+                            "delta": t.delta,
+                            "ci_low": t.ci_low,
+                            "ci_high": t.ci_high,
+                            "p_value": t.p_value,
+                            "n_items": len(ids),
+                            "n_studies": len(set(groups)),
+                            "seeds": len(seeds),
+                            "test": "paired bootstrap over studies, seeds pooled",
+                        }
+                    )
+    tests_df = pd.DataFrame(tests)
+
+    def write_csv(frame: pd.DataFrame, name: str) -> None:
+        write_atomic(folder / name, lambda tmp: frame.to_csv(tmp, index=False))
+
+    write_csv(results, "ablation.csv")
+    write_csv(summary, "ablation_summary.csv")
+    write_csv(tests_df, "paired_tests.csv")
+    table = summary_table(summary)
+    write_atomic(folder / "ablation.md", lambda tmp: tmp.write_text(markdown_table(table)))
+    write_atomic(folder / "ablation.tex", lambda tmp: tmp.write_text(latex_table(table)))
+    seconds = round(time.perf_counter() - started, 1)
+    record = {
+        "modes": list(modes),
+        "seeds": list(seeds),
+        "split": split,
+        "reference_labels": ref_labels,
+        "n_bootstrap": n_bootstrap,
+        "manifest": str(manifest),
+        "config": config.to_dict(),
+        "seconds": seconds,
+    }
+    write_atomic(folder / "ablation.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    return AblationResult(folder, results, summary, tests_df, seconds)
+
+
+SHORT_NAMES = {
+    "clinical.uncertain_as_negative.micro_14": "micro-F1 14 (unc. neg.)",
+    "clinical.uncertain_as_negative.macro_14": "macro-F1 14 (unc. neg.)",
+    "clinical.uncertain_as_positive.micro_14": "micro-F1 14 (unc. pos.)",
+    "clinical.uncertain_as_negative.micro_5": "micro-F1 5 (unc. neg.)",
+    "lexical.bleu_4": "BLEU-4",
+    "lexical.rouge_l": "ROUGE-L",
+    "lexical.cider": "CIDEr",
+    "grounding.uncertain_as_negative.hallucination_rate": "hallucination rate",
+    "grounding.uncertain_as_negative.omission_rate": "omission rate",
+    "grounding.uncertain_as_negative.laterality_accuracy": "laterality accuracy",
+}
+
+
+def summary_table(summary: pd.DataFrame, keys: tuple[str, ...] = ABLATION_KEYS) -> pd.DataFrame:
+    """Systems x metrics of ``mean [ci_low, ci_high]`` (over seeds; one seed: the mean)."""
+
+    def cell(r) -> str:
+        if r["n_seeds"] < 2 or math.isnan(r["ci_low"]):
+            return f"{r['mean']:.3f}"
+        return f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+    part = summary[summary["metric"].isin(keys)]
+    cells = part.assign(cell=part.apply(cell, axis=1))
+    wide = cells.pivot(index="system", columns="metric", values="cell")
+    order = [s for s in (*MODES, *BASELINES) if s in wide.index]
+    metrics = [k for k in keys if k in wide.columns]
+    wide = wide.loc[order, metrics].fillna("n/a")
+    seeds = part.groupby("system")["n_seeds"].max()
+    wide.index = [f"{s} ({seeds[s]} seed{'s' if seeds[s] > 1 else ''})" for s in wide.index]
+    wide.columns = [SHORT_NAMES.get(k, k) for k in wide.columns]
+    return wide
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A Markdown table (first column: system)."""
+    head = "| system | " + " | ".join(table.columns) + " |"
+    rule = "| --- |" + " ---: |" * len(table.columns)
+    body = [
+        "| " + " | ".join([idx, *row]) + " |"
+        for idx, row in zip(table.index, table.to_numpy().tolist(), strict=True)
+    ]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def latex_table(table: pd.DataFrame) -> str:
+    """A booktabs LaTeX tabular of the same table."""
+
+    def esc(text: str) -> str:
+        return str(text).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+    cols = "l" + "r" * len(table.columns)
+    lines = [
+        rf"\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        "system & " + " & ".join(esc(c) for c in table.columns) + r" \\",
+        r"\midrule",
+    ]
+    for idx, row in zip(table.index, table.to_numpy().tolist(), strict=True):
+        lines.append(" & ".join(esc(v) for v in [idx, *row]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
