@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -38,24 +39,14 @@ import pandas as pd
 
 from cxrlib.config import RunConfig
 from cxrlib.errors import CxrError
+from cxrlib.evaluate.evaluate import HEADLINE_KEYS
 from cxrlib.io import write_atomic
 
 log = logging.getLogger(__name__)
 
 MODES = ("none", "soft", "strict")
 BASELINES = ("retrieval", "most_frequent")
-ABLATION_KEYS: tuple[str, ...] = (
-    "clinical.uncertain_as_negative.micro_14",
-    "clinical.uncertain_as_negative.macro_14",
-    "clinical.uncertain_as_positive.micro_14",
-    "clinical.uncertain_as_negative.micro_5",
-    "lexical.bleu_4",
-    "lexical.rouge_l",
-    "lexical.cider",
-    "grounding.uncertain_as_negative.hallucination_rate",
-    "grounding.uncertain_as_negative.omission_rate",
-    "grounding.uncertain_as_negative.laterality_accuracy",
-)
+ABLATION_KEYS = HEADLINE_KEYS
 """Metrics the ablation tables report (any key of ``metrics.json``)."""
 TESTED_KEYS: tuple[str, ...] = (
     "clinical.uncertain_as_negative.micro_14",
@@ -119,9 +110,10 @@ def prepare_shared(config: RunConfig, split: str, progress: bool = True) -> Path
     return manifest
 
 
-def _train_command(config_path: Path, run_dir: Path, resume: bool) -> list[str]:
+def _train_command(config_path: Path, run_dir: Path, resume: bool, launcher: str = "") -> list[str]:
     # the --config file holds the whole tree, so the profile it is merged over is moot
-    cmd = [sys.executable, "-m", "cxrlib.cli", "train", "--profile", "smoke"]
+    start = shlex.split(launcher) if launcher else [sys.executable]
+    cmd = [*start, "-m", "cxrlib.cli", "train", "--profile", "smoke"]
     cmd += ["--config", str(config_path), "--out", str(run_dir), "--no-progress"]
     return cmd + (["--resume"] if resume else [])
 
@@ -134,8 +126,13 @@ def train_runs(
     parallel: int = 2,
     threads: int = 1,
     progress: bool = True,
+    launcher: str = "",
 ) -> dict[tuple[str, int], Path]:
-    """Train every (mode, seed) run in subprocesses, ``parallel`` at a time."""
+    """Train every (mode, seed) run in subprocesses, ``parallel`` at a time.
+
+    ``launcher`` replaces the Python interpreter in front of ``-m cxrlib.cli train``,
+    e.g. ``"accelerate launch --num_processes 4"`` to train each run on 4 GPUs.
+    """
     from tqdm.auto import tqdm
 
     folder = out / "train"
@@ -164,7 +161,7 @@ def train_runs(
             log_path = out / "ablation" / f"{run_name(mode, seed)}.log"
             with open(log_path, "w") as log_file:
                 proc = subprocess.Popen(
-                    _train_command(path, run_dir, resume),
+                    _train_command(path, run_dir, resume, launcher),
                     env=env,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
@@ -196,8 +193,13 @@ def run_ablation(
     parallel: int = 2,
     threads: int = 1,
     progress: bool = True,
+    launcher: str = "",
 ) -> AblationResult:
-    """Train, generate and evaluate every (mode, seed); write the tables (module doc)."""
+    """Train, generate and evaluate every (mode, seed); write the tables (module doc).
+
+    ``parallel`` runs train at once with ``threads`` threads each (CPU); on GPUs use
+    ``parallel=1`` and a ``launcher`` such as ``"accelerate launch --num_processes 4"``.
+    """
     from cxrlib.data.manifest import read_manifest, text_cell
     from cxrlib.evaluate.baselines import baseline_generations
     from cxrlib.evaluate.clinical import ClinicalData
@@ -212,7 +214,7 @@ def run_ablation(
     folder = out / "ablation"
     folder.mkdir(parents=True, exist_ok=True)
     manifest = prepare_shared(config, split, progress)
-    runs = train_runs(config, out, modes, seeds, parallel, threads, progress)
+    runs = train_runs(config, out, modes, seeds, parallel, threads, progress, launcher)
     ref = read_manifest(manifest, check_files=False)
     ref_labels = "manifest" if has_ground_truth_sides(ref) else "labeler"
 

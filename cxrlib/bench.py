@@ -229,11 +229,18 @@ def format_table(result: dict) -> str:
 
 def run(name: str, out: str | os.PathLike | None = None, **kwargs) -> dict:
     """Run benchmark ``name``, print its table and JSON, write JSON to ``out`` if given."""
-    benches = {"phantom": bench_phantom, "priors": bench_priors, "model": bench_model}
+    benches = {
+        "phantom": (bench_phantom, format_table),
+        "priors": (bench_priors, format_table),
+        "model": (bench_model, format_table),
+        "features": (bench_features, format_features_table),
+        "labeler": (bench_labeler, format_labeler_table),
+    }
     if name not in benches:
         raise ValueError(f"unknown benchmark {name!r} (choose from {', '.join(benches)})")
-    result = benches[name](**kwargs)
-    print(format_table(result))
+    bench, table = benches[name]
+    result = bench(**kwargs)
+    print(table(result))
     text = json.dumps(result, indent=2)
     print(text)
     if out is not None:
@@ -728,18 +735,6 @@ def format_features_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_features(out: str | os.PathLike | None = None, **kwargs) -> dict:
-    """:func:`bench_features`: print its table and JSON, write JSON to ``out`` if given."""
-    result = bench_features(**kwargs)
-    print(format_features_table(result))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
-    return result
-
-
 # --- cxr bench labeler -----------------------------------------------------------------
 
 LABELER_TARGET_REPORTS_PER_S = 1000.0
@@ -825,15 +820,3 @@ def format_labeler_table(result: dict) -> str:
         f"best of {result['repeats']}"
     )
     return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
-
-
-def run_labeler(out: str | os.PathLike | None = None, **kwargs) -> dict:
-    """:func:`bench_labeler`: print its table and JSON, write JSON to ``out`` if given."""
-    result = bench_labeler(**kwargs)
-    print(format_labeler_table(result))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
-    return result

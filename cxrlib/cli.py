@@ -344,9 +344,10 @@ def _cmd_bench_priors(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_features(args: argparse.Namespace) -> int:
-    from cxrlib.bench import run_features
+    from cxrlib.bench import run
 
-    run_features(
+    run(
+        "features",
         out=args.json,
         n=args.n,
         batch=args.batch,
@@ -358,9 +359,9 @@ def _cmd_bench_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_labeler(args: argparse.Namespace) -> int:
-    from cxrlib.bench import run_labeler
+    from cxrlib.bench import run
 
-    run_labeler(out=args.json, n=args.n, repeats=args.repeats, iu=args.iu)
+    run("labeler", out=args.json, n=args.n, repeats=args.repeats, iu=args.iu)
     return 0
 
 

@@ -59,6 +59,8 @@ class Profile:
     parameters: dict = field(default_factory=dict)
     publish_figures: bool = False
     workers: int = 2
+    # the profile runs on a user's manifest (--manifest), not on the phantom
+    needs_manifest: bool = False
 
 
 PROFILES: dict[str, Profile] = {
@@ -94,6 +96,24 @@ PROFILES: dict[str, Profile] = {
             "seeds": [0, 1, 2],
         },
         publish_figures=True,
+    ),
+    # the published sizes on a user's manifest (MIMIC-CXR), on GPUs; a --manifest is
+    # required; each ablation run on all GPUs with `accelerate launch`
+    "full": Profile(
+        "full",
+        PhantomSpec(n=64, seed=0, size=128),  # not used: --manifest is required
+        {
+            "seed": 0,
+            "n_overlay": 8,
+            "segmenter_epochs": 40,
+            "segmenter_image_size": 256,
+            "n_examples": 4,
+            "n_bootstrap": 1000,
+            "epochs": None,
+            "seeds": [0, 1, 2],
+            "parallel": 1,
+        },
+        needs_manifest=True,
     ),
 }
 
@@ -182,6 +202,8 @@ def run_workbook(
     if profile not in PROFILES:
         raise CxrError(f"unknown profile {profile!r} (choose from {', '.join(sorted(PROFILES))})")
     prof = PROFILES[profile]
+    if manifest is None and prof.needs_manifest:
+        raise CxrError(f"profile {profile} runs on your data: give --manifest FILE")
     nb_dir = Path(notebooks) if notebooks is not None else REPO_ROOT / "notebooks"
     paths = notebook_paths(nb_dir)
     run_dir = Path(out) if out is not None else default_run_dir(profile)

@@ -3,6 +3,7 @@
 import json
 
 import nbformat
+import pandas as pd
 import pytest
 
 from cxrlib.data.manifest import read_manifest
@@ -125,10 +126,31 @@ def test_smoke_profile_runs_the_real_notebooks_on_a_phantom_set(tmp_path):
         "02_ctr_scatter",
         "02_prior_stack_thesis",
         "02_prior_stack_linear",
+        "training_curves_soft",
+        "04_per_observation_f1_soft",
+        "06_ablation",
+        "06_observation_f1",
+        "06_prior_stack",
+        "06_attention_1",
+        "06_training_curves",
+        "06_label_prevalence",
+        "06_segmentation_overlays",
     ):
         assert (run / "figures" / f"{fig}.png").is_file()
         assert (run / "figures" / f"{fig}.pdf").is_file()
     assert result.manifest.parent.parent == tmp_path / "cache"
+    ablation = run / "ablation"
+    for name in ("ablation.csv", "ablation_summary.csv", "paired_tests.csv", "ablation.tex"):
+        assert (ablation / name).is_file()
+    summary = pd.read_csv(ablation / "ablation_summary.csv")
+    assert set(summary["system"]) == {"none", "soft", "strict", "retrieval", "most_frequent"}
+    assert summary[summary["system"] == "soft"]["n_seeds"].max() == 3
+
+
+def test_full_profile_needs_a_manifest(tmp_path):
+    with pytest.raises(CxrError, match="give --manifest"):
+        run_workbook("full", out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_notebook_01_default_manifest_is_the_smoke_profiles_phantom_set():
