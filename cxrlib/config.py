@@ -286,8 +286,11 @@ def _default() -> RunConfig:
         profile="default",
         data=DataConfig(phantom_n=3000, phantom_size=224),
         model=ModelConfig.tiny(),
+        # batch 4 at lr 2e-3: on 2 CPU cores an epoch costs the same at any batch size,
+        # and more, smaller steps learn more per epoch (1 epoch, validation split:
+        # loss 1.56 / labeler micro-F1 0.40 against 1.76 / 0.16 at batch 16, lr 3e-3)
         train=TrainConfig(
-            epochs=4, batch_size=16, lr=1e-3, checkpoint_every=50, log_every=10, val_generate=64
+            epochs=4, batch_size=4, lr=2e-3, checkpoint_every=200, log_every=25, val_generate=64
         ),
         # a random frozen encoder gives the decoder nothing to read (one text for every
         # image); 15 epochs of label pretraining take ~5 min once, then are reused

@@ -715,7 +715,7 @@ def plot_sentence_attention(image: np.ndarray, attention, max_sentences: int = 4
     """
     n = min(max_sentences, len(attention.sentences))
     groups = attention.groups
-    fig = _new_figure(PAGE_WIDTH, 1.55 * n + 0.3)
+    fig = _new_figure(min(PAGE_WIDTH, 1.55 * len(groups) + 0.9), 1.55 * n + 0.3)
     axes = fig.subplots(n, len(groups), squeeze=False)
     h, w = image.shape
     for s in range(n):
