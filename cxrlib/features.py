@@ -531,6 +531,46 @@ class ManifestFeatures:
     rows: list[int] = field(default_factory=list)
 
 
+class LazyFeatures:
+    """Cached features read from the shards one item at a time, for datasets too large to
+    hold in memory (published sizes: 0.79 MB per image). Indexing with an int gives a
+    (P, E) float16 tensor; with a list of ints, another :class:`LazyFeatures`. Picklable
+    (file handles are reopened in each DataLoader worker)."""
+
+    def __init__(self, folder: Path, where: list[tuple[str, int]], num_patches: int, width: int):
+        self.folder = Path(folder)
+        self.where = list(where)  # (shard file name, row) per item
+        self.num_patches, self.width = num_patches, width
+        self._handles: dict = {}
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.where), self.num_patches, self.width)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __getitem__(self, index):
+        if isinstance(index, (list, tuple, torch.Tensor)):
+            rows = index.tolist() if isinstance(index, torch.Tensor) else list(index)
+            return LazyFeatures(
+                self.folder, [self.where[i] for i in rows], self.num_patches, self.width
+            )
+        name, row = self.where[index]
+        handle = self._handles.get(name)
+        if handle is None:
+            from safetensors import safe_open
+
+            if len(self._handles) >= 64:
+                self._handles.pop(next(iter(self._handles)))
+            handle = safe_open(str(self.folder / name), framework="pt")
+            self._handles[name] = handle
+        return handle.get_slice("features")[row : row + 1][0]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handles": {}}
+
+
 def features_for_manifest(
     df: pd.DataFrame,
     model,
@@ -539,6 +579,7 @@ def features_for_manifest(
     batch_size: int = 32,
     progress: bool = True,
     shard_size: int | None = None,
+    in_memory: bool = True,
 ) -> ManifestFeatures:
     """Encoder features of every manifest row through a :class:`FeatureCache` in ``folder``.
 
@@ -554,6 +595,9 @@ def features_for_manifest(
         Folder relative image paths resolve against (default ``df.attrs["root"]``).
     batch_size, progress, shard_size
         As :meth:`FeatureCache.build`.
+    in_memory : bool
+        Load every feature into one tensor (default); False gives a
+        :class:`LazyFeatures` that reads each item from the shards when indexed.
 
     Returns
     -------
@@ -577,4 +621,11 @@ def features_for_manifest(
     bad_ids = {image_id for image_id, _, _ in report.bad}
     rows = [i for i, image_id in enumerate(ids) if image_id not in bad_ids]
     kept = [ids[i] for i in rows]
-    return ManifestFeatures(kept, cache.load(kept), list(report.bad), report, rows)
+    if in_memory:
+        features = cache.load(kept)
+    else:
+        cache._refresh()
+        features = LazyFeatures(
+            cache.folder, [cache._where[i] for i in kept], cache.num_patches, cache.width
+        )
+    return ManifestFeatures(kept, features, list(report.bad), report, rows)

@@ -78,6 +78,9 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 METRICS_FILE = "metrics.csv"
 SAMPLES_FILE = "samples.csv"
+FEATURES_IN_MEMORY_BYTES = 4 * 1024**3
+"""Cached features of a split up to this size are loaded into memory; larger ones (the
+published sizes on MIMIC-CXR: ~300 GB) are read from the shards per item."""
 CRASH_ENV = "CXR_CRASH_AT"
 """Test hook: ``"<stage>:<n>"`` kills the process with SIGKILL at the n-th checkpoint
 write when it reaches ``stage`` (``files``: model written, state not yet; ``swap``: old
@@ -554,12 +557,14 @@ def train(
         if tc.feature_cache and config.model.encoder_trainable == "frozen" and examples:
             from cxrlib.features import features_for_manifest
 
+            per_image = model.num_patches * model.encoder.config.hidden_size * 2  # fp16
             with accelerator.main_process_first():
                 found = features_for_manifest(
                     frame,
                     model,
                     Path(config.data.cache_dir) / "features",
                     progress=progress and main,
+                    in_memory=len(frame) * per_image <= FEATURES_IN_MEMORY_BYTES,
                 )
             bad_ids = {b[0] for b in found.bad}
             bad_images += [(b[0], b[2]) for b in found.bad]

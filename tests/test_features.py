@@ -282,3 +282,35 @@ def test_bench_features_runs(tmp_path, capsys):
     assert set(result["uncached_split_s"]) == {"image_loading", "encoder", "decoder_step"}
     assert result["ratios"]["uncached_vs_cached"] > 0
     assert result["max_abs_diff_cached_vs_encoder"] < 1e-2
+
+
+def test_lazy_features_equal_the_loaded_ones(tmp_path):
+    import pickle
+
+    from cxrlib.data.manifest import read_manifest
+    from cxrlib.data.phantom import write_phantom
+    from cxrlib.features import LazyFeatures, features_for_manifest
+    from cxrlib.model import ModelConfig, ReportModel
+
+    write_phantom(tmp_path / "ph", n=5, seed=0, size=64, workers=1, progress=False)
+    df = read_manifest(tmp_path / "ph" / "manifest.csv")
+    config = ModelConfig.tiny(
+        encoder={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_register_tokens": 2,
+        },
+        image_size=64,
+        decoder={"n_layer": 1, "n_head": 2, "n_embd": 32},
+    )
+    model = ReportModel.from_config(config, texts=["a b"])
+    loaded = features_for_manifest(df, model, tmp_path / "cache", progress=False)
+    lazy = features_for_manifest(df, model, tmp_path / "cache", progress=False, in_memory=False)
+    assert isinstance(lazy.features, LazyFeatures)
+    assert lazy.features.shape == tuple(loaded.features.shape)
+    for i in range(len(df)):
+        assert torch.equal(lazy.features[i], loaded.features[i])
+    subset = pickle.loads(pickle.dumps(lazy.features[[4, 0]]))  # as a DataLoader worker
+    assert torch.equal(subset[0], loaded.features[4]) and len(subset) == 2

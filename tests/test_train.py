@@ -264,3 +264,13 @@ def test_unreadable_image_is_counted_and_skipped(cache, tmp_path, corrupt_manife
             tmp_path / "run2",
             progress=False,
         )
+
+
+def test_features_read_per_item_train_the_same(cache, tmp_path, monkeypatch):
+    import cxrlib.train as train_module
+
+    config = _smoke(cache, "train.epochs=1")
+    train(config, tmp_path / "memory", progress=False)
+    monkeypatch.setattr(train_module, "FEATURES_IN_MEMORY_BYTES", 0)
+    train(config, tmp_path / "lazy", progress=False)
+    assert _same_weights(_weights(tmp_path / "memory"), _weights(tmp_path / "lazy"))

@@ -511,7 +511,8 @@ def get_labeler(
         from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
 
         def rule(texts: Iterable[object]) -> pd.DataFrame:
-            return label_reports(texts)[list(CHEXPERT_LABELS)]
+            # the 14 labels, then the laterality columns (grounding reads them)
+            return label_reports(texts)
 
         return rule, LABELER_NAME
     if name == "chexbert":

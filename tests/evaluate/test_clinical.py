@@ -147,8 +147,9 @@ def test_rule_labeler():
     label, name = get_labeler("rule")
     assert name == LABELER_NAME
     labels = label(["Small left pleural effusion.", ""])
-    assert list(labels.columns) == list(CHEXPERT_LABELS)
+    assert list(labels.columns)[:14] == list(CHEXPERT_LABELS)
     assert labels.loc[0, "Pleural Effusion"] == 1.0
+    assert labels.loc[0, "Pleural Effusion laterality"] == "left"  # grounding reads it
     assert labels.iloc[1].isna().all()
     with pytest.raises(CxrError, match="unknown labeler"):
         get_labeler("magic")

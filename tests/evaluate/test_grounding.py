@@ -108,3 +108,24 @@ def test_grounding_data_scores_equal_the_table_and_subsets():
     sub = data.scores(np.array([0, 0, 2]))  # a bootstrap-style resample
     assert sub["grounding.uncertain_as_negative.laterality_accuracy"] == pytest.approx(2 / 3)
     assert sub["grounding.uncertain_as_negative.omission_rate"] == 0.0
+
+
+def test_evaluate_generations_reads_the_stated_sides():
+    from cxrlib.evaluate.evaluate import evaluate_generations
+
+    truth = _truth(
+        [
+            {"Pleural Effusion": 1.0, "effusion_side": "left"},
+            {"Pleural Effusion": 1.0, "effusion_side": "right"},
+        ]
+    )
+    truth["image_id"] = ["a", "b"]
+    truth["study_id"] = ["sa", "sb"]
+    truth["split"] = "test"
+    truth["findings"] = ["Small left pleural effusion.", "Small right pleural effusion."]
+    pred = pd.DataFrame(
+        {"image_id": ["a", "b"], "generated": ["Left pleural effusion.", "Left effusion."]}
+    )
+    ev = evaluate_generations(pred, truth, ref_labels="manifest", n_bootstrap=0, progress=False)
+    assert ev.value("grounding.uncertain_as_negative.laterality_accuracy") == 0.5
+    assert ev.value("grounding.uncertain_as_negative.omission_rate") == 0.0
