@@ -79,34 +79,15 @@ def prepare_shared(config: RunConfig, split: str, progress: bool = True) -> Path
     """
     from cxrlib.generate import split_frame
     from cxrlib.model import ReportModel
-    from cxrlib.train import _priors_for, resolve_manifest
+    from cxrlib.train import resolve_manifest, resolve_model_config, split_dataset
 
     manifest = resolve_manifest(config)
-    if config.pretrain.enabled and isinstance(config.model.encoder, dict):
-        from cxrlib.pretrain import pretrained_encoder
-
-        encoder = pretrained_encoder(
-            config.model,
-            manifest,
-            config.data.cache_dir,
-            config.pretrain,
-            seed=config.pretrain.seed,
-            progress=progress,
-        )
-        model_config = config.model.replace(encoder=str(encoder))
-    else:
-        model_config = config.model
+    model_config = resolve_model_config(config, manifest, progress)
     frames = [split_frame(manifest, s) for s in dict.fromkeys(("train", "validate", split))]
     frame = pd.concat(frames)
     frame.attrs = dict(frames[0].attrs)
     model = ReportModel.from_config(model_config.replace(mode="soft"), texts=["x"])
-    if config.train.feature_cache and config.model.encoder_trainable == "frozen":
-        from cxrlib.features import features_for_manifest
-
-        features_for_manifest(
-            frame, model, Path(config.data.cache_dir) / "features", progress=progress
-        )
-    _priors_for(config, model, frame)
+    split_dataset(config, model, frame, progress)  # fills the feature and prior caches
     return manifest
 
 
@@ -200,13 +181,11 @@ def run_ablation(
     ``parallel`` runs train at once with ``threads`` threads each (CPU); on GPUs use
     ``parallel=1`` and a ``launcher`` such as ``"accelerate launch --num_processes 4"``.
     """
-    from cxrlib.data.manifest import read_manifest, text_cell
+    from cxrlib.data.manifest import read_manifest
     from cxrlib.evaluate.baselines import baseline_generations
-    from cxrlib.evaluate.clinical import ClinicalData
     from cxrlib.evaluate.evaluate import evaluate_generations
     from cxrlib.evaluate.grounding import has_ground_truth_sides
-    from cxrlib.evaluate.lexical import LexicalCorpus
-    from cxrlib.evaluate.stats import aggregate_seeds, paired_bootstrap_test
+    from cxrlib.evaluate.stats import aggregate_seeds
     from cxrlib.generate import generate_split
 
     started = time.perf_counter()
@@ -231,7 +210,6 @@ def run_ablation(
         generations[(name, -1)] = frame  # deterministic: one "seed"
 
     rows, per_obs = [], []
-    evaluations = {}
     for (system, seed), frame in generations.items():
         ev = evaluate_generations(
             frame,
@@ -243,7 +221,6 @@ def run_ablation(
             progress=False,
             out=folder / "evaluation" / (run_name(system, seed) if seed >= 0 else system),
         )
-        evaluations[(system, seed)] = ev
         for key, r in ev.metrics.items():
             rows.append(
                 {
@@ -280,71 +257,7 @@ def run_ablation(
         )
     summary = pd.DataFrame(summary_rows)
 
-    # paired tests against none: items = (seed, study), resampled by study
-    tests = []
-    if "none" in modes:
-        reference_rows = ref.set_index("image_id")
-        for mode in [m for m in modes if m != "none"]:
-            a_frames = [generations[(mode, s)] for s in seeds]
-            b_frames = [generations[("none", s)] for s in seeds]
-            ids = pd.concat([f["image_id"] for f in a_frames]).tolist()
-            if ids != pd.concat([f["image_id"] for f in b_frames]).tolist():
-                raise CxrError(f"{mode} and none runs generated for different images")
-            truth = reference_rows.loc[ids]
-            groups = truth["study_id"].map(text_cell).to_numpy()
-            gen_a = pd.concat([f["generated"] for f in a_frames]).tolist()
-            gen_b = pd.concat([f["generated"] for f in b_frames]).tolist()
-            refs = truth["findings"].map(text_cell).tolist()
-            from cxrlib.data.manifest import CHEXPERT_LABELS
-            from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
-
-            if ref_labels == "manifest":
-                truth_labels = truth[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce")
-            else:
-                truth_labels = label_reports(refs)
-            truth_labels = truth_labels.reset_index(drop=True)
-            clin_a = ClinicalData.build(
-                label_reports(gen_a), truth_labels, labeler=LABELER_NAME, reference_source="ref"
-            )
-            clin_b = ClinicalData.build(
-                label_reports(gen_b), truth_labels, labeler=LABELER_NAME, reference_source="ref"
-            )
-            with (
-                LexicalCorpus.build(gen_a, refs, meteor=False) as lex_a,
-                LexicalCorpus.build(gen_b, refs, meteor=False) as lex_b,
-            ):
-                for key in TESTED_KEYS:
-
-                    def metric_of(clin, lex, key=key):
-                        def metric(idx):
-                            if key.startswith("lexical."):
-                                return lex.scores(idx)[key[len("lexical.") :]]
-                            return clin.scores(idx)[key]
-
-                        return metric
-
-                    t = paired_bootstrap_test(
-                        metric_of(clin_a, lex_a),
-                        metric_of(clin_b, lex_b),
-                        len(ids),
-                        n_resamples=n_bootstrap,
-                        seed=0,
-                        groups=groups,
-                    )
-                    tests.append(
-                        {
-                            "comparison": f"{mode} - none",
-                            "metric": key,
-                            "delta": t.delta,
-                            "ci_low": t.ci_low,
-                            "ci_high": t.ci_high,
-                            "p_value": t.p_value,
-                            "n_items": len(ids),
-                            "n_studies": len(set(groups)),
-                            "seeds": len(seeds),
-                            "test": "paired bootstrap over studies, seeds pooled",
-                        }
-                    )
+    tests = paired_tests(generations, modes, seeds, ref, ref_labels, n_bootstrap)
     tests_df = pd.DataFrame(tests)
 
     def write_csv(frame: pd.DataFrame, name: str) -> None:
@@ -369,6 +282,87 @@ def run_ablation(
     }
     write_atomic(folder / "ablation.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     return AblationResult(folder, results, summary, tests_df, seconds)
+
+
+def paired_tests(
+    generations: dict[tuple[str, int], pd.DataFrame],
+    modes: tuple[str, ...],
+    seeds: tuple[int, ...],
+    ref: pd.DataFrame,
+    ref_labels: str,
+    n_bootstrap: int,
+) -> list[dict]:
+    """Each mode against ``none`` on :data:`TESTED_KEYS`: paired bootstrap whose items are
+    the (seed, study) pairs, resampled by study (all seeds of a study together)."""
+    from contextlib import ExitStack
+
+    from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
+    from cxrlib.evaluate.clinical import ClinicalData
+    from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
+    from cxrlib.evaluate.lexical import LexicalCorpus
+    from cxrlib.evaluate.stats import paired_bootstrap_test
+
+    if "none" not in modes:
+        return []
+    pooled = {m: [generations[(m, s)] for s in seeds] for m in modes}
+    ids = pd.concat([f["image_id"] for f in pooled["none"]]).tolist()
+    for mode, frames in pooled.items():
+        if pd.concat([f["image_id"] for f in frames]).tolist() != ids:
+            raise CxrError(f"{mode} and none runs generated for different images")
+    truth = ref.set_index("image_id").loc[ids]
+    groups = truth["study_id"].map(text_cell).to_numpy()
+    refs = truth["findings"].map(text_cell).tolist()
+    if ref_labels == "manifest":
+        truth_labels = truth[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce")
+    else:
+        truth_labels = label_reports(refs)
+    truth_labels = truth_labels.reset_index(drop=True)
+    tests = []
+    with ExitStack() as stack:
+        scorers = {}  # mode -> (ClinicalData, LexicalCorpus), built once per mode
+        for mode, frames in pooled.items():
+            generated = pd.concat([f["generated"] for f in frames]).tolist()
+            clinical = ClinicalData.build(
+                label_reports(generated), truth_labels, labeler=LABELER_NAME, reference_source="ref"
+            )
+            lexical = stack.enter_context(LexicalCorpus.build(generated, refs, meteor=False))
+            scorers[mode] = (clinical, lexical)
+
+        def metric_of(mode: str, key: str):
+            clinical, lexical = scorers[mode]
+
+            def metric(idx):
+                if key.startswith("lexical."):
+                    return lexical.scores(idx)[key[len("lexical.") :]]
+                return clinical.scores(idx)[key]
+
+            return metric
+
+        for mode in [m for m in modes if m != "none"]:
+            for key in TESTED_KEYS:
+                t = paired_bootstrap_test(
+                    metric_of(mode, key),
+                    metric_of("none", key),
+                    len(ids),
+                    n_resamples=n_bootstrap,
+                    seed=0,
+                    groups=groups,
+                )
+                tests.append(
+                    {
+                        "comparison": f"{mode} - none",
+                        "metric": key,
+                        "delta": t.delta,
+                        "ci_low": t.ci_low,
+                        "ci_high": t.ci_high,
+                        "p_value": t.p_value,
+                        "n_items": len(ids),
+                        "n_studies": len(set(groups)),
+                        "seeds": len(seeds),
+                        "test": "paired bootstrap over studies, seeds pooled",
+                    }
+                )
+    return tests
 
 
 SHORT_NAMES = {

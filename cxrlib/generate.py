@@ -22,11 +22,12 @@ import pandas as pd
 import torch
 
 from cxrlib.config import RunConfig
-from cxrlib.data.dataset import Example, ReportDataset, resolve_path
+from cxrlib.data.dataset import image_inputs
 from cxrlib.data.manifest import read_manifest, text_cell
 from cxrlib.errors import CxrError
 from cxrlib.io import write_atomic
 from cxrlib.model import ReportModel
+from cxrlib.train import split_dataset
 
 log = logging.getLogger(__name__)
 
@@ -73,44 +74,6 @@ def split_frame(manifest: str | os.PathLike, split: str | None) -> pd.DataFrame:
     return rows
 
 
-def model_inputs_for(
-    model: ReportModel, config: RunConfig, frame: pd.DataFrame, progress: bool = True
-) -> tuple[ReportDataset, list[tuple[str, str]]]:
-    """The dataset training would build for ``frame`` (features, priors), and bad images."""
-    from cxrlib.train import _priors_for, _unreadable
-
-    root = frame.attrs["root"]
-    examples = [
-        Example(text_cell(r["image_id"]), text_cell(r.get(config.data.text_column, "")), "")
-        for r in frame.to_dict("records")
-    ]
-    for ex, path in zip(examples, frame["image_path"], strict=True):
-        ex.path = resolve_path(root, text_cell(path))
-    bad: list[tuple[str, str]] = []
-    features = None
-    if model.config.encoder_trainable == "frozen" and config.train.feature_cache:
-        from cxrlib.features import features_for_manifest
-
-        found = features_for_manifest(
-            frame, model, Path(config.data.cache_dir) / "features", progress=progress
-        )
-        bad = [(b[0], b[2]) for b in found.bad]
-        bad_ids = {b[0] for b in bad}
-        keep = [i for i, ex in enumerate(examples) if ex.image_id not in bad_ids]
-        row_of = {image_id: i for i, image_id in enumerate(found.image_ids)}
-        examples = [examples[i] for i in keep]
-        frame = frame.iloc[keep]
-        features = found.features[[row_of[ex.image_id] for ex in examples]]
-    else:
-        unreadable = _unreadable(examples)
-        bad = list(unreadable.items())
-        keep = [i for i, ex in enumerate(examples) if ex.image_id not in unreadable]
-        examples = [examples[i] for i in keep]
-        frame = frame.iloc[keep]
-    priors = _priors_for(config, model, frame)
-    return ReportDataset(examples, model.config.image_size, features, priors), bad
-
-
 def generate_split(
     run: str | os.PathLike,
     manifest: str | os.PathLike,
@@ -155,7 +118,7 @@ def generate_split(
     frame = split_frame(manifest, split)
     if max_images is not None:
         frame = frame.iloc[:max_images]
-    dataset, bad = model_inputs_for(model, config, frame, progress=progress)
+    dataset, bad = split_dataset(config, model, frame, progress=progress)
     for image_id, message in bad:
         log.warning("generation: skipped unreadable image %s: %s", image_id, message)
     kwargs = {}
@@ -172,10 +135,7 @@ def generate_split(
         bad += [(it["image_id"], it["error"]) for it in items if "error" in it]
         if not good:
             continue
-        inputs = {}
-        for key in ("image_features", "pixel_values", "priors"):
-            if key in good[0]:
-                inputs[key] = torch.stack([it[key] for it in good]).to(torch.float32)
+        inputs = image_inputs(good)
         with torch.no_grad():
             texts += model.generate(**inputs, **kwargs)
         ids += [it["image_id"] for it in good]

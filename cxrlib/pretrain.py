@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxrlib.data.images import normalise, resize_gray
 from cxrlib.data.manifest import CHEXPERT_LABELS, MASK_COLUMNS, read_manifest, text_cell
 from cxrlib.errors import CxrError
 
@@ -172,24 +173,11 @@ def _load_images(df: pd.DataFrame, size: int, progress: bool) -> tuple[torch.Ten
         except CxrError as err:
             log.warning("pretraining: skipped %s", err)
             continue
-        from PIL import Image
-
-        if gray.shape != (size, size):
-            gray = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR))
-        images.append(torch.from_numpy(np.array(gray)))
+        images.append(torch.from_numpy(np.array(resize_gray(gray, size))))
         keep.append(i)
     if not images:
         raise CxrError("pretraining: no readable images")
     return torch.stack(images), keep
-
-
-def _pixels(gray: torch.Tensor) -> torch.Tensor:
-    from cxrlib.data.images import IMAGENET_MEAN, IMAGENET_STD
-
-    x = gray.to(torch.float32).div(255.0)[:, None].expand(-1, 3, -1, -1)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def _shift(gray: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -246,7 +234,7 @@ def pretrain_encoder(
     started = time.perf_counter()
 
     def patches(gray: torch.Tensor) -> torch.Tensor:
-        return encoder(pixel_values=_pixels(gray)).last_hidden_state[:, registers:]
+        return encoder(pixel_values=normalise(gray)).last_hidden_state[:, registers:]
 
     for epoch in range(config.epochs):
         encoder.train()

@@ -61,6 +61,7 @@ from cxrlib.data.dataset import (
     Example,
     ReportDataset,
     epoch_batches,
+    image_inputs,
     model_inputs,
     resolve_path,
 )
@@ -110,12 +111,6 @@ class TrainResult:
 # --- data -------------------------------------------------------------------------------
 
 
-@dataclass
-class SplitData:
-    examples: list[Example]
-    frame: pd.DataFrame  # the manifest rows, same order
-
-
 def resolve_manifest(config: RunConfig) -> Path:
     """The manifest a run trains on: ``data.manifest`` or the cached phantom dataset."""
     if config.data.manifest:
@@ -127,18 +122,16 @@ def resolve_manifest(config: RunConfig) -> Path:
     return prepare_phantom(spec, Path(data.cache_dir))  # the workbook's cache layout
 
 
-def load_splits(config: RunConfig, manifest: Path) -> dict[str, SplitData]:
-    """Train and validate rows with their texts; rows without image or text are counted
-    and left out (logged)."""
+def load_splits(config: RunConfig, manifest: Path) -> dict[str, pd.DataFrame]:
+    """The train and validate rows (capped by ``data.max_*_images``); rows without image
+    or text are counted and left out (logged)."""
     df = read_manifest(manifest, check_files=False)
-    root = df.attrs["root"]
     column = config.data.text_column
     if column not in df.columns:
         raise CxrError(f"{manifest}: no text column {column!r} (data.text_column)")
     out = {}
-    for split, cap in (("train", config.data.max_train_images), ("validate", None)):
-        if split == "validate":
-            cap = config.data.max_val_images
+    caps = {"train": config.data.max_train_images, "validate": config.data.max_val_images}
+    for split, cap in caps.items():
         rows = df[df["split"] == split]
         texts = rows[column].map(text_cell)
         paths = rows["image_path"].map(text_cell)
@@ -157,16 +150,79 @@ def load_splits(config: RunConfig, manifest: Path) -> dict[str, SplitData]:
             rows = rows.iloc[:cap]
         rows = rows.copy()
         rows.attrs = dict(df.attrs)
-        examples = [
-            Example(
-                text_cell(r["image_id"]), text_cell(r[column]), resolve_path(root, r["image_path"])
-            )
-            for r in rows.to_dict("records")
-        ]
-        out[split] = SplitData(examples, rows)
-    if not out["train"].examples:
+        out[split] = rows
+    if out["train"].empty:
         raise CxrError(f"{manifest}: no train rows with an image and {column!r} text")
     return out
+
+
+def resolve_model_config(config: RunConfig, manifest: Path, progress: bool = True):
+    """``config.model``, with a config-built encoder replaced by its pretrained folder
+    when ``pretrain.enabled`` (:func:`cxrlib.pretrain.pretrained_encoder`: trained once
+    per manifest and settings, then read from the cache)."""
+    if not (config.pretrain.enabled and isinstance(config.model.encoder, dict)):
+        return config.model
+    from cxrlib.pretrain import pretrained_encoder
+
+    encoder = pretrained_encoder(
+        config.model,
+        manifest,
+        config.data.cache_dir,
+        config.pretrain,
+        seed=config.pretrain.seed,
+        progress=progress,
+    )
+    log.info("encoder pretrained on %s: %s", manifest, encoder)
+    return config.model.replace(encoder=str(encoder))
+
+
+def split_dataset(
+    config: RunConfig, model: ReportModel, frame: pd.DataFrame, progress: bool = True
+) -> tuple[ReportDataset, list[tuple[str, str]]]:
+    """The model's inputs for the manifest rows ``frame``, and the unreadable images.
+
+    Texts from ``data.text_column``; with a frozen encoder and ``train.feature_cache``
+    the cached patch features (in memory up to :data:`FEATURES_IN_MEMORY_BYTES`, else
+    read per item), otherwise image paths after a header check; the priors of the
+    config. Unreadable images are left out and returned as ``(image_id, message)``.
+    Training and generation both build their inputs here.
+    """
+    root = frame.attrs["root"]
+    examples = [
+        Example(
+            text_cell(r["image_id"]),
+            text_cell(r.get(config.data.text_column, "")),
+            resolve_path(root, text_cell(r["image_path"])),
+        )
+        for r in frame.to_dict("records")
+    ]
+    found = None
+    if config.train.feature_cache and model.config.encoder_trainable == "frozen" and examples:
+        from cxrlib.features import features_for_manifest
+
+        per_image = model.num_patches * model.encoder.config.hidden_size * 2  # fp16
+        found = features_for_manifest(
+            frame,
+            model,
+            Path(config.data.cache_dir) / "features",
+            progress=progress,
+            in_memory=len(frame) * per_image <= FEATURES_IN_MEMORY_BYTES,
+        )
+        bad = [(image_id, message) for image_id, _, message in found.bad]
+    else:
+        # cheap header check first (the priors read image sizes); images that fail
+        # later, while decoding, are skipped by the loader
+        bad = list(_unreadable(examples).items())
+    bad_ids = {image_id for image_id, _ in bad}
+    keep = [i for i, ex in enumerate(examples) if ex.image_id not in bad_ids]
+    examples = [examples[i] for i in keep]
+    frame = frame.iloc[keep]
+    features = None
+    if found is not None:
+        row_of = {image_id: i for i, image_id in enumerate(found.image_ids)}
+        features = found.features[[row_of[ex.image_id] for ex in examples]]
+    priors = _priors_for(config, model, frame)
+    return ReportDataset(examples, model.config.image_size, features, priors), bad
 
 
 def _priors_for(config: RunConfig, model: ReportModel, frame: pd.DataFrame) -> torch.Tensor | None:
@@ -523,25 +579,12 @@ def train(
     with accelerator.main_process_first():
         manifest = resolve_manifest(config)
     splits = load_splits(config, manifest)
-    train_texts = [ex.text for ex in splits["train"].examples]
+    train_texts = splits["train"][config.data.text_column].map(text_cell).tolist()
     if last is not None:
         model = ReportModel.from_pretrained(last)
     else:
-        model_config = config.model
-        if config.pretrain.enabled and isinstance(model_config.encoder, dict):
-            from cxrlib.pretrain import pretrained_encoder
-
-            with accelerator.main_process_first():
-                encoder = pretrained_encoder(
-                    model_config,
-                    manifest,
-                    config.data.cache_dir,
-                    config.pretrain,
-                    seed=config.pretrain.seed,
-                    progress=progress and main,
-                )
-            log.info("encoder pretrained on %s: %s", manifest, encoder)
-            model_config = model_config.replace(encoder=str(encoder))
+        with accelerator.main_process_first():
+            model_config = resolve_model_config(config, manifest, progress and main)
         set_seed(config.seed)
         model = ReportModel.from_config(model_config, texts=train_texts)
     if tc.feature_cache and config.model.encoder_trainable != "frozen":
@@ -551,39 +594,10 @@ def train(
 
     bad_images: list[tuple[str, str]] = []
     datasets = {}
-    for split, data in splits.items():
-        examples, frame = data.examples, data.frame
-        features = None
-        if tc.feature_cache and config.model.encoder_trainable == "frozen" and examples:
-            from cxrlib.features import features_for_manifest
-
-            per_image = model.num_patches * model.encoder.config.hidden_size * 2  # fp16
-            with accelerator.main_process_first():
-                found = features_for_manifest(
-                    frame,
-                    model,
-                    Path(config.data.cache_dir) / "features",
-                    progress=progress and main,
-                    in_memory=len(frame) * per_image <= FEATURES_IN_MEMORY_BYTES,
-                )
-            bad_ids = {b[0] for b in found.bad}
-            bad_images += [(b[0], b[2]) for b in found.bad]
-            keep = [i for i, ex in enumerate(examples) if ex.image_id not in bad_ids]
-            examples = [examples[i] for i in keep]
-            frame = frame.iloc[keep]
-            row_of = {image_id: i for i, image_id in enumerate(found.image_ids)}
-            features = found.features[[row_of[ex.image_id] for ex in examples]]
-        else:
-            # cheap header check first (the priors read image sizes); images that fail
-            # later, while decoding, are skipped by the loader
-            bad = _unreadable(examples)
-            bad_images += [(image_id, message) for image_id, message in bad.items()]
-            keep = [i for i, ex in enumerate(examples) if ex.image_id not in bad]
-            examples = [examples[i] for i in keep]
-            frame = frame.iloc[keep]
-        with accelerator.main_process_first():
-            priors = _priors_for(config, model, frame)
-        datasets[split] = ReportDataset(examples, model.config.image_size, features, priors)
+    for split, frame in splits.items():
+        with accelerator.main_process_first():  # the caches are written by rank 0 first
+            datasets[split], bad = split_dataset(config, model, frame, progress and main)
+        bad_images += bad
     _check_bad(bad_images, config)
 
     collate = Collate(model.tokenizer, model.config.max_text_tokens)
@@ -916,10 +930,7 @@ def _samples(
         return {}
     was_training = model.training
     model.eval()
-    kwargs = {}
-    for key in ("image_features", "pixel_values", "priors"):
-        if key in items[0]:
-            kwargs[key] = torch.stack([it[key] for it in items]).to(torch.float32).to(model.device)
+    kwargs = {k: v.to(model.device) for k, v in image_inputs(items).items()}
     with torch.no_grad():
         generated = model.generate(**kwargs)
     model.train(was_training)

@@ -35,10 +35,11 @@ def test_generate_split_matches_the_model(run):
     assert result.frame["image_id"].tolist() == test_ids
     assert result.checkpoint == out / "checkpoints" / "best"
     # the same text as calling the model on the cached features and priors directly
-    from cxrlib.generate import model_inputs_for, run_config, split_frame
+    from cxrlib.generate import run_config, split_frame
+    from cxrlib.train import split_dataset
 
     model = ReportModel.from_pretrained(result.checkpoint)
-    dataset, bad = model_inputs_for(model, run_config(out), split_frame(manifest, "test"))
+    dataset, bad = split_dataset(run_config(out), model, split_frame(manifest, "test"))
     assert not bad
     first = dataset[0]
     with torch.no_grad():

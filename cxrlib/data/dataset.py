@@ -128,10 +128,17 @@ class Collate:
         if not good:
             return batch
         batch.update(self.tokenizer.batch([it["text"] for it in good], self.max_text_tokens))
-        for key in ("image_features", "pixel_values", "priors"):
-            if key in good[0]:
-                batch[key] = torch.stack([it[key] for it in good]).to(torch.float32)
+        batch.update(image_inputs(good))
         return batch
+
+
+def image_inputs(items: list[dict]) -> dict[str, torch.Tensor]:
+    """The image side of readable items, stacked as float32: ``image_features`` or
+    ``pixel_values``, and ``priors`` when the dataset has them."""
+    keys = ("image_features", "pixel_values", "priors")
+    return {
+        k: torch.stack([it[k] for it in items]).to(torch.float32) for k in keys if k in items[0]
+    }
 
 
 def model_inputs(batch: dict, device: torch.device | str) -> dict:

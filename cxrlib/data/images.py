@@ -38,17 +38,28 @@ def preprocessing(image_size: int) -> dict:
     }
 
 
+def resize_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
+    """A uint8 (H, W) array resized to (S, S) (bilinear, antialiased), or as is."""
+    if gray.shape == (image_size, image_size):
+        return gray
+    img = Image.fromarray(gray).resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(img)
+
+
+def normalise(gray: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., S, S) grayscale -> (..., 3, S, S) float32 in ImageNet normalisation."""
+    x = gray.to(torch.float32).div(255.0).unsqueeze(-3)
+    x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
 def to_pixels(gray: np.ndarray, image_size: int) -> torch.Tensor:
     """A uint8 (H, W) grayscale array -> (3, S, S) float32 normalised ``pixel_values``."""
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W) array, got {gray.dtype} {gray.shape}")
-    if gray.shape != (image_size, image_size):
-        img = Image.fromarray(gray).resize((image_size, image_size), Image.Resampling.BILINEAR)
-        gray = np.asarray(img)
-    x = torch.from_numpy(np.array(gray, dtype=np.float32)).div_(255.0)  # (S, S), a copy
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x.expand(3, -1, -1) - mean) / std
+    return normalise(torch.from_numpy(np.array(resize_gray(gray, image_size))))  # a copy
 
 
 def load_pixels(path: str | os.PathLike, image_size: int) -> torch.Tensor:

@@ -90,27 +90,21 @@ def grounding(
         raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}")
     if len(generated_labels) != len(truth):
         raise ValueError(f"{len(generated_labels)} generated rows for {len(truth)} studies")
-    gen = generated_labels.reset_index(drop=True)
-    ref = truth.reset_index(drop=True)
+    counts = GroundingData.build(generated_labels, truth).counts
+    per_obs = {k: counts[f"{convention}.{k}"].sum(axis=0) for k in _COUNTS}  # (13,) each
     rows = []
-    for obs in FINDINGS:
-        g = _positive(gen[obs], convention)
-        t = _positive(ref[obs], convention)
+    for j, obs in enumerate(FINDINGS):
         row = {
             "observation": obs,
-            "n_generated_positive": int(g.sum()),
-            "hallucinated": int((g & ~t).sum()),
-            "n_truth_positive": int(t.sum()),
-            "omitted": int((t & ~g).sum()),
+            "n_generated_positive": int(per_obs["gen"][j]),
+            "hallucinated": int(per_obs["hall"][j]),
+            "n_truth_positive": int(per_obs["truth"][j]),
+            "omitted": int(per_obs["omit"][j]),
         }
-        if obs in SIDE_COLUMNS and SIDE_COLUMNS[obs] in ref.columns:
-            true_side = ref[SIDE_COLUMNS[obs]].map(text_cell).to_numpy()
-            said = gen[laterality_column(obs)].map(lambda s: s or "").to_numpy()
-            both = g & t
-            stated = both & np.isin(said, ["left", "right", "bilateral"])
-            row["n_sided"] = int(stated.sum())
-            row["side_correct"] = int((stated & (said == true_side)).sum())
-            row["unspecified"] = int((both & ~stated).sum())
+        if obs in SIDE_COLUMNS and SIDE_COLUMNS[obs] in truth.columns:
+            row["n_sided"] = int(per_obs["sided"][j])
+            row["side_correct"] = int(per_obs["correct"][j])
+            row["unspecified"] = int(per_obs["both"][j] - per_obs["sided"][j])
         rows.append(row)
     table = pd.DataFrame(rows)
     table["hallucination_rate"] = _rate(table["hallucinated"], table["n_generated_positive"])
@@ -119,7 +113,7 @@ def grounding(
         table["laterality_accuracy"] = _rate(table["side_correct"], table["n_sided"])
     sums = table.sum(numeric_only=True)
     overall = {
-        "n_studies": len(gen),
+        "n_studies": len(generated_labels),
         "hallucination_rate": _ratio(sums["hallucinated"], sums["n_generated_positive"]),
         "omission_rate": _ratio(sums["omitted"], sums["n_truth_positive"]),
         "laterality_accuracy": _ratio(sums.get("side_correct", 0), sums.get("n_sided", 0)),
@@ -139,6 +133,10 @@ def _rate(num: pd.Series, den: pd.Series) -> pd.Series:
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else float("nan")
 
+
+_COUNTS = ("gen", "hall", "truth", "omit", "both", "sided", "correct")
+"""Per (study, finding) indicators kept by :class:`GroundingData`: generated positive,
+hallucinated, truth positive, omitted, positive in both, side stated, side correct."""
 
 GROUNDING_RATES = ("hallucination_rate", "omission_rate", "laterality_accuracy")
 GROUNDING_KEYS: tuple[str, ...] = tuple(
@@ -164,7 +162,7 @@ class GroundingData:
         ref = truth.reset_index(drop=True)
         counts: dict[str, np.ndarray] = {}
         for convention in CONVENTIONS:
-            cols = {k: [] for k in ("gen", "hall", "truth", "omit", "sided", "correct")}
+            cols = {k: [] for k in _COUNTS}
             for obs in FINDINGS:
                 g = _positive(gen[obs], convention)
                 t = _positive(ref[obs], convention)
@@ -172,6 +170,7 @@ class GroundingData:
                 cols["hall"].append(g & ~t)
                 cols["truth"].append(t)
                 cols["omit"].append(t & ~g)
+                cols["both"].append(g & t)
                 column = SIDE_COLUMNS.get(obs)
                 lat = laterality_column(obs)
                 if column in ref.columns and lat in gen.columns:
@@ -190,12 +189,8 @@ class GroundingData:
         """The :data:`GROUNDING_KEYS` rates on the studies at ``idx`` (all: None)."""
         out = {}
         for c in CONVENTIONS:
-            s = {
-                k: self.counts[f"{c}.{k}"][idx].sum()
-                if idx is not None
-                else self.counts[f"{c}.{k}"].sum()
-                for k in ("gen", "hall", "truth", "omit", "sided", "correct")
-            }
+            rows = slice(None) if idx is None else idx
+            s = {k: self.counts[f"{c}.{k}"][rows].sum() for k in _COUNTS}
             out[f"grounding.{c}.hallucination_rate"] = _ratio(s["hall"], s["gen"])
             out[f"grounding.{c}.omission_rate"] = _ratio(s["omit"], s["truth"])
             out[f"grounding.{c}.laterality_accuracy"] = _ratio(s["correct"], s["sided"])
