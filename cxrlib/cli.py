@@ -273,6 +273,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     mo.add_argument("--repeats", type=_positive_int, default=None, help="timed repeats")
     mo.add_argument("--threads", type=_int, default=0, help="torch threads (0: torch's default)")
+    mo.add_argument(
+        "--bias-kernel",
+        choices=("auto", "mask", "fold", "cudnn"),
+        default="auto",
+        help="how soft/strict add the bias in causal training passes (auto: the device's)",
+    )
     mo.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     mo.set_defaults(handler=_cmd_bench_model)
     fe = bsub.add_parser(
@@ -324,6 +330,7 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
         new_tokens=args.new_tokens or 0,
         repeats=args.repeats or 0,
         threads=args.threads,
+        bias_kernel=args.bias_kernel,
     )
     return 0
 

@@ -6,6 +6,9 @@ functions are *registered* with transformers' ``AttentionInterface`` and chosen 
 
 - ``"anatomical_sdpa"`` wraps the stock ``sdpa_attention_forward`` (PyTorch's fused
   ``scaled_dot_product_attention``), giving the layer's bias as its ``position_bias``;
+  in a causal pass without padding it keeps a causal fused kernel instead (the bias
+  kernels ``fold`` and ``cudnn``, :data:`BIAS_KERNELS`), so the prior costs a few
+  percent of a training step rather than a switch to a slower masked kernel;
 - ``"anatomical_eager"`` computes ``softmax(q k^T * scale + mask + bias) v`` itself, the
   bias added in place to the patch-key columns of the logits.
 
@@ -91,7 +94,7 @@ class AnatomicalPrior:
     max_first_kept: int = 0
     need_weights: bool = False
     applied: set[int] = field(default_factory=set)
-    _cast: dict[torch.dtype, torch.Tensor] = field(default_factory=dict, repr=False)
+    _cast: dict = field(default_factory=dict, repr=False)  # per dtype (and fold) casts
 
     @classmethod
     def build(
@@ -167,6 +170,23 @@ class AnatomicalPrior:
         empty = positions[None, :] < first[:, None]  # (B, q)
         return empty
 
+    def fold_channel(self, length: int, dtype: torch.dtype, scaling: float) -> torch.Tensor:
+        """(L, B, 1, T, 1): every layer's key bias / ``scaling`` as one extra key channel.
+
+        The "fold" kernel's key column (text keys 0); strict excludes with
+        :data:`FOLD_EXCLUDED`. Built once per forward pass for all layers.
+        """
+        cache_key = ("fold", length, dtype, scaling)
+        if cache_key not in self._cast:
+            if self.bias is not None:
+                bias = self.bias  # (L, B, 1, 1, P)
+            else:
+                zero = torch.zeros((), dtype=torch.float32, device=self.keep.device)
+                bias = torch.where(self.keep, zero, FOLD_EXCLUDED)
+            bias = nn.functional.pad(bias / scaling, (0, length - self.num_patches))
+            self._cast[cache_key] = bias.to(dtype).transpose(-1, -2)  # (L, B, 1, T, 1)
+        return self._cast[cache_key]
+
     def select(self, index: torch.Tensor) -> AnatomicalPrior:
         """The state for batch rows ``index`` (beam expansion and reordering)."""
         return AnatomicalPrior(
@@ -184,6 +204,57 @@ class AnatomicalPrior:
         if bias is None:
             return None
         return nn.functional.pad(bias, (0, kv_length - self.num_patches))
+
+
+# How a causal layer without padding (training, prefill: where ``none`` runs SDPA with
+# ``is_causal`` and no mask) adds the per-key bias; ``cxr bench model`` and
+# ``benchmarks/bench_bias_kernels.py`` measure them:
+# - "mask": transformers' position_bias, merged with the causal mask into one (B, 1, T, T)
+#   float mask (any device and dtype);
+# - "fold": the bias as one extra query/key channel (q' = [q, 1, 0..], k' = [k, bias/scale,
+#   0..], v zero-padded, head dim rounded up to a multiple of 8), so SDPA keeps
+#   ``is_causal`` and no mask (any device and dtype);
+# - "cudnn": PyTorch's cuDNN attention called with its own causal flag and the
+#   (B, 1, 1, T) bias broadcast over heads and queries as a view (CUDA, bfloat16/float16).
+# "auto" picks by device and dtype; see :func:`bias_kernel`.
+BIAS_KERNELS = ("auto", "mask", "fold", "cudnn")
+_bias_kernel = "auto"
+# the logit bias of an excluded key (strict) in the fold: exp(-1e4) is exactly 0 in
+# float32, and bias/scale stays finite in bfloat16 and float16
+FOLD_EXCLUDED = -1.0e4
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def set_bias_kernel(name: str) -> str:
+    """Choose the bias kernel (one of :data:`BIAS_KERNELS`); returns the previous one."""
+    global _bias_kernel
+    if name not in BIAS_KERNELS:
+        raise ValueError(f"bias kernel: expected one of {', '.join(BIAS_KERNELS)} (got {name!r})")
+    previous, _bias_kernel = _bias_kernel, name
+    return previous
+
+
+def bias_kernel(
+    device: torch.device, dtype: torch.dtype = torch.float32, head_dim: int = 64
+) -> str:
+    """The bias kernel for queries on ``device`` in ``dtype``: the one set, or for "auto"
+
+    - CUDA, bfloat16/float16, head dim a multiple of 8 up to 128: ``cudnn`` (H200, published
+      sizes: training step 1.04x none against 1.12x for ``mask``);
+    - CUDA otherwise: ``fold``;
+    - elsewhere: ``mask`` (on CPU SDPA costs the same with a mask; 1.00-1.02x none).
+    """
+    if _bias_kernel != "auto":
+        return _bias_kernel
+    if device.type != "cuda":
+        return "mask"
+    cudnn = (
+        dtype in _HALF
+        and head_dim % 8 == 0
+        and head_dim <= 128
+        and torch.backends.cuda.cudnn_sdp_enabled()
+    )
+    return "cudnn" if cudnn else "fold"
 
 
 def _prior_of(kwargs: dict) -> AnatomicalPrior:
@@ -281,8 +352,10 @@ def anatomical_sdpa_attention(
 
     The (B, 1, 1, P) bias, padded with zeros over the text keys, is SDPA's additive
     ``position_bias``; transformers combines it with the causal / padding mask into the
-    one float mask the kernel takes. In mode ``none`` the stock call runs unchanged
-    (``is_causal``, no mask). With ``need_weights`` the layer runs
+    one float mask the kernel takes. In a causal pass without padding (no cache, no
+    mask) the device's bias kernel runs instead when it is not ``mask``
+    (:func:`bias_kernel`, :func:`fused_biased_attention`). In mode ``none`` the stock
+    call runs unchanged (``is_causal``, no mask). With ``need_weights`` the layer runs
     :func:`explicit_attention` instead (the fused kernel returns no weights).
     """
     prior = _prior_of(kwargs)
@@ -291,22 +364,91 @@ def anatomical_sdpa_attention(
         return explicit_attention(
             module, query, key, value, attention_mask, prior, scaling, dropout
         )
-    position_bias = prior.key_bias(module.layer_idx, key.shape[-2], query.dtype)  # (B,1,1,Tk)
-    out, _ = sdpa_attention_forward(
-        module,
-        query,
-        key,
-        value,
-        attention_mask,
-        dropout=dropout,
-        scaling=scaling,
-        position_bias=position_bias,
-        **kwargs,
-    )  # (B, Tq, nh, hs)
+    q_len, kv_len = query.shape[-2], key.shape[-2]
+    kernel = bias_kernel(query.device, query.dtype, query.shape[-1])
+    if (
+        kernel != "mask"
+        and prior.active
+        and attention_mask is None
+        and q_len == kv_len
+        and q_len > 1
+        and getattr(module, "is_causal", True)
+    ):
+        out = fused_biased_attention(
+            kernel,
+            query,
+            key,
+            value,
+            prior,
+            module.layer_idx,
+            scaling=query.shape[-1] ** -0.5 if scaling is None else scaling,
+            dropout=dropout if module.training else 0.0,
+        )  # (B, nh, Tq, hs)
+        out = out.transpose(1, 2)
+    else:
+        position_bias = prior.key_bias(module.layer_idx, kv_len, query.dtype)  # (B,1,1,Tk)
+        out, _ = sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            position_bias=position_bias,
+            **kwargs,
+        )  # (B, Tq, nh, hs)
     empty = prior.empty_queries(module.layer_idx, query.shape[-2], key.shape[-2])  # (B, Tq)
     if empty is not None:
         out = out.masked_fill(empty[:, :, None, None], 0.0)
     return out, None
+
+
+def fused_biased_attention(
+    kernel: str,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    prior: AnatomicalPrior,
+    layer_idx: int,
+    scaling: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Causal attention with layer ``layer_idx``'s per-key bias, no (T x T) tensor built.
+
+    ``query``, ``key``, ``value`` are (B, nh, T, hs) over the same T positions (no cache,
+    no padding mask); ``kernel`` is ``fold`` or ``cudnn`` (see :data:`BIAS_KERNELS`).
+    Returns (B, nh, T, hs). Queries that see only excluded keys (strict guard 2) come out
+    as garbage here; the caller zeroes them as for the other paths.
+    """
+    batch, heads, length, head_dim = query.shape
+    if kernel == "fold":
+        extra = 8 - head_dim % 8  # at least one channel, head dim a multiple of 8
+        channel = prior.fold_channel(length, key.dtype, scaling)[layer_idx]  # (B, 1, T, 1)
+        channel = channel.expand(-1, heads, -1, -1)
+        pad_k = key.new_zeros(()).expand(batch, heads, length, extra - 1)
+        ones = query.new_ones(()).expand(batch, heads, length, 1)
+        q = torch.cat([query, ones, pad_k], dim=-1)
+        k = torch.cat([key, channel, pad_k], dim=-1)
+        v = nn.functional.pad(value, (0, extra))
+        out = nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, is_causal=True, scale=scaling
+        )
+        return out[..., :head_dim]
+    if kernel != "cudnn":
+        raise ValueError(f"bias kernel: expected fold or cudnn (got {kernel!r})")
+    if query.dtype not in _HALF:  # cuDNN attention returns garbage, not an error, for float32
+        raise ValueError(f"bias kernel cudnn: needs bfloat16 or float16 (got {query.dtype})")
+    bias = prior.key_bias(layer_idx, length, query.dtype)  # (B, 1, 1, T)
+    aligned = -length % 16  # the kernel reads the bias in rows aligned to 16 elements
+    if aligned:
+        bias = nn.functional.pad(bias, (0, aligned))[..., :length]
+    bias = bias.expand(batch, heads, length, length)  # a view: stride 0 over heads, queries
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, bias))
+    out = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        query, key, value, bias, grad, dropout, True, False, scale=scaling
+    )
+    return out[0]
 
 
 AttentionInterface.register(ANATOMICAL_SDPA, anatomical_sdpa_attention)

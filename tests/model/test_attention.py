@@ -9,7 +9,14 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from cxrlib.model.attention import ANATOMICAL_EAGER, ANATOMICAL_SDPA, AnatomicalPrior
+from cxrlib.model.attention import (
+    ANATOMICAL_EAGER,
+    ANATOMICAL_SDPA,
+    AnatomicalPrior,
+    bias_kernel,
+    fused_biased_attention,
+    set_bias_kernel,
+)
 from tests.model import (  # noqa: F401 (one_thread: an autouse fixture)
     IMPLS,
     batch_inputs,
@@ -245,3 +252,86 @@ def test_prior_is_stored_per_key_never_per_query_key_pair():
     assert AnatomicalPrior.build(None, "soft", 1.0, 16).active is False
     beams = soft.select(torch.tensor([0, 0, 2]))
     torch.testing.assert_close(beams.bias[:, 2], soft.bias[:, 2])
+
+
+@pytest.fixture
+def fold_kernel():
+    """The fold bias kernel for one test (auto picks it on CUDA only)."""
+    previous = set_bias_kernel("fold")
+    yield
+    set_bias_kernel(previous)
+
+
+def _no_padding(model):
+    inputs = batch_inputs(model)
+    inputs["attention_mask"] = None  # the fused path: causal, no padding mask
+    inputs["input_ids"] = inputs["input_ids"][:, :6]
+    inputs["labels"] = inputs["labels"][:, :6]
+    return inputs
+
+
+@pytest.mark.parametrize("mode", ["soft", "strict"])
+def test_fold_kernel_equals_the_mask_kernel_forward_and_backward(mode, fold_kernel):
+    model = small_model(mode, "sdpa", learn_prior_strength=mode == "soft")
+    inputs = _no_padding(model)
+    priors = random_priors(model, zero_fraction=0.4)
+    priors[0, 1, :3] = 0.0  # strict: layer 1's first kept patch is 3 for image 0 (guard 2)
+    priors[0, 1, 3] = 0.7
+
+    def run(kernel):
+        set_bias_kernel(kernel)
+        model.zero_grad(set_to_none=True)
+        out = model(**inputs, priors=priors)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.logits.detach(), grads
+
+    logits_fold, grads_fold = run("fold")
+    logits_mask, grads_mask = run("mask")
+    torch.testing.assert_close(logits_fold, logits_mask, rtol=0, atol=1e-10)
+    assert grads_fold.keys() == grads_mask.keys() and grads_fold
+    for name, grad in grads_mask.items():
+        torch.testing.assert_close(grads_fold[name], grad, rtol=1e-9, atol=1e-10, msg=name)
+    if mode == "soft":
+        assert (grads_fold["prior_strength"] != 0).all()
+
+
+def test_fold_kernel_runs_only_where_it_applies(fold_kernel, monkeypatch):
+    """Padding, a KV cache and mode none keep the stock path; the fold keeps is_causal."""
+    import cxrlib.model.attention as attention
+
+    calls = []
+    real = attention.fused_biased_attention
+    inputs = _no_padding(model := small_model("soft", "sdpa"))
+    inputs.pop("labels")
+    monkeypatch.setattr(
+        attention, "fused_biased_attention", lambda *a, **k: calls.append(a[0]) or real(*a, **k)
+    )
+    priors = random_priors(model)
+    _logits(model, inputs, priors)
+    assert calls == ["fold"] * model.num_decoder_layers
+    calls.clear()
+    _logits(model, batch_inputs(model), priors)  # padded batch: the mask path
+    _logits(same_weights(model, mode="none"), inputs, priors)
+    assert calls == []
+    # cached decoding: prefill folds, the single-query steps do not, same tokens as mask
+    tokens = model.generate_ids(pixel_values=batch_inputs(model)["pixel_values"], priors=priors)
+    assert calls == ["fold"] * model.num_decoder_layers
+    set_bias_kernel("mask")
+    expected = model.generate_ids(pixel_values=batch_inputs(model)["pixel_values"], priors=priors)
+    assert torch.equal(tokens, expected)
+
+
+def test_bias_kernel_choice():
+    cuda = torch.device("cuda")
+    assert bias_kernel(torch.device("cpu"), torch.bfloat16) == "mask"
+    assert bias_kernel(cuda, torch.float32) == "fold"
+    assert bias_kernel(cuda, torch.bfloat16) == "cudnn"
+    assert bias_kernel(cuda, torch.bfloat16, head_dim=100) == "fold"
+    with pytest.raises(ValueError, match="bias kernel"):
+        set_bias_kernel("flash")
+    # cuDNN attention gives garbage, not an error, in float32: refused before the call
+    q = torch.zeros(1, 1, 4, 8)
+    prior = AnatomicalPrior.build(torch.rand(1, 1, 2), "soft", 1.0, num_patches=2)
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        fused_biased_attention("cudnn", q, q, q, prior, 0, scaling=1.0)
