@@ -1,4 +1,4 @@
-"""``cxrlib-rule-v1``: a rule-based CheXpert-style labeler, pure Python, no download.
+"""``cxrlib-rule-v2``: a rule-based CheXpert-style labeler, pure Python, no download.
 
 Reads free-text radiology reports and gives, per report, the 14 CheXpert observations
 (:data:`~cxrlib.data.manifest.CHEXPERT_LABELS`) as ``1.0`` positive, ``0.0`` negative,
@@ -88,7 +88,7 @@ __all__ = [
     "split_sentences",
 ]
 
-LABELER_NAME = "cxrlib-rule-v1"
+LABELER_NAME = "cxrlib-rule-v2"
 """Name of this labeler and lexicon version; write it beside every label it produced."""
 
 LEXICON_PATH = Path(__file__).with_name("lexicon.yaml")

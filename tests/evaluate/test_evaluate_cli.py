@@ -79,7 +79,7 @@ def test_writes_every_output_with_the_documented_keys(files):
         assert set(entry) == {"value", "ci_low", "ci_high", "n", "n_studies"}
         assert entry["n"] == 4 and entry["n_studies"] == 4
         assert entry["ci_low"] <= entry["ci_high"]
-    assert data["labeler"] == "cxrlib-rule-v1" and data["reference_labels"] == "cxrlib-rule-v1"
+    assert data["labeler"] == "cxrlib-rule-v2" and data["reference_labels"] == "cxrlib-rule-v2"
     assert data["counts"] == {
         "n": 4,
         "n_studies": 4,

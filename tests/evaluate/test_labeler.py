@@ -1,4 +1,4 @@
-"""The rule-based CheXpert labeler (cxrlib-rule-v1): hand-written sentences with exact
+"""The rule-based CheXpert labeler (cxrlib-rule-v2): hand-written sentences with exact
 labels, the ``cxr label`` command, the IU X-ray validation (real data: skipped without
 ``../shared``)."""
 
@@ -80,6 +80,11 @@ def labels_of(text: str) -> dict:
         ("Healed fracture of a rib.", {"Fracture": 1.0}),
         # "no change" changes nothing
         ("No change in the surgical clips.", {"Support Devices": 1.0}),
+        # blood and air in the pleural space: both observations
+        ("Moderate hemopneumothorax.", {"Pneumothorax": 1.0, "Pleural Effusion": 1.0}),
+        # an imitated finding is absent
+        ("A skin fold simulating a pneumothorax.", {"Pneumothorax": 0.0}),
+        ("Overlying soft tissue mimicking a nodule.", {"Lung Lesion": 0.0}),
     ],
 )
 def test_negation_and_positive(text, expected):
@@ -121,6 +126,8 @@ def test_scope_ends_at_the_sentence():
         ("Borderline cardiomegaly.", "Cardiomegaly"),
         ("Questionable nodule in the right upper lobe.", "Lung Lesion"),
         ("A small effusion is not excluded.", "Pleural Effusion"),
+        ("Evaluation for pleural fluid is limited.", "Pleural Effusion"),
+        ("Assessment for pneumothorax.", "Pneumothorax"),
     ],
 )
 def test_uncertainty(text, observation):
@@ -293,7 +300,7 @@ def test_lexicon_is_data_in_the_package():
         "package-data"
     ]["cxrlib"]
     assert any(LEXICON_PATH.relative_to(ROOT / "cxrlib").match(g) for g in globs)
-    assert LABELER_NAME == "cxrlib-rule-v1"
+    assert LABELER_NAME == "cxrlib-rule-v2"
 
 
 def test_custom_lexicon_and_its_errors(tmp_path):
@@ -484,6 +491,10 @@ def test_iu_even_ids_reach_the_measured_agreement():
     assert m[("even", "Support Devices")] >= 0.93
     assert m[("even", iu.NO_MAPPED_FINDING)] >= 0.97
     assert m[("odd", "macro (mapped)")] >= 0.87
+    assert m[("odd", "Pleural Effusion")] >= 0.92
+    unc_neg = result.metrics.set_index(["half", "observation"])["f1_uncertain_negative"]
+    assert unc_neg[("even", "Pneumothorax")] >= 0.87
+    assert unc_neg[("even", "Pleural Effusion")] >= 0.90
     lat = result.laterality.set_index(["half", "observation"])["accuracy"]
     assert lat[("even", "Pleural Effusion")] >= 0.99
     assert lat[("even", "Lung Opacity")] >= 0.96
