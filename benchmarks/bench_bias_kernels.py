@@ -204,6 +204,86 @@ def model_timing(repeats: int, preset: str = "published", text: int = 128) -> di
     return result
 
 
+def padded_timing(repeats: int, preset: str = "published", text: int = 128) -> dict:
+    """Training step on a right-padded batch (lengths text/2 .. text): the padding mask
+    kept (``kept``: every mode runs the masked kernel) against dropped (``dropped``: the
+    model's default, causal fused kernels), per mode; and the largest logit difference
+    at real positions between the two."""
+    from cxrlib.model import report_model
+
+    real_check = report_model._right_padded
+    models = {}
+    for mode in ("none", "soft", "strict"):
+        torch.manual_seed(0)
+        models[mode] = ReportModel.from_config(config(preset, mode)).to(DEVICE).train()
+    model = models["none"]
+    gen = torch.Generator().manual_seed(0)
+    batch = 8
+    features = torch.randn(
+        batch, model.num_patches, model.encoder.config.hidden_size, generator=gen
+    )
+    features = features.to(DEVICE)
+    ids = torch.randint(3, len(model.tokenizer), (batch, text), generator=gen).to(DEVICE)
+    lengths = torch.linspace(text // 2, text, batch).long().to(DEVICE)
+    mask = (torch.arange(text, device=DEVICE) < lengths[:, None]).long()
+    labels = ids.masked_fill(mask == 0, -100)
+    priors = torch.rand(batch, model.num_decoder_layers, model.num_patches, generator=gen)
+    priors = priors.masked_fill(priors < 0.3, 0.0).to(DEVICE)
+    checks = {"kept": lambda m: False, "dropped": real_check}
+
+    def step(mode):
+        m = models[mode]
+        m.zero_grad(set_to_none=True)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            out = m(
+                image_features=features,
+                input_ids=ids,
+                attention_mask=mask,
+                priors=priors,
+                labels=labels,
+            )
+        out.loss.backward()
+
+    def logits(mode):  # eval mode: no dropout
+        with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+            out = models[mode].eval()(
+                image_features=features, input_ids=ids, attention_mask=mask, priors=priors
+            )
+        models[mode].train()
+        return out.logits.float()
+
+    runs = [(m, c) for m in ("none", "soft", "strict") for c in checks]
+    times: dict[str, list[float]] = {f"{m}/{c}": [] for m, c in runs}
+    try:
+        for r in range(3 + repeats):
+            order = runs[r % len(runs) :] + runs[: r % len(runs)]
+            for mode, check in order:
+                report_model._right_padded = checks[check]
+                sync()
+                t0 = time.perf_counter()
+                step(mode)
+                sync()
+                if r >= 3:
+                    times[f"{mode}/{check}"].append(1000 * (time.perf_counter() - t0))
+        real = mask.bool()
+        diff = {}
+        for mode in ("none", "soft", "strict"):
+            report_model._right_padded = checks["kept"]
+            kept = logits(mode)
+            report_model._right_padded = real_check
+            dropped = logits(mode)
+            diff[mode] = float((kept - dropped)[real].abs().max() / kept[real].abs().max())
+    finally:
+        report_model._right_padded = real_check
+    ms = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    base = ms["none/kept"]
+    return {
+        "train_step_ms": ms,
+        "vs_none_kept": {k: round(v / base, 3) for k, v in ms.items()},
+        "max_rel_logit_diff_real_positions": diff,
+    }
+
+
 def decode_profile(preset: str = "published") -> dict:
     """Top operators of 16 cached greedy decoding steps, none vs soft (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -241,6 +321,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--cpu", action="store_true", help="smoke run at tiny sizes on CPU")
+    parser.add_argument(
+        "--padded-only", action="store_true", help="only the right-padded training step"
+    )
     args = parser.parse_args(argv)
     global DEVICE
     if args.cpu:
@@ -249,7 +332,15 @@ def main(argv=None) -> int:
         print("needs CUDA (or --cpu for a smoke run)", file=sys.stderr)
         return 2
     small = (2, 2, 64, 16, 64)
+    padded = padded_timing(args.repeats, *(("tiny", 16) if args.cpu else ()))
+    if args.padded_only:
+        print(json.dumps(padded, indent=2))
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(json.dumps(padded, indent=2) + "\n")
+        return 0
     result = {
+        "padded_batch": padded,
         "device_name": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
         "torch": torch.__version__,
         "correctness": correctness(),

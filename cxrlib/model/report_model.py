@@ -391,7 +391,9 @@ class ReportModel(nn.Module):
         input_ids : (B, T) int64
             ``BOS text EOS`` and padding (see :meth:`ReportTokenizer.batch`).
         attention_mask : (B, T), optional
-            1 = token, 0 = padding (left or right); None: no padding.
+            1 = token, 0 = padding (left or right); None: no padding. With right
+            padding only, the logits at padding positions are unspecified (the
+            decoder then runs causal without a padding mask; see the code).
         priors : (B, L, P) in [0, 1], optional
             Per-layer anatomical prior; None: uniform (no bias).
         labels : (B, T) int64, optional
@@ -413,12 +415,17 @@ class ReportModel(nn.Module):
         prior = self.prior_state(priors, batch, need_weights=output_attentions)
         text = self.decoder.transformer.wte(input_ids)  # (B, T, D)
         embeds = torch.cat([prefix.to(text.dtype), text], dim=1)  # (B, P + T, D)
+        # Right padding only (training batches): under causal attention no real token sees
+        # a later pad, so the padding mask changes nothing but the outputs at padding
+        # positions (ignored: labels -100). Without it SDPA keeps its causal fused kernels
+        # (FlashAttention / cuDNN, and the bias kernels of cxrlib.model.attention). The
+        # pads then take the next positions too: repeated position ids would make
+        # transformers read packed sequences and build a block mask.
+        decoder_mask = None if _right_padded(attention_mask) else attention_mask
         prefix_pos = torch.arange(self.num_patches, device=self.device).expand(batch, -1)
-        position_ids = torch.cat(
-            [prefix_pos, self._text_positions(attention_mask, batch, length)], 1
-        )
+        position_ids = torch.cat([prefix_pos, self._text_positions(decoder_mask, batch, length)], 1)
         out = self._run_decoder(
-            embeds, attention_mask, position_ids, prior, output_attentions=output_attentions
+            embeds, decoder_mask, position_ids, prior, output_attentions=output_attentions
         )
         hidden = out.last_hidden_state[:, self.num_patches :]  # (B, T, D)
         logits = self.decoder.lm_head(hidden)  # (B, T, V)
@@ -664,6 +671,15 @@ class ReportModel(nn.Module):
 
 
 # --- builders ----------------------------------------------------------------------------
+
+
+def _right_padded(mask: torch.Tensor | None) -> bool:
+    """Whether every row of the (B, T) ``mask`` is ones then zeros (or None)."""
+    if mask is None:
+        return True
+    lengths = mask.sum(-1, keepdim=True)
+    positions = torch.arange(mask.shape[-1], device=mask.device)
+    return bool(torch.equal(mask.bool(), positions < lengths))
 
 
 def _build_encoder(config: ModelConfig, token: str | None) -> DINOv3ViTModel:

@@ -202,7 +202,8 @@ def test_strict_layer_with_nothing_kept_is_left_unmasked(impl):
     priors[:, 1] = 0.0  # layer 1: every patch 0 for both images
     weights = _logits(model, inputs, priors, output_attentions=True).attentions[1]
     text_rows = weights[:, :, model.num_patches :, : model.num_patches]  # text -> patches
-    assert (text_rows > 0).all()
+    real = inputs["attention_mask"].bool()  # padding rows are unspecified
+    assert (text_rows.transpose(1, 2)[real] > 0).all()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -297,7 +298,8 @@ def test_fold_kernel_equals_the_mask_kernel_forward_and_backward(mode, fold_kern
 
 
 def test_fold_kernel_runs_only_where_it_applies(fold_kernel, monkeypatch):
-    """Padding, a KV cache and mode none keep the stock path; the fold keeps is_causal."""
+    """Left padding, a KV cache and mode none keep the stock path; the fold keeps
+    is_causal (right padding drops its mask, see the next test)."""
     import cxrlib.model.attention as attention
 
     calls = []
@@ -311,7 +313,12 @@ def test_fold_kernel_runs_only_where_it_applies(fold_kernel, monkeypatch):
     _logits(model, inputs, priors)
     assert calls == ["fold"] * model.num_decoder_layers
     calls.clear()
-    _logits(model, batch_inputs(model), priors)  # padded batch: the mask path
+    _logits(model, batch_inputs(model), priors)  # right padding: no mask, fused
+    assert calls == ["fold"] * model.num_decoder_layers
+    calls.clear()
+    left = batch_inputs(model)
+    left["attention_mask"] = left["attention_mask"].flip(-1)  # left padding: the mask path
+    _logits(model, left, priors)
     _logits(same_weights(model, mode="none"), inputs, priors)
     assert calls == []
     # cached decoding: prefill folds, the single-query steps do not, same tokens as mask
@@ -335,3 +342,41 @@ def test_bias_kernel_choice():
     prior = AnatomicalPrior.build(torch.rand(1, 1, 2), "soft", 1.0, num_patches=2)
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         fused_biased_attention("cudnn", q, q, q, prior, 0, scaling=1.0)
+
+
+@pytest.mark.parametrize("mode", ["none", "soft", "strict"])
+def test_right_padded_batch_equals_each_row_alone_and_keeps_the_fused_path(mode, fold_kernel):
+    """Training batches are right-padded: the decoder drops the padding mask (causal
+    attention never lets a real token see a later pad), so the fused kernels run; every
+    real position's logits equal the row's own unpadded forward, and so does the loss."""
+    import cxrlib.model.attention as attention
+
+    model = small_model(mode, "sdpa")
+    inputs = batch_inputs(model, batch=3)
+    mask = inputs["attention_mask"]
+    assert (mask == 0).any() and attention.bias_kernel(torch.device("cpu")) == "fold"
+    priors = random_priors(model, batch=3, zero_fraction=0.3)
+    with torch.no_grad():
+        out = model(**inputs, priors=priors)
+    total, count = 0.0, 0
+    for i in range(3):
+        n = int(mask[i].sum())
+        with torch.no_grad():
+            alone = model(
+                pixel_values=inputs["pixel_values"][i : i + 1],
+                input_ids=inputs["input_ids"][i : i + 1, :n],
+                labels=inputs["labels"][i : i + 1, :n],
+                priors=priors[i : i + 1],
+            )
+        torch.testing.assert_close(out.logits[i, :n], alone.logits[0], rtol=0, atol=1e-10)
+        total, count = total + float(alone.loss) * (n - 1), count + n - 1
+    torch.testing.assert_close(float(out.loss), total / count, rtol=1e-12, atol=0)
+    # left padding (generation prompts) keeps the mask: still equal at real positions
+    left = torch.zeros_like(mask)
+    left[:, -4:] = 1
+    ids = inputs["input_ids"].clone()
+    ids[:, -4:] = inputs["input_ids"][:, :4]
+    padded = model(pixel_values=inputs["pixel_values"], input_ids=ids, attention_mask=left)
+    for i in range(3):
+        alone = model(pixel_values=inputs["pixel_values"][i : i + 1], input_ids=ids[i : i + 1, -4:])
+        torch.testing.assert_close(padded.logits[i, -4:], alone.logits[0], rtol=0, atol=1e-10)
