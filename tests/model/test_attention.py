@@ -304,7 +304,8 @@ def test_fold_kernel_runs_only_where_it_applies(fold_kernel, monkeypatch):
 
     calls = []
     real = attention.fused_biased_attention
-    inputs = _no_padding(model := small_model("soft", "sdpa"))
+    model = small_model("soft", "sdpa")
+    inputs = _no_padding(model)
     inputs.pop("labels")
     monkeypatch.setattr(
         attention, "fused_biased_attention", lambda *a, **k: calls.append(a[0]) or real(*a, **k)
