@@ -151,56 +151,71 @@ def config(preset: str, mode: str) -> ModelConfig:
     return ModelConfig.published(mode=mode, pretrained=False)
 
 
-def model_timing(repeats: int, preset: str = "published", text: int = 128) -> dict:
+def setup(preset: str, text: int, batch: int = 8):
+    """none / soft / strict models (equal weights, train mode) and one batch on DEVICE:
+    cached encoder features, ``text`` random token ids and priors with ~30% zeros."""
     models = {}
     for mode in ("none", "soft", "strict"):
         torch.manual_seed(0)
         models[mode] = ReportModel.from_config(config(preset, mode)).to(DEVICE).train()
     model = models["none"]
     gen = torch.Generator().manual_seed(0)
-    features = torch.randn(8, model.num_patches, model.encoder.config.hidden_size, generator=gen)
-    ids = torch.randint(3, len(model.tokenizer), (8, text), generator=gen).to(DEVICE)
-    priors = torch.rand(8, model.num_decoder_layers, model.num_patches, generator=gen)
+    width = model.encoder.config.hidden_size
+    features = torch.randn(batch, model.num_patches, width, generator=gen).to(DEVICE)
+    ids = torch.randint(3, len(model.tokenizer), (batch, text), generator=gen).to(DEVICE)
+    priors = torch.rand(batch, model.num_decoder_layers, model.num_patches, generator=gen)
     priors = priors.masked_fill(priors < 0.3, 0.0).to(DEVICE)
-    features = features.to(DEVICE)
-    runs = [("none", "mask")] + [
-        (m, k) for m in ("soft", "strict") for k in KERNELS[:2] + KERNELS[3:]
-    ]
-    times: dict[str, list[float]] = {f"{m}/{k}": [] for m, k in runs}
-    failed = {}
+    return models, features, ids, priors
 
-    def step(mode):
+
+def interleaved(runs, run_one, repeats: int, failed: dict | None = None, warmup: int = 3):
+    """Milliseconds of ``run_one(*run)`` for each run (a tuple), the order rotated every
+    round, after ``warmup`` rounds. With ``failed``, a run that raises is recorded there
+    and skipped from then on; without, the error propagates."""
+    times: dict[tuple, list[float]] = {run: [] for run in runs}
+    for r in range(warmup + repeats):
+        for run in runs[r % len(runs) :] + runs[: r % len(runs)]:
+            if failed is not None and run in failed:
+                continue
+            try:
+                sync()
+                t0 = time.perf_counter()
+                run_one(*run)
+                sync()
+            except Exception as error:  # noqa: BLE001 (reported, not fatal)
+                if failed is None:
+                    raise
+                failed[run] = f"failed: {type(error).__name__}: {error}"[:300]
+                continue
+            if r >= warmup:
+                times[run].append(1000 * (time.perf_counter() - t0))
+    return times
+
+
+def model_timing(repeats: int, preset: str = "published", text: int = 128) -> dict:
+    models, features, ids, priors = setup(preset, text)
+    model_kernels = [k for k in KERNELS if k != "efficient"]  # not in the library
+    runs = [("none", "mask")] + [(m, k) for m in ("soft", "strict") for k in model_kernels]
+
+    def step(mode, kernel):
+        attention.set_bias_kernel(kernel)
         m = models[mode]
         m.zero_grad(set_to_none=True)
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
             loss = m(image_features=features, input_ids=ids, priors=priors, labels=ids).loss
         loss.backward()
 
-    for r in range(3 + repeats):
-        order = runs[r % len(runs) :] + runs[: r % len(runs)]
-        for mode, kernel in order:
-            name = f"{mode}/{kernel}"
-            if name in failed:
-                continue
-            attention.set_bias_kernel(kernel)
-            try:
-                sync()
-                t0 = time.perf_counter()
-                step(mode)
-                sync()
-            except Exception as error:  # noqa: BLE001
-                failed[name] = f"failed: {type(error).__name__}: {error}"[:300]
-                continue
-            if r >= 3:
-                times[name].append(1000 * (time.perf_counter() - t0))
+    failed: dict = {}
+    times = interleaved(runs, step, repeats, failed)
     attention.set_bias_kernel("auto")
-    base = statistics.median(times["none/mask"])
-    result = {"train_step_ms": {}, "vs_none": {}, "failed": failed}
-    for name, values in times.items():
+    base = statistics.median(times[("none", "mask")])
+    failures = {f"{m}/{k}": error for (m, k), error in failed.items()}
+    result = {"train_step_ms": {}, "vs_none": {}, "failed": failures}
+    for (mode, kernel), values in times.items():
         if values:
             ms = statistics.median(values)
-            result["train_step_ms"][name] = round(ms, 3)
-            result["vs_none"][name] = round(ms / base, 3)
+            result["train_step_ms"][f"{mode}/{kernel}"] = round(ms, 3)
+            result["vs_none"][f"{mode}/{kernel}"] = round(ms / base, 3)
     return result
 
 
@@ -212,26 +227,15 @@ def padded_timing(repeats: int, preset: str = "published", text: int = 128) -> d
     from cxrlib.model import report_model
 
     real_check = report_model._right_padded
-    models = {}
-    for mode in ("none", "soft", "strict"):
-        torch.manual_seed(0)
-        models[mode] = ReportModel.from_config(config(preset, mode)).to(DEVICE).train()
-    model = models["none"]
-    gen = torch.Generator().manual_seed(0)
-    batch = 8
-    features = torch.randn(
-        batch, model.num_patches, model.encoder.config.hidden_size, generator=gen
-    )
-    features = features.to(DEVICE)
-    ids = torch.randint(3, len(model.tokenizer), (batch, text), generator=gen).to(DEVICE)
+    models, features, ids, priors = setup(preset, text)
+    batch = ids.shape[0]
     lengths = torch.linspace(text // 2, text, batch).long().to(DEVICE)
     mask = (torch.arange(text, device=DEVICE) < lengths[:, None]).long()
     labels = ids.masked_fill(mask == 0, -100)
-    priors = torch.rand(batch, model.num_decoder_layers, model.num_patches, generator=gen)
-    priors = priors.masked_fill(priors < 0.3, 0.0).to(DEVICE)
     checks = {"kept": lambda m: False, "dropped": real_check}
 
-    def step(mode):
+    def step(mode, check):
+        report_model._right_padded = checks[check]
         m = models[mode]
         m.zero_grad(set_to_none=True)
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
@@ -244,7 +248,8 @@ def padded_timing(repeats: int, preset: str = "published", text: int = 128) -> d
             )
         out.loss.backward()
 
-    def logits(mode):  # eval mode: no dropout
+    def logits(mode, check):  # eval mode: no dropout
+        report_model._right_padded = checks[check]
         with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
             out = models[mode].eval()(
                 image_features=features, input_ids=ids, attention_mask=mask, priors=priors
@@ -253,29 +258,16 @@ def padded_timing(repeats: int, preset: str = "published", text: int = 128) -> d
         return out.logits.float()
 
     runs = [(m, c) for m in ("none", "soft", "strict") for c in checks]
-    times: dict[str, list[float]] = {f"{m}/{c}": [] for m, c in runs}
     try:
-        for r in range(3 + repeats):
-            order = runs[r % len(runs) :] + runs[: r % len(runs)]
-            for mode, check in order:
-                report_model._right_padded = checks[check]
-                sync()
-                t0 = time.perf_counter()
-                step(mode)
-                sync()
-                if r >= 3:
-                    times[f"{mode}/{check}"].append(1000 * (time.perf_counter() - t0))
+        times = interleaved(runs, step, repeats)
         real = mask.bool()
         diff = {}
         for mode in ("none", "soft", "strict"):
-            report_model._right_padded = checks["kept"]
-            kept = logits(mode)
-            report_model._right_padded = real_check
-            dropped = logits(mode)
+            kept, dropped = logits(mode, "kept"), logits(mode, "dropped")
             diff[mode] = float((kept - dropped)[real].abs().max() / kept[real].abs().max())
     finally:
         report_model._right_padded = real_check
-    ms = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    ms = {f"{m}/{c}": round(statistics.median(v), 3) for (m, c), v in times.items()}
     base = ms["none/kept"]
     return {
         "train_step_ms": ms,

@@ -387,7 +387,7 @@ def _bench_model(device, preset, dtype, batch, text_tokens, new_tokens, repeats,
                 stop_at_eos=False,
             )
 
-    def median_times(fn, warmup: int, count: int, stat=statistics.median) -> dict[str, float]:
+    def mode_times(fn, warmup: int, count: int, stat=statistics.median) -> dict[str, float]:
         """``stat`` (median) seconds of fn(mode) per mode; modes interleaved, order rotated."""
         times: dict[str, list[float]] = {m: [] for m in modes}
         for r in range(warmup + count):
@@ -403,7 +403,7 @@ def _bench_model(device, preset, dtype, batch, text_tokens, new_tokens, repeats,
 
     for m in models.values():
         m.train()
-    train = median_times(train_step, 3, repeats)
+    train = mode_times(train_step, 3, repeats)
     peak_mb = {}
     if cuda:
         for mode in modes:
@@ -417,10 +417,10 @@ def _bench_model(device, preset, dtype, batch, text_tokens, new_tokens, repeats,
     dec_repeats, full_repeats = repeats, max(3, repeats // 3)
     # decoding is bound by kernel launches and Python on a GPU: its median moved by up to
     # 15% between identical runs on an H200, its minimum (best of) much less
-    cached_n = median_times(lambda m: decode(m, new_tokens, True), 2, dec_repeats, min)
-    cached_1 = median_times(lambda m: decode(m, 1, True), 2, dec_repeats, min)
-    full_n = median_times(lambda m: decode(m, new_tokens, False), 1, full_repeats, min)
-    full_1 = median_times(lambda m: decode(m, 1, False), 1, full_repeats, min)
+    cached_n = mode_times(lambda m: decode(m, new_tokens, True), 2, dec_repeats, min)
+    cached_1 = mode_times(lambda m: decode(m, 1, True), 2, dec_repeats, min)
+    full_n = mode_times(lambda m: decode(m, new_tokens, False), 1, full_repeats, min)
+    full_1 = mode_times(lambda m: decode(m, 1, False), 1, full_repeats, min)
 
     def per_token(t_n: dict, t_1: dict) -> dict[str, float]:
         return {m: max(t_n[m] - t_1[m], 1e-9) / (new_tokens - 1) for m in modes}

@@ -398,7 +398,7 @@ def anatomical_sdpa_attention(
             position_bias=position_bias,
             **kwargs,
         )  # (B, Tq, nh, hs)
-    empty = prior.empty_queries(module.layer_idx, query.shape[-2], key.shape[-2])  # (B, Tq)
+    empty = prior.empty_queries(module.layer_idx, q_len, kv_len)  # (B, Tq)
     if empty is not None:
         out = out.masked_fill(empty[:, :, None, None], 0.0)
     return out, None

@@ -101,6 +101,16 @@ def batch_inputs(model: ReportModel, batch: int = 2, seed: int = 1) -> dict[str,
     return {"pixel_values": pixel_values, **tokens}
 
 
+def unpadded_inputs(model: ReportModel, length: int = 6) -> dict[str, torch.Tensor]:
+    """:func:`batch_inputs` cut to ``length`` tokens, no attention mask: a causal pass
+    without padding, where the fused bias kernels run."""
+    inputs = batch_inputs(model)
+    inputs["attention_mask"] = None
+    inputs["input_ids"] = inputs["input_ids"][:, :length]
+    inputs["labels"] = inputs["labels"][:, :length]
+    return inputs
+
+
 def random_priors(
     model: ReportModel, batch: int = 2, seed: int = 2, zero_fraction: float = 0.0
 ) -> torch.Tensor:

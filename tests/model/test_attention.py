@@ -24,6 +24,7 @@ from tests.model import (  # noqa: F401 (one_thread: an autouse fixture)
     random_priors,
     same_weights,
     small_model,
+    unpadded_inputs,
 )
 
 
@@ -263,18 +264,10 @@ def fold_kernel():
     set_bias_kernel(previous)
 
 
-def _no_padding(model):
-    inputs = batch_inputs(model)
-    inputs["attention_mask"] = None  # the fused path: causal, no padding mask
-    inputs["input_ids"] = inputs["input_ids"][:, :6]
-    inputs["labels"] = inputs["labels"][:, :6]
-    return inputs
-
-
 @pytest.mark.parametrize("mode", ["soft", "strict"])
 def test_fold_kernel_equals_the_mask_kernel_forward_and_backward(mode, fold_kernel):
     model = small_model(mode, "sdpa", learn_prior_strength=mode == "soft")
-    inputs = _no_padding(model)
+    inputs = unpadded_inputs(model)
     priors = random_priors(model, zero_fraction=0.4)
     priors[0, 1, :3] = 0.0  # strict: layer 1's first kept patch is 3 for image 0 (guard 2)
     priors[0, 1, 3] = 0.7
@@ -305,7 +298,7 @@ def test_fold_kernel_runs_only_where_it_applies(fold_kernel, monkeypatch):
     calls = []
     real = attention.fused_biased_attention
     model = small_model("soft", "sdpa")
-    inputs = _no_padding(model)
+    inputs = unpadded_inputs(model)
     inputs.pop("labels")
     monkeypatch.setattr(
         attention, "fused_biased_attention", lambda *a, **k: calls.append(a[0]) or real(*a, **k)

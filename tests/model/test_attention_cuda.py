@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cxrlib.model.attention import bias_kernel, set_bias_kernel
-from tests.model import batch_inputs, random_priors, same_weights, small_model
+from tests.model import random_priors, same_weights, small_model, unpadded_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -25,10 +25,9 @@ def _cuda_model(mode):
 
 
 def _inputs(model):
-    inputs = batch_inputs(model)
-    inputs["attention_mask"] = None  # causal, no padding: the fused path
-    inputs["input_ids"] = inputs["input_ids"][:, :6].cuda()
-    inputs["labels"] = inputs["labels"][:, :6].cuda()
+    inputs = unpadded_inputs(model)  # causal, no padding: the fused path
+    inputs["input_ids"] = inputs["input_ids"].cuda()
+    inputs["labels"] = inputs["labels"].cuda()
     inputs["pixel_values"] = inputs["pixel_values"].float().cuda()
     return inputs
 
