@@ -2,7 +2,8 @@
 
 Every expected value below was produced by pycocoevalcap 1.2 (its Java PTBTokenizer,
 ``Bleu(4)``, ``Rouge()``, ``Cider()`` and ``Meteor()``) on the same texts, and our code
-matched it to 1e-15; pycocoevalcap is not a dependency, so the numbers are literals.
+matched it to 1e-15. They are literals so that these tests run without Java;
+``test_lexical_pycocoevalcap.py`` runs pycocoevalcap itself where it can.
 """
 
 import math
