@@ -763,7 +763,7 @@ def bench_labeler(
     seed: int = 0,
     iu: str | os.PathLike | None = None,
 ) -> dict:
-    """Report labeler (``cxrlib-rule-v2``) throughput on one core, reports/s.
+    """Report labeler (``cxrlib-rule-v3``) throughput on one core, reports/s.
 
     Measured in one process (pure Python: one core), best of ``repeats``, after one
     warm-up: :func:`cxrlib.evaluate.labeler.label_reports` on ``n`` synthetic Findings

@@ -816,7 +816,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_label(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "label",
-        help="CheXpert labels of report texts (rule-based cxrlib-rule-v2, no download)",
+        help="CheXpert labels of report texts (rule-based cxrlib-rule-v3, no download)",
         description=(
             "Label the report texts of one CSV column with the 14 CheXpert observations "
             "(1, 0, -1, blank) and the laterality of six of them; write the input columns "

@@ -1,6 +1,6 @@
 """Evaluation of generated Findings, offline by default, every convention named.
 
-- :mod:`cxrlib.evaluate.labeler`: ``cxrlib-rule-v2``, the 14 CheXpert observations
+- :mod:`cxrlib.evaluate.labeler`: ``cxrlib-rule-v3``, the 14 CheXpert observations
   (1 / 0 / -1 / blank) and the laterality of six of them, from free text, in pure
   Python (lexicon in ``lexicon.yaml``, no model, no download);
 - :mod:`cxrlib.evaluate.iu_validation`: its agreement with the manual MeSH annotations

@@ -25,7 +25,7 @@ Conventions (``docs/evaluation.md``; METHOD.md "Metric definitions"):
   Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion (:data:`FIVE`).
 - **Keys**: ``clinical.<convention>.<micro_14|macro_14|micro_5|macro_5>``
   (:data:`CLINICAL_KEYS`), values in [0, 1].
-- Every table names the labeler (``cxrlib-rule-v2`` or ``chexbert``) and the convention.
+- Every table names the labeler (``cxrlib-rule-v3`` or ``chexbert``) and the convention.
 
 Labelers: ``rule`` (:mod:`cxrlib.evaluate.labeler`, no download) and ``chexbert``
 (Smit et al. 2020: BERT-base with 14 linear heads, run by :class:`ChexbertLabeler` from a
@@ -498,7 +498,7 @@ def get_labeler(
     Parameters
     ----------
     name : str
-        ``rule`` (``cxrlib-rule-v2``, pure Python) or ``chexbert``.
+        ``rule`` (``cxrlib-rule-v3``, pure Python) or ``chexbert``.
     chexbert : path-like, optional
         CheXbert checkpoint (else ``$CXR_CHEXBERT`` or a package cache).
 

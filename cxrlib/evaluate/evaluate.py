@@ -33,7 +33,7 @@ Outputs in ``DIR`` (:meth:`Evaluation.write`):
       {"metrics": {"<key>": {"value": float, "ci_low": float|null, "ci_high": float|null,
                              "n": items, "n_studies": studies}},
        "unavailable": {"<key>": "reason"},
-       "labeler": "cxrlib-rule-v2" | "chexbert",
+       "labeler": "cxrlib-rule-v3" | "chexbert",
        "reference_labels": "<labeler name>" | "manifest",
        "radgraph_model": "radgraph" | "radgraph-xl" | null,
        "conventions": {...definitions, one line each...},

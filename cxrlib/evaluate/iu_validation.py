@@ -1,4 +1,4 @@
-"""Agreement of ``cxrlib-rule-v2`` with the manual MeSH annotations of IU X-ray reports.
+"""Agreement of ``cxrlib-rule-v3`` with the manual MeSH annotations of IU X-ray reports.
 
 The IU X-ray release (``NLMCXR_reports.tgz``; Demner-Fushman et al., JAMIA 2016) gives
 every report manual MeSH ``major`` terms such as ``Pleural Effusion/right/small``,

@@ -1,4 +1,4 @@
-"""``cxrlib-rule-v2``: a rule-based CheXpert-style labeler, pure Python, no download.
+"""``cxrlib-rule-v3``: a rule-based CheXpert-style labeler, pure Python, no download.
 
 Reads free-text radiology reports and gives, per report, the 14 CheXpert observations
 (:data:`~cxrlib.data.manifest.CHEXPERT_LABELS`) as ``1.0`` positive, ``0.0`` negative,
@@ -23,11 +23,13 @@ Steps, for one report:
 4. **Triggers and scopes**: negation and uncertainty triggers, each ``pre`` (covering
    what follows: "no", "without", "possible") or ``post`` (covering what precedes:
    "has resolved", "cannot be excluded"); overlapping triggers keep the longest, and
-   pseudo-triggers ("no change", "not only") cancel the triggers they overlap. A
-   ``pre`` trigger's scope runs to the first scope end after it (sentence end, "but",
-   "however", "although", "which", "aside from", "except", ...), a ``post`` trigger's
-   back to the last scope end before it, where commas, "and" and "with" also end the
-   scope. A trigger inside a mention covers it ("the heart is not enlarged").
+   pseudo-triggers ("no change", "not only", "partial resolution of") cancel the
+   triggers they overlap. A ``pre`` trigger's scope runs to the first scope end after
+   it (sentence end, "but", "however", "although", "which", "aside from", "except",
+   ...), where "with" also ends a negation's ("removal of the chest tube with a small
+   pneumothorax"); a ``post`` trigger's runs back to the last scope end before it,
+   where "with" also ends it. A trigger inside a mention covers it ("the heart is not
+   enlarged").
    The "negatable" uncertainty triggers ("suggest", "concerning for", ...) inside a
    negation scope are void ("no consolidation to suggest pneumonia" is negative). A
    positive phrase covered by triggers takes the
@@ -38,15 +40,17 @@ Steps, for one report:
    one gives 0; else blank. ``No Finding`` is 1 when no observation other than Support
    Devices is positive or uncertain, else blank.
 6. **Laterality** (:data:`LATERAL_OBSERVATIONS`): each side word ("left", "right",
-   "bilateral", "bibasilar", "lingular", "retrocardiac", ...) attaches to the nearest
-   following mention in its sentence, or to the nearest preceding one when it follows a
-   preposition ("effusion on the left") or is "bilaterally", or when there is none in
-   the preferred direction; a lateral mention without a side word takes the sides of
-   the nearest lateral mention of its sentence that has some ("left basilar opacity,
-   likely atelectasis"). An observation's laterality unites the sides of the
-   mentions that decided its label: ``left``, ``right``, ``bilateral`` (both, or a
-   bilateral word), ``unspecified`` (labelled 1 or -1, no side stated); blank (None)
-   when the label is 0 or blank.
+   "bilateral", "bibasilar", "lingular", "retrocardiac", ...) inside a mention belongs
+   to it ("fluid in the left pleural space"); one that is not a finding's side
+   ("mediastinal shift to the left", "rotated to the right") is ignored; any other
+   attaches to the nearest following mention in its sentence, or to the nearest
+   preceding one when it follows a preposition ("effusion on the left") or is
+   "bilaterally", or when there is none in the preferred direction; a lateral mention
+   without a side word takes the sides of the nearest lateral mention of its sentence
+   that has some ("left basilar opacity, likely atelectasis"). An observation's
+   laterality unites the sides of the mentions that decided its label: ``left``,
+   ``right``, ``bilateral`` (both, or a bilateral word), ``unspecified`` (labelled 1 or
+   -1, no side stated); blank (None) when the label is 0 or blank.
 
 Empty text (``""``, whitespace, None or NaN) labels as all blank, ``No Finding``
 included: there is nothing to read, which is not a normal report. Any other text
@@ -88,7 +92,7 @@ __all__ = [
     "split_sentences",
 ]
 
-LABELER_NAME = "cxrlib-rule-v2"
+LABELER_NAME = "cxrlib-rule-v3"
 """Name of this labeler and lexicon version; write it beside every label it produced."""
 
 LEXICON_PATH = Path(__file__).with_name("lexicon.yaml")
@@ -318,10 +322,15 @@ class Labeler:
         self._negatable_re = _compile(alt + r"\Z", "negatable") if alt else None
         scope_end = _alternation(lexicon["scope_end"] or [], macros, "scope_end")
         post_end = _alternation(lexicon.get("scope_end_post") or [], macros, "scope_end_post")
+        neg_end = _alternation(
+            lexicon.get("scope_end_negation_pre") or [], macros, "scope_end_negation_pre"
+        )
         ends = [_SENTENCE_END] + ([scope_end] if scope_end else [])
         self._scope_end_re = _compile("|".join(ends), "scope_end")
         posts = ends + ([post_end] if post_end else [])
         self._post_end_re = _compile("|".join(posts), "scope_end_post")
+        # only the extra ends; a negation's forward ends are these merged with scope_end's
+        self._neg_end_re = _compile(neg_end, "scope_end_negation_pre") if neg_end else None
         lat = lexicon["laterality"]
         self.lateral_observations = tuple(lat.get("observations") or LATERAL_OBSERVATIONS)
         bad = [o for o in self.lateral_observations if o not in CHEXPERT_LABELS[1:]]
@@ -333,6 +342,8 @@ class Labeler:
             if alt:
                 side_groups.append(f"(?P<{side}>{alt})")
         self._side_re = _compile("|".join(side_groups), "laterality") if side_groups else None
+        not_sides = _alternation(lat.get("not_sides") or [], macros, "laterality/not_sides")
+        self._not_side_re = _compile(not_sides, "not_sides") if not_sides else None
         backward = _alternation(lat.get("backward") or [], macros, "laterality/backward")
         self._backward_re = _compile(backward + r"\Z", "backward") if backward else None
         preps = _alternation(lat.get("attach_backward") or [], macros, "attach_backward")
@@ -362,14 +373,19 @@ class Labeler:
             ):
                 kept.append(f)
         ends = [m.start() for m in self._scope_end_re.finditer(t)]
+        neg_ends = ends
+        if self._neg_end_re is not None:
+            extra = [m.start() for m in self._neg_end_re.finditer(t)]
+            neg_ends = sorted(ends + extra) if extra else ends
         post_ends = [m.end() for m in self._post_end_re.finditer(t)]
         out = []
         for start, end, polarity, pre in kept:
             if polarity == "pseudo":
                 continue
             negation = polarity == "neg"
-            i = bisect_left(ends, end)
-            scope_end = ends[i] if i < len(ends) else len(t)
+            forward = neg_ends if negation and pre else ends
+            i = bisect_left(forward, end)
+            scope_end = forward[i] if i < len(forward) else len(t)
             if pre:
                 scope_start = start
             else:
@@ -438,9 +454,17 @@ class Labeler:
         sides_of: dict[int, set[str]] = {}
         sentence_ends = [m.end() for m in _SENTENCE_END_RE.finditer(t)]
         starts = [m.start for m in mentions]
+        not_sides = [m.span() for m in self._not_side_re.finditer(t)] if self._not_side_re else []
         for s in self._side_re.finditer(t):
             a, b = s.span()
             side = s.lastgroup
+            if any(x <= a and b <= y for x, y in not_sides):
+                continue
+            inside = [k for k, m in enumerate(mentions) if m.start <= a and b <= m.end]
+            if inside:  # "fluid in the left pleural space"
+                for k in inside:
+                    sides_of.setdefault(k, set()).add(side)
+                continue
             sentence = bisect_right(sentence_ends, a)
             lo = sentence_ends[sentence - 1] if sentence > 0 else 0
             hi = sentence_ends[sentence] if sentence < len(sentence_ends) else len(t)

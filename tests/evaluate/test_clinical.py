@@ -90,12 +90,12 @@ def test_exact_values_uncertain_as_positive():
 
 
 def test_per_observation_table():
-    table = clinical_f1(GEN, REF, labeler="cxrlib-rule-v2").table
+    table = clinical_f1(GEN, REF, labeler=LABELER_NAME).table
     assert len(table) == 28
     assert {"observation", "convention", "precision", "recall", "f1", "support", "labeler"} <= set(
         table.columns
     )
-    assert set(table["labeler"]) == {"cxrlib-rule-v2"}
+    assert set(table["labeler"]) == {LABELER_NAME}
     row = table[
         (table.observation == "Pleural Effusion") & (table.convention == "uncertain_as_negative")
     ]

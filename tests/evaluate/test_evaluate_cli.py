@@ -12,6 +12,7 @@ from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.errors import CxrError
 from cxrlib.evaluate.clinical import CLINICAL_KEYS
 from cxrlib.evaluate.evaluate import METRIC_KEYS, evaluate_generations
+from cxrlib.evaluate.labeler import LABELER_NAME
 from cxrlib.evaluate.lexical import LEXICAL_KEYS
 from cxrlib.evaluate.radgraph import RADGRAPH_KEYS
 
@@ -79,7 +80,7 @@ def test_writes_every_output_with_the_documented_keys(files):
         assert set(entry) == {"value", "ci_low", "ci_high", "n", "n_studies"}
         assert entry["n"] == 4 and entry["n_studies"] == 4
         assert entry["ci_low"] <= entry["ci_high"]
-    assert data["labeler"] == "cxrlib-rule-v2" and data["reference_labels"] == "cxrlib-rule-v2"
+    assert data["labeler"] == LABELER_NAME and data["reference_labels"] == LABELER_NAME
     assert data["counts"] == {
         "n": 4,
         "n_studies": 4,

@@ -1,4 +1,4 @@
-"""The rule-based CheXpert labeler (cxrlib-rule-v2): hand-written sentences with exact
+"""The rule-based CheXpert labeler (cxrlib-rule-v3): hand-written sentences with exact
 labels, the ``cxr label`` command, the IU X-ray validation (real data: skipped without
 ``../shared``)."""
 
@@ -300,7 +300,7 @@ def test_lexicon_is_data_in_the_package():
         "package-data"
     ]["cxrlib"]
     assert any(LEXICON_PATH.relative_to(ROOT / "cxrlib").match(g) for g in globs)
-    assert LABELER_NAME == "cxrlib-rule-v2"
+    assert f"cxrlib-rule-v{data['version']}" == LABELER_NAME  # the name carries the version
 
 
 def test_custom_lexicon_and_its_errors(tmp_path):
@@ -478,13 +478,13 @@ def test_iu_even_ids_reach_the_measured_agreement():
     """Held-out (even) ids, never tuned on: the values reached (docs/labeler.md), as floors.
 
     Targets: F1 >= 0.90 for Cardiomegaly, Pleural Effusion and Pneumothorax, macro >=
-    0.80. Met: Cardiomegaly 0.985, macro 0.855; not met: Pleural Effusion 0.890,
+    0.80. Met: Cardiomegaly 0.985, macro 0.856; not met: Pleural Effusion 0.897,
     Pneumothorax 0.846 (13 positive reports). The floors guard against regressions.
     """
     result = iu.validate_iu(IU_REPORTS)
     m = result.metrics.set_index(["half", "observation"])["f1"]
     assert m[("even", "Cardiomegaly")] >= 0.98
-    assert m[("even", "Pleural Effusion")] >= 0.88
+    assert m[("even", "Pleural Effusion")] >= 0.89
     assert m[("even", "Pneumothorax")] >= 0.84
     assert m[("even", "macro (mapped)")] >= 0.85
     assert m[("even", "Lung Opacity")] >= 0.97
@@ -494,7 +494,7 @@ def test_iu_even_ids_reach_the_measured_agreement():
     assert m[("odd", "Pleural Effusion")] >= 0.92
     unc_neg = result.metrics.set_index(["half", "observation"])["f1_uncertain_negative"]
     assert unc_neg[("even", "Pneumothorax")] >= 0.87
-    assert unc_neg[("even", "Pleural Effusion")] >= 0.90
+    assert unc_neg[("even", "Pleural Effusion")] >= 0.91
     lat = result.laterality.set_index(["half", "observation"])["accuracy"]
     assert lat[("even", "Pleural Effusion")] >= 0.99
     assert lat[("even", "Lung Opacity")] >= 0.96
