@@ -46,11 +46,13 @@ resample recomputes corpus BLEU / CIDEr / METEOR exactly without re-tokenising.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import math
 import re
 import shutil
 import subprocess
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -660,7 +662,11 @@ class Meteor:
 
     ``java -jar -Xmx2G meteor-1.5.jar - - -stdio -l en -norm``; one ``SCORE`` line per
     item gives its statistics, one ``EVAL`` line over a list of statistics gives the
-    item scores and the aggregate (corpus) score. Use as a context manager.
+    item scores and the aggregate (corpus) score. Use as a context manager, or
+    :func:`shared_meteor` for the one process that every corpus of this Python process
+    uses (the jar takes seconds to start, mostly loading its paraphrase table; a SCORE
+    line depends on its pair only, so a process can serve any number of corpora).
+    Calls are serialised by a lock.
     """
 
     def __init__(self) -> None:
@@ -677,6 +683,11 @@ class Meteor:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
+        self._lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
 
     def _ask(self, line: str) -> None:
         assert self._proc.stdin is not None
@@ -693,16 +704,18 @@ class Meteor:
     def stats(self, hyp: str, ref: str) -> str:
         """METEOR statistics line of one (hypothesis, reference) pair."""
         hyp = hyp.replace("|||", "").replace("  ", " ")
-        self._ask(" ||| ".join(("SCORE", ref, hyp)))
-        return self._read()
+        with self._lock:
+            self._ask(" ||| ".join(("SCORE", ref, hyp)))
+            return self._read()
 
     def evaluate(self, stats: Sequence[str]) -> tuple[float, list[float]]:
         """(aggregate score, item scores) of a list of statistics lines."""
         if not stats:
             return 0.0, []
-        self._ask("EVAL ||| " + " ||| ".join(stats))
-        items = [float(self._read()) for _ in stats]
-        return float(self._read()), items
+        with self._lock:
+            self._ask("EVAL ||| " + " ||| ".join(stats))
+            items = [float(self._read()) for _ in stats]
+            return float(self._read()), items
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -716,6 +729,22 @@ class Meteor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SHARED_METEOR: Meteor | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_meteor() -> Meteor:
+    """The METEOR process of this Python process: started on first use (and again if it
+    died), stopped at exit. Raises RuntimeError, with the reason, where METEOR cannot run.
+    """
+    global _SHARED_METEOR
+    with _SHARED_LOCK:
+        if _SHARED_METEOR is None or not _SHARED_METEOR.alive:
+            _SHARED_METEOR = Meteor()
+            atexit.register(_SHARED_METEOR.close)
+        return _SHARED_METEOR
 
 
 # --------------------------------------------------------------------------- corpus
@@ -769,8 +798,8 @@ class LexicalCorpus:
         hyps, refs : iterables of str (None/NaN: empty)
             Generated and reference texts, one pair per item, same length.
         meteor : bool
-            Also get METEOR statistics (starts the METEOR jar when available; call
-            :meth:`close` when done).
+            Also get METEOR statistics, from :func:`shared_meteor` (the jar starts on
+            the first corpus of the process that asks for it).
         tokenized : bool
             The texts are already tokenised (space-separated); skip :func:`ptb_tokenize`.
         """
@@ -790,7 +819,7 @@ class LexicalCorpus:
         if meteor:
             corpus.meteor_reason = meteor_unavailable_reason()
             if corpus.meteor_reason is None:
-                corpus._meteor = Meteor()
+                corpus._meteor = shared_meteor()
                 corpus.meteor_stats = [
                     corpus._meteor.stats(a, b) for a, b in zip(h, r, strict=True)
                 ]
@@ -849,10 +878,8 @@ class LexicalCorpus:
         return out
 
     def close(self) -> None:
-        """Stop the METEOR process, if any."""
-        if self._meteor is not None:
-            self._meteor.close()
-            self._meteor = None
+        """Let go of the METEOR process (it is shared: it stops when Python exits)."""
+        self._meteor = None
 
     def __enter__(self) -> LexicalCorpus:
         return self

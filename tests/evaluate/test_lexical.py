@@ -191,6 +191,22 @@ def test_meteor_matches_pycocoevalcap():
         )
 
 
+@pytest.mark.skipif(
+    lexical.meteor_unavailable_reason() is not None, reason="METEOR needs java + pycocoevalcap"
+)
+def test_one_meteor_process_serves_every_corpus_and_restarts_when_it_died():
+    with LexicalCorpus.build(HYPS, REFS) as first:
+        process = first._meteor
+    with LexicalCorpus.build(HYPS[:2], REFS[:2]) as second:
+        assert second._meteor is process  # no second jar start
+        assert second.scores()["meteor"] != first.scores()["meteor"]
+    assert process is lexical.shared_meteor() and process.alive
+    process.close()  # as if the jar had died
+    with LexicalCorpus.build(HYPS, REFS) as again:
+        assert again._meteor is not process and again._meteor.alive
+        assert again.scores()["meteor"] == pytest.approx(COCO_METEOR, abs=1e-12)
+
+
 def test_length_mismatch_and_empty_corpus():
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         LexicalCorpus.build(["a", "b"], ["a"], meteor=False)
