@@ -810,6 +810,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_labeler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labeler", choices=("rule", "chexbert"), default="rule", help="default rule")
+    p.add_argument(
+        "--chexbert",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="CheXbert checkpoint chexbert.pth (default $CXR_CHEXBERT)",
+    )
+
+
+def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bootstrap",
+        type=_non_negative_int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples, 0: no intervals (default 1000)",
+    )
+    p.add_argument("--seed", type=_int, default=0, help="bootstrap seed (default 0)")
+
+
 # --- cxr label -------------------------------------------------------------------------
 
 
@@ -821,7 +843,8 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
             "Label the report texts of one CSV column with the 14 CheXpert observations "
             "(1, 0, -1, blank) and the laterality of six of them; write the input columns "
             "plus the labels. 'cxr label iu-validate' measures the labeler against the "
-            "IU X-ray MeSH annotations."
+            "IU X-ray MeSH annotations, 'cxr label agreement' against a manifest's label "
+            "columns (e.g. MIMIC-CXR's CheXpert labels)."
         ),
     )
     p.add_argument(
@@ -853,18 +876,74 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
         "--out", dest="validate_out", metavar="DIR", type=Path, required=True, help="output folder"
     )
     v.set_defaults(handler=_cmd_label_iu_validate)
+    a = lsub.add_parser(
+        "agreement",
+        help="labels of a manifest's report text against its label columns (F1, 95%% CI)",
+        description=(
+            "Label a manifest's report text and compare, study by study, with its 14 label "
+            "columns: precision/recall/F1 per observation, micro/macro over 14 and 5, both "
+            "uncertainty conventions, exact agreement, bootstrap intervals over studies. "
+            "Rows with empty text or no label are skipped and counted. Writes "
+            "agreement.json, agreement_per_observation.csv and agreement.md into DIR."
+        ),
+    )
+    a.add_argument("--manifest", required=True, type=Path, help="manifest CSV with labels")
+    a.add_argument(
+        "--text-column",
+        dest="agreement_text",
+        metavar="COLUMNS",
+        default="findings",
+        help="report text column(s), comma-separated, joined by a blank line; use the "
+        "text the labels came from (MIMIC-CXR: impression) (default findings)",
+    )
+    a.add_argument(
+        "--out", dest="agreement_out", required=True, type=Path, metavar="DIR", help="output"
+    )
+    _add_labeler_options(a)
+    a.add_argument(
+        "--split",
+        choices=("train", "validate", "test", "all"),
+        default="all",
+        help="manifest split to compare (default all)",
+    )
+    _add_bootstrap_options(a)
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a.set_defaults(handler=_cmd_label_agreement)
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
     from cxrlib.evaluate.labeler import label_csv
 
     if args.in_csv is None or args.out_csv is None:
-        args.label_parser.error("--in and --out are required (or a COMMAND: iu-validate)")
+        args.label_parser.error(
+            "--in and --out are required (or a COMMAND: iu-validate, agreement)"
+        )
     summary = label_csv(args.in_csv, args.out_csv, text_column=args.text_column)
     print(
         f"labelled {summary['rows']} reports ({summary['empty_texts']} empty) of column "
         f"{args.text_column!r} with {summary['labeler']}: {summary['out']}"
     )
+    return 0
+
+
+def _cmd_label_agreement(args: argparse.Namespace) -> int:
+    from cxrlib.evaluate.agreement import agreement_files
+
+    columns = tuple(c.strip() for c in args.agreement_text.split(",") if c.strip())
+    result = agreement_files(
+        args.manifest,
+        args.agreement_out,
+        text_columns=columns,
+        labeler=args.labeler,
+        chexbert=args.chexbert,
+        split=None if args.split == "all" else args.split,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(result.markdown().split("\nConventions:")[0].rstrip())
+    out = args.agreement_out
+    print(f"wrote {out}/agreement.json, agreement_per_observation.csv, agreement.md")
     return 0
 
 
@@ -908,14 +987,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--ref", required=True, type=Path, metavar="MANIFEST", help="manifest (references)"
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    p.add_argument("--labeler", choices=("rule", "chexbert"), default="rule", help="default rule")
-    p.add_argument(
-        "--chexbert",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="CheXbert checkpoint chexbert.pth (default $CXR_CHEXBERT)",
-    )
+    _add_labeler_options(p)
     p.add_argument(
         "--ref-labels",
         choices=("labeler", "manifest"),
@@ -928,14 +1000,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default="test",
         help="manifest split the predictions must belong to (default test)",
     )
-    p.add_argument(
-        "--bootstrap",
-        type=_non_negative_int,
-        default=1000,
-        metavar="N",
-        help="bootstrap resamples, 0: no intervals (default 1000)",
-    )
-    p.add_argument("--seed", type=_int, default=0, help="bootstrap seed (default 0)")
+    _add_bootstrap_options(p)
     p.add_argument(
         "--radgraph-model",
         choices=("radgraph", "radgraph-xl"),

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +120,69 @@ def _null(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
+def format_value(x: float | None) -> str:
+    """A metric value for a Markdown table: 4 decimals, ``n/a`` for None or NaN."""
+    return "n/a" if x is None or math.isnan(x) else f"{x:.4f}"
+
+
+def conventions_markdown() -> list[str]:
+    """The closing lines of every Markdown metrics table: what each convention means."""
+    return ["", "Conventions:", ""] + [f"- {k}: {v}" for k, v in CONVENTION_TEXT.items()]
+
+
+def bootstrap_settings(n_resamples: int, seed: int) -> dict[str, object]:
+    """How the intervals were drawn, as every output records it."""
+    return {
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "confidence": 0.95,
+        "method": "percentile",
+        "unit": "studies",
+    }
+
+
+def metrics_with_intervals(
+    metric: Callable[[np.ndarray], Mapping[str, float]],
+    n: int,
+    *,
+    n_bootstrap: int,
+    seed: int,
+    groups: np.ndarray,
+    progress: bool,
+) -> dict[str, BootstrapResult]:
+    """Every metric on all ``n`` items with its 95 % percentile bootstrap interval over
+    ``groups`` (studies); ``n_bootstrap`` 0 gives the values with NaN intervals."""
+    if n_bootstrap > 0:
+        return bootstrap_many(
+            metric,
+            n,
+            n_resamples=n_bootstrap,
+            seed=seed,
+            groups=groups,
+            progress=progress,
+            desc="bootstrap",
+        )
+    n_studies = len(set(groups))
+    return {
+        k: BootstrapResult(v, math.nan, math.nan, n, 0, seed, n_groups=n_studies)
+        for k, v in metric(np.arange(n)).items()
+    }
+
+
+def metrics_json(metrics: Mapping[str, BootstrapResult]) -> dict[str, dict[str, object]]:
+    """Metrics as written to JSON: value, 95 % interval (None for NaN), n and studies."""
+    return {
+        key: {
+            "value": _null(r.value),
+            "ci_low": _null(r.ci_low),
+            "ci_high": _null(r.ci_high),
+            "n": r.n,
+            "n_studies": r.n_groups,
+        }
+        for key, r in metrics.items()
+    }
+
+
 @dataclass
 class Evaluation:
     """Every metric of one evaluation, its intervals, labels and settings.
@@ -159,18 +222,8 @@ class Evaluation:
         """The ``metrics.json`` content (module docstring), provenance included."""
         from cxrlib.provenance import provenance
 
-        metrics = {
-            key: {
-                "value": _null(r.value),
-                "ci_low": _null(r.ci_low),
-                "ci_high": _null(r.ci_high),
-                "n": r.n,
-                "n_studies": r.n_groups,
-            }
-            for key, r in self.metrics.items()
-        }
         return {
-            "metrics": metrics,
+            "metrics": metrics_json(self.metrics),
             "unavailable": dict(self.unavailable),
             "labeler": self.labeler,
             "reference_labels": self.reference_labels,
@@ -185,9 +238,7 @@ class Evaluation:
     def markdown(self) -> str:
         """The metrics as a Markdown table with n and 95 % intervals."""
 
-        def fmt(x: float | None) -> str:
-            return "n/a" if x is None or math.isnan(x) else f"{x:.4f}"
-
+        fmt = format_value
         c = self.counts
         lines = [
             "# Evaluation",
@@ -209,9 +260,7 @@ class Evaluation:
                 lines.append(f"| {key} | {fmt(r.value)} | {ci} | {r.n} |")
             elif key in self.unavailable:
                 lines.append(f"| {key} | unavailable | {self.unavailable[key]} | |")
-        lines += ["", "Conventions:", ""]
-        lines += [f"- {name}: {text}" for name, text in CONVENTION_TEXT.items()]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + conventions_markdown()) + "\n"
 
     def write(self, out: str | os.PathLike) -> list[Path]:
         """Write the five outputs into folder ``out`` (created); returns their paths."""
@@ -467,22 +516,9 @@ def evaluate_generations(
                 values.update(grounding_data.scores(idx))
             return values
 
-        if n_bootstrap > 0:
-            results = bootstrap_many(
-                metric,
-                n,
-                n_resamples=n_bootstrap,
-                seed=seed,
-                groups=groups,
-                progress=progress,
-                desc="bootstrap",
-            )
-        else:
-            n_studies = len(set(groups))
-            results = {
-                k: BootstrapResult(v, math.nan, math.nan, n, 0, seed, n_groups=n_studies)
-                for k, v in metric(np.arange(n)).items()
-            }
+        results = metrics_with_intervals(
+            metric, n, n_bootstrap=n_bootstrap, seed=seed, groups=groups, progress=progress
+        )
     metrics = {k: results[k] for k in METRIC_KEYS if k in results}
     evaluation = Evaluation(
         metrics=metrics,
@@ -500,13 +536,7 @@ def evaluate_generations(
             "empty_reference": sum(1 for t in references if not t),
             "manifest_rows_without_prediction": unmatched,
         },
-        bootstrap={
-            "n_resamples": n_bootstrap,
-            "seed": seed,
-            "confidence": 0.95,
-            "method": "percentile",
-            "unit": "studies",
-        },
+        bootstrap=bootstrap_settings(n_bootstrap, seed),
         inputs={"pred": pred_name, "ref": ref_name, "split": split or "all"},
     )
     if out is not None:
