@@ -187,10 +187,8 @@ def label_agreement(
     rows = manifest.reset_index(drop=True)
     if split is not None:
         rows = rows[rows["split"].map(text_cell) == split].reset_index(drop=True)
-    texts = [
-        "\n\n".join(t for t in (text_cell(row[c]).strip() for c in text_columns) if t)
-        for _, row in rows[list(text_columns)].iterrows()
-    ]
+    parts = [rows[c].map(lambda v: text_cell(v).strip()) for c in text_columns]
+    texts = ["\n\n".join(t for t in row if t) for row in zip(*parts, strict=True)]
     reference = rows[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce")
     empty = np.array([not t for t in texts])
     unlabelled = reference.isna().all(axis=1).to_numpy()

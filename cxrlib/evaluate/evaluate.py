@@ -238,7 +238,6 @@ class Evaluation:
     def markdown(self) -> str:
         """The metrics as a Markdown table with n and 95 % intervals."""
 
-        fmt = format_value
         c = self.counts
         lines = [
             "# Evaluation",
@@ -256,8 +255,8 @@ class Evaluation:
         for key in METRIC_KEYS:
             if key in self.metrics:
                 r = self.metrics[key]
-                ci = f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
-                lines.append(f"| {key} | {fmt(r.value)} | {ci} | {r.n} |")
+                ci = f"[{format_value(r.ci_low)}, {format_value(r.ci_high)}]"
+                lines.append(f"| {key} | {format_value(r.value)} | {ci} | {r.n} |")
             elif key in self.unavailable:
                 lines.append(f"| {key} | unavailable | {self.unavailable[key]} | |")
         return "\n".join(lines + conventions_markdown()) + "\n"
