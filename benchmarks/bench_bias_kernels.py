@@ -160,7 +160,7 @@ def setup(preset: str, text: int, batch: int = 8):
         models[mode] = ReportModel.from_config(config(preset, mode)).to(DEVICE).train()
     model = models["none"]
     gen = torch.Generator().manual_seed(0)
-    width = model.encoder.config.hidden_size
+    width = model.encoder_width
     features = torch.randn(batch, model.num_patches, width, generator=gen).to(DEVICE)
     ids = torch.randint(3, len(model.tokenizer), (batch, text), generator=gen).to(DEVICE)
     priors = torch.rand(batch, model.num_decoder_layers, model.num_patches, generator=gen)
@@ -285,7 +285,7 @@ def decode_profile(preset: str = "published") -> dict:
     for mode in ("none", "soft"):
         torch.manual_seed(0)
         model = ReportModel.from_config(config(preset, mode)).to(DEVICE).eval()
-        width = model.encoder.config.hidden_size
+        width = model.encoder_width
         features = torch.randn(8, model.num_patches, width, generator=gen).to(DEVICE)
         priors = torch.rand(8, model.num_decoder_layers, model.num_patches, generator=gen)
         priors = priors.to(DEVICE)

@@ -12,10 +12,21 @@
 3. generates Findings for the evaluation split with each run and with the two
    baselines, and evaluates them all the same way (:mod:`cxrlib.evaluate`);
 4. writes ``out/ablation/``: ``ablation.csv`` (one row per system, seed and metric),
-   ``ablation_summary.csv`` (per system and metric: mean, sd and Student-t 95%
-   interval over seeds), ``paired_tests.csv`` (soft and strict against none: paired
-   bootstrap over studies, seeds pooled, on each headline metric), and the summary as
-   ``ablation.md`` and ``ablation.tex``.
+   ``ablation_summary.csv`` (per system and metric, :func:`summarise`: the per-seed
+   values, their mean and sd, and a 95% percentile bootstrap interval over test studies
+   with the seeds pooled, named in its ``interval`` column), ``paired_tests.csv`` (soft
+   and strict against none: paired bootstrap over studies, seeds pooled, on each
+   headline metric), the summary as ``ablation.md`` and ``ablation.tex`` (with the
+   interval method under the table), and ``ablation.json`` (settings and the seconds
+   of each stage).
+
+Why a bootstrap and not a Student-t interval over the seeds: with 3 seeds of a rate
+(F1, accuracy) that vary widely, ``mean +- t sd / sqrt(3)`` leaves [0, 1] (laterality
+accuracy [-1.25, 1.99] in an earlier run). The pooled bootstrap resamples the test
+studies; each resample scores every seed's Findings of those studies and averages over
+the seeds (:func:`cxrlib.evaluate.stats.bootstrap_seed_mean`), so the interval holds the
+uncertainty of the test set, includes the seeds' spread, and stays within the metric's
+range.
 
 Every run differs only in ``model.mode`` and ``seed`` (initialisation of the bridge and
 decoder, batch order, dropout); the encoder, its features, the data, the priors and the
@@ -32,9 +43,12 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cxrlib.config import RunConfig
@@ -54,6 +68,13 @@ TESTED_KEYS: tuple[str, ...] = (
     "lexical.cider",
 )
 """Metrics of the paired tests against ``none``."""
+
+
+def interval_method(n_bootstrap: int) -> str:
+    """How the summary's intervals were drawn, as every table names it."""
+    if n_bootstrap <= 0:
+        return "no intervals (no bootstrap resamples)"
+    return f"95% percentile bootstrap over studies, seeds pooled, {n_bootstrap} resamples"
 
 
 def run_name(mode: str, seed: int) -> str:
@@ -175,25 +196,37 @@ def run_ablation(
     threads: int = 1,
     progress: bool = True,
     launcher: str = "",
+    attention_studies: int | None = 100,
 ) -> AblationResult:
     """Train, generate and evaluate every (mode, seed); write the tables (module doc).
 
     ``parallel`` runs train at once with ``threads`` threads each (CPU); on GPUs use
     ``parallel=1`` and a ``launcher`` such as ``"accelerate launch --num_processes 4"``.
+    With lung masks in the manifest, each run's attention grounding too, on at most
+    ``attention_studies`` studies per run (None: all; 0: skipped):
+    ``grounding_attention.csv`` (:func:`cxrlib.evaluate.attention_grounding.ablation_attention`).
     """
     from cxrlib.data.manifest import read_manifest
     from cxrlib.evaluate.baselines import baseline_generations
     from cxrlib.evaluate.evaluate import evaluate_generations
     from cxrlib.evaluate.grounding import has_ground_truth_sides
-    from cxrlib.evaluate.stats import aggregate_seeds
     from cxrlib.generate import generate_split
 
     started = time.perf_counter()
+    stages: dict[str, float] = {}  # seconds of each stage, in ablation.json
+    mark = [started]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        stages[stage], mark[0] = round(now - mark[0], 1), now
+
     out = Path(out)
     folder = out / "ablation"
     folder.mkdir(parents=True, exist_ok=True)
     manifest = prepare_shared(config, split, progress)
+    lap("shared_inputs")
     runs = train_runs(config, out, modes, seeds, parallel, threads, progress, launcher)
+    lap("training")
     ref = read_manifest(manifest, check_files=False)
     ref_labels = "manifest" if has_ground_truth_sides(ref) else "labeler"
 
@@ -208,6 +241,7 @@ def run_ablation(
     first_run = runs[(modes[0], seeds[0])]
     for name, frame in baseline_generations(first_run, manifest, split, progress=progress).items():
         generations[(name, -1)] = frame  # deterministic: one "seed"
+    lap("generation")
 
     rows, per_obs = [], []
     for (system, seed), frame in generations.items():
@@ -237,28 +271,25 @@ def run_ablation(
     results = pd.DataFrame(rows)
     pd.concat(per_obs).to_csv(folder / "per_observation.csv", index=False)
 
-    summary_rows = []
-    for (system, metric), part in results.groupby(["system", "metric"], sort=False):
-        values = part["value"].dropna().tolist()
-        if not values:
-            continue
-        s = aggregate_seeds(values)
-        summary_rows.append(
-            {
-                "system": system,
-                "metric": metric,
-                "mean": s.mean,
-                "sd": s.sd,
-                "ci_low": s.ci_low,
-                "ci_high": s.ci_high,
-                "n_seeds": s.n,
-                "n_studies": int(part["n_studies"].iloc[0]),
-            }
-        )
-    summary = pd.DataFrame(summary_rows)
+    summary = summarise(results, generations, ref, ref_labels, n_bootstrap, progress=progress)
 
     tests = paired_tests(generations, modes, seeds, ref, ref_labels, n_bootstrap)
     tests_df = pd.DataFrame(tests)
+    lap("evaluation")
+    attention = None
+    if attention_studies != 0:
+        from cxrlib.evaluate.attention_grounding import ablation_attention
+
+        named = {run_name(m, s): (m, s, run_dir) for (m, s), run_dir in runs.items()}
+        attention = ablation_attention(
+            named,
+            {run_name(m, s): generations[(m, s)] for (m, s) in runs},
+            ref,
+            folder,
+            max_studies=attention_studies,
+            n_bootstrap=n_bootstrap,
+        )
+    lap("attention_grounding")
 
     def write_csv(frame: pd.DataFrame, name: str) -> None:
         write_atomic(folder / name, lambda tmp: frame.to_csv(tmp, index=False))
@@ -266,9 +297,10 @@ def run_ablation(
     write_csv(results, "ablation.csv")
     write_csv(summary, "ablation_summary.csv")
     write_csv(tests_df, "paired_tests.csv")
-    table = summary_table(summary)
-    write_atomic(folder / "ablation.md", lambda tmp: tmp.write_text(markdown_table(table)))
-    write_atomic(folder / "ablation.tex", lambda tmp: tmp.write_text(latex_table(table)))
+    table, note = summary_table(summary), interval_method(n_bootstrap)
+    write_atomic(folder / "ablation.md", lambda tmp: tmp.write_text(markdown_table(table, note)))
+    write_atomic(folder / "ablation.tex", lambda tmp: tmp.write_text(latex_table(table, note)))
+    lap("tables")
     seconds = round(time.perf_counter() - started, 1)
     record = {
         "modes": list(modes),
@@ -276,9 +308,12 @@ def run_ablation(
         "split": split,
         "reference_labels": ref_labels,
         "n_bootstrap": n_bootstrap,
+        "interval": note,
         "manifest": str(manifest),
         "config": config.to_dict(),
         "seconds": seconds,
+        "stages": stages,
+        "attention_grounding": attention,
     }
     write_atomic(folder / "ablation.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     return AblationResult(folder, results, summary, tests_df, seconds)
@@ -294,9 +329,6 @@ def paired_tests(
 ) -> list[dict]:
     """Each mode against ``none`` on :data:`TESTED_KEYS`: paired bootstrap whose items are
     the (seed, study) pairs, resampled by study (all seeds of a study together)."""
-    from contextlib import ExitStack
-
-    from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
     from cxrlib.evaluate.clinical import ClinicalData
     from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
     from cxrlib.evaluate.lexical import LexicalCorpus
@@ -309,14 +341,7 @@ def paired_tests(
     for mode, frames in pooled.items():
         if pd.concat([f["image_id"] for f in frames]).tolist() != ids:
             raise CxrError(f"{mode} and none runs generated for different images")
-    truth = ref.set_index("image_id").loc[ids]
-    groups = truth["study_id"].map(text_cell).to_numpy()
-    refs = truth["findings"].map(text_cell).tolist()
-    if ref_labels == "manifest":
-        truth_labels = truth[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce")
-    else:
-        truth_labels = label_reports(refs)
-    truth_labels = truth_labels.reset_index(drop=True)
+    _, groups, refs, truth_labels = _reference(ref, ids, ref_labels)
     tests = []
     with ExitStack() as stack:
         scorers = {}  # mode -> (ClinicalData, LexicalCorpus), built once per mode
@@ -365,6 +390,159 @@ def paired_tests(
     return tests
 
 
+def _reference(
+    ref: pd.DataFrame, ids: list[str], ref_labels: str
+) -> tuple[pd.DataFrame, np.ndarray, list[str], pd.DataFrame]:
+    """The manifest rows of ``ids`` (in order), their study ids, reference texts and
+    reference labels (the manifest's or the labeler's, as ``ref_labels`` says)."""
+    from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
+    from cxrlib.evaluate.labeler import label_reports
+
+    truth = ref.set_index("image_id").loc[ids].reset_index()
+    groups = truth["study_id"].map(text_cell).to_numpy()
+    refs = truth["findings"].map(text_cell).tolist()
+    if ref_labels == "manifest":
+        labels = truth[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce")
+    else:
+        labels = label_reports(refs)
+    return truth, groups, refs, labels.reset_index(drop=True)
+
+
+def summarise(
+    results: pd.DataFrame,
+    generations: dict[tuple[str, int], pd.DataFrame],
+    ref: pd.DataFrame,
+    ref_labels: str,
+    n_bootstrap: int,
+    seed: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """``ablation_summary.csv``: every system and metric over its seeds.
+
+    Parameters
+    ----------
+    results : DataFrame
+        ``ablation.csv``: ``system, seed, metric, value, ..., n_studies`` (one row per
+        system, seed and metric; a baseline's seed is empty).
+    generations : dict
+        ``(system, seed) -> image_id, generated`` frame (a baseline's seed is -1); every
+        run of a system generated for the same images.
+    ref, ref_labels
+        The manifest of the references and where their labels come from (``manifest``
+        or ``labeler``), as in :func:`cxrlib.evaluate.evaluate.evaluate_generations`.
+    n_bootstrap, seed : int
+        Bootstrap resamples (0: no intervals) and generator seed: every system is
+        resampled on the same studies.
+
+    Returns
+    -------
+    DataFrame
+        ``system, metric, mean, sd, ci_low, ci_high, n_seeds, n_studies, seed_values,
+        interval``: ``seed_values`` the per-seed values (JSON list, seeds in order),
+        ``mean`` and ``sd`` (ddof 1; NaN for one seed) over them, ``ci_low`` and
+        ``ci_high`` the interval :func:`interval_method` names (``interval``): the
+        clinical, lexical and grounding metrics are rescored on every resample of the
+        test studies for every seed (:func:`cxrlib.evaluate.stats.bootstrap_seed_mean`);
+        a metric not rescored here (RadGraph) has no interval and says so (``none: not
+        rescored``). A seed where a metric is undefined (NaN, e.g. laterality accuracy
+        without sided findings) is left out of its mean; a metric undefined for every
+        seed has no row.
+    """
+    from cxrlib.evaluate.stats import bootstrap_seed_mean
+
+    method = interval_method(n_bootstrap)
+    systems = list(dict.fromkeys(system for system, _ in generations))
+    rows = []
+    with ExitStack() as stack:
+        for system in systems:
+            frames = [f for (name, _), f in generations.items() if name == system]
+            ids = frames[0]["image_id"].astype(str).tolist()
+            truth, groups, refs, truth_labels = _reference(ref, ids, ref_labels)
+            scorers = [
+                _run_scorer(f, ids, truth, refs, truth_labels, ref_labels, system, stack)
+                for f in frames
+            ]
+            intervals = {}
+            if n_bootstrap > 0:
+                intervals = bootstrap_seed_mean(
+                    scorers,
+                    len(ids),
+                    n_resamples=n_bootstrap,
+                    seed=seed,
+                    groups=groups,
+                    progress=progress,
+                    desc=f"bootstrap {system}, seeds pooled",
+                )
+            part = results[results["system"] == system]
+            for metric, values in part.groupby("metric", sort=False):
+                finite = values["value"].dropna()
+                if finite.empty:
+                    continue
+                r = intervals.get(metric)
+                named = method if r is not None or n_bootstrap <= 0 else "none: not rescored"
+                rows.append(
+                    {
+                        "system": system,
+                        "metric": metric,
+                        "mean": float(finite.mean()),
+                        "sd": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
+                        "ci_low": math.nan if r is None else r.ci_low,
+                        "ci_high": math.nan if r is None else r.ci_high,
+                        "n_seeds": len(finite),
+                        "n_studies": int(values["n_studies"].iloc[0]),
+                        "seed_values": json.dumps(
+                            [None if math.isnan(v) else v for v in values["value"]]
+                        ),
+                        "interval": named,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _run_scorer(
+    frame: pd.DataFrame,
+    ids: list[str],
+    truth: pd.DataFrame,
+    refs: list[str],
+    truth_labels: pd.DataFrame,
+    ref_labels: str,
+    system: str,
+    stack: ExitStack,
+) -> Callable[[np.ndarray], dict[str, float]]:
+    """``metric(idx) -> {key: value}`` of one run's Findings, items in the order of
+    ``ids`` (``truth``, ``refs`` and ``truth_labels`` from :func:`_reference`): the
+    clinical, lexical and (with drawn ground truth) grounding metrics, scored as
+    :func:`cxrlib.evaluate.evaluate.evaluate_generations` scores them."""
+    from cxrlib.data.manifest import text_cell
+    from cxrlib.evaluate.clinical import ClinicalData
+    from cxrlib.evaluate.grounding import GroundingData, has_ground_truth_sides
+    from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
+    from cxrlib.evaluate.lexical import LexicalCorpus
+
+    by_id = frame.assign(image_id=frame["image_id"].astype(str)).set_index("image_id")
+    if sorted(by_id.index) != sorted(ids):
+        raise CxrError(f"the runs of {system} generated for different images")
+    generated = by_id.loc[ids, "generated"].map(text_cell).tolist()
+    labels = label_reports(generated)
+    source = "manifest" if ref_labels == "manifest" else LABELER_NAME
+    clinical = ClinicalData.build(
+        labels, truth_labels, labeler=LABELER_NAME, reference_source=source
+    )
+    grounding = None
+    if ref_labels == "manifest" and has_ground_truth_sides(truth):
+        grounding = GroundingData.build(labels, truth)
+    lexical = stack.enter_context(LexicalCorpus.build(generated, refs))
+
+    def metric(idx: np.ndarray) -> dict[str, float]:
+        values = dict(clinical.scores(idx))
+        values.update({f"lexical.{k}": v for k, v in lexical.scores(idx).items()})
+        if grounding is not None:
+            values.update(grounding.scores(idx))
+        return values
+
+    return metric
+
+
 SHORT_NAMES = {
     "clinical.uncertain_as_negative.micro_14": "micro-F1 14 (unc. neg.)",
     "clinical.uncertain_as_negative.macro_14": "macro-F1 14 (unc. neg.)",
@@ -380,10 +558,11 @@ SHORT_NAMES = {
 
 
 def summary_table(summary: pd.DataFrame, keys: tuple[str, ...] = ABLATION_KEYS) -> pd.DataFrame:
-    """Systems x metrics of ``mean [ci_low, ci_high]`` (over seeds; one seed: the mean)."""
+    """Systems x metrics of ``mean [ci_low, ci_high]`` (the mean over seeds and the
+    summary's interval; the mean alone where there is no interval)."""
 
     def cell(r) -> str:
-        if r["n_seeds"] < 2 or math.isnan(r["ci_low"]):
+        if math.isnan(r["ci_low"]) or math.isnan(r["ci_high"]):
             return f"{r['mean']:.3f}"
         return f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
 
@@ -399,19 +578,21 @@ def summary_table(summary: pd.DataFrame, keys: tuple[str, ...] = ABLATION_KEYS) 
     return wide
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """A Markdown table (first column: system)."""
+def markdown_table(table: pd.DataFrame, note: str = "") -> str:
+    """A Markdown table (first column: system), then ``note`` (e.g. the interval
+    method, :func:`interval_method`) as a paragraph when given."""
     head = "| system | " + " | ".join(table.columns) + " |"
     rule = "| --- |" + " ---: |" * len(table.columns)
     body = [
         "| " + " | ".join([idx, *row]) + " |"
         for idx, row in zip(table.index, table.to_numpy().tolist(), strict=True)
     ]
-    return "\n".join([head, rule, *body]) + "\n"
+    tail = ["", f"Intervals: {note}."] if note else []
+    return "\n".join([head, rule, *body, *tail]) + "\n"
 
 
-def latex_table(table: pd.DataFrame) -> str:
-    """A booktabs LaTeX tabular of the same table."""
+def latex_table(table: pd.DataFrame, note: str = "") -> str:
+    """A booktabs LaTeX tabular of the same table, with ``note`` in its last row."""
 
     def esc(text: str) -> str:
         return str(text).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
@@ -425,5 +606,9 @@ def latex_table(table: pd.DataFrame) -> str:
     ]
     for idx, row in zip(table.index, table.to_numpy().tolist(), strict=True):
         lines.append(" & ".join(esc(v) for v in [idx, *row]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    lines.append(r"\bottomrule")
+    if note:
+        width = len(table.columns) + 1
+        lines.append(rf"\multicolumn{{{width}}}{{l}}{{\footnotesize Intervals: {esc(note)}.}} \\")
+    lines += [r"\end{tabular}", ""]
     return "\n".join(lines)

@@ -355,7 +355,7 @@ def _bench_model(device, preset, dtype, batch, text_tokens, new_tokens, repeats,
     model = models["none"]
     num_layers, patches = model.num_decoder_layers, model.num_patches
     gen = torch.Generator().manual_seed(seed)
-    width = model.encoder.config.hidden_size
+    width = model.encoder_width
     features = torch.randn(batch, patches, width, generator=gen).to(device)
     ids = torch.randint(3, len(model.tokenizer), (batch, text_tokens), generator=gen).to(device)
     priors = torch.rand(batch, num_layers, patches, generator=gen)
@@ -688,7 +688,7 @@ def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed
         "preset": "tiny",
         "image_size": cfg.image_size,
         "num_patches": model.num_patches,
-        "encoder_width": model.encoder.config.hidden_size,
+        "encoder_width": model.encoder_width,
         "decoder_layers": model.num_decoder_layers,
         "mean_text_tokens": round(mean_tokens, 1),
         "torch_threads": torch.get_num_threads(),

@@ -107,6 +107,37 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
         help="Wingspan folder for the segmenter (default ../shared/data/wingspan if present)",
     )
     r.set_defaults(handler=_cmd_workbook_run)
+    rep = wsub.add_parser(
+        "report",
+        help="regenerate the README's results section from a run folder",
+        description=(
+            "Replace the README text between <!-- results:start --> and "
+            "<!-- results:end --> with the results of the run folder RUN (tables, "
+            "intervals, tests, timings), generated from its files; the rest of the README "
+            "is left as it is. --check only compares and exits 1 when they differ."
+        ),
+    )
+    rep.add_argument("run", type=Path, metavar="RUN", help="a workbook run folder")
+    rep.add_argument(
+        "--readme", type=Path, default=Path("README.md"), help="the README (default README.md)"
+    )
+    rep.add_argument(
+        "--check", action="store_true", help="fail if the section differs; write nothing"
+    )
+    rep.set_defaults(handler=_cmd_workbook_report)
+
+
+def _cmd_workbook_report(args: argparse.Namespace) -> int:
+    from cxrlib.results import update_readme
+
+    changed = update_readme(args.run, args.readme, check=args.check)
+    if args.check:
+        print(f"{args.readme}: the results section matches {args.run}")
+    elif changed:
+        print(f"{args.readme}: results section regenerated from {args.run}")
+    else:
+        print(f"{args.readme}: results section already up to date with {args.run}")
+    return 0
 
 
 def _cmd_workbook_run(args: argparse.Namespace) -> int:
@@ -977,7 +1008,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
             "findings: CheXpert F1 (micro/macro over 14 and 5 observations, uncertain as "
             "negative and as positive), RadGraph F1, BLEU-1..4, METEOR, ROUGE-L, CIDEr, each "
             "with a 95% bootstrap interval over studies. Writes DIR/metrics.json, "
-            "metrics.md, per_observation.csv, labels_generated.csv, labels_reference.csv."
+            "metrics.md, per_observation.csv, labels_generated.csv, labels_reference.csv. "
+            "With --run (the training run that generated the predictions) and a manifest "
+            "with lung masks: the attention grounding too (share of each sentence's "
+            "attention on the named side's lung and the finding's drawn region; "
+            "attention_grounding.csv, attention_sentences.csv)."
         ),
     )
     p.add_argument(
@@ -1007,6 +1042,19 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default="radgraph",
         help="RadGraph annotation model when installed (default radgraph)",
     )
+    p.add_argument(
+        "--run",
+        type=Path,
+        metavar="RUN",
+        help="training run that generated --pred: also measure the attention grounding",
+    )
+    p.add_argument(
+        "--attention-studies",
+        type=_non_negative_int,
+        default=100,
+        metavar="N",
+        help="studies the attention grounding reads at most (default 100; 0: all)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_evaluate)
 
@@ -1026,9 +1074,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         radgraph_model=args.radgraph_model,
         progress=not args.no_progress,
+        run=args.run,
+        attention_studies=args.attention_studies or None,
     )
     print(result.markdown().split("\nConventions:")[0].rstrip())
-    print(f"wrote {args.out}/metrics.json, metrics.md, per_observation.csv, labels_*.csv")
+    extra = ", attention_grounding.csv, attention_sentences.csv" if result.attention else ""
+    print(f"wrote {args.out}/metrics.json, metrics.md, per_observation.csv, labels_*.csv{extra}")
     return 0
 
 

@@ -31,6 +31,13 @@ def layer_groups(num_layers: int) -> list[list[int]]:
     return [part.tolist() for part in np.array_split(np.arange(num_layers), k)]
 
 
+def group_label(layers: list[int]) -> str:
+    """A layer group's name, counting from 1: ``"layers 1-2"``, or ``"layer 3"``."""
+    if len(layers) > 1:
+        return f"layers {layers[0] + 1}-{layers[-1] + 1}"
+    return f"layer {layers[0] + 1}"
+
+
 @dataclass
 class SentenceAttention:
     """Per sentence and layer group: a (grid, grid) map of mean attention to patches."""

@@ -174,13 +174,13 @@ class FeatureCache:
         self.fingerprint = encoder_fingerprint(model)
         enc = model.encoder.config
         self.num_patches = int(model.num_patches)
-        self.width = int(enc.hidden_size)
+        self.width = int(model.encoder_width)
         self.settings = {
             "format": CACHE_FORMAT,
             "encoder_fingerprint": self.fingerprint,
             "encoder_config": _encoder_config(model),
             "preprocessing": preprocessing(model.config.image_size),
-            "num_register_tokens": int(enc.num_register_tokens),
+            "num_register_tokens": int(getattr(enc, "num_register_tokens", 0) or 0),
             "dtype": STORED_DTYPE,
             "num_patches": self.num_patches,
             "encoder_width": self.width,
@@ -203,10 +203,12 @@ class FeatureCache:
         pre = self.settings["preprocessing"]
         size = pre["image_size"]
         grid = int(round(self.num_patches**0.5))
+        registers = self.settings["num_register_tokens"]
+        kind = self.settings["encoder_config"].get("model_type", "dinov3_vit")
         return (
             f"{self.num_patches} patch features ({grid}x{grid} grid at {size} px) of width "
-            f"{self.width}, float16, after dropping CLS and {self.settings['num_register_tokens']} "
-            f"register tokens; preprocessing v{pre['version']} ({pre['resize']}, "
+            f"{self.width}, float16, from a {kind} encoder (a ViT's CLS and {registers} "
+            f"register tokens dropped); preprocessing v{pre['version']} ({pre['resize']}, "
             f"{pre['channels']}, ImageNet mean/std); encoder sha256 {self.fingerprint[:16]}"
         )
 

@@ -703,7 +703,12 @@ def plot_observation_heatmap(per_observation: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_sentence_attention(image: np.ndarray, attention, max_sentences: int = 4) -> Figure:
+def plot_sentence_attention(
+    image: np.ndarray,
+    attention,
+    max_sentences: int = 4,
+    captions: Sequence[Sequence[str]] | None = None,
+) -> Figure:
     """Each generated sentence (rows) and layer group (columns): the image with the
     sentence's mean attention to each patch overlaid (heads and tokens averaged).
 
@@ -712,6 +717,10 @@ def plot_sentence_attention(image: np.ndarray, attention, max_sentences: int = 4
     image : (H, W) uint8
         The radiograph (any size; the patch grid is stretched over it).
     attention : cxrlib.explain.SentenceAttention
+    captions : list of list of str, optional
+        ``captions[s][g]`` under the panel of sentence ``s`` and layer group ``g``, e.g.
+        the attention grounding's ``"left lung 0.62, region 0.31"``
+        (:func:`cxrlib.evaluate.attention_grounding.sentence_captions`); "" for none.
     """
     n = min(max_sentences, len(attention.sentences))
     groups = attention.groups
@@ -744,6 +753,8 @@ def plot_sentence_attention(image: np.ndarray, attention, max_sentences: int = 4
             if g == 0:
                 text = attention.sentences[s]
                 ax.set_ylabel(text if len(text) <= 38 else text[:36] + "…", fontsize=6)
+            if captions is not None and s < len(captions) and captions[s][g]:
+                ax.set_xlabel(captions[s][g], fontsize=5.5)
     return fig
 
 

@@ -20,9 +20,23 @@ Targets (from the train split only):
 Each target reads the patch tokens through its own attention pooling (one learned
 query, softmax over patches, a linear classifier), so finding, side and zone have to be
 encoded in the patches themselves, where the decoder reads them. Loss: the mean of the
-targets' cross-entropies. The encoder is saved with ``save_pretrained`` (safetensors)
-in a folder keyed by the manifest, the encoder config and these settings, with
-``pretrain.json`` (settings, per-epoch losses, validation accuracy per target).
+targets' cross-entropies.
+
+**Dense targets** (``dense_weight > 0``, where the manifest has lung and heart masks):
+every patch also learns what lies under it, the per-patch target being the area share
+of the patch covered by the left lung, the right lung, the heart and each of the 13
+findings' drawn regions (the phantom's ``finding_mask_path``; without it, a finding's
+region is the lung of its side, both lungs, or the heart for the cardiac findings), a
+binary cross-entropy with these soft targets through one linear layer per patch, added
+with weight ``dense_weight``. Random shifts move image and masks together.
+
+Any encoder of :mod:`cxrlib.model.encoders` built from a config dict pretrains (a ViT
+or a backbone); its patch grid is its own. After training, :func:`cxrlib.evaluate.
+recognition.recognition` measures the heads on the validation and test splits (AUROC
+per finding, side and zone accuracy); nothing is chosen on them. The encoder is saved
+with ``save_pretrained`` (safetensors) in a folder keyed by the manifest, the encoder
+config and these settings, with ``pretrain.json`` (settings, per-epoch losses,
+validation accuracy per target, ``recognition``).
 """
 
 from __future__ import annotations
@@ -41,12 +55,18 @@ import torch
 from torch import nn
 
 from cxrlib.data.images import normalise, resize_gray
-from cxrlib.data.manifest import CHEXPERT_LABELS, MASK_COLUMNS, read_manifest, text_cell
+from cxrlib.data.manifest import (
+    CHEXPERT_LABELS,
+    FINDING_MASK_COLUMN,
+    MASK_COLUMNS,
+    read_manifest,
+    text_cell,
+)
 from cxrlib.errors import CxrError
 
 log = logging.getLogger(__name__)
 
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2
 MAX_CLASSES = 8
 NOT_TARGETS = {
     "study_id",
@@ -59,7 +79,11 @@ NOT_TARGETS = {
     "patient_id",
     "ctr",
     *MASK_COLUMNS,
+    FINDING_MASK_COLUMN,
 }
+DENSE_ORGANS = ("left_lung_mask_path", "right_lung_mask_path", "heart_mask_path")
+DENSE_FINDINGS = tuple(label for label in CHEXPERT_LABELS if label != "No Finding")
+CARDIAC = ("Cardiomegaly", "Enlarged Cardiomediastinum")
 
 
 @dataclass(frozen=True)
@@ -76,10 +100,15 @@ class PretrainConfig:
     max_shift: int = 8
     # its own seed: one pretrained encoder serves every run seed of an ablation
     seed: int = 0
+    # weight of the per-patch targets (organs and finding regions under each patch,
+    # module doc); 0: image-level targets only
+    dense_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.max_shift < 0:
             raise ValueError("pretrain: epochs and batch_size >= 1, lr > 0, max_shift >= 0")
+        if not self.dense_weight >= 0:
+            raise ValueError("pretrain: dense_weight >= 0")
 
 
 @dataclass
@@ -180,14 +209,152 @@ def _load_images(df: pd.DataFrame, size: int, progress: bool) -> tuple[torch.Ten
     return torch.stack(images), keep
 
 
-def _shift(gray: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+def _shift(gray: torch.Tensor, max_shift: int, gen: torch.Generator, *others: torch.Tensor):
+    """``gray`` (N, S, S) and each of ``others`` (N, ..., S, S) rolled by one random shift
+    per image; ``(gray, *others)`` when others are given, else the shifted ``gray``."""
     if max_shift == 0:
-        return gray
-    out = torch.empty_like(gray)
+        return (gray, *others) if others else gray
+    outs = [torch.empty_like(t) for t in (gray, *others)]
     dy, dx = torch.randint(-max_shift, max_shift + 1, (2, gray.shape[0]), generator=gen)
     for i in range(gray.shape[0]):
-        out[i] = torch.roll(gray[i], (int(dy[i]), int(dx[i])), dims=(0, 1))
-    return out
+        for src, dst in zip((gray, *others), outs, strict=True):
+            dst[i] = torch.roll(src[i], (int(dy[i]), int(dx[i])), dims=(-2, -1))
+    return tuple(outs) if others else outs[0]
+
+
+def _read_mask(root, path: str, size: int, mode: str = "L") -> np.ndarray:
+    from PIL import Image
+
+    from cxrlib.data.dataset import resolve_path
+
+    file = resolve_path(root, path)
+    try:
+        with Image.open(file) as img:
+            if mode == "L":
+                img = img.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+                return np.asarray(img)
+            array = np.asarray(img).astype(np.int32)
+    except (OSError, ValueError) as err:
+        raise CxrError(f"{file}: unreadable mask ({err})") from None
+    if array.shape != (size, size):  # a bit field: nearest neighbour keeps the bits
+        rows = (np.arange(size) * array.shape[0]) // size
+        cols = (np.arange(size) * array.shape[1]) // size
+        array = array[rows][:, cols]
+    return array
+
+
+@dataclass
+class DenseTargets:
+    """Masks of the train images for the per-patch targets (module doc).
+
+    ``organs``: uint8 (N, 3, S, S) left lung, right lung, heart (255 inside);
+    ``regions``: int32 (N, S, S) bit field of the findings' drawn regions (bit k:
+    ``CHEXPERT_LABELS[k]``) or None; ``present``: bool (N, 13) positive or uncertain
+    per finding of :data:`DENSE_FINDINGS`; ``sides``: (N, 13) side per finding ("" if
+    none).
+    """
+
+    organs: torch.Tensor
+    regions: torch.Tensor | None
+    present: torch.Tensor
+    sides: np.ndarray
+
+    @classmethod
+    def load(cls, df: pd.DataFrame, size: int, progress: bool) -> DenseTargets | None:
+        """The masks of ``df``'s rows, or None when any row lacks a lung or heart mask."""
+        from tqdm.auto import tqdm
+
+        from cxrlib.evaluate.recognition import SIDE_TARGETS
+
+        if not all(c in df.columns for c in DENSE_ORGANS):
+            return None
+        cells = df[list(DENSE_ORGANS)].map(text_cell)
+        if (cells == "").any().any():
+            return None
+        root = df.attrs["root"]
+        organs = np.zeros((len(df), 3, size, size), dtype=np.uint8)
+        has_regions = (
+            FINDING_MASK_COLUMN in df.columns
+            and (df[FINDING_MASK_COLUMN].map(text_cell) != "").all()
+        )
+        regions = np.zeros((len(df), size, size), dtype=np.int32) if has_regions else None
+        rows = tqdm(range(len(df)), desc="masks", disable=not progress)
+        for i in rows:
+            for c in range(len(DENSE_ORGANS)):
+                organs[i, c] = _read_mask(root, cells.iloc[i, c], size)
+            if regions is not None:
+                path = text_cell(df[FINDING_MASK_COLUMN].iloc[i])
+                regions[i] = _read_mask(root, path, size, mode="bits")
+        values = df[list(DENSE_FINDINGS)].apply(pd.to_numeric, errors="coerce").to_numpy()
+        side_of = {finding: column for column, finding in SIDE_TARGETS.items()}
+        sides = np.full((len(df), len(DENSE_FINDINGS)), "", dtype=object)
+        for k, finding in enumerate(DENSE_FINDINGS):
+            column = side_of.get(finding)
+            if column in df.columns:
+                sides[:, k] = df[column].map(text_cell).to_numpy()
+        return cls(
+            torch.from_numpy(organs),
+            None if regions is None else torch.from_numpy(regions),
+            torch.from_numpy(np.isin(values, (1.0, -1.0))),
+            sides,
+        )
+
+    @property
+    def channels(self) -> int:
+        return 3 + len(DENSE_FINDINGS)
+
+    def batch(self, idx: torch.Tensor, stride: int) -> torch.Tensor:
+        """The masks of images ``idx`` as (B, 3 + 13, P) per-patch area shares."""
+        organs = self.organs[idx].float() / 255.0  # (B, 3, S, S)
+        if self.regions is not None:
+            bits = torch.tensor([1 << CHEXPERT_LABELS.index(f) for f in DENSE_FINDINGS])
+            regions = (self.regions[idx][:, None] & bits[None, :, None, None]) != 0
+            regions = regions.float()  # (B, 13, S, S)
+        else:
+            regions = self._proxy_regions(idx, organs)
+        maps = torch.cat([organs, regions], 1)
+        pooled = nn.functional.avg_pool2d(maps, stride)  # (B, C, g, g)
+        return pooled.flatten(2)
+
+    def _proxy_regions(self, idx: torch.Tensor, organs: torch.Tensor) -> torch.Tensor:
+        """Without drawn regions: the lung of the finding's side (both: the union), the
+        heart for the cardiac findings, times whether the finding is there."""
+        left, right, heart = organs[:, 0], organs[:, 1], organs[:, 2]
+        lungs = torch.maximum(left, right)
+        out = torch.zeros(len(idx), len(DENSE_FINDINGS), *left.shape[-2:])
+        present = self.present[idx]
+        sides = self.sides[idx.numpy()]
+        for k, finding in enumerate(DENSE_FINDINGS):
+            for b in np.flatnonzero(present[:, k].numpy()):
+                if finding in CARDIAC:
+                    out[b, k] = heart[b]
+                elif sides[b, k] == "left":
+                    out[b, k] = left[b]
+                elif sides[b, k] == "right":
+                    out[b, k] = right[b]
+                else:
+                    out[b, k] = lungs[b]
+        return out
+
+
+def _augment(imgs, masks, idx, max_shift, gen):
+    """Shifted train images ``idx`` and, rolled with them, their masks (or None)."""
+    if masks is None:
+        return _shift(imgs[idx], max_shift, gen), None
+    gray, organs, *regions = _shift(
+        imgs[idx],
+        max_shift,
+        gen,
+        masks.organs[idx],
+        *([masks.regions[idx]] if masks.regions is not None else []),
+    )
+    shifted = DenseTargets(
+        organs,
+        regions[0] if regions else None,
+        masks.present[idx],
+        masks.sides[idx.numpy()],
+    )
+    return gray, shifted
 
 
 def pretrain_encoder(
@@ -201,44 +368,63 @@ def pretrain_encoder(
 ) -> Path:
     """Train the config-built encoder of ``model_config`` on ``manifest``'s labels.
 
-    Returns the folder written (``config.json``, ``model.safetensors`` of a
-    ``DINOv3ViTModel``, ``pretrain.json``).
+    Returns the folder written (``config.json``, ``model.safetensors`` of the encoder,
+    loadable with :func:`cxrlib.model.encoders.build_encoder`, and ``pretrain.json``).
     """
     from tqdm.auto import tqdm
 
-    from cxrlib.model.report_model import _build_encoder
+    from cxrlib.evaluate.recognition import recognition, targets_met
+    from cxrlib.model.encoders import (
+        build_encoder,
+        disable_rope_augmentation,
+        encoder_patches,
+        encoder_stride,
+        encoder_width,
+    )
 
     if not isinstance(model_config.encoder, dict):
         raise ValueError("pretraining needs a config-built encoder (ModelConfig.encoder dict)")
     df = read_manifest(manifest, check_files=False)
     train_df = df[df["split"] == "train"]
-    val_df = df[df["split"] == "validate"]
     names, classes, kinds = build_targets(train_df)
     torch.manual_seed(seed)
-    encoder = _build_encoder(model_config, None)
-    for name in ("pos_embed_shift", "pos_embed_jitter", "pos_embed_rescale"):
-        setattr(encoder.config, name, None)
-    heads = TargetHeads(encoder.config.hidden_size, classes)
     size = model_config.image_size
+    encoder = build_encoder(model_config.encoder, size, model_config.patch_size, None)
+    disable_rope_augmentation(encoder)
+    stride = encoder_stride(encoder, size)
+    heads = TargetHeads(encoder_width(encoder), classes)
     train_imgs, keep = _load_images(train_df, size, progress)
     train_y = encode_targets(train_df.iloc[keep], names, classes, kinds)
-    val_imgs, vkeep = _load_images(val_df, size, progress) if len(val_df) else (None, [])
-    val_y = encode_targets(val_df.iloc[vkeep], names, classes, kinds) if vkeep else None
-    params = list(encoder.parameters()) + list(heads.parameters())
+    held_out = {}
+    for split in ("validate", "test"):
+        frame = df[df["split"] == split]
+        if len(frame):
+            imgs, rows = _load_images(frame, size, progress)
+            held_out[split] = (imgs, encode_targets(frame.iloc[rows], names, classes, kinds))
+    masks = None
+    if config.dense_weight > 0:
+        masks = DenseTargets.load(train_df.iloc[keep], size, progress)
+        if masks is None:
+            log.warning("pretraining: no lung/heart masks for every train image; dense targets off")
+    dense_head = None
+    if masks is not None:
+        width = encoder_width(encoder)
+        dense_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, masks.channels))
+    modules = [encoder, heads] + ([dense_head] if dense_head is not None else [])
+    params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(train_imgs) // config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
-    registers = 1 + encoder.config.num_register_tokens
     history = []
     started = time.perf_counter()
 
     def patches(gray: torch.Tensor) -> torch.Tensor:
-        return encoder(pixel_values=normalise(gray)).last_hidden_state[:, registers:]
+        return encoder_patches(encoder, normalise(gray))
 
     for epoch in range(config.epochs):
-        encoder.train()
-        heads.train()
+        for m in modules:
+            m.train()
         order = torch.randperm(len(train_imgs), generator=gen)
         losses = []
         bar = tqdm(
@@ -248,11 +434,19 @@ def pretrain_encoder(
         )
         for start in bar:
             idx = order[start : start + config.batch_size]
-            logits = heads(patches(_shift(train_imgs[idx], config.max_shift, gen)))
+            gray, shifted = _augment(train_imgs, masks, idx, config.max_shift, gen)
+            features = patches(gray)
+            logits = heads(features)
             y = train_y[idx]
             loss = torch.stack(
                 [nn.functional.cross_entropy(lg, y[:, k]) for k, lg in enumerate(logits)]
             ).mean()
+            if shifted is not None:
+                target = shifted.batch(torch.arange(len(idx)), stride)  # (B, C, P)
+                dense = dense_head(features).transpose(1, 2)  # (B, C, P)
+                loss = loss + config.dense_weight * (
+                    nn.functional.binary_cross_entropy_with_logits(dense, target)
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)
@@ -261,10 +455,21 @@ def pretrain_encoder(
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         row = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5)}
-        if val_imgs is not None:
-            row.update(_validate(encoder, heads, patches, val_imgs, val_y, names, config))
+        if "validate" in held_out:
+            row.update(_validate(encoder, heads, patches, *held_out["validate"], names, config))
         history.append(row)
         log.info("encoder pretraining: %s", row)
+    seconds = round(time.perf_counter() - started, 1)
+    prevalence = {
+        label: round(float((train_y[:, names.index(label)] > 0).float().mean()), 4)
+        for label in CHEXPERT_LABELS
+    }
+    measured = {"train_prevalence": prevalence}
+    for split, (imgs, y) in held_out.items():
+        probs = _probabilities(encoder, heads, patches, imgs, config.batch_size)
+        measured[split] = recognition(probs, y.numpy(), names, classes)
+    if "validate" in measured:
+        measured["targets_validate"] = targets_met(measured["validate"], prevalence)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -277,11 +482,23 @@ def pretrain_encoder(
         "manifest": str(manifest),
         "settings": asdict(config),
         "seed": seed,
+        "encoder": {
+            "model_type": encoder.config.model_type,
+            "image_size": size,
+            "patch_size": stride,
+            "grid": size // stride,
+            "parameters": sum(p.numel() for p in encoder.parameters()),
+        },
         "targets": dict(zip(names, classes, strict=True)),
         "train_images": len(train_imgs),
-        "validate_images": len(vkeep),
+        "validate_images": len(held_out["validate"][0]) if "validate" in held_out else 0,
+        "test_images": len(held_out["test"][0]) if "test" in held_out else 0,
+        "dense_targets": None
+        if masks is None
+        else ("drawn regions" if masks.regions is not None else "side lung proxy"),
         "history": history,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": seconds,
+        "recognition": measured,
         "key": key,
     }
     (tmp / "pretrain.json").write_text(json.dumps(record, indent=2))
@@ -294,7 +511,20 @@ def pretrain_encoder(
 
 
 @torch.no_grad()
+def _probabilities(encoder, heads, patches, imgs, batch_size: int) -> list[np.ndarray]:
+    """One (N, C_k) array of class probabilities per target."""
+    encoder.eval()
+    heads.eval()
+    out: list[list[torch.Tensor]] = [[] for _ in heads.heads]
+    for start in range(0, len(imgs), batch_size):
+        for k, lg in enumerate(heads(patches(imgs[start : start + batch_size]))):
+            out[k].append(lg.softmax(-1))
+    return [torch.cat(o).numpy() for o in out]
+
+
+@torch.no_grad()
 def _validate(encoder, heads, patches, imgs, y, names, config) -> dict:
+    """Validation accuracy: the labels' mean and every target's mean."""
     encoder.eval()
     heads.eval()
     correct = torch.zeros(len(names))
@@ -343,3 +573,17 @@ def pretrained_encoder(
     folder.parent.mkdir(parents=True, exist_ok=True)
     pretrain_encoder(model_config, manifest, folder, config, seed, progress, key=key_data)
     return folder
+
+
+def pretrain_record(encoder: str | os.PathLike | dict) -> dict | None:
+    """The ``pretrain.json`` of a pretrained encoder folder, or None (a hub id, a config
+    dict, or a folder not made by :func:`pretrain_encoder`)."""
+    if isinstance(encoder, dict):
+        return None
+    path = Path(encoder) / "pretrain.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CxrError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None

@@ -200,7 +200,7 @@ def split_dataset(
     if config.train.feature_cache and model.config.encoder_trainable == "frozen" and examples:
         from cxrlib.features import features_for_manifest
 
-        per_image = model.num_patches * model.encoder.config.hidden_size * 2  # fp16
+        per_image = model.num_patches * model.encoder_width * 2  # fp16
         found = features_for_manifest(
             frame,
             model,

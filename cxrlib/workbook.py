@@ -6,12 +6,18 @@ then executes each ``notebooks/NN_*.ipynb`` with papermill, passing each noteboo
 the parameters its ``parameters`` cell declares. Executed copies, figures and
 ``run.json`` (profile, parameters, provenance, timings, status) go into the run folder.
 The first failing notebook stops the run with its name and failing cell.
+
+``run.json`` ends with ``timings`` (:func:`collect_timings`): where the run's time went,
+gathered from what each stage records (the notebooks' wall times here, the segmenter's
+``config.json``, the encoder's ``pretrain.json``, each training run's ``summary.json``,
+``ablation/ablation.json``), each marked as spent in this run or reused from the cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -216,20 +222,31 @@ def run_workbook(
     figures_dir = run_dir / "figures"
     cache_dir = Path(cache or os.environ.get("CXR_CACHE") or REPO_ROOT / "cache")
 
+    run_started, since = time.perf_counter(), time.time()
     record: dict = {
         "profile": asdict(prof),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "provenance": provenance(),
         "notebooks": [],
         "status": "running",
+        "cache_dir": str(cache_dir.resolve()),
     }
     write_json_atomic(run_dir / "run.json", record, default=str)
     if manifest is None:
+        phantom_started = time.perf_counter()
         manifest_path = prepare_phantom(prof.phantom, cache_dir, workers=prof.workers).resolve()
+        built = (manifest_path.parent / "phantom.json").stat().st_mtime >= since
+        record["phantom"] = _entry(
+            round(time.perf_counter() - phantom_started, 1),
+            built,
+            str(manifest_path.parent),
+            "generated" if built else "reused from the cache",
+        )
     else:
         manifest_path = Path(manifest).resolve()
         if not manifest_path.is_file():
             raise CxrError(f"manifest {manifest_path} does not exist")
+        record["phantom"] = _entry(None, False, note="not used: the run read its --manifest")
     offered = {
         **prof.parameters,
         "profile": prof.name,
@@ -273,6 +290,8 @@ def run_workbook(
 
     record["status"] = "complete"
     record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    total = round(time.perf_counter() - run_started, 1)
+    record["timings"] = collect_timings(run_dir, record, since=since, total=total)
     write_json_atomic(run_dir / "run.json", record, default=str)
     if prof.publish_figures and figures_dir.is_dir():
         publish_figures(run_dir, figures_dir, REPO_ROOT / "figures", record)
@@ -300,3 +319,206 @@ def publish_figures(run_dir: Path, src: Path, dst: Path, record: dict) -> None:
         "",
     ]
     (dst / "README.md").write_text("\n".join(lines))
+
+
+# --- timings ---------------------------------------------------------------------------
+
+
+def _entry(seconds: float | None, in_run: bool | None, source: str = "", note: str = "") -> dict:
+    """One stage of :func:`collect_timings`."""
+    return {"seconds": seconds, "in_run": in_run, "source": source, "note": note}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _built(path: Path, since: float | None) -> bool | None:
+    """Whether ``path`` was written during the run (None: the run's start is unknown)."""
+    return None if since is None else path.stat().st_mtime >= since
+
+
+def _cached_stage(meta: Path | None, since: float | None, done: str, missing: str) -> dict:
+    """The entry of a stage whose output is cached: the ``seconds`` its record ``meta``
+    holds, spent in this run when ``meta`` was written during it, else reused."""
+    if meta is None:
+        return _entry(None, None, note=missing)
+    built = _built(meta, since)
+    note = f"{done} in this run" if built else f"reused from the cache ({done} by an earlier run)"
+    return _entry((_read_json(meta) or {}).get("seconds"), built, str(meta), note)
+
+
+def _notebook_seconds(record: dict, prefix: str) -> tuple[str, float] | None:
+    for entry in record.get("notebooks", []):
+        if entry.get("notebook", "").startswith(prefix) and entry.get("seconds") is not None:
+            return entry["notebook"], float(entry["seconds"])
+    return None
+
+
+def _segmenter_folder(run_dir: Path, record: dict) -> Path | None:
+    """The segmenter folder notebook 02 used: its executed copy prints ``segmenter: DIR``."""
+    for entry in record.get("notebooks", []):
+        if not entry.get("notebook", "").startswith("02_"):
+            continue
+        executed = Path(entry.get("executed") or run_dir / "notebooks" / entry["notebook"])
+        notebook = _read_json(executed) or {}
+        for cell in notebook.get("cells", []):
+            for output in cell.get("outputs", []):
+                if output.get("output_type") != "stream":
+                    continue
+                text = output.get("text", "")
+                text = "".join(text) if isinstance(text, list) else text
+                for match in re.finditer(r"^segmenter: (.+)$", text, flags=re.MULTILINE):
+                    folder = Path(match.group(1).strip())
+                    if (folder / "config.json").is_file():
+                        return folder
+    return None
+
+
+def _encoder_folder(run_dir: Path, record: dict, cache_dir: Path | None) -> Path | None:
+    """The pretrained encoder the run's training runs read: the cached
+    ``encoders/*/pretrain.json`` whose key has their manifest, encoder and settings."""
+    if cache_dir is None:
+        return None
+    configs = sorted((run_dir / "train").glob("*/config.json"))
+    tree = (_read_json(configs[0]) or {}).get("config", {}) if configs else {}
+    model, settings = tree.get("model", {}), tree.get("pretrain", {})
+    if not settings.get("enabled") or not isinstance(model.get("encoder"), dict):
+        return None
+    manifest = tree.get("data", {}).get("manifest") or record.get("manifest")
+    want = {
+        "encoder": model["encoder"],
+        "image_size": model.get("image_size"),
+        "patch_size": model.get("patch_size"),
+        "settings": settings,
+        "seed": settings.get("seed"),
+    }
+    found = []
+    for path in (cache_dir / "encoders").glob("*/pretrain.json"):
+        key = (_read_json(path) or {}).get("key") or {}
+        same_manifest = str(Path(str(manifest)).resolve()) == (key.get("manifest") or [None])[0]
+        if same_manifest and all(key.get(k) == v for k, v in want.items()):
+            found.append(path)
+    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
+
+
+def run_cache_dir(record: dict) -> Path | None:
+    """The cache folder of a run (``run.json``): its ``cache_dir``, or for runs that
+    predate it, the notebooks' ``cache_dir`` parameter; None when neither is there."""
+    if record.get("cache_dir"):
+        return Path(record["cache_dir"])
+    for entry in record.get("notebooks", []):
+        if "cache_dir" in entry.get("parameters", {}):
+            return Path(entry["parameters"]["cache_dir"])
+    return None
+
+
+def collect_timings(
+    run_dir: str | os.PathLike,
+    record: dict,
+    since: float | None = None,
+    total: float | None = None,
+) -> dict:
+    """Where a workbook run's time went, from what each stage recorded.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        The run folder.
+    record : dict
+        Its ``run.json`` content (notebook timings, ``phantom``, ``cache_dir``,
+        ``manifest``, ``started`` and ``finished``).
+    since : float, optional
+        When the run started (seconds since the epoch); default ``record["started"]``.
+        A cached artifact written before it was reused: its seconds are those of the
+        earlier run that built it, not spent in this one.
+    total : float, optional
+        The run's wall time; default ``finished - started`` of ``record``.
+
+    Returns
+    -------
+    dict
+        ``phantom_generation``, ``segmenter_training``, ``encoder_pretraining``,
+        ``feature_cache``, ``evaluation``, ``figures`` and ``total``: each
+        ``{"seconds", "in_run", "source", "note"}`` (``seconds`` None where the stage
+        records no duration or did not run, ``in_run`` whether it was spent in this run,
+        ``source`` the file it was read from); ``decoder_runs``: run name (``soft-seed0``)
+        -> such an entry (the training loop, ``summary.json``); ``ablation``: stage ->
+        seconds (``ablation.json``); ``notebooks``: notebook -> wall seconds. Nothing
+        here raises: a missing or unreadable record gives ``seconds`` None and a note.
+    """
+    run_dir = Path(run_dir)
+    if since is None and record.get("started"):
+        since = datetime.fromisoformat(record["started"]).timestamp()
+    if total is None and record.get("started") and record.get("finished"):
+        start, end = (datetime.fromisoformat(record[k]) for k in ("started", "finished"))
+        total = round((end - start).total_seconds(), 1)
+    cache_dir = run_cache_dir(record)
+    out: dict = {}
+
+    phantom = record.get("phantom")
+    if phantom:
+        out["phantom_generation"] = _entry(**phantom)
+    else:
+        out["phantom_generation"] = _entry(None, None, note="not recorded in run.json")
+
+    segmenter = _segmenter_folder(run_dir, record)
+    out["segmenter_training"] = _cached_stage(
+        None if segmenter is None else segmenter / "config.json",
+        since,
+        "trained",
+        "not found: no segmenter folder in notebook 02's output",
+    )
+    encoder = _encoder_folder(run_dir, record, cache_dir)
+    out["encoder_pretraining"] = _cached_stage(
+        None if encoder is None else encoder / "pretrain.json",
+        since,
+        "pretrained",
+        "not found: no pretrained encoder of the training runs in the cache",
+    )
+    out["feature_cache"] = _entry(
+        None, None, note="not recorded: the feature cache keeps no build time (notebooks 03-04)"
+    )
+    runs = {}
+    for summary in sorted((run_dir / "train").glob("*/summary.json")):
+        seconds = (_read_json(summary) or {}).get("seconds")
+        runs[summary.parent.name] = _entry(
+            seconds, _built(summary, since), str(summary), "training loop"
+        )
+    out["decoder_runs"] = runs
+
+    ablation_json = _read_json(run_dir / "ablation" / "ablation.json") or {}
+    stages = dict(ablation_json.get("stages") or {})
+    if "seconds" in ablation_json:
+        stages["total"] = ablation_json["seconds"]
+    out["ablation"] = stages
+
+    parts, notes = [], []
+    nb04 = _notebook_seconds(record, "04_")
+    if nb04:
+        parts.append(nb04[1])
+        notes.append(f"notebook {nb04[0]}")
+    for stage in ("generation", "evaluation"):
+        if stage in stages:
+            parts.append(float(stages[stage]))
+            notes.append(f"ablation {stage}")
+    out["evaluation"] = _entry(
+        round(sum(parts), 1) if parts else None,
+        True if parts else None,
+        note=" + ".join(notes) or "not run",
+    )
+
+    nb06 = _notebook_seconds(record, "06_")
+    out["figures"] = _entry(
+        nb06[1] if nb06 else None,
+        True if nb06 else None,
+        note=f"notebook {nb06[0]}" if nb06 else "not run",
+    )
+
+    out["notebooks"] = {n["notebook"]: n.get("seconds") for n in record.get("notebooks", [])}
+    out["total"] = _entry(total, True, note="the whole run: data preparation and every notebook")
+    return out

@@ -71,7 +71,7 @@ def test_cached_features_equal_the_encoder(phantom, tmp_path):
     assert result.image_ids == ids and result.bad == [] and result.rows == list(range(6))
     assert result.report.computed == 6 and result.report.reused == 0
     assert result.features.dtype == torch.float16
-    assert result.features.shape == (6, model.num_patches, model.encoder.config.hidden_size)
+    assert result.features.shape == (6, model.num_patches, model.encoder_width)
     with torch.no_grad():
         direct = model.encode_images(pixels(model, paths))  # (6, P, E) float32
     torch.testing.assert_close(result.features.float(), direct, atol=ATOL, rtol=RTOL)

@@ -103,3 +103,58 @@ def test_evaluate_phantom_generations_has_grounding(run, tmp_path):
     # with labels from the labeler there is no drawn truth: grounding is unavailable
     ev2 = evaluate_generations(frame, ref, n_bootstrap=0, progress=False)
     assert "grounding.uncertain_as_negative.omission_rate" in ev2.unavailable
+
+
+def test_cli_evaluate_with_run_measures_attention_grounding(run, tmp_path, capsys):
+    import json
+
+    from cxrlib.data.manifest import read_manifest
+    from cxrlib.evaluate.attention_grounding import SUMMARY_COLUMNS
+
+    out, manifest, _ = run
+    csv = tmp_path / "gen.csv"
+    assert (
+        main(["generate", "--run", str(out), "--manifest", str(manifest), "--out", str(csv)]) == 0
+    )
+    # a smoke model's one-epoch text rarely names a side: read a text that does, as the
+    # model would have written it
+    text = "Small left pleural effusion. The heart is normal. Right lower lobe atelectasis."
+    pd.read_csv(csv).assign(generated=text).to_csv(csv, index=False)
+    assert (
+        main(
+            ["evaluate", "--pred", str(csv), "--ref", str(manifest), "--out", str(tmp_path / "e")]
+            + ["--ref-labels", "manifest", "--bootstrap", "20", "--run", str(out)]
+            + ["--attention-studies", "2", "--no-progress"]
+        )
+        == 0
+    )
+    assert "attention_grounding.csv" in capsys.readouterr().out
+    summary = pd.read_csv(tmp_path / "e" / "attention_grounding.csv")
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert set(summary["target"]) == {"side_lung", "region"}
+    ok = summary["n_sentences"] > 0
+    assert ok.any()
+    for c in ("mean", "ci_low", "ci_high", "chance"):
+        assert summary.loc[ok, c].between(0, 1).all(), c
+    data = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    settings = data["attention_grounding"]["settings"]
+    assert (settings["max_studies"], settings["n_used"], settings["capped"]) == (2, 2, True)
+    assert (summary.loc[summary["target"] == "side_lung", "n_sentences"] == 4).all()
+    model = ReportModel.from_pretrained(run_checkpoint(out))
+    assert settings["grid"] == model.config.grid_size  # from the model, not 14x14
+    assert "## Attention grounding" in (tmp_path / "e" / "metrics.md").read_text()
+    sentences = pd.read_csv(tmp_path / "e" / "attention_sentences.csv")
+    assert sentences["image_id"].nunique() == settings["n_used"]
+    # a manifest without lung masks: one line naming it
+    df = read_manifest(manifest, check_files=False)
+    bare = tmp_path / "bare" / "manifest.csv"
+    bare.parent.mkdir()
+    cut = df.drop(columns=["left_lung_mask_path"]).assign(image_path="")
+    cut.to_csv(bare, index=False)
+    code = main(
+        ["evaluate", "--pred", str(csv), "--ref", str(bare), "--out", str(tmp_path / "f")]
+        + ["--run", str(out), "--bootstrap", "0", "--no-progress"]
+    )
+    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs left_lung_mask_path" in err[0] and str(bare) in err[0]

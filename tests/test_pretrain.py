@@ -101,3 +101,69 @@ def test_pretraining_needs_a_config_built_encoder(tmp_path):
         pretrain_encoder(
             ModelConfig.published(), tmp_path / "m.csv", tmp_path / "o", PretrainConfig()
         )
+
+
+def _dense(regions: bool):
+    from cxrlib.pretrain import DENSE_FINDINGS, DenseTargets
+
+    organs = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    organs[0, 0, :, 2:] = 255  # left lung (patient's left: image right), right half
+    organs[0, 1, :, :2] = 255  # right lung, left half
+    organs[0, 2, 2:, 1:3] = 255  # heart, lower middle
+    present = torch.zeros(1, len(DENSE_FINDINGS), dtype=torch.bool)
+    sides = np.full((1, len(DENSE_FINDINGS)), "", dtype=object)
+    eff = DENSE_FINDINGS.index("Pleural Effusion")
+    present[0, eff] = True
+    sides[0, eff] = "left"
+    bits = None
+    if regions:
+        bits = torch.zeros(1, 4, 4, dtype=torch.int32)
+        bits[0, 3, 3] = 1 << CHEXPERT_LABELS.index("Pleural Effusion")
+    return DenseTargets(organs, bits, present, sides), eff
+
+
+def test_dense_targets_are_area_shares_per_patch():
+    dense, eff = _dense(regions=True)
+    target = dense.batch(torch.tensor([0]), stride=2)  # a 2x2 grid of 2x2 px patches
+    assert target.shape == (1, 16, 4)
+    assert target[0, 0].tolist() == [0.0, 1.0, 0.0, 1.0]  # left lung: right column
+    assert target[0, 1].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert target[0, 2].tolist() == [0.0, 0.0, 0.5, 0.5]  # heart: half of each lower patch
+    assert target[0, 3 + eff].tolist() == [0.0, 0.0, 0.0, 0.25]  # the drawn region's pixel
+    assert target[0, 3:].sum() == 0.25  # no other finding anywhere
+
+
+def test_dense_targets_without_regions_use_the_side_lung():
+    dense, eff = _dense(regions=False)
+    target = dense.batch(torch.tensor([0]), stride=2)
+    assert target[0, 3 + eff].tolist() == [0.0, 1.0, 0.0, 1.0]  # the left lung
+    assert target[0, 3:].sum() == 2.0
+
+
+def test_shifts_move_masks_with_the_image():
+    from cxrlib.pretrain import _shift
+
+    gray = torch.arange(16, dtype=torch.uint8).view(1, 4, 4)
+    mask = (gray % 3 == 0).to(torch.uint8)[:, None]  # (1, 1, 4, 4)
+    gen = torch.Generator().manual_seed(3)
+    g2, m2 = _shift(gray, 2, gen, mask)
+    assert not torch.equal(g2, gray)
+    assert torch.equal(m2[:, 0], (g2 % 3 == 0).to(torch.uint8))
+
+
+def test_pretraining_with_dense_targets_measures_recognition(tmp_path):
+    write_phantom(tmp_path / "ph", n=40, seed=0, size=64, workers=1, progress=False)
+    manifest = tmp_path / "ph" / "manifest.csv"
+    model_config = profile_config("smoke").model
+    config = PretrainConfig(enabled=True, epochs=1, batch_size=8, dense_weight=1.0)
+    folder = pretrained_encoder(model_config, manifest, tmp_path / "cache", config, progress=False)
+    record = json.loads((folder / "pretrain.json").read_text())
+    assert record["dense_targets"] in ("drawn regions", "side lung proxy")
+    assert record["encoder"]["grid"] * record["encoder"]["patch_size"] == 64
+    rec = record["recognition"]
+    assert set(rec["train_prevalence"]) == set(CHEXPERT_LABELS)
+    for split in ("validate", "test"):
+        if split in rec:
+            assert rec[split]["n"] == record[f"{split}_images"]
+            values = [v for v in rec[split]["auroc"].values() if v is not None]
+            assert all(0.0 <= v <= 1.0 for v in values)

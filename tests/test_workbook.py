@@ -8,7 +8,14 @@ import pytest
 
 from cxrlib.data.manifest import read_manifest
 from cxrlib.errors import CxrError
-from cxrlib.workbook import PROFILES, PhantomSpec, notebook_paths, prepare_phantom, run_workbook
+from cxrlib.workbook import (
+    PROFILES,
+    PhantomSpec,
+    collect_timings,
+    notebook_paths,
+    prepare_phantom,
+    run_workbook,
+)
 
 ROOT_NOTEBOOKS = notebook_paths.__globals__["REPO_ROOT"] / "notebooks"
 
@@ -55,6 +62,29 @@ def test_runs_in_order_with_declared_parameters_only(tmp_path, manifest):
     assert {"git_commit", "packages", "python"} <= set(record["provenance"])
     assert (run / "notebooks" / "01_a.ipynb").is_file()
     assert result.run_dir == run
+    timings = record["timings"]
+    assert list(timings) == [
+        "phantom_generation",
+        "segmenter_training",
+        "encoder_pretraining",
+        "feature_cache",
+        "decoder_runs",
+        "ablation",
+        "evaluation",
+        "figures",
+        "notebooks",
+        "total",
+    ]
+    assert timings["phantom_generation"]["note"] == "not used: the run read its --manifest"
+    assert timings["decoder_runs"] == {} and timings["ablation"] == {}
+    assert timings["evaluation"] == {
+        "seconds": None,
+        "in_run": None,
+        "source": "",
+        "note": "not run",
+    }
+    assert list(timings["notebooks"]) == ["01_a.ipynb", "02_b.ipynb"]
+    assert isinstance(timings["total"]["seconds"], float)
 
 
 def test_first_failure_stops_the_run_naming_notebook_and_cell(tmp_path, manifest):
@@ -73,6 +103,122 @@ def test_first_failure_stops_the_run_naming_notebook_and_cell(tmp_path, manifest
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "failed"
     assert [n["status"] for n in record["notebooks"]] == ["ok", "failed"]
+
+
+def test_phantom_generation_is_timed_and_marked_reused(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "01_a.ipynb", "x = 1", "y = x")
+    cache = tmp_path / "cache"
+    notes = []
+    for name in ("first", "second"):
+        run_workbook("smoke", out=tmp_path / name, notebooks=nbs, cache=cache)
+        record = json.loads((tmp_path / name / "run.json").read_text())
+        entry = record["timings"]["phantom_generation"]
+        assert entry["source"] == str((cache / PROFILES["smoke"].phantom.name).resolve())
+        assert isinstance(entry["seconds"], float)
+        notes.append((entry["in_run"], entry["note"]))
+    assert notes == [(True, "generated"), (False, "reused from the cache")]
+
+
+def test_timings_come_from_each_stage_record(tmp_path):
+    import os
+    from datetime import UTC, datetime
+
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    started = datetime.now(UTC).timestamp() - 60
+    manifest = str(tmp_path / "m.csv")
+    segmenter = cache / "segmenters" / "segmenter-ab"
+    segmenter.mkdir(parents=True)
+    (segmenter / "config.json").write_text(json.dumps({"seconds": 480.0}))
+    os.utime(segmenter / "config.json", (started - 3600, started - 3600))  # an earlier run's
+    executed = run / "notebooks" / "02_masks.ipynb"
+    executed.parent.mkdir(parents=True)
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(seg_dir)")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text=f"data\nsegmenter: {segmenter}\n")
+    ]
+    nb.cells = [cell]
+    nbformat.write(nb, executed)
+    model = {"encoder": {"hidden_size": 32}, "image_size": 64, "patch_size": 16}
+    pretrain = {"enabled": True, "epochs": 1, "seed": 0}
+    for name, seed in (("encoder-1", 0), ("encoder-2", 1)):  # encoder-2: another seed
+        key = {"manifest": [manifest, 1, 2], **model, "settings": {**pretrain, "seed": seed}}
+        (cache / "encoders" / name).mkdir(parents=True)
+        (cache / "encoders" / name / "pretrain.json").write_text(
+            json.dumps({"seconds": 300.0 + seed, "key": {**key, "seed": seed}})
+        )
+    tree = {"data": {"manifest": manifest}, "model": model, "pretrain": pretrain}
+    train = run / "train" / "soft-seed0"
+    train.mkdir(parents=True)
+    (train / "config.json").write_text(json.dumps({"config": tree}))
+    (train / "summary.json").write_text(json.dumps({"seconds": 4.5}))
+    stages = {"shared_inputs": 1.0, "training": 60.0, "generation": 10.0, "evaluation": 25.0}
+    (run / "ablation").mkdir()
+    (run / "ablation" / "ablation.json").write_text(json.dumps({"seconds": 96.0, "stages": stages}))
+    record = {
+        "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+        "finished": datetime.fromtimestamp(started + 200, UTC).isoformat(timespec="seconds"),
+        "cache_dir": str(cache),
+        "manifest": manifest,
+        "phantom": {"seconds": 0.1, "in_run": False, "source": "p", "note": "reused"},
+        "notebooks": [
+            {"notebook": "02_masks.ipynb", "executed": str(executed), "seconds": 500.0},
+            {"notebook": "04_evaluate.ipynb", "seconds": 20.0},
+            {"notebook": "06_figures.ipynb", "seconds": 30.0},
+        ],
+    }
+    seg_json, enc_json = segmenter / "config.json", cache / "encoders/encoder-1/pretrain.json"
+    assert collect_timings(run, record) == {
+        "phantom_generation": {"seconds": 0.1, "in_run": False, "source": "p", "note": "reused"},
+        "segmenter_training": {
+            "seconds": 480.0,
+            "in_run": False,
+            "source": str(seg_json),
+            "note": "reused from the cache (trained by an earlier run)",
+        },
+        "encoder_pretraining": {
+            "seconds": 300.0,
+            "in_run": True,
+            "source": str(enc_json),
+            "note": "pretrained in this run",
+        },
+        "feature_cache": {
+            "seconds": None,
+            "in_run": None,
+            "source": "",
+            "note": "not recorded: the feature cache keeps no build time (notebooks 03-04)",
+        },
+        "decoder_runs": {
+            "soft-seed0": {
+                "seconds": 4.5,
+                "in_run": True,
+                "source": str(train / "summary.json"),
+                "note": "training loop",
+            }
+        },
+        "ablation": {**stages, "total": 96.0},
+        "evaluation": {
+            "seconds": 55.0,
+            "in_run": True,
+            "source": "",
+            "note": "notebook 04_evaluate.ipynb + ablation generation + ablation evaluation",
+        },
+        "figures": {
+            "seconds": 30.0,
+            "in_run": True,
+            "source": "",
+            "note": "notebook 06_figures.ipynb",
+        },
+        "notebooks": {"02_masks.ipynb": 500.0, "04_evaluate.ipynb": 20.0, "06_figures.ipynb": 30.0},
+        "total": {
+            "seconds": 200.0,
+            "in_run": True,
+            "source": "",
+            "note": "the whole run: data preparation and every notebook",
+        },
+    }
 
 
 def test_a_run_never_overwrites_another(tmp_path, manifest):
@@ -145,6 +291,14 @@ def test_smoke_profile_runs_the_real_notebooks_on_a_phantom_set(tmp_path):
     summary = pd.read_csv(ablation / "ablation_summary.csv")
     assert set(summary["system"]) == {"none", "soft", "strict", "retrieval", "most_frequent"}
     assert summary[summary["system"] == "soft"]["n_seeds"].max() == 3
+    assert set(summary["interval"]) == {
+        "95% percentile bootstrap over studies, seeds pooled, 50 resamples"
+    }
+    timings = record["timings"]
+    runs = {f"{m}-seed{s}" for m in ("none", "soft", "strict") for s in (0, 1, 2)}
+    assert set(timings["decoder_runs"]) == runs
+    for stage in ("segmenter_training", "encoder_pretraining", "evaluation", "figures"):
+        assert timings[stage]["seconds"] is not None, stage
 
 
 def test_full_profile_needs_a_manifest(tmp_path):

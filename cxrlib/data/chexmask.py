@@ -50,7 +50,7 @@ from cxrlib.data.adapters import (
     safe_relative_id,
     write_binary_mask,
 )
-from cxrlib.data.manifest import MASK_COLUMNS, read_manifest, resolve
+from cxrlib.data.manifest import FINDING_MASK_COLUMN, MASK_COLUMNS, read_manifest, resolve
 from cxrlib.errors import CxrError, ManifestError
 
 DATASET = "chexmask"
@@ -268,7 +268,7 @@ def attach_masks(
         attached[i]["chexmask_dice"] = dice
 
     result = df.copy()  # paths rebased from the input manifest's folder to out_dir
-    for column in ("image_path", *MASK_COLUMNS):
+    for column in ("image_path", *MASK_COLUMNS, FINDING_MASK_COLUMN):
         if column in result.columns:
             result[column] = [_rebase(c, root, out_dir) for c in result[column]]
     for column in (*MASK_FOLDERS, "chexmask_dice"):

@@ -7,7 +7,8 @@ Columns (``data_manifests/README.md`` documents them; a test keeps the two equal
 
 - required: ``study_id, image_id, image_path, view, split, findings`` and the 14
   CheXpert observations, named exactly as :data:`CHEXPERT_LABELS`;
-- optional: :data:`OPTIONAL_COLUMNS` (patient id and mask paths);
+- optional: :data:`OPTIONAL_COLUMNS` (patient id, organ mask paths and the finding
+  region mask path);
 - anything else (e.g. the phantom's attribute columns) is kept as is.
 
 Paths are relative to the manifest's folder (absolute paths are allowed). Labels take
@@ -58,13 +59,39 @@ MASK_COLUMNS: tuple[str, ...] = (
 )
 """Mask paths: both lungs (binary), each lung (patient's left/right), heart."""
 
-OPTIONAL_COLUMNS: tuple[str, ...] = ("patient_id",) + MASK_COLUMNS
+FINDING_MASK_COLUMN = "finding_mask_path"
+"""Path of a 16-bit PNG of drawn finding regions (the phantom's): bit ``k`` of a pixel is
+set where the region of ``CHEXPERT_LABELS[k]`` covers it (:func:`finding_regions`)."""
+
+OPTIONAL_COLUMNS: tuple[str, ...] = ("patient_id",) + MASK_COLUMNS + (FINDING_MASK_COLUMN,)
 
 SPLITS: tuple[str, ...] = ("train", "validate", "test")
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 """Default train/validate/test fractions for hash-based splits."""
 
 LABEL_VALUES = (1.0, 0.0, -1.0)
+
+
+def finding_regions(bits: np.ndarray) -> dict[str, np.ndarray]:
+    """Decode a finding region mask (:data:`FINDING_MASK_COLUMN`): observation -> bool
+    (H, W) region, for every observation whose bit is set somewhere.
+
+    Examples
+    --------
+    >>> bits = np.array([[0, 1 << 10], [1 << 10 | 1 << 3, 0]], dtype=np.uint16)
+    >>> regions = finding_regions(bits)
+    >>> sorted(regions), regions["Lung Opacity"].tolist()
+    (['Lung Opacity', 'Pleural Effusion'], [[False, False], [True, False]])
+    """
+    bits = np.asarray(bits)
+    if bits.dtype.kind not in "ui":
+        raise ValueError(f"a finding region mask holds integers, got {bits.dtype}")
+    out = {}
+    for k, name in enumerate(CHEXPERT_LABELS):
+        region = (bits.astype(np.int64) >> k) & 1 == 1
+        if region.any():
+            out[name] = region
+    return out
 
 
 def assign_split(
@@ -218,7 +245,7 @@ def validate(
         for i, cell in enumerate(paths):
             if cell and not resolve(root, cell).is_file():
                 found.append((i, f"image_path {cell!r} does not exist"))
-        for col in (c for c in MASK_COLUMNS if c in df.columns):
+        for col in (c for c in (*MASK_COLUMNS, FINDING_MASK_COLUMN) if c in df.columns):
             for i, cell in enumerate(df[col].map(text_cell)):
                 if cell and not resolve(root, cell).is_file():
                     found.append((i, f"{col} {cell!r} does not exist"))

@@ -49,6 +49,14 @@ Outputs in ``DIR`` (:meth:`Evaluation.write`):
 - ``labels_generated.csv``, ``labels_reference.csv``: ``image_id, study_id``, the 14
   labels (``1``, ``0``, ``-1``, blank) and ``labeler``;
 - ``metrics.md``: the metrics as a Markdown table with n and intervals.
+
+With a training run (``run=``, ``cxr evaluate --run RUN``) and a manifest with lung masks
+(the phantom's, with its finding regions), the **attention grounding** too
+(:mod:`cxrlib.evaluate.attention_grounding`): the share of each sentence's attention that
+falls on the named side's lung and on the finding's drawn region, per layer group, with
+intervals and chance levels; ``metrics.json`` gets ``attention_grounding`` (settings and
+summary; null without a run), ``metrics.md`` its table, and ``DIR`` the files
+``attention_grounding.csv`` and ``attention_sentences.csv``.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ import pandas as pd
 
 from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, format_label, text_cell
 from cxrlib.errors import CxrError
+from cxrlib.evaluate.attention_grounding import DEFAULT_MAX_STUDIES, AttentionGrounding
 from cxrlib.evaluate.clinical import CLINICAL_KEYS, CONVENTIONS, FIVE, ClinicalData, get_labeler
 from cxrlib.evaluate.grounding import GROUNDING_KEYS, GroundingData, has_ground_truth_sides
 from cxrlib.evaluate.lexical import LEXICAL_KEYS, LexicalCorpus
@@ -213,6 +222,7 @@ class Evaluation:
     counts: dict[str, int]
     bootstrap: dict[str, object]
     inputs: dict[str, object] = field(default_factory=dict)
+    attention: AttentionGrounding | None = None
 
     def value(self, key: str) -> float:
         """The observed value of one metric (KeyError when unavailable)."""
@@ -232,6 +242,7 @@ class Evaluation:
             "bootstrap": dict(self.bootstrap),
             "counts": dict(self.counts),
             "inputs": dict(self.inputs),
+            "attention_grounding": None if self.attention is None else self.attention.to_json(),
             "provenance": provenance(),
         }
 
@@ -259,10 +270,13 @@ class Evaluation:
                 lines.append(f"| {key} | {format_value(r.value)} | {ci} | {r.n} |")
             elif key in self.unavailable:
                 lines.append(f"| {key} | unavailable | {self.unavailable[key]} | |")
+        if self.attention is not None:
+            lines += ["", *self.attention.markdown().rstrip("\n").splitlines()]
         return "\n".join(lines + conventions_markdown()) + "\n"
 
     def write(self, out: str | os.PathLike) -> list[Path]:
-        """Write the five outputs into folder ``out`` (created); returns their paths."""
+        """Write the five outputs (and the attention grounding's two) into folder ``out``
+        (created); returns their paths."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = [write_json_atomic(out / "metrics.json", self.to_json())]
@@ -283,6 +297,8 @@ class Evaluation:
             written.append(csv(shown, name))
         text = self.markdown()
         written.append(write_atomic(out / "metrics.md", lambda tmp: tmp.write_text(text)))
+        if self.attention is not None:
+            written += self.attention.write(out)
         return written
 
 
@@ -397,6 +413,8 @@ def evaluate_generations(
     out: str | os.PathLike | None = None,
     pred_name: str = "predictions",
     ref_name: str = "manifest",
+    run: str | os.PathLike | None = None,
+    attention_studies: int | None = DEFAULT_MAX_STUDIES,
 ) -> Evaluation:
     """Evaluate generated Findings against a manifest's references (the library call).
 
@@ -429,6 +447,12 @@ def evaluate_generations(
         Progress bar for the bootstrap.
     out : path-like, optional
         Also write the outputs into this folder (:meth:`Evaluation.write`).
+    run : path-like, optional
+        The training run that generated the predictions: also measure the attention
+        grounding (:mod:`cxrlib.evaluate.attention_grounding`; needs lung mask paths in
+        ``ref_df``, whose ``attrs["root"]`` resolves them).
+    attention_studies : int or None
+        At most this many studies for the attention grounding (None: all).
 
     Returns
     -------
@@ -438,7 +462,8 @@ def evaluate_generations(
     ------
     CxrError
         Bad predictions (missing column, duplicate or unknown ids, wrong split),
-        unknown labeler or label source, CheXbert not available, no manifest labels.
+        unknown labeler or label source, CheXbert not available, no manifest labels;
+        with ``run``: no lung masks, a missing or wrongly sized mask file.
     """
     if ref_labels not in REF_LABEL_SOURCES:
         raise CxrError(
@@ -453,6 +478,14 @@ def evaluate_generations(
         raise CxrError(f"{ref_name}: missing column(s): {', '.join(missing)}")
     pred = _check_predictions(pred_df, pred_name)
     rows, unmatched = _align(pred, ref_df, split, pred_name, ref_name)
+    if run is not None:
+        from cxrlib.evaluate.attention_grounding import has_lung_masks
+
+        if not has_lung_masks(rows):
+            raise CxrError(
+                f"{ref_name}: the attention grounding (--run) needs left_lung_mask_path and "
+                "right_lung_mask_path in every evaluated row (the phantom's manifest has them)"
+            )
     generated = pred["generated"].tolist()
     references = rows["findings"].map(text_cell).tolist()
     n = len(pred)
@@ -538,6 +571,21 @@ def evaluate_generations(
         bootstrap=bootstrap_settings(n_bootstrap, seed),
         inputs={"pred": pred_name, "ref": ref_name, "split": split or "all"},
     )
+    if run is not None:
+        from cxrlib.evaluate.attention_grounding import attention_grounding_for_run
+
+        manifest = ref_df.copy()
+        manifest.attrs = {"root": str(ref_df.attrs.get("root", "."))}
+        evaluation.attention = attention_grounding_for_run(
+            run,
+            manifest,
+            pred[["image_id", "generated"]],
+            max_studies=attention_studies,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            progress=progress,
+        )
+        evaluation.inputs["run"] = str(run)
     if out is not None:
         evaluation.write(out)
     return evaluation

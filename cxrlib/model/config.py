@@ -1,8 +1,11 @@
 """``ModelConfig``: every knob of the report model, one commented default each.
 
-Two presets: :meth:`ModelConfig.tiny` (random-initialised DINOv3 and GPT-2 built from
-configs, 224 px, patch 16: runs on a laptop CPU) and :meth:`ModelConfig.published`
-(DINOv3 ViT-S/16 + GPT-2 small at 512 px, the published architecture). The config is
+Three presets: :meth:`ModelConfig.tiny` (random-initialised DINOv3 and GPT-2 built from
+configs, 224 px, patch 16: the smallest model of the published kind, for tests and
+benchmarks), :meth:`ModelConfig.cpu` (what the default profile trains on 2 CPU cores:
+a small ConvNeXt at 128 px, 8x8 patches, with the tiny GPT-2) and
+:meth:`ModelConfig.published` (DINOv3 ViT-S/16 + GPT-2 small at 512 px, the published
+architecture). The config is
 plain JSON (:meth:`ModelConfig.to_dict` / :meth:`ModelConfig.from_dict`) and is saved
 inside every model folder.
 
@@ -52,6 +55,16 @@ GPT2_SMALL_FIELDS: dict[str, Any] = {
 }
 
 
+# The CPU preset's encoder: a ConvNeXt of three stages (stride 4, 8, 16), widths
+# 32 / 64 / 128, built through AutoBackbone; its last feature map is the patch grid.
+CPU_ENCODER_FIELDS: dict[str, Any] = {
+    "model_type": "convnext",
+    "num_stages": 3,
+    "depths": [2, 2, 4],
+    "hidden_sizes": [32, 64, 128],
+}
+
+
 @dataclass
 class ModelConfig:
     """Configuration of :class:`cxrlib.model.ReportModel` (encoder + bridge + decoder).
@@ -62,13 +75,15 @@ class ModelConfig:
     stored in a config.
     """
 
-    # --- image encoder: transformers' DINOv3ViTModel ---------------------------------
-    # hub id, local folder, or DINOv3ViTConfig fields (dict) for random initialisation
+    # --- image encoder (cxrlib.model.encoders): DINOv3, DINOv2, an AutoBackbone -------
+    # hub id, local folder, or config fields (dict) for random initialisation, with an
+    # optional "model_type" (default "dinov3_vit"; "dinov2", "convnext", "resnet", ...)
     encoder: str | dict[str, Any] = PUBLISHED_ENCODER
     # input side in px (square images); the patch grid is image_size // patch_size
     image_size: int = 512
-    # patch side in px; must equal the encoder's own patch size (checked on build)
-    patch_size: int = 16
+    # px per patch token: a ViT's patch size or a backbone's output stride. None: taken
+    # from the encoder when the model is built; a number must equal it (checked)
+    patch_size: int | None = 16
     # "frozen" (no gradients, eval mode), "last_n" (the last encoder_trainable_blocks
     # blocks and the final norm train) or "all"
     encoder_trainable: str = "frozen"
@@ -127,14 +142,16 @@ class ModelConfig:
         if self.encoder_trainable not in ENCODER_TRAINABLE:
             raise bad("encoder_trainable", f"expected one of {', '.join(ENCODER_TRAINABLE)}")
         if not isinstance(self.encoder, (str, dict)):
-            raise bad("encoder", "expected a hub id, a folder or a dict of DINOv3ViTConfig fields")
+            raise bad("encoder", "expected a hub id, a folder or a dict of encoder config fields")
         if not isinstance(self.decoder, (str, dict)):
             raise bad("decoder", "expected a hub id, a folder or a dict of GPT2Config fields")
         for name in ("image_size", "patch_size", "max_text_tokens", "max_new_tokens", "num_beams"):
             value = getattr(self, name)
+            if name == "patch_size" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise bad(name, "expected a positive integer")
-        if self.image_size % self.patch_size:
+        if self.patch_size is not None and self.image_size % self.patch_size:
             raise bad("image_size", f"must be a multiple of patch_size={self.patch_size}")
         if self.max_text_tokens < 2:
             raise bad("max_text_tokens", "needs room for BOS and EOS (>= 2)")
@@ -158,6 +175,11 @@ class ModelConfig:
     @property
     def grid_size(self) -> int:
         """Patches per image side: ``image_size // patch_size``."""
+        if self.patch_size is None:
+            raise ValueError(
+                "ModelConfig.patch_size is None: it is taken from the encoder when the model "
+                "is built (use the built model's config)"
+            )
         return self.image_size // self.patch_size
 
     @property
@@ -195,6 +217,22 @@ class ModelConfig:
         }
         fields.update(overrides)
         return cls(**fields)
+
+    @classmethod
+    def cpu(cls, mode: str = "soft", **overrides: Any) -> ModelConfig:
+        """The CPU preset the default profile trains: a small ConvNeXt (AutoBackbone) at
+        128 px whose stride-16 feature map is an 8x8 grid (64 patches: a third of the
+        decoder's prefix at 224 px), pretrained on the phantom labels and frozen, and the
+        tiny preset's 4-layer GPT-2 of width 128. Chosen on the phantom's validation
+        split against the tiny DINOv3 ViT (README, "Choosing the CPU encoder").
+        ``overrides`` replace any field."""
+        fields: dict[str, Any] = {
+            "encoder": dict(CPU_ENCODER_FIELDS),
+            "image_size": 128,
+            "patch_size": None,
+        }
+        fields.update(overrides)
+        return cls.tiny(mode=mode, **fields)
 
     @classmethod
     def published(

@@ -1,9 +1,10 @@
-"""The report model: DINOv3 patches -> MLP bridge -> prefix tokens of GPT-2.
+"""The report model: encoder patches -> MLP bridge -> prefix tokens of GPT-2.
 
 Data flow (shapes for a batch of B images, P patches, T text tokens, L decoder layers)::
 
-    pixel_values (B, 3, H, W) --DINOv3ViTModel--> (B, 1 + R + P, E)
-        drop CLS + R register tokens (R from the encoder config) -> (B, P, E)
+    pixel_values (B, 3, H, W) --encoder (cxrlib.model.encoders)--> (B, P, E)
+        a ViT (DINOv3 as published, DINOv2 / RAD-DINO): drop CLS + R register tokens;
+        a backbone (ConvNeXt, ResNet): its last feature map, flattened row-major
         [or image_features (B, P, E) from a feature cache]
     --bridge MLP--> prefix (B, P, D)
     [prefix ; wte(input_ids)] (B, P + T, D) + learned positions 0 .. P + T - 1
@@ -29,11 +30,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import DINOv3ViTConfig, DINOv3ViTModel, DynamicCache, GPT2Config, GPT2LMHeadModel
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
 from cxrlib.io import write_atomic
 from cxrlib.model.attention import IMPLEMENTATIONS, AnatomicalPrior
 from cxrlib.model.config import ModelConfig
+from cxrlib.model.encoders import (
+    build_encoder,
+    disable_rope_augmentation,
+    encoder_blocks,
+    encoder_from_dict,
+    encoder_patches,
+    encoder_stride,
+    encoder_width,
+)
 from cxrlib.model.tokenizer import ReportTokenizer
 
 CONFIG_FILE = "config.json"
@@ -91,7 +101,7 @@ def apply_repetition_penalty(
 
 
 class ReportModel(nn.Module):
-    """DINOv3 encoder + MLP bridge + GPT-2 decoder with anatomical attention.
+    """Image encoder + MLP bridge + GPT-2 decoder with anatomical attention.
 
     Build with :meth:`from_config` or :meth:`from_pretrained`; the constructor only
     assembles parts that already agree with ``config``.
@@ -100,16 +110,17 @@ class ReportModel(nn.Module):
     def __init__(
         self,
         config: ModelConfig,
-        encoder: DINOv3ViTModel,
+        encoder: nn.Module,
         decoder: GPT2LMHeadModel,
         tokenizer: ReportTokenizer,
     ):
         super().__init__()
-        self.config = config.replace()  # a copy: set_attn_implementation edits it
+        # a copy (set_attn_implementation edits it); the patch grid comes from the encoder
+        self.config = _with_patch_size(config, encoder)
         self.encoder = encoder
         self.decoder = decoder
         self.tokenizer = tokenizer
-        enc_width, dec_width = encoder.config.hidden_size, decoder.config.n_embd
+        enc_width, dec_width = encoder_width(encoder), decoder.config.n_embd
         hidden = config.bridge_hidden_size or dec_width
         self.bridge = nn.Sequential(
             nn.Linear(enc_width, hidden), nn.GELU(), nn.Linear(hidden, dec_width)
@@ -120,8 +131,7 @@ class ReportModel(nn.Module):
         else:
             self.prior_strength = None
         if not config.encoder_rope_augmentation:
-            for name in ("pos_embed_shift", "pos_embed_jitter", "pos_embed_rescale"):
-                setattr(encoder.config, name, None)
+            disable_rope_augmentation(encoder)
         self._check_parts()
         self._set_encoder_trainable()
         self.set_attn_implementation(config.attn_implementation)
@@ -154,7 +164,8 @@ class ReportModel(nn.Module):
                 tokenizer = ReportTokenizer.train(texts or [], config.tokenizer_vocab_size)
             else:
                 tokenizer = ReportTokenizer.from_pretrained(config.decoder, token=token)
-        encoder = _build_encoder(config, token)
+        encoder = build_encoder(config.encoder, config.image_size, config.patch_size, token)
+        config = _with_patch_size(config, encoder)
         decoder = _build_decoder(config, tokenizer, token)
         return cls(config, encoder, decoder, tokenizer)
 
@@ -169,7 +180,7 @@ class ReportModel(nn.Module):
         if data.get("format") != FORMAT:
             raise ValueError(f"{config_path}: not a {FORMAT} folder")
         config = ModelConfig.from_dict(data["model_config"])
-        encoder = DINOv3ViTModel(DINOv3ViTConfig.from_dict(data["encoder_config"]))
+        encoder = encoder_from_dict(data["encoder_config"])
         decoder = GPT2LMHeadModel._from_config(
             GPT2Config.from_dict(data["decoder_config"]),
             attn_implementation=IMPLEMENTATIONS[config.attn_implementation],
@@ -197,12 +208,7 @@ class ReportModel(nn.Module):
         self.tokenizer.save(folder)
 
     def _check_parts(self) -> None:
-        cfg, enc, dec = self.config, self.encoder.config, self.decoder.config
-        if enc.patch_size != cfg.patch_size:
-            raise ValueError(
-                f"ModelConfig.patch_size={cfg.patch_size} but the encoder's patch size is "
-                f"{enc.patch_size}"
-            )
+        cfg, dec = self.config, self.decoder.config
         if dec.n_positions < cfg.num_positions:
             raise ValueError(
                 f"decoder position table has {dec.n_positions} rows; the prefix and text need "
@@ -218,7 +224,7 @@ class ReportModel(nn.Module):
         how = self.config.encoder_trainable
         self.encoder.requires_grad_(how == "all")
         if how == "last_n":
-            blocks = self.encoder.model.layer
+            blocks, norms = encoder_blocks(self.encoder)
             n = self.config.encoder_trainable_blocks
             if n > len(blocks):
                 raise ValueError(
@@ -226,7 +232,8 @@ class ReportModel(nn.Module):
                 )
             for block in blocks[len(blocks) - n :]:
                 block.requires_grad_(True)
-            self.encoder.norm.requires_grad_(True)
+            for norm in norms:
+                norm.requires_grad_(True)
 
     def set_attn_implementation(self, name: str) -> None:
         """Switch the attention backend (``"sdpa"`` or ``"eager"``); weights unchanged."""
@@ -255,13 +262,18 @@ class ReportModel(nn.Module):
         return self.decoder.config.n_layer
 
     @property
+    def encoder_width(self) -> int:
+        """E: the width of one patch feature."""
+        return encoder_width(self.encoder)
+
+    @property
     def device(self) -> torch.device:
         return self.bridge[0].weight.device
 
     # --- image -> prefix ---------------------------------------------------------------
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encoder patch features without CLS and register tokens.
+        """Encoder patch features (a ViT's without CLS and register tokens).
 
         Parameters
         ----------
@@ -278,8 +290,7 @@ class ReportModel(nn.Module):
             )
         trainable = self.config.encoder_trainable != "frozen"
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            hidden = self.encoder(pixel_values=pixel_values).last_hidden_state  # (B, 1+R+P, E)
-        patches = hidden[:, 1 + self.encoder.config.num_register_tokens :]  # (B, P, E)
+            patches = encoder_patches(self.encoder, pixel_values)  # (B, P, E)
         if patches.shape[1] != self.num_patches:
             raise ValueError(
                 f"encoder gave {patches.shape[1]} patch tokens, expected {self.num_patches}"
@@ -294,7 +305,7 @@ class ReportModel(nn.Module):
             raise ValueError("give exactly one of pixel_values and image_features")
         if image_features is None:
             image_features = self.encode_images(pixel_values)
-        width = self.encoder.config.hidden_size
+        width = self.encoder_width
         if image_features.ndim != 3 or image_features.shape[1:] != (self.num_patches, width):
             raise ValueError(
                 f"image_features: expected (B, {self.num_patches}, {width}), got "
@@ -682,17 +693,15 @@ def _right_padded(mask: torch.Tensor | None) -> bool:
     return bool(torch.equal(mask.bool(), positions < lengths))
 
 
-def _build_encoder(config: ModelConfig, token: str | None) -> DINOv3ViTModel:
-    if isinstance(config.encoder, dict):
-        fields = {
-            "patch_size": config.patch_size,
-            **config.encoder,
-            "image_size": config.image_size,
-        }
-        return DINOv3ViTModel(DINOv3ViTConfig(**fields))
-    return DINOv3ViTModel.from_pretrained(
-        config.encoder, token=token, dtype=torch.float32, use_safetensors=True
-    )
+def _with_patch_size(config: ModelConfig, encoder: nn.Module) -> ModelConfig:
+    """A copy of ``config`` whose ``patch_size`` is the encoder's (a given one must agree)."""
+    stride = encoder_stride(encoder, config.image_size)
+    if config.patch_size is not None and config.patch_size != stride:
+        raise ValueError(
+            f"ModelConfig.patch_size={config.patch_size} but the encoder's patch size "
+            f"(output stride) is {stride}"
+        )
+    return config.replace(patch_size=stride)
 
 
 def _build_decoder(

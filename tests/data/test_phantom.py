@@ -261,3 +261,100 @@ def test_fast_affine_equals_scipy_inside_the_frame():
     ref = ndimage.affine_transform(image, matrix, offset=offset, order=1, cval=0.0)
     got = render_module._affine(image, matrix, offset)
     np.testing.assert_allclose(got[4:-4, 4:-4], ref[4:-4, 4:-4], atol=1e-5)
+
+
+REGION_OBSERVATIONS = (
+    "Pleural Effusion",
+    "Pneumothorax",
+    "Consolidation",
+    "Lung Opacity",
+    "Atelectasis",
+    "Edema",
+    "Lung Lesion",
+    "Fracture",
+    "Pleural Other",
+)
+
+
+def test_finding_masks_hold_the_drawn_regions(small):
+    from cxrlib.data.manifest import FINDING_MASK_COLUMN, finding_regions
+
+    df = read_manifest(small / "manifest.csv")  # validates: every finding mask exists
+    n_regions = 0
+    for _, row in df.iterrows():
+        image = Image.open(small / row[FINDING_MASK_COLUMN])
+        bits = np.asarray(image)
+        assert image.mode == "I;16" and bits.dtype == np.uint16 and bits.shape == (96, 96)
+        regions = finding_regions(bits)
+        lungs = np.asarray(Image.open(small / row["lung_mask_path"])) > 127
+        for name in regions:
+            assert name in REGION_OBSERVATIONS, name
+            assert row[name] in (1.0, -1.0), (row["image_id"], name)  # drawn findings only
+            if name in ("Pleural Effusion", "Pneumothorax", "Consolidation", "Lung Opacity"):
+                # inside the lung on the canvas; the maps (bilinear for the region, the
+                # outline filled again for the lungs) differ by a pixel or two at sharp corners
+                outside = regions[name] & ~ndimage_dilate(lungs, 2)
+                assert not outside.any(), (row["image_id"], name, int(outside.sum()))
+        for name in REGION_OBSERVATIONS:
+            if row[name] in (1.0, -1.0) and name != "Lung Lesion":  # a tiny nodule may vanish
+                assert name in regions, (row["image_id"], name)
+        n_regions += len(regions)
+    assert n_regions > 10
+
+
+@pytest.mark.parametrize(
+    "finding",
+    [
+        Finding("Pleural Effusion", side="left", size="small"),
+        Finding("Pleural Effusion", side="right", size="small", certainty=POSSIBLE),
+        Finding("Pneumothorax", side="left", size="moderate"),
+        Finding("Consolidation", side="right", zone="lower"),
+        Finding("Lung Opacity", side="left", zone="upper"),
+        # subtle: a plain one also raises the hemidiaphragm (volume loss, not its region)
+        Finding("Atelectasis", side="right", zone="middle", certainty=POSSIBLE),
+        Finding("Lung Lesion", side="left", zone="middle", size="2.0 cm", kind="nodule"),
+        Finding("Fracture", side="left", zone="lower", kind="rib"),
+        Finding("Pleural Other", side="right", zone="lower", kind="pleural thickening"),
+    ],
+    ids=lambda f: f"{f.observation}-{f.side}",
+)
+def test_a_region_lies_where_its_finding_changed_the_image(finding):
+    study = PhantomStudy("z", (finding,), (), ctr=0.44, anatomy_seed=11)
+    drawn = render(study, 128)
+    assert list(drawn.regions) == [finding.observation]
+    region = drawn.regions[finding.observation]
+    cols = np.flatnonzero(region.any(axis=0))
+    # the patient's side: left = image right
+    assert (cols.min() > 64) if finding.side == "left" else (cols.max() < 64)
+    changed = np.abs(_difference(finding)) > 2
+    # most of what the finding changed is in its region (blur spreads it a pixel or two)
+    grown = ndimage_dilate(region, 3)
+    assert (changed & grown).sum() > 0.6 * changed.sum()
+    bits = drawn.region_bits()
+    assert bits.dtype == np.uint16
+    assert np.array_equal(bits != 0, region)
+    assert set(np.unique(bits)) == {0, 1 << CHEXPERT_LABELS.index(finding.observation)}
+
+
+def test_bilateral_regions_cover_both_sides_and_others_have_none():
+    study = PhantomStudy(
+        "b",
+        (
+            Finding("Edema", side="bilateral", size="moderate"),
+            Finding("Cardiomegaly", size="mild"),
+            Finding("Support Devices", kind="pacemaker", side="left"),
+        ),
+        (),
+        ctr=0.56,
+        anatomy_seed=3,
+    )
+    drawn = render(study, 96)
+    assert list(drawn.regions) == ["Edema"]
+    edema = drawn.regions["Edema"]
+    assert edema[:, :48].sum() > 20 and edema[:, 48:].sum() > 20
+
+
+def ndimage_dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=iterations)

@@ -10,6 +10,7 @@ from cxrlib.evaluate.stats import (
     aggregate_seeds,
     bootstrap,
     bootstrap_many,
+    bootstrap_seed_mean,
     paired_bootstrap_test,
     paired_permutation_test,
     resample_indices,
@@ -126,6 +127,46 @@ def test_permutation_test_is_seeded():
     two = paired_permutation_test(np.mean, a, b, n_permutations=300, seed=9)
     assert one == two
     assert 0 < one.p_value <= 1
+
+
+def test_seed_mean_bootstrap_exact_small_case():
+    # two items; run 0 scores 0 and 1, run 1 scores 1 and 1. Resamples {0,0}, {0,1} and
+    # {1,1} give run means (0, 1), (0.5, 1), (1, 1): averages 0.5, 0.75, 1.0
+    x = [np.array([0.0, 1.0]), np.array([1.0, 1.0])]
+    runs = [lambda idx, v=v: {"acc": float(v[idx].mean())} for v in x]
+    r = bootstrap_seed_mean(runs, 2, n_resamples=1000, seed=0)["acc"]
+    assert (r.value, r.ci_low, r.ci_high) == (0.75, 0.5, 1.0)
+    assert (r.n, r.n_resamples, r.seed, r.n_nan, r.method) == (2, 1000, 0, 0, "percentile")
+
+
+def test_seed_mean_bootstrap_draws_the_same_resamples_for_every_run():
+    x = np.random.default_rng(1).random(9)
+    groups = ["a", "a", "b", "c", "c", "c", "d", "e", "e"]
+
+    def metric(idx):
+        return {"m": float(x[idx].mean())}
+
+    pooled = bootstrap_seed_mean([metric, metric, metric], 9, n_resamples=40, seed=2, groups=groups)
+    single = bootstrap_many(metric, 9, n_resamples=40, seed=2, groups=groups)
+    assert pooled == single  # identical runs: the pooled bootstrap is the plain one
+
+
+def test_seed_mean_bootstrap_leaves_out_undefined_runs():
+    # run 1 is undefined (NaN) wherever item 0 is drawn alone; run 0 always 0.2
+    def run0(idx):
+        return {"m": 0.2}
+
+    def run1(idx):
+        return {"m": math.nan if np.all(idx == 0) else 0.6}
+
+    r = bootstrap_seed_mean([run0, run1], 2, n_resamples=500, seed=0)["m"]
+    assert r.value == pytest.approx(0.4)
+    assert (r.ci_low, r.ci_high) == (pytest.approx(0.2), pytest.approx(0.4))
+    assert r.n_nan == 0
+    none = bootstrap_seed_mean([lambda idx: {"m": math.nan}], 2, n_resamples=5)["m"]
+    assert math.isnan(none.value) and none.n_nan == 5 and math.isnan(none.ci_low)
+    with pytest.raises(ValueError, match="at least one run"):
+        bootstrap_seed_mean([], 2)
 
 
 def test_aggregate_seeds_t_interval():

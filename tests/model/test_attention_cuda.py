@@ -77,7 +77,7 @@ def test_strict_ignores_patches_excluded_in_every_layer_on_cuda():
     excluded = torch.zeros(model.num_patches, dtype=torch.bool)
     excluded[5:11] = True
     priors[:, :, excluded] = 0.0
-    features = torch.randn(2, model.num_patches, model.encoder.config.hidden_size).cuda()
+    features = torch.randn(2, model.num_patches, model.encoder_width).cuda()
     changed = features.clone()
     changed[:, excluded] += 3.0
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):

@@ -15,6 +15,8 @@ Layout of ``write_phantom(out, ...)``::
     out/masks/left_lung/<image_id>.png patient's left lung (image right), 0/255
     out/masks/right_lung/<image_id>.png
     out/masks/heart/<image_id>.png
+    out/masks/findings/<image_id>.png  16-bit: bit k set where the drawn region of
+                                       CHEXPERT_LABELS[k] covers the pixel
 
 Every study draws from its own random streams, seeded by ``(seed, index)``, so the
 output is byte-identical for the same arguments, whatever the number of workers.
@@ -34,7 +36,13 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cxrlib.data.manifest import CHEXPERT_LABELS, assign_split, format_label, write_manifest
+from cxrlib.data.manifest import (
+    CHEXPERT_LABELS,
+    FINDING_MASK_COLUMN,
+    assign_split,
+    format_label,
+    write_manifest,
+)
 from cxrlib.data.phantom.findings import (
     PhantomStudy,
     attribute_columns,
@@ -46,8 +54,11 @@ from cxrlib.data.phantom.render import render
 from cxrlib.io import write_json_atomic
 from cxrlib.provenance import provenance
 
-PHANTOM_VERSION = "1"
-"""Bumped whenever the same arguments would draw different images or text."""
+PHANTOM_VERSION = "2"
+"""Bumped whenever the same arguments would draw different files (images, text, masks).
+
+2: the finding regions (``masks/findings/``, ``finding_mask_path``); images unchanged.
+"""
 
 AP_FRACTION_WITH_DEVICES = 0.6
 AP_FRACTION = 0.15
@@ -118,6 +129,7 @@ def make_study_row(index: int, seed: int, size: int, out: Path | None) -> dict:
         "left_lung_mask_path": f"masks/left_lung/{image_id}.png",
         "right_lung_mask_path": f"masks/right_lung/{image_id}.png",
         "heart_mask_path": f"masks/heart/{image_id}.png",
+        FINDING_MASK_COLUMN: f"masks/findings/{image_id}.png",
     }
     if out is not None:
         lungs = drawn.masks["left_lung"] | drawn.masks["right_lung"]
@@ -127,11 +139,12 @@ def make_study_row(index: int, seed: int, size: int, out: Path | None) -> dict:
             "left_lung_mask_path": drawn.masks["left_lung"],
             "right_lung_mask_path": drawn.masks["right_lung"],
             "heart_mask_path": drawn.masks["heart"],
+            FINDING_MASK_COLUMN: drawn.region_bits(),  # uint16, saved as 16-bit PNG
         }
         for col, array in arrays.items():
-            pixels = array if array.dtype == np.uint8 else array.astype(np.uint8) * 255
+            pixels = array if array.dtype != bool else array.astype(np.uint8) * 255
             # zlib level 1: 3x faster than the default for a few % more bytes
-            Image.fromarray(pixels, mode="L").save(out / paths[col], compress_level=1)
+            Image.fromarray(pixels).save(out / paths[col], compress_level=1)
     row = {
         "study_id": study_id,
         "image_id": image_id,
@@ -191,7 +204,14 @@ def write_phantom(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
-    for sub in ("images", "masks/lungs", "masks/left_lung", "masks/right_lung", "masks/heart"):
+    for sub in (
+        "images",
+        "masks/lungs",
+        "masks/left_lung",
+        "masks/right_lung",
+        "masks/heart",
+        "masks/findings",
+    ):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
     start_time = time.perf_counter()

@@ -5,8 +5,13 @@ whose coordinates are ``u`` (left to right of the image) and ``v`` (top to botto
 both in [-1, 1]. Canonical rows and columns are independent, so most structures are
 1-D curves broadcast over the canvas, which keeps a 256x256 image at a few ms. The
 acquisition (rotation, scale, shift) is one affine map applied to the attenuation map
-and, with nearest-neighbour sampling, to the masks, so masks stay exact to the drawn
-anatomy. Blur, noise and exposure come last.
+and to the outlines of the organs (filled again after the map), so masks stay exact to
+the drawn anatomy. Blur, noise and exposure come last.
+
+Every drawn finding also leaves its **region** (:data:`REGION_RULES`): the pixels where
+it was drawn, collected on the canvas while drawing (no random draw of its own, so the
+image does not depend on it) and mapped through the same affine map (bilinear,
+threshold 0.5).
 
 The patient's right lung is on the image's left (``u < 0``); the heart sits to the
 patient's left (image right).
@@ -14,16 +19,31 @@ patient's left (image right).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from cxrlib.anatomy.ctr import cardiothoracic_ratio
+from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.data.phantom.findings import POSSIBLE, Finding, PhantomStudy
 
 ORGANS = ("left_lung", "right_lung", "heart")
+
+REGION_RULES: dict[str, str] = {
+    "Pleural Effusion": "the fluid (any density) inside the lung",
+    "Pneumothorax": "the air rim between the pleural line and the chest wall",
+    "Consolidation": "the dense part of the blob (at least half its density) inside the lung",
+    "Lung Opacity": "the blob above half its peak inside the lung",
+    "Atelectasis": "the band, its full width, inside the lung",
+    "Edema": "the perihilar haze above half its peak inside the lungs",
+    "Lung Lesion": "the disc (radius r)",
+    "Fracture": "the rib within 0.04 (canonical units) of its curve, over the break and step",
+    "Pleural Other": "the thickened pleural strip",
+}
+"""Where each drawn finding's region is (:attr:`Rendered.regions`); other observations
+(cardiomegaly, enlarged cardiomediastinum, devices, pneumonia) have none."""
 
 
 @dataclass
@@ -31,12 +51,24 @@ class Rendered:
     """One drawn study.
 
     ``image``: uint8 (S, S); ``masks``: bool (S, S) per organ in :data:`ORGANS`
-    (patient's left/right); ``ctr``: CTR measured on the drawn masks.
+    (patient's left/right); ``ctr``: CTR measured on the drawn masks; ``regions``: bool
+    (S, S) per drawn finding that has a region (:data:`REGION_RULES`; observation name
+    -> pixels it covers, both sides of a bilateral finding together; a region too small
+    to cover a pixel after the acquisition map is left out).
     """
 
     image: np.ndarray
     masks: dict[str, np.ndarray]
     ctr: float
+    regions: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def region_bits(self) -> np.ndarray:
+        """The regions as one uint16 (S, S) image: bit ``k`` is set where the region of
+        ``CHEXPERT_LABELS[k]`` covers the pixel."""
+        bits = np.zeros(self.image.shape, dtype=np.uint16)
+        for name, region in self.regions.items():
+            bits |= region.astype(np.uint16) << np.uint16(CHEXPERT_LABELS.index(name))
+        return bits
 
 
 @dataclass
@@ -247,7 +279,8 @@ def render(study: PhantomStudy, size: int = 256) -> Rendered:
     -------
     Rendered
         uint8 image (size, size), bool masks (size, size) for ``left_lung``,
-        ``right_lung``, ``heart`` (patient's sides), and the CTR measured on them.
+        ``right_lung``, ``heart`` (patient's sides), the CTR measured on them, and the
+        bool region of every drawn finding that has one.
     """
     if size < 32:
         raise ValueError(f"size must be at least 32 px, got {size}")
@@ -353,7 +386,7 @@ def render(study: PhantomStudy, size: int = 256) -> Rendered:
         rows = cv.rows(-0.9, -0.6)
         A[rows] += 0.10 * _band(v[rows, None] - clav[None, :], 0.03) * ccols[None, :]
 
-    _draw_findings(study, a, cv, masks, lungs, vessel_f, finding_rng)
+    regions = _draw_findings(study, a, cv, masks, lungs, vessel_f, finding_rng)
     A = cv.A
     A += 0.45 * np.asarray(cv.overlay, np.float32) / 255.0
 
@@ -368,12 +401,17 @@ def render(study: PhantomStudy, size: int = 256) -> Rendered:
     # Masks: the same outlines mapped forward and filled again, exact to the drawn organs.
     forward = np.linalg.inv(np.vstack([np.hstack([matrix, offset[:, None]]), [0, 0, 1]]))
     out_masks = {name: _fill(pts, size, forward) for name, pts in outlines.items()}
+    out_regions = {
+        name: _affine(region.astype(np.float32), matrix, offset) >= 0.5
+        for name, region in regions.items()
+    }
+    out_regions = {name: region for name, region in out_regions.items() if region.any()}
     img = ndimage.gaussian_filter(img, a.blur * size / 256)
     img += a.noise * noise_rng.standard_normal(img.shape, dtype=np.float32)
     img = np.clip(img * a.gain, 0, 1) ** a.gamma
     image = np.round(img * 255).astype(np.uint8)
     ctr = cardiothoracic_ratio(out_masks["left_lung"] | out_masks["right_lung"], out_masks["heart"])
-    return Rendered(image=image, masks=out_masks, ctr=ctr)
+    return Rendered(image=image, masks=out_masks, ctr=ctr, regions=out_regions)
 
 
 def _affine(image: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -410,10 +448,19 @@ def _draw_findings(
     lungs: np.ndarray,
     vessel_f: np.ndarray,
     rng: np.random.Generator,
-) -> None:
-    """Add every finding of ``study`` to the canvas, where it belongs."""
+) -> dict[str, np.ndarray]:
+    """Add every finding of ``study`` to the canvas, where it belongs.
+
+    Returns each drawn finding's region on the canvas (:data:`REGION_RULES`), bool
+    (S, S) by observation; computing them draws nothing from ``rng``.
+    """
     u, v, A, size = cv.u, cv.v, cv.A, cv.size
     lung_of = {-1: masks["right_lung"], 1: masks["left_lung"]}
+    regions: dict[str, np.ndarray] = {}
+
+    def mark(name: str, where: np.ndarray) -> None:
+        where = np.broadcast_to(where, (size, size))
+        regions[name] = regions[name] | where if name in regions else where.copy()
 
     for f in study.findings:
         subtle = f.certainty == POSSIBLE
@@ -429,6 +476,7 @@ def _draw_findings(
                 meniscus = base - height - 0.06 * lateral**2 * (height > 0.05)
                 level = np.clip((v[:, None] - meniscus[None, :]) / 0.04, 0, 1)
                 A += (0.16 if subtle else 0.28) * level * lung
+                mark(obs, (level > 0) & lung)
         elif obs == "Pneumothorax":
             depth = {"small": 0.05, "moderate": 0.12, "large": 0.22}[f.size or "small"]
             if subtle:
@@ -443,6 +491,7 @@ def _draw_findings(
             A -= 0.10 * vessel_f * region  # no lung markings beyond the pleural line
             line = lung & (np.abs(dist - depth) < 1.2 * 2 / size) & lateral_part & upper
             A += (0.06 if subtle else 0.10) * line
+            mark(obs, region)
         elif obs in ("Consolidation", "Lung Opacity"):
             for s in _sides(f.side):
                 lung = lung_of[s]
@@ -455,6 +504,7 @@ def _draw_findings(
                 if obs == "Consolidation":
                     dense = np.clip((blob - 0.3) / 0.2, 0, 1)
                     A += (0.15 if subtle else 0.28) * dense * lung
+                    mark(obs, (dense >= 0.5) & lung)
                     # air bronchograms: a few dark branches in the dense part
                     for _ in range(2):
                         ang = rng.uniform(0, 2 * np.pi)
@@ -465,6 +515,7 @@ def _draw_findings(
                         A -= 0.08 * np.asarray(tmp, np.float32) / 255.0 * dense * lung
                 else:
                     A += (0.07 if subtle else 0.14) * blob * lung
+                    mark(obs, (blob >= 0.5) & lung)
         elif obs == "Atelectasis":
             for s in _sides(f.side):
                 lung = lung_of[s]
@@ -474,7 +525,9 @@ def _draw_findings(
                 length = rng.uniform(0.16, 0.26)
                 cols = np.abs(u - cu) < length / 2
                 dist = v[:, None] - (cvv + slope * (u - cu))[None, :]
-                A += (0.10 if subtle else 0.18) * _band(dist, 0.025) * cols[None, :] * lung
+                band = _band(dist, 0.025) * cols[None, :]
+                A += (0.10 if subtle else 0.18) * band * lung
+                mark(obs, (band > 0) & lung)
         elif obs == "Edema":
             strength = {"mild": 0.07, "moderate": 0.11, "severe": 0.15}[f.size or "mild"]
             if subtle:
@@ -483,7 +536,9 @@ def _draw_findings(
                 hu = s * (a.medial_u + 0.12)
                 gu = np.exp(-((u - hu) ** 2) / (2 * 0.2**2))
                 gv = np.exp(-((v + 0.0) ** 2) / (2 * 0.28**2))
-                A += strength * (gv[:, None] * gu[None, :]) * lung_of[s]
+                haze = gv[:, None] * gu[None, :]
+                A += strength * haze * lung_of[s]
+                mark(obs, (haze >= 0.5) & lung_of[s])
                 if f.size in ("moderate", "severe") and not subtle:
                     for _ in range(4):  # Kerley B lines at the lateral bases
                         lv = a.base_v - rng.uniform(0.03, 0.15)
@@ -497,6 +552,7 @@ def _draw_findings(
             cvv = _zone_v(a, f.zone, s)
             d = np.sqrt((u[None, :] - cu) ** 2 + (v[:, None] - cvv) ** 2)
             A += (0.12 if subtle else 0.24) * np.clip((r - d) / (0.25 * r) + 0.5, 0, 1)
+            mark(obs, d <= r)
         elif obs == "Enlarged Cardiomediastinum":
             pass  # drawn with the mediastinum (wider), lungs displaced accordingly
         elif obs == "Fracture":
@@ -511,6 +567,8 @@ def _draw_findings(
             A[rows] -= 0.09 * _band(v[rows, None] - curve[None, :], 0.022) * cols[None, :]
             step = (u * s > 0.04) & (x > x0 + 0.02) & (x < x0 + 0.12)
             A[rows] += 0.08 * _band(v[rows, None] - curve[None, :] - 0.014, 0.018) * step[None, :]
+            near = (u * s > 0.04) & (x > x0 - 0.04) & (x < x0 + 0.14)  # break and step
+            mark(obs, (np.abs(v[:, None] - curve[None, :]) < 0.04) & near[None, :])
         elif obs == "Pleural Other":
             for s in _sides(f.side):
                 lung = lung_of[s]
@@ -521,9 +579,12 @@ def _draw_findings(
                     else v[:, None] > a.base_v - 0.3
                 )
                 lateral = u[None, :] * s > a.medial_u + 0.2
-                A += 0.16 * (lung & (dist < 0.035) & zone & lateral)
+                strip = lung & (dist < 0.035) & zone & lateral
+                A += 0.16 * strip
+                mark(obs, strip)
         elif obs == "Support Devices":
             _draw_device(f, a, cv, rng)
+    return regions
 
 
 def _draw_device(f: Finding, a: Anatomy, cv: _Canvas, rng: np.random.Generator) -> None:

@@ -1,0 +1,322 @@
+"""The README's results section: generated from a run folder, replaced between markers."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from cxrlib.cli import main
+from cxrlib.errors import CxrError
+from cxrlib.results import END, GENERATED, START, replace_section, results_markdown, update_readme
+
+MICRO = "clinical.uncertain_as_negative.micro_14"
+METHOD = "95% percentile bootstrap over studies, seeds pooled, 100 resamples"
+
+
+def _write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def _summary_row(system, mean, low, high, n_seeds):
+    return {
+        "system": system,
+        "metric": MICRO,
+        "mean": mean,
+        "sd": 0.1,
+        "ci_low": low,
+        "ci_high": high,
+        "n_seeds": n_seeds,
+        "n_studies": 12,
+        "seed_values": "[]",
+        "interval": METHOD,
+    }
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A small fake run folder: what the workbook writes that the section reads."""
+    run = tmp_path / "default-20270101-000000"
+    cache = tmp_path / "cache"
+    encoder = cache / "encoders" / "encoder-0123"
+    encoder.mkdir(parents=True)
+    recognition = {
+        "validate": {
+            "auroc": {"Cardiomegaly": 0.99},
+            "side_accuracy": {"Pneumothorax": 0.8},
+            "n": 30,
+        },
+        "test": {
+            "auroc": {"Cardiomegaly": 0.95, "Edema": None},
+            "side_accuracy": {"Pneumothorax": 0.75},
+            "n": 29,
+        },
+    }
+    (encoder / "pretrain.json").write_text(
+        json.dumps({"seconds": 300.0, "recognition": recognition})
+    )
+    timings = {
+        "phantom_generation": {
+            "seconds": 0.2,
+            "in_run": False,
+            "source": str(cache / "phantom-x"),
+            "note": "reused from the cache",
+        },
+        "encoder_pretraining": {
+            "seconds": 300.0,
+            "in_run": True,
+            "source": str(encoder / "pretrain.json"),
+            "note": "pretrained in this run",
+        },
+        "feature_cache": {"seconds": None, "in_run": None, "source": "", "note": "not recorded"},
+        "decoder_runs": {
+            "soft-seed0": {
+                "seconds": 95.5,
+                "in_run": True,
+                "source": str(run / "train" / "soft-seed0" / "summary.json"),
+                "note": "training loop",
+            }
+        },
+        "ablation": {"training": 500.0},
+        "total": {"seconds": 3725.0, "in_run": True, "source": "", "note": "the whole run"},
+        "notebooks": {"01_a.ipynb": 12.0},
+    }
+    record = {
+        "profile": {"name": "default", "parameters": {"epochs": 1}},
+        "manifest": str(cache / "phantom-n30" / "manifest.csv"),
+        "provenance": {"git_commit": "0123456789abcdef"},
+        "started": "2027-01-01T00:00:00+00:00",
+        "finished": "2027-01-01T01:02:05+00:00",
+        "cache_dir": str(cache),
+        "notebooks": [],
+        "timings": timings,
+    }
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps(record))
+    ablation = run / "ablation"
+    ablation.mkdir()
+    settings = {
+        "modes": ["none", "soft"],
+        "seeds": [0, 1],
+        "split": "test",
+        "reference_labels": "manifest",
+        "n_bootstrap": 100,
+    }
+    (ablation / "ablation.json").write_text(json.dumps(settings))
+    _write_csv(
+        ablation / "ablation_summary.csv",
+        [
+            _summary_row("none", 0.25, 0.2, 0.3, 2),
+            _summary_row("soft", 0.35, 0.3, 0.4, 2),
+            _summary_row("retrieval", 0.4, 0.35, 0.45, 1),
+        ],
+    )
+    _write_csv(
+        ablation / "ablation.csv",
+        [
+            {"system": s, "seed": seed, "metric": MICRO, "value": v, "n_studies": 12}
+            for s, seed, v in [
+                ("none", 0, 0.2),
+                ("none", 1, 0.3),
+                ("soft", 0, 0.3),
+                ("soft", 1, 0.4),
+                ("retrieval", "", 0.4),
+            ]
+        ],
+    )
+    _write_csv(
+        ablation / "paired_tests.csv",
+        [
+            {
+                "comparison": "soft - none",
+                "metric": MICRO,
+                "delta": 0.1,
+                "ci_low": 0.05,
+                "ci_high": 0.15,
+                "p_value": 0.002,
+                "n_items": 24,
+                "n_studies": 12,
+                "seeds": 2,
+                "test": "paired bootstrap over studies, seeds pooled",
+            }
+        ],
+    )
+    metrics = ablation / "evaluation" / "soft-seed0" / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"labeler": "cxrlib-rule-v3"}))
+    _write_csv(
+        ablation / "grounding_attention.csv",
+        [{"mode": "soft", "target": "side_lung", "mean": 0.61234, "n_studies": 12}],
+    )
+    return run
+
+
+README = (
+    "# Title\n\nIntro kept.\n\n## Results\n\n"
+    + START
+    + "\nold numbers\n"
+    + END
+    + "\n\nTail kept.\n"
+)
+
+
+def test_section_lines(run):
+    text = results_markdown(run)
+    lines = text.splitlines()
+    assert lines[0] == GENERATED
+    assert lines[2] == (
+        "Run `default-20270101-000000` (profile `default`) at commit `0123456`, finished "
+        "2027-01-01T01:02:05+00:00 on `phantom-n30/manifest.csv`, 1 epoch per decoder run. "
+        "Split `test`, 12 studies, 2 seeds per mode; reference "
+        "labels: the manifest's labels (the phantom's drawn ground truth); generated "
+        "Findings labelled by `cxrlib-rule-v3`."
+    )
+    for line in (
+        "| system | micro-F1 14 (unc. neg.) |",
+        "| none (2 seeds) | 0.250 [0.200, 0.300] |",
+        "| soft (2 seeds) | 0.350 [0.300, 0.400] |",
+        "| retrieval (1 seed) | 0.400 [0.350, 0.450] |",
+        f"Intervals: {METHOD}.",
+        "| metric | system | seed 0 | seed 1 |",
+        "| micro-F1 14 (unc. neg.) | soft | 0.300 | 0.400 |",
+        "| soft - none | micro-F1 14 (unc. neg.) | +0.100 | [0.050, 0.150] | 0.002 | 12 | 2 |",
+        "Tests: paired bootstrap over studies, seeds pooled, 100 resamples.",
+        "| finding | AUROC, validate (n = 30) | AUROC, test (n = 29) |",
+        "| Cardiomegaly | 0.990 | 0.950 |",
+        "| Edema | n/a | n/a |",
+        "| finding | side accuracy, validate (n = 30) | side accuracy, test (n = 29) |",
+        "| Pneumothorax | 0.800 | 0.750 |",
+        "| mode | target | mean | n_studies |",
+        "| soft | side_lung | 0.612 | 12 |",
+        "| phantom generation | 0.2 s | no (cached) | reused from the cache; cache: `phantom-x` |",
+        "| encoder pretraining | 5 min 0 s | yes | pretrained in this run; "
+        "cache: `encoders/encoder-0123/pretrain.json` |",
+        "| feature cache | not recorded |  | not recorded |",
+        "| decoder run soft-seed0 | 1 min 36 s | yes | training loop; "
+        "run: `train/soft-seed0/summary.json` |",
+        "| ablation: training | 8 min 20 s | yes | `ablation/ablation.json` |",
+        "| total | 1 h 2 min | yes | the whole run |",
+        "Wall time of each notebook: `01_a.ipynb` 12.0 s.",
+    ):
+        assert line in lines, line
+    assert text.endswith("\n") and not text.endswith("\n\n")
+
+
+def test_optional_tables_are_left_out_when_absent(run):
+    (run / "ablation" / "grounding_attention.csv").unlink()
+    record = json.loads((run / "run.json").read_text())
+    pretrain = record["timings"]["encoder_pretraining"]["source"]
+    with open(pretrain, "w") as f:
+        json.dump({"seconds": 300.0}, f)  # no "recognition"
+    text = results_markdown(run)
+    assert "**Attention grounding**" not in text
+    assert "**Encoder recognition**" not in text
+    assert "**Where the time went**" in text
+
+
+def test_readme_section_replaced_exactly_between_markers(run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    with pytest.raises(CxrError, match="results section differs"):
+        update_readme(run, readme, check=True)
+    assert readme.read_text() == README  # --check writes nothing
+    assert update_readme(run, readme) is True
+    body = results_markdown(run)
+    expected = "# Title\n\nIntro kept.\n\n## Results\n\n" + START + "\n" + body + END
+    assert readme.read_text() == expected + "\n\nTail kept.\n"
+    assert update_readme(run, readme) is False  # already up to date
+    assert update_readme(run, readme, check=True) is False
+
+
+def test_replace_section_keeps_every_other_byte():
+    text = "a\r\n  x " + START + " y\nold\n" + END + " z\n\n"
+    assert replace_section(text, "new") == "a\r\n  x " + START + "\nnew\n" + END + " z\n\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("no markers\n", f"README.md: no '{START}' marker line(s); expected exactly one"),
+        (
+            f"{START}\n{START}\n{END}\n",
+            f"README.md: 2 '{START}' marker line(s); expected exactly one",
+        ),
+        (f"{END}\n{START}\n", f"README.md: '{END}' comes before '{START}'"),
+    ],
+)
+def test_bad_markers(text, message):
+    with pytest.raises(CxrError) as err:
+        replace_section(text, "x")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "run.json",
+        "ablation/ablation.json",
+        "ablation/ablation_summary.csv",
+        "ablation/ablation.csv",
+        "ablation/paired_tests.csv",
+    ],
+)
+def test_missing_file_is_one_line_naming_it(run, tmp_path, capsys, name):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    (run / name).unlink()
+    assert main(["workbook", "report", str(run), "--readme", str(readme)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"cxr: error: {run / name}: file does not exist (")
+    assert readme.read_text() == README
+
+
+def test_missing_evaluations_and_bad_files(run):
+    (run / "ablation" / "evaluation" / "soft-seed0" / "metrics.json").unlink()
+    with pytest.raises(CxrError) as err:
+        results_markdown(run)
+    evaluation = run / "ablation" / "evaluation"
+    assert (
+        str(err.value) == f"{evaluation}: no */metrics.json (written by notebook 05, the ablation)"
+    )
+    summary = run / "ablation" / "ablation_summary.csv"
+    pd.read_csv(summary).drop(columns=["ci_low"]).to_csv(summary, index=False)
+    with pytest.raises(CxrError) as err:
+        results_markdown(run)
+    assert str(err.value) == f"{summary}: missing column(s) ci_low"
+    (run / "run.json").write_text("{not json")
+    with pytest.raises(CxrError, match=f"^{run / 'run.json'}: not valid JSON"):
+        results_markdown(run)
+    with pytest.raises(CxrError, match="not a folder"):
+        results_markdown(run / "absent")
+
+
+def test_cli_report_and_check(run, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert main(["workbook", "report", str(run), "--readme", str(readme), "--check"]) == 1
+    assert "results section differs" in capsys.readouterr().err
+    assert main(["workbook", "report", str(run), "--readme", str(readme)]) == 0
+    assert capsys.readouterr().out.strip() == f"{readme}: results section regenerated from {run}"
+    assert main(["workbook", "report", str(run), "--readme", str(readme), "--check"]) == 0
+    assert main(["workbook", "report", str(run), "--readme", str(tmp_path / "none.md")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cxr: error: {tmp_path / 'none.md'}: file does not exist"]
+
+
+def test_timings_are_collected_when_run_json_has_none(run):
+    record = json.loads((run / "run.json").read_text())
+    del record["timings"]
+    record["notebooks"] = [{"notebook": "06_figures.ipynb", "seconds": 70.0, "parameters": {}}]
+    (run / "run.json").write_text(json.dumps(record))
+    summary = run / "train" / "none-seed1" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"seconds": 12.5}))
+    os.utime(summary, (0, 0))  # written before the run started: reused
+    lines = results_markdown(run).splitlines()
+    assert "| figures | 1 min 10 s | yes | notebook 06_figures.ipynb |" in lines
+    assert (
+        "| decoder run none-seed1 | 12.5 s | no (cached) | training loop; "
+        "run: `train/none-seed1/summary.json` |"
+    ) in lines
