@@ -193,6 +193,7 @@ class FeatureCache:
         self._where: dict[str, tuple[str, int]] = {}  # image id -> (shard, row)
         self._stat: tuple | None = None  # (size, mtime_ns) of the index last read
         self._handles: dict[str, object] = {}  # open safe_open handles, per shard
+        self.build_seconds = 0.0  # encoder time spent filling this folder, all builds
         self._refresh()
 
     def __repr__(self) -> str:
@@ -252,6 +253,7 @@ class FeatureCache:
             self._shards[name] = list(ids)
             for row, image_id in enumerate(ids):
                 self._where[image_id] = (name, row)
+        self.build_seconds = float(data.get("build_seconds", 0.0) or 0.0)
 
     def _check_shard(self, name: str, ids: list[str]) -> str | None:
         """Why shard ``name`` cannot serve ``ids`` (None when it can); reads the header only."""
@@ -286,6 +288,7 @@ class FeatureCache:
             "description": self.description(),
             "settings": self.settings,
             "num_images": len(self._where),
+            "build_seconds": round(self.build_seconds, 2),
             "shards": self._shards,
         }
         write_json_atomic(self.index_path, data, default=str)
@@ -462,6 +465,8 @@ class FeatureCache:
         if todo:
             self._clean_orphans()
             self._encode(todo, first, batch_size, shard_size, progress, report)
+            self.build_seconds += time.perf_counter() - t0
+            self._write_index()
         report.seconds = time.perf_counter() - t0
         return report
 

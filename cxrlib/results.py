@@ -142,26 +142,6 @@ def _timings_markdown(timings: dict, run_dir: Path, cache_dir: Path | None) -> l
     return lines
 
 
-def _recognition_markdown(recognition: dict) -> list[str]:
-    splits = [s for s in ("validate", "test") if isinstance(recognition.get(s), dict)]
-    lines = []
-    tables = (
-        ("auroc", "AUROC"),
-        ("side_accuracy", "side accuracy"),
-        ("zone_accuracy", "zone accuracy"),
-    )
-    for key, title in tables:
-        names = list(dict.fromkeys(n for s in splits for n in recognition[s].get(key, {})))
-        if not names:
-            continue
-        head = " | ".join(f"{title}, {s} (n = {recognition[s].get('n', '?')})" for s in splits)
-        lines += ["", f"| finding | {head} |", "| --- |" + " ---: |" * len(splits)]
-        for name in names:
-            values = [_cell(recognition[s].get(key, {}).get(name)) for s in splits]
-            lines.append(f"| {name} | " + " | ".join(values) + " |")
-    return lines
-
-
 def _per_seed_markdown(results: pd.DataFrame) -> list[str]:
     """The tested metrics of every run, one column per seed (``ablation.csv``)."""
     from cxrlib.ablation import SHORT_NAMES, TESTED_KEYS
@@ -285,8 +265,10 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     if encoder and Path(encoder).is_file():
         recognition = _read_json(Path(encoder), "the encoder pretraining").get("recognition")
         if isinstance(recognition, dict):
+            from cxrlib.evaluate.recognition import markdown_table as recognition_table
+
             lines += ["", "**Encoder recognition** (the frozen encoder's heads, `pretrain.json`):"]
-            lines += _recognition_markdown(recognition)
+            lines += ["", recognition_table(recognition)]
 
     attention = folder / "grounding_attention.csv"
     if attention.is_file():

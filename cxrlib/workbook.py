@@ -88,7 +88,7 @@ PROFILES: dict[str, Profile] = {
     # what `make workbook` runs on the embedded phantom dataset
     "default": Profile(
         "default",
-        PhantomSpec(n=3000, seed=0, size=224),
+        PhantomSpec(n=6000, seed=0, size=256),
         {
             "seed": 0,
             "n_overlay": 8,
@@ -417,6 +417,20 @@ def run_cache_dir(record: dict) -> Path | None:
     return None
 
 
+def _feature_cache_stage(cache_dir: Path | None, since: float | None) -> dict:
+    """The encoder time of the feature caches this run filled (``build_seconds`` of each
+    ``index.json`` written since the run started), or the caches it reused."""
+    indexes = sorted((cache_dir / "features").glob("features-*/index.json")) if cache_dir else []
+    if not indexes:
+        return _entry(None, None, note="not found: no feature cache in the run's cache folder")
+    fresh = [p for p in indexes if since is None or p.stat().st_mtime >= since]
+    chosen = fresh or indexes
+    seconds = sum(float((_read_json(p) or {}).get("build_seconds") or 0.0) for p in chosen)
+    where = ", ".join(str(p.parent.name) for p in chosen)
+    note = "encoder features computed" if fresh else "reused from the cache"
+    return _entry(seconds, bool(fresh), f"{cache_dir / 'features'}: {where}", note)
+
+
 def collect_timings(
     run_dir: str | os.PathLike,
     record: dict,
@@ -480,9 +494,7 @@ def collect_timings(
         "pretrained",
         "not found: no pretrained encoder of the training runs in the cache",
     )
-    out["feature_cache"] = _entry(
-        None, None, note="not recorded: the feature cache keeps no build time (notebooks 03-04)"
-    )
+    out["feature_cache"] = _feature_cache_stage(cache_dir, since)
     runs = {}
     for summary in sorted((run_dir / "train").glob("*/summary.json")):
         seconds = (_read_json(summary) or {}).get("seconds")

@@ -29,7 +29,7 @@ def test_profiles_round_trip_through_json(name):
 def test_profile_sizes():
     smoke, default, full = (profile_config(n) for n in ("smoke", "default", "full"))
     assert smoke.model.image_size == 64 and smoke.data.phantom_n < 100
-    assert default.model.image_size == 224 and default.data.phantom_n == 3000
+    assert default.model.image_size == 128 and default.data.phantom_n == 6000
     assert full.model.image_size == 512 and full.model.encoder.startswith("facebook/dinov3")
     assert full.model.decoder == "gpt2"
 
@@ -105,3 +105,15 @@ def test_epoch_order_is_seeded_disjoint_and_complete():
     batches = epoch_batches(10, 4, 0, 0)
     assert [len(b) for b in batches] == [4, 4, 2]
     assert sum(batches, []) == a
+
+
+def test_the_default_profile_trains_the_cpu_preset_on_an_8x8_grid():
+    from cxrlib.model import ReportModel
+
+    config = profile_config("default")
+    assert config.model.encoder["model_type"] == "resnet" and config.model.patch_size is None
+    assert config.pretrain.enabled and config.pretrain.dense_weight > 0
+    model = ReportModel.from_config(config.model, texts=["No acute findings."])
+    # the grid comes from the ResNet's stride-16 feature map at 128 px
+    assert model.config.patch_size == 16 and model.num_patches == 64
+    assert model.encoder_width == config.model.encoder["hidden_sizes"][-1]

@@ -314,3 +314,19 @@ def test_lazy_features_equal_the_loaded_ones(tmp_path):
         assert torch.equal(lazy.features[i], loaded.features[i])
     subset = pickle.loads(pickle.dumps(lazy.features[[4, 0]]))  # as a DataLoader worker
     assert torch.equal(subset[0], loaded.features[4]) and len(subset) == 2
+
+
+def test_the_index_keeps_the_encoder_time_of_every_build(phantom, tmp_path):
+    model = make_model()
+    ids, paths = ids_paths(manifest(phantom))
+    cache = FeatureCache(tmp_path, model)
+    cache.build(ids[:3], paths[:3], batch_size=2, progress=False)
+    first = json.loads(cache.index_path.read_text())["build_seconds"]
+    assert first > 0
+    cache.build(ids, paths, batch_size=2, progress=False)  # 3 more images
+    second = json.loads(cache.index_path.read_text())["build_seconds"]
+    assert second > first
+    again = FeatureCache(tmp_path, model)  # read back from the index
+    again.build(ids, paths, batch_size=2, progress=False)  # nothing to compute
+    assert again.build_seconds == pytest.approx(second, abs=0.01)
+    assert json.loads(cache.index_path.read_text())["build_seconds"] == second

@@ -169,6 +169,8 @@ def test_timings_come_from_each_stage_record(tmp_path):
             {"notebook": "06_figures.ipynb", "seconds": 30.0},
         ],
     }
+    (cache / "features" / "features-abc").mkdir(parents=True)
+    (cache / "features" / "features-abc" / "index.json").write_text('{"build_seconds": 12.5}')
     seg_json, enc_json = segmenter / "config.json", cache / "encoders/encoder-1/pretrain.json"
     assert collect_timings(run, record) == {
         "phantom_generation": {"seconds": 0.1, "in_run": False, "source": "p", "note": "reused"},
@@ -185,10 +187,10 @@ def test_timings_come_from_each_stage_record(tmp_path):
             "note": "pretrained in this run",
         },
         "feature_cache": {
-            "seconds": None,
-            "in_run": None,
-            "source": "",
-            "note": "not recorded: the feature cache keeps no build time (notebooks 03-04)",
+            "seconds": 12.5,
+            "in_run": True,
+            "source": f"{cache / 'features'}: features-abc",
+            "note": "encoder features computed",
         },
         "decoder_runs": {
             "soft-seed0": {

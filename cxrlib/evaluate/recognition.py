@@ -130,15 +130,21 @@ def markdown_table(record: dict) -> str:
     def fmt(value):
         return "n/a" if value is None else f"{value:.3f}"
 
+    shown = {
+        name
+        for split in splits
+        for key in ("auroc", "side_accuracy")
+        for name in record[split].get(key, {})
+    }
     for label in CHEXPERT_LABELS:
-        if label == "No Finding" or label not in record[splits[0]]["auroc"]:
+        if label == "No Finding" or label not in shown:
             continue
         common = prevalence.get(label, 0) >= COMMON_PREVALENCE
         target = f"AUROC >= {COMMON_AUROC if common else RARE_AUROC}"
         sides = [record[s].get("side_accuracy", {}).get(label) for s in splits]
         if any(v is not None for v in sides):
             target += f", side >= {SIDE_ACCURACY}"
-        cells = [fmt(record[s]["auroc"].get(label)) for s in splits]
+        cells = [fmt(record[s].get("auroc", {}).get(label)) for s in splits]
         cells += ["" if v is None else fmt(v) for v in sides]
         lines.append(
             f"| {label} | {prevalence.get(label, 0):.3f} | " + " | ".join(cells) + f" | {target} |"

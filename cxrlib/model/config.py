@@ -3,7 +3,7 @@
 Three presets: :meth:`ModelConfig.tiny` (random-initialised DINOv3 and GPT-2 built from
 configs, 224 px, patch 16: the smallest model of the published kind, for tests and
 benchmarks), :meth:`ModelConfig.cpu` (what the default profile trains on 2 CPU cores:
-a small ConvNeXt at 128 px, 8x8 patches, with the tiny GPT-2) and
+a small ResNet at 128 px, 8x8 patches, with the tiny GPT-2) and
 :meth:`ModelConfig.published` (DINOv3 ViT-S/16 + GPT-2 small at 512 px, the published
 architecture). The config is
 plain JSON (:meth:`ModelConfig.to_dict` / :meth:`ModelConfig.from_dict`) and is saved
@@ -55,13 +55,15 @@ GPT2_SMALL_FIELDS: dict[str, Any] = {
 }
 
 
-# The CPU preset's encoder: a ConvNeXt of three stages (stride 4, 8, 16), widths
-# 32 / 64 / 128, built through AutoBackbone; its last feature map is the patch grid.
+# The CPU preset's encoder: a ResNet of three stages of basic blocks (strides 4, 8, 16
+# after the 4x stem), widths 32 / 64 / 128, built through AutoBackbone; its last
+# feature map is the patch grid (README, "Choosing the CPU encoder").
 CPU_ENCODER_FIELDS: dict[str, Any] = {
-    "model_type": "convnext",
-    "num_stages": 3,
-    "depths": [2, 2, 4],
+    "model_type": "resnet",
+    "embedding_size": 32,
+    "depths": [2, 2, 2],
     "hidden_sizes": [32, 64, 128],
+    "layer_type": "basic",
 }
 
 
@@ -220,11 +222,12 @@ class ModelConfig:
 
     @classmethod
     def cpu(cls, mode: str = "soft", **overrides: Any) -> ModelConfig:
-        """The CPU preset the default profile trains: a small ConvNeXt (AutoBackbone) at
+        """The CPU preset the default profile trains: a small ResNet (AutoBackbone) at
         128 px whose stride-16 feature map is an 8x8 grid (64 patches: a third of the
         decoder's prefix at 224 px), pretrained on the phantom labels and frozen, and the
         tiny preset's 4-layer GPT-2 of width 128. Chosen on the phantom's validation
-        split against the tiny DINOv3 ViT (README, "Choosing the CPU encoder").
+        split against a ConvNeXt and the tiny DINOv3 ViT (README, "Choosing the CPU
+        encoder").
         ``overrides`` replace any field."""
         fields: dict[str, Any] = {
             "encoder": dict(CPU_ENCODER_FIELDS),

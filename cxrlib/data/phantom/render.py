@@ -39,7 +39,7 @@ REGION_RULES: dict[str, str] = {
     "Atelectasis": "the band, its full width, inside the lung",
     "Edema": "the perihilar haze above half its peak inside the lungs",
     "Lung Lesion": "the disc (radius r)",
-    "Fracture": "the rib within 0.04 (canonical units) of its curve, over the break and step",
+    "Fracture": "the rib within 0.06 (canonical units) of its curve, over the break and step",
     "Pleural Other": "the thickened pleural strip",
 }
 """Where each drawn finding's region is (:attr:`Rendered.regions`); other observations
@@ -547,7 +547,9 @@ def _draw_findings(
         elif obs == "Lung Lesion":
             s = _side_sign(f.side or "right")
             cm = float((f.size or "1.5 cm").split()[0])
-            r = 0.012 * cm
+            # drawn to scale: the thorax (~1.6 canonical units) stands for ~32 cm, so
+            # 1 cm is 0.05 units and the radius is half the stated diameter
+            r = 0.025 * cm
             cu = s * (a.medial_u + (a.half_width - a.medial_u) * rng.uniform(0.35, 0.7))
             cvv = _zone_v(a, f.zone, s)
             d = np.sqrt((u[None, :] - cu) ** 2 + (v[:, None] - cvv) ** 2)
@@ -562,13 +564,18 @@ def _draw_findings(
             x0 = rng.uniform(0.35, 0.55)
             x = np.clip(np.abs(u) - 0.05, 0, None)
             curve = _rib_curve(x, v0)
-            cols = (u * s > 0.04) & (np.abs(x - x0) < 0.02)
-            rows = cv.rows(float(curve[cols].min()) - 0.05, float(curve[cols].max()) + 0.05)
-            A[rows] -= 0.09 * _band(v[rows, None] - curve[None, :], 0.022) * cols[None, :]
-            step = (u * s > 0.04) & (x > x0 + 0.02) & (x < x0 + 0.12)
-            A[rows] += 0.08 * _band(v[rows, None] - curve[None, :] - 0.014, 0.018) * step[None, :]
-            near = (u * s > 0.04) & (x > x0 - 0.04) & (x < x0 + 0.14)  # break and step
-            mark(obs, (np.abs(v[:, None] - curve[None, :]) < 0.04) & near[None, :])
+            # a displaced fracture with callus: the lateral fragment stepped down by about
+            # a rib's width, and dense healing bone around the break (the posterior ribs
+            # are faint over the lungs, so a bare gap alone is invisible at any size)
+            cols = (u * s > 0.04) & (np.abs(x - x0) < 0.03)
+            rows = cv.rows(float(curve[cols].min()) - 0.08, float(curve[cols].max()) + 0.08)
+            step = (u * s > 0.04) & (x > x0 + 0.03) & (x < x0 + 0.15)
+            A[rows] -= 0.07 * _band(v[rows, None] - curve[None, :], 0.022) * step[None, :]
+            A[rows] += 0.15 * _band(v[rows, None] - curve[None, :] - 0.035, 0.02) * step[None, :]
+            callus = (u * s > 0.04) & (np.abs(x - x0) < 0.04)
+            A[rows] += 0.16 * _band(v[rows, None] - curve[None, :] - 0.015, 0.04) * callus[None, :]
+            near = (u * s > 0.04) & (x > x0 - 0.05) & (x < x0 + 0.16)  # break and step
+            mark(obs, (np.abs(v[:, None] - curve[None, :]) < 0.06) & near[None, :])
         elif obs == "Pleural Other":
             for s in _sides(f.side):
                 lung = lung_of[s]
@@ -579,8 +586,8 @@ def _draw_findings(
                     else v[:, None] > a.base_v - 0.3
                 )
                 lateral = u[None, :] * s > a.medial_u + 0.2
-                strip = lung & (dist < 0.035) & zone & lateral
-                A += 0.16 * strip
+                strip = lung & (dist < 0.05) & zone & lateral  # ~1 cm of thickened pleura
+                A += 0.2 * strip
                 mark(obs, strip)
         elif obs == "Support Devices":
             _draw_device(f, a, cv, rng)
