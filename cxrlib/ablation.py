@@ -112,12 +112,21 @@ def prepare_shared(config: RunConfig, split: str, progress: bool = True) -> Path
     return manifest
 
 
-def _train_command(config_path: Path, run_dir: Path, resume: bool, launcher: str = "") -> list[str]:
-    # the --config file holds the whole tree, so the profile it is merged over is moot
+def _train_command(
+    config_path: Path, run_dir: Path, resume: bool, launcher: str = "", profile: str = "smoke"
+) -> list[str]:
+    # the --config file holds the whole tree; it is merged over the run's own profile, so
+    # no field of another profile's (an encoder config dict, say) can leak into it
     start = shlex.split(launcher) if launcher else [sys.executable]
-    cmd = [*start, "-m", "cxrlib.cli", "train", "--profile", "smoke"]
+    cmd = [*start, "-m", "cxrlib.cli", "train", "--profile", profile]
     cmd += ["--config", str(config_path), "--out", str(run_dir), "--no-progress"]
     return cmd + (["--resume"] if resume else [])
+
+
+def _known_profile(config: RunConfig) -> str:
+    from cxrlib.config import PROFILES
+
+    return config.profile if config.profile in PROFILES else "smoke"
 
 
 def train_runs(
@@ -163,7 +172,7 @@ def train_runs(
             log_path = out / "ablation" / f"{run_name(mode, seed)}.log"
             with open(log_path, "w") as log_file:
                 proc = subprocess.Popen(
-                    _train_command(path, run_dir, resume, launcher),
+                    _train_command(path, run_dir, resume, launcher, _known_profile(config)),
                     env=env,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,

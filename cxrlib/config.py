@@ -336,14 +336,31 @@ def profile_config(name: str) -> RunConfig:
 
 
 def merge(base: dict, override: dict) -> dict:
-    """``base`` with ``override`` merged in recursively (mappings merge, values replace)."""
+    """``base`` with ``override`` merged in recursively (mappings merge, values replace).
+
+    A mapping naming a ``model_type`` other than the one it would merge into (an encoder
+    of another kind) replaces it whole: a ResNet's fields merged into a DINOv3's would
+    make a config of neither.
+    """
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if (
+            isinstance(value, dict)
+            and isinstance(out.get(key), dict)
+            and _same_kind(out[key], value)
+        ):
             out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _same_kind(base: dict, override: dict) -> bool:
+    if "model_type" not in override:
+        return True
+    from cxrlib.model.encoders import DEFAULT_TYPE
+
+    return base.get("model_type", DEFAULT_TYPE) == override["model_type"]
 
 
 def read_config_file(path: str | os.PathLike) -> dict:

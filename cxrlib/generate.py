@@ -74,6 +74,22 @@ def split_frame(manifest: str | os.PathLike, split: str | None) -> pd.DataFrame:
     return rows
 
 
+def load_run(run: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+    """``(config, model, checkpoint)`` of a training run: its config tree (with the
+    cache folder replaced when ``cache_dir`` is given) and its best (else last)
+    checkpoint's model, in eval mode. ``run`` may also be a checkpoint folder."""
+    checkpoint = run_checkpoint(run)
+    run_dir = Path(run)
+    if not (run_dir / "config.json").is_file() or checkpoint == run_dir:
+        run_dir = checkpoint.parent.parent
+    config = run_config(run_dir)
+    if cache_dir is not None:
+        config.data.cache_dir = str(cache_dir)
+    model = ReportModel.from_pretrained(checkpoint)
+    model.eval()
+    return config, model, checkpoint
+
+
 def generate_split(
     run: str | os.PathLike,
     manifest: str | os.PathLike,
@@ -106,15 +122,7 @@ def generate_split(
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    checkpoint = run_checkpoint(run)
-    run_dir = Path(run)
-    if not (run_dir / "config.json").is_file() or checkpoint == run_dir:
-        run_dir = checkpoint.parent.parent
-    config = run_config(run_dir)
-    if cache_dir is not None:
-        config.data.cache_dir = str(cache_dir)
-    model = ReportModel.from_pretrained(checkpoint)
-    model.eval()
+    config, model, checkpoint = load_run(run, cache_dir)
     frame = split_frame(manifest, split)
     if max_images is not None:
         frame = frame.iloc[:max_images]

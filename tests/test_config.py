@@ -117,3 +117,30 @@ def test_the_default_profile_trains_the_cpu_preset_on_an_8x8_grid():
     # the grid comes from the ResNet's stride-16 feature map at 128 px
     assert model.config.patch_size == 16 and model.num_patches == 64
     assert model.encoder_width == config.model.encoder["hidden_sizes"][-1]
+
+
+def test_an_encoder_of_another_kind_replaces_the_profiles_encoder_whole(tmp_path):
+    """The ablation writes whole trees and trains them with ``--config`` over a profile:
+    a ResNet encoder must not pick up the smoke profile's DINOv3 fields."""
+    resnet = {"model_type": "resnet", "embedding_size": 8, "depths": [1], "hidden_sizes": [8]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": {"encoder": resnet}}))
+    assert load_config("smoke", path).model.encoder == resnet
+    # the same kind still merges field by field
+    config = load_config("smoke", overrides=[{"model": {"encoder": {"hidden_size": 48}}}])
+    assert config.model.encoder["hidden_size"] == 48
+    assert (
+        config.model.encoder["num_hidden_layers"]
+        == profile_config("smoke").model.encoder["num_hidden_layers"]
+    )
+    dinov3 = {"model_type": "dinov3_vit", "hidden_size": 48}
+    config = load_config("smoke", overrides=[{"model": {"encoder": dinov3}}])
+    assert config.model.encoder["num_register_tokens"] == 2  # merged into the smoke ViT
+
+
+def test_ablation_runs_train_over_their_own_profile(tmp_path):
+    from cxrlib.ablation import _known_profile, _train_command
+
+    assert _known_profile(profile_config("default")) == "default"
+    cmd = _train_command(tmp_path / "c.json", tmp_path / "r", False, profile="default")
+    assert cmd[cmd.index("--profile") + 1] == "default"

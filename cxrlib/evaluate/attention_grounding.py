@@ -759,19 +759,10 @@ def attention_grounding_for_run(
     priors), for the selected studies only.
     """
     from cxrlib.data.manifest import read_manifest
-    from cxrlib.generate import run_checkpoint, run_config
-    from cxrlib.model import ReportModel
+    from cxrlib.generate import load_run
     from cxrlib.train import split_dataset
 
-    checkpoint = run_checkpoint(run)
-    run_dir = Path(run)
-    if not (run_dir / "config.json").is_file() or checkpoint == run_dir:
-        run_dir = checkpoint.parent.parent
-    config = run_config(run_dir)
-    if cache_dir is not None:
-        config.data.cache_dir = str(cache_dir)
-    model = ReportModel.from_pretrained(checkpoint)
-    model.eval()
+    config, model, _ = load_run(run, cache_dir)
     ref = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
     root = ref.attrs.get("root", ".")
     by_id = {text_cell(i): k for k, i in enumerate(ref["image_id"])}
