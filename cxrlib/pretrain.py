@@ -222,25 +222,19 @@ def _shift(gray: torch.Tensor, max_shift: int, gen: torch.Generator, *others: to
     return tuple(outs) if others else outs[0]
 
 
-def _read_mask(root, path: str, size: int, mode: str = "L") -> np.ndarray:
+def _grid_ready(mask: np.ndarray, size: int, bits: bool = False) -> np.ndarray:
+    """A mask at ``size`` x ``size``: an organ mask (bool) as uint8 0..255 resized
+    bilinearly; a finding bit field by nearest neighbour, which keeps the bits."""
     from PIL import Image
 
-    from cxrlib.data.dataset import resolve_path
-
-    file = resolve_path(root, path)
-    try:
-        with Image.open(file) as img:
-            if mode == "L":
-                img = img.convert("L").resize((size, size), Image.Resampling.BILINEAR)
-                return np.asarray(img)
-            array = np.asarray(img).astype(np.int32)
-    except (OSError, ValueError) as err:
-        raise CxrError(f"{file}: unreadable mask ({err})") from None
-    if array.shape != (size, size):  # a bit field: nearest neighbour keeps the bits
-        rows = (np.arange(size) * array.shape[0]) // size
-        cols = (np.arange(size) * array.shape[1]) // size
-        array = array[rows][:, cols]
-    return array
+    if bits:
+        if mask.shape == (size, size):
+            return mask.astype(np.int32)
+        rows = (np.arange(size) * mask.shape[0]) // size
+        cols = (np.arange(size) * mask.shape[1]) // size
+        return mask[rows][:, cols].astype(np.int32)
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
 
 
 @dataclass
@@ -264,7 +258,10 @@ class DenseTargets:
         """The masks of ``df``'s rows, or None when any row lacks a lung or heart mask."""
         from tqdm.auto import tqdm
 
+        from cxrlib.data.dataset import resolve_path
+        from cxrlib.data.manifest import read_finding_mask
         from cxrlib.evaluate.recognition import SIDE_TARGETS
+        from cxrlib.explore import load_mask
 
         if not all(c in df.columns for c in DENSE_ORGANS):
             return None
@@ -281,10 +278,11 @@ class DenseTargets:
         rows = tqdm(range(len(df)), desc="masks", disable=not progress)
         for i in rows:
             for c in range(len(DENSE_ORGANS)):
-                organs[i, c] = _read_mask(root, cells.iloc[i, c], size)
+                mask = load_mask(resolve_path(root, cells.iloc[i, c]))
+                organs[i, c] = _grid_ready(mask, size)
             if regions is not None:
-                path = text_cell(df[FINDING_MASK_COLUMN].iloc[i])
-                regions[i] = _read_mask(root, path, size, mode="bits")
+                path = resolve_path(root, text_cell(df[FINDING_MASK_COLUMN].iloc[i]))
+                regions[i] = _grid_ready(read_finding_mask(path), size, bits=True)
         values = df[list(DENSE_FINDINGS)].apply(pd.to_numeric, errors="coerce").to_numpy()
         side_of = {finding: column for column, finding in SIDE_TARGETS.items()}
         sides = np.full((len(df), len(DENSE_FINDINGS)), "", dtype=object)
@@ -522,22 +520,14 @@ def _probabilities(encoder, heads, patches, imgs, batch_size: int) -> list[np.nd
     return [torch.cat(o).numpy() for o in out]
 
 
-@torch.no_grad()
 def _validate(encoder, heads, patches, imgs, y, names, config) -> dict:
     """Validation accuracy: the labels' mean and every target's mean."""
-    encoder.eval()
-    heads.eval()
-    correct = torch.zeros(len(names))
-    for start in range(0, len(imgs), config.batch_size):
-        logits = heads(patches(imgs[start : start + config.batch_size]))
-        target = y[start : start + config.batch_size]
-        for k, lg in enumerate(logits):
-            correct[k] += (lg.argmax(-1) == target[:, k]).sum()
-    acc = correct / len(imgs)
+    probs = _probabilities(encoder, heads, patches, imgs, config.batch_size)
+    acc = np.array([(p.argmax(-1) == y[:, k].numpy()).mean() for k, p in enumerate(probs)])
     labels = [k for k, n in enumerate(names) if n in CHEXPERT_LABELS]
     return {
-        "val_accuracy_labels": round(acc[labels].mean().item(), 4),
-        "val_accuracy_all": round(acc.mean().item(), 4),
+        "val_accuracy_labels": round(float(acc[labels].mean()), 4),
+        "val_accuracy_all": round(float(acc.mean()), 4),
     }
 
 

@@ -62,7 +62,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.manifest import FINDING_MASK_COLUMN, finding_regions, resolve, text_cell
+from cxrlib.data.manifest import (
+    FINDING_MASK_COLUMN,
+    finding_regions,
+    read_finding_mask,
+    resolve,
+    text_cell,
+)
 from cxrlib.errors import CxrError
 
 __all__ = [
@@ -259,27 +265,6 @@ def has_lung_masks(rows: pd.DataFrame) -> bool:
     )
 
 
-def _read_finding_mask(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise CxrError(f"{path}: finding mask file does not exist")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            bits = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CxrError(f"{path}: not a readable finding mask ({reason})") from None
-    if bits.ndim != 2 or bits.dtype.kind not in "ui":
-        raise CxrError(
-            f"{path}: a finding mask is a single-channel integer image (16-bit PNG), "
-            f"got mode {mode}"
-        )
-    return bits
-
-
 def read_study_masks(row: Mapping[str, object], root: str | os.PathLike) -> StudyMasks:
     """Read one manifest row's lung masks and finding regions (``finding_mask_path``).
 
@@ -310,7 +295,7 @@ def read_study_masks(row: Mapping[str, object], root: str | os.PathLike) -> Stud
     cell = text_cell(row.get(FINDING_MASK_COLUMN))
     if cell:
         path = resolve(root, cell)
-        bits = _read_finding_mask(path)
+        bits = read_finding_mask(path)
         if bits.shape != shape:
             raise CxrError(
                 f"{path}: finding mask is {bits.shape[1]}x{bits.shape[0]} px but the lung "
