@@ -134,10 +134,19 @@ def encoder_stride(encoder: nn.Module, image_size: int) -> int:
     """Pixels per patch side: a ViT's patch size, or a backbone's output stride.
 
     A backbone's stride is measured by one forward pass of a blank image (no gradients,
-    eval mode restored afterwards); the image side must be a multiple of it.
+    eval mode restored afterwards), once per encoder and image size (building a model
+    asks twice: for the decoder's positions, then to check the parts); the image side
+    must be a multiple of it.
     """
     if is_vit(encoder):
         return int(encoder.config.patch_size)
+    measured = encoder.__dict__.setdefault("_cxrlib_strides", {})
+    if image_size not in measured:
+        measured[image_size] = _measure_stride(encoder, image_size)
+    return measured[image_size]
+
+
+def _measure_stride(encoder: nn.Module, image_size: int) -> int:
     was_training = encoder.training
     encoder.eval()
     param = next(encoder.parameters())

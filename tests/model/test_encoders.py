@@ -149,3 +149,16 @@ def test_last_n_unfreezes_the_last_backbone_stage_only():
         n.startswith(("encoder.stages.2.", "hidden_states_norms.")) for n in trained
     )
     assert any(n.startswith("hidden_states_norms.") for n in trained)
+
+
+def test_a_backbone_stride_is_measured_once_per_image_size(monkeypatch):
+    import cxrlib.model.encoders as encoders
+
+    torch.manual_seed(0)
+    encoder = build_encoder(CONVNEXT, 64, None, None)
+    calls = []
+    measure = encoders._measure_stride
+    monkeypatch.setattr(encoders, "_measure_stride", lambda e, s: calls.append(s) or measure(e, s))
+    assert encoder_stride(encoder, 64) == encoder_stride(encoder, 64) == 16
+    assert encoder_stride(encoder, 128) == 16
+    assert calls == [64, 128]
