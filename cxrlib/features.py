@@ -288,7 +288,7 @@ class FeatureCache:
             "description": self.description(),
             "settings": self.settings,
             "num_images": len(self._where),
-            "build_seconds": round(self.build_seconds, 2),
+            "build_seconds": self.build_seconds,  # unrounded: a tiny build adds milliseconds
             "shards": self._shards,
         }
         write_json_atomic(self.index_path, data, default=str)
