@@ -142,6 +142,78 @@ def _timings_markdown(timings: dict, run_dir: Path, cache_dir: Path | None) -> l
     return lines
 
 
+# The targets of issue 14 for the best mode's Findings: (metric, label, direction, goal)
+FINDINGS_TARGETS = (
+    ("clinical.uncertain_as_negative.micro_14", "micro-F1 14 (unc. neg.)", ">=", 0.85),
+    ("clinical.uncertain_as_negative.macro_14", "macro-F1 14 (unc. neg.)", ">=", 0.60),
+    ("grounding.uncertain_as_negative.laterality_accuracy", "laterality accuracy", ">=", 0.85),
+    ("grounding.uncertain_as_negative.hallucination_rate", "hallucination rate", "<=", 0.20),
+    ("grounding.uncertain_as_negative.omission_rate", "omission rate", "<=", 0.20),
+)
+# the best mode's micro-F1 over the retrieval baseline's, at least
+OVER_RETRIEVAL = 0.15
+# make workbook on a fresh clone, venv included (the run's total leaves the venv out)
+BUDGET_SECONDS = 30 * 60
+
+
+def _target_row(what: str, value: float | None, direction: str, goal: float, fmt=_cell) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"| {what} | n/a | {direction} {fmt(goal)} | not measured |"
+    gap = value - goal if direction == ">=" else goal - value
+    verdict = "met" if gap >= 0 else f"**missed** by {fmt(abs(gap))}"
+    return f"| {what} | {fmt(value)} | {direction} {fmt(goal)} | {verdict} |"
+
+
+def targets_markdown(
+    summary: pd.DataFrame, modes: list[str], recognition: dict | None, timings: dict
+) -> list[str]:
+    """Each target of the default workbook beside what the run measured: the best mode's
+    Findings (the mode of highest mean micro-F1; its mean over seeds), its margin over
+    retrieval, the encoder's recognition targets on the validation split, the budget."""
+    means = summary.set_index(["system", "metric"])["mean"]
+    micro = FINDINGS_TARGETS[0][0]
+    scored = [m for m in modes if (m, micro) in means.index]
+    if not scored:
+        return []
+    best = max(scored, key=lambda m: means[(m, micro)])
+    lines = [
+        "",
+        f"**Targets** (best mode `{best}`, the highest mean micro-F1; mean over seeds):",
+        "",
+        "| target | measured | goal | verdict |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for key, label, direction, goal in FINDINGS_TARGETS:
+        lines.append(_target_row(label, means.get((best, key)), direction, goal))
+    if ("retrieval", micro) in means.index:
+        margin = means[(best, micro)] - means[("retrieval", micro)]
+        lines.append(_target_row("micro-F1 over retrieval", margin, ">=", OVER_RETRIEVAL))
+    targets = (recognition or {}).get("targets_validate") or {}
+    if targets:
+        met = [name for name, t in targets.items() if t.get("met")]
+        missed = [
+            f"{name} {t['value']:.3f} (goal {t['target']:.2f})"
+            for name, t in targets.items()
+            if not t.get("met")
+        ]
+        verdict = "met" if not missed else "**missed**: " + ", ".join(missed)
+        lines.append(
+            f"| encoder recognition (validate) | {len(met)} of {len(targets)} | all | {verdict} |"
+        )
+    total = timings.get("total", {}).get("seconds")
+    if total is not None:
+        lines.append(
+            _target_row(
+                "wall time of the run (venv not included)",
+                float(total),
+                "<=",
+                float(BUDGET_SECONDS),
+                fmt=format_seconds,
+            )
+        )
+    return lines
+
+
 def _per_seed_markdown(results: pd.DataFrame) -> list[str]:
     """The tested metrics of every run, one column per seed (``ablation.csv``)."""
     from cxrlib.ablation import SHORT_NAMES, TESTED_KEYS
@@ -257,18 +329,21 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
         markdown_table(summary_table(summary), method).rstrip("\n"),
     ]
 
-    lines += _per_seed_markdown(results)
-    lines += _tests_markdown(tests, settings.get("n_bootstrap"))
     cache_dir = run_cache_dir(record)
     timings = record.get("timings") or collect_timings(run_dir, record)
     encoder = timings.get("encoder_pretraining", {}).get("source", "")
+    recognition = None
     if encoder and Path(encoder).is_file():
         recognition = _read_json(Path(encoder), "the encoder pretraining").get("recognition")
-        if isinstance(recognition, dict):
-            from cxrlib.evaluate.recognition import markdown_table as recognition_table
+        recognition = recognition if isinstance(recognition, dict) else None
+    lines += targets_markdown(summary, list(settings.get("modes", [])), recognition, timings)
+    lines += _per_seed_markdown(results)
+    lines += _tests_markdown(tests, settings.get("n_bootstrap"))
+    if recognition is not None:
+        from cxrlib.evaluate.recognition import markdown_table as recognition_table
 
-            lines += ["", "**Encoder recognition** (the frozen encoder's heads, `pretrain.json`):"]
-            lines += ["", recognition_table(recognition)]
+        lines += ["", "**Encoder recognition** (the frozen encoder's heads, `pretrain.json`):"]
+        lines += ["", recognition_table(recognition)]
 
     attention = folder / "grounding_attention.csv"
     if attention.is_file():

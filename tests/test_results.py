@@ -8,7 +8,15 @@ import pytest
 
 from cxrlib.cli import main
 from cxrlib.errors import CxrError
-from cxrlib.results import END, GENERATED, START, replace_section, results_markdown, update_readme
+from cxrlib.results import (
+    END,
+    GENERATED,
+    START,
+    replace_section,
+    results_markdown,
+    targets_markdown,
+    update_readme,
+)
 
 MICRO = "clinical.uncertain_as_negative.micro_14"
 METHOD = "95% percentile bootstrap over studies, seeds pooled, 100 resamples"
@@ -320,3 +328,36 @@ def test_timings_are_collected_when_run_json_has_none(run):
         "| decoder run none-seed1 | 12.5 s | no (cached) | training loop; "
         "run: `train/none-seed1/summary.json` |"
     ) in lines
+
+
+def test_targets_name_the_best_mode_and_each_gap():
+    summary = pd.DataFrame(
+        [
+            ("none", "clinical.uncertain_as_negative.micro_14", 0.70),
+            ("soft", "clinical.uncertain_as_negative.micro_14", 0.90),
+            ("soft", "grounding.uncertain_as_negative.hallucination_rate", 0.25),
+            ("soft", "grounding.uncertain_as_negative.omission_rate", 0.125),
+            ("retrieval", "clinical.uncertain_as_negative.micro_14", 0.80),
+        ],
+        columns=["system", "metric", "mean"],
+    )
+    recognition = {
+        "targets_validate": {
+            "Edema": {"metric": "auroc", "value": 0.99, "target": 0.97, "met": True},
+            "Fracture": {"metric": "auroc", "value": 0.8, "target": 0.9, "met": False},
+        }
+    }
+    lines = targets_markdown(summary, ["none", "soft"], recognition, {"total": {"seconds": 1500}})
+    assert lines[1] == "**Targets** (best mode `soft`, the highest mean micro-F1; mean over seeds):"
+    for line in (
+        "| micro-F1 14 (unc. neg.) | 0.900 | >= 0.850 | met |",
+        "| macro-F1 14 (unc. neg.) | n/a | >= 0.600 | not measured |",
+        "| hallucination rate | 0.250 | <= 0.200 | **missed** by 0.050 |",
+        "| omission rate | 0.125 | <= 0.200 | met |",
+        "| micro-F1 over retrieval | 0.100 | >= 0.150 | **missed** by 0.050 |",
+        "| encoder recognition (validate) | 1 of 2 | all "
+        "| **missed**: Fracture 0.800 (goal 0.90) |",
+        "| wall time of the run (venv not included) | 25 min 0 s | <= 30 min 0 s | met |",
+    ):
+        assert line in lines, line
+    assert targets_markdown(summary, ["strict"], None, {}) == []

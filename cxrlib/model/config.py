@@ -66,6 +66,19 @@ CPU_ENCODER_FIELDS: dict[str, Any] = {
     "layer_type": "basic",
 }
 
+# The CPU preset's decoder: the tiny 4-layer GPT-2 without dropout. The default run
+# trains each decoder for one pass over the phantom, far from overfitting, and on CPU
+# dropout's random masks cost a third of a training step (README, "Choosing the CPU
+# encoder": 1.4x faster, the same validation micro-F1).
+CPU_DECODER_FIELDS: dict[str, Any] = {
+    "n_layer": 4,
+    "n_head": 4,
+    "n_embd": 128,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+}
+
 
 @dataclass
 class ModelConfig:
@@ -225,14 +238,15 @@ class ModelConfig:
         """The CPU preset the default profile trains: a small ResNet (AutoBackbone) at
         128 px whose stride-16 feature map is an 8x8 grid (64 patches: a third of the
         decoder's prefix at 224 px), pretrained on the phantom labels and frozen, and the
-        tiny preset's 4-layer GPT-2 of width 128. Chosen on the phantom's validation
-        split against a ConvNeXt and the tiny DINOv3 ViT (README, "Choosing the CPU
-        encoder").
+        tiny preset's 4-layer GPT-2 of width 128 without dropout (:data:`CPU_DECODER_FIELDS`).
+        Chosen on the phantom's validation split against a ConvNeXt and the tiny DINOv3
+        ViT (README, "Choosing the CPU encoder").
         ``overrides`` replace any field."""
         fields: dict[str, Any] = {
             "encoder": dict(CPU_ENCODER_FIELDS),
             "image_size": 128,
             "patch_size": None,
+            "decoder": dict(CPU_DECODER_FIELDS),
         }
         fields.update(overrides)
         return cls.tiny(mode=mode, **fields)

@@ -162,3 +162,19 @@ def test_a_backbone_stride_is_measured_once_per_image_size(monkeypatch):
     assert encoder_stride(encoder, 64) == encoder_stride(encoder, 64) == 16
     assert encoder_stride(encoder, 128) == 16
     assert calls == [64, 128]
+
+
+def test_the_cpu_preset_is_an_8x8_grid_and_trains_without_dropout():
+    """The preset the default profile trains: 64 patches at 128 px, and a training-mode
+    pass that is a function of its inputs (no dropout masks: two passes agree)."""
+    torch.manual_seed(0)
+    config = ModelConfig.cpu(max_text_tokens=24, tokenizer_vocab_size=300)
+    model = ReportModel.from_config(config, texts=TEXTS)
+    assert model.num_patches == 64
+    model.train()
+    pixels = torch.rand(2, 3, 128, 128)
+    batch = model.tokenizer.batch(TEXTS[:2], max_length=24)
+    ids = batch["input_ids"]
+    losses = [model(pixel_values=pixels, input_ids=ids, labels=ids).loss for _ in range(2)]
+    assert losses[0].item() == losses[1].item()
+    assert all(not isinstance(m, torch.nn.Dropout) or m.p == 0.0 for m in model.decoder.modules())
