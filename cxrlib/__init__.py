@@ -11,4 +11,20 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "report_image"]
+
+
+def report_image(image, run, **kwargs):
+    """Findings, labels and (with ``out=``) an attention PNG for one radiograph with a
+    trained run: :class:`cxrlib.report.ImageReport`. Keywords as
+    :class:`cxrlib.report.Reporter` (``masks``, ``segmenter``, ``device``) and ``out``
+    (a folder for the PNG). For many images use :func:`cxrlib.report.report_images`,
+    which loads the run once."""
+    from pathlib import Path
+
+    from cxrlib.report import Reporter
+
+    out = kwargs.pop("out", None)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    return Reporter(run, **kwargs).report(image, Path(out) if out is not None else None)
