@@ -25,6 +25,4 @@ def report_image(image, run, **kwargs):
     from cxrlib.report import Reporter
 
     out = kwargs.pop("out", None)
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
     return Reporter(run, **kwargs).report(image, Path(out) if out is not None else None)

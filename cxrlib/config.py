@@ -297,7 +297,7 @@ def _default() -> RunConfig:
         ),
         # a random frozen encoder gives the decoder nothing to read (one text for every
         # image): the ResNet learns the labels and, per patch, the organs and finding
-        # regions under it, once (~3.5 min), then is frozen and reused by every run
+        # regions under it, once (~5 min), then is frozen and reused by every run
         pretrain=PretrainConfig(
             enabled=True, epochs=6, batch_size=32, lr=2e-3, max_shift=4, dense_weight=1.0
         ),

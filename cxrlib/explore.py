@@ -293,6 +293,15 @@ def sentence_frequencies(df: pd.DataFrame, top: int | None = 20) -> pd.DataFrame
     return table.reset_index(drop=True)
 
 
+def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Any numeric array stretched linearly from its min..max to uint8 0..255 (all 0 when
+    constant): how a high-bit-depth radiograph becomes 8-bit grayscale."""
+    a = np.asarray(values, dtype=np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.rint(scaled).astype(np.uint8)
+
+
 def _open_gray(path: str | os.PathLike, what: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
@@ -302,10 +311,7 @@ def _open_gray(path: str | os.PathLike, what: str) -> np.ndarray:
             img.load()
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
                 # High bit depth (e.g. 12/16-bit radiographs): stretch min..max to 0..255.
-                a = np.asarray(img, dtype=np.float64)
-                lo, hi = float(a.min()), float(a.max())
-                scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-                gray = np.rint(scaled).astype(np.uint8)
+                gray = stretch_to_uint8(np.asarray(img))
             else:
                 gray = np.asarray(img.convert("L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:

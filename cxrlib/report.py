@@ -104,12 +104,12 @@ def _dicom_gray(path: Path) -> np.ndarray:
         raise CxrError(f"{path}: not a readable DICOM file ({err})") from None
     if pixels.ndim != 2:
         raise CxrError(f"{path}: DICOM pixel data of shape {pixels.shape}, expected 2-D")
-    values = apply_voi_lut(pixels, ds).astype(np.float64)
-    low, high = float(values.min()), float(values.max())
-    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    from cxrlib.explore import stretch_to_uint8
+
+    gray = stretch_to_uint8(apply_voi_lut(pixels, ds))
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        scaled = 1.0 - scaled  # MONOCHROME1: high values are dark
-    return np.round(scaled * 255).astype(np.uint8)
+        gray = 255 - gray  # MONOCHROME1: high values are dark
+    return gray
 
 
 def read_radiograph(path: str | os.PathLike) -> np.ndarray:
@@ -157,7 +157,8 @@ def run_segmenter(run: str | os.PathLike, config) -> Path | None:
     workbook run around it trained (``run.json`` timings), else None."""
     if config.priors.segmenter:
         return Path(config.priors.segmenter)
-    for folder in [Path(run).resolve(), *Path(run).resolve().parents][:4]:
+    here = Path(run).resolve()
+    for folder in [here, *here.parents][:4]:
         record = folder / "run.json"
         if record.is_file():
             try:
@@ -215,8 +216,6 @@ class Reporter:
 
     def _masks(self, gray: np.ndarray, path: Path) -> dict[str, np.ndarray] | None:
         """Organ masks (1, H, W) of the image, or None (uniform prior / mode none)."""
-        if self.model.config.mode == "none":
-            return None
         if self.segmenter is not None:
             return self.segmenter.predict(gray[None])
         if self.mask_folder is not None:
@@ -290,6 +289,7 @@ class Reporter:
         )
         name = path.name if len(path.name) <= 40 else path.name[:18] + "…" + path.name[-18:]
         fig.suptitle(f"{name} (masks: {source})", fontsize=6)
+        out.mkdir(parents=True, exist_ok=True)
         target = out / f"{path.stem}_attention.png"
         write_atomic(target, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
         plt.close(fig)

@@ -17,19 +17,16 @@ from cxrlib.ablation import (
     summarise,
     summary_table,
 )
-from cxrlib.config import load_config, parse_assignment
 from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.errors import CxrError
 from cxrlib.evaluate.evaluate import evaluate_generations
 from cxrlib.evaluate.stats import aggregate_seeds
+from tests import smoke_config
 
 
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    config = load_config(
-        "smoke", overrides=[parse_assignment(f"data.cache_dir={cache}"), {"train": {"epochs": 1}}]
-    )
+    config = smoke_config(tmp_path_factory.mktemp("cache"))
     out = tmp_path_factory.mktemp("run")
     result = run_ablation(config, out, seeds=(0, 1), n_bootstrap=20, progress=False)
     return config, out, result

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
 
 from cxrlib.cli import main
-from cxrlib.config import load_config, parse_assignment
 from cxrlib.errors import CxrError
 from cxrlib.evaluate.baselines import baseline_generations
 from cxrlib.generate import generate_split, run_checkpoint
 from cxrlib.model import ReportModel
-from cxrlib.train import resolve_manifest, train
+from cxrlib.train import resolve_manifest
+from tests import trained_smoke_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    config = load_config(
-        "smoke",
-        overrides=[parse_assignment(f"data.cache_dir={cache}"), {"train": {"epochs": 1}}],
-    )
-    out = tmp_path_factory.mktemp("runs") / "smoke"
-    train(config, out, progress=False)
-    return out, resolve_manifest(config), cache
+    out, config = trained_smoke_run(tmp_path_factory)
+    return out, resolve_manifest(config), Path(config.data.cache_dir)
 
 
 def test_generate_split_matches_the_model(run):

@@ -13,7 +13,6 @@ from PIL import Image
 from cxrlib.anatomy.priors import masks_to_priors
 from cxrlib.anatomy.segmenter import Segmenter, SegmenterConfig
 from cxrlib.cli import main
-from cxrlib.config import load_config, parse_assignment
 from cxrlib.data.images import to_pixels
 from cxrlib.errors import CxrError
 from cxrlib.explore import load_mask
@@ -25,18 +24,13 @@ from cxrlib.report import (
     read_radiograph,
     report_images,
 )
-from cxrlib.train import resolve_manifest, train
+from cxrlib.train import resolve_manifest
+from tests import trained_smoke_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    config = load_config(
-        "smoke",
-        overrides=[parse_assignment(f"data.cache_dir={cache}"), {"train": {"epochs": 1}}],
-    )
-    out = tmp_path_factory.mktemp("runs") / "smoke"
-    train(config, out, progress=False)
+    out, config = trained_smoke_run(tmp_path_factory)
     manifest = resolve_manifest(config)
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     images = [manifest.parent / p for p in df[df["split"] == "test"]["image_path"][:2]]
