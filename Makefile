@@ -1,11 +1,12 @@
-# The two commands: `make workbook` and `make test`. Both create .venv when missing.
+# The commands: `make workbook`, `make test` and `make lab` (JupyterLab on the notebooks).
+# Each creates .venv when missing.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= default
 
-.PHONY: workbook test lint format bench clean-venv
+.PHONY: workbook test lab lint format bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,10 @@ $(STAMP): pyproject.toml
 
 workbook: $(STAMP)
 	$(BIN)/cxr workbook run --profile $(PROFILE)
+
+# JupyterLab (the lab extra, part of dev) on the numbered notebooks; 07 is the explorer
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2

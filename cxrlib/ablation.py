@@ -279,6 +279,7 @@ def run_ablation(
         per_obs.append(ev.per_observation.assign(system=system, seed=seed))
     results = pd.DataFrame(rows)
     pd.concat(per_obs).to_csv(folder / "per_observation.csv", index=False)
+    refresh_model_cards(runs)
 
     summary = summarise(results, generations, ref, ref_labels, n_bootstrap, progress=progress)
 
@@ -621,3 +622,14 @@ def latex_table(table: pd.DataFrame, note: str = "") -> str:
         lines.append(rf"\multicolumn{{{width}}}{{l}}{{\footnotesize Intervals: {esc(note)}.}} \\")
     lines += [r"\end{tabular}", ""]
     return "\n".join(lines)
+
+
+def refresh_model_cards(runs: dict[tuple[str, int], Path]) -> None:
+    """Rewrite the model card of each run's best (else last) checkpoint with the test
+    metrics the ablation measured (``ablation/evaluation/<run>/metrics.json``)."""
+    from cxrlib.generate import run_checkpoint
+    from cxrlib.model_card import ablation_metrics, write_card
+
+    for run_dir in runs.values():
+        checkpoint = run_checkpoint(run_dir)
+        write_card(checkpoint, run_dir, checkpoint, ablation_metrics(run_dir))

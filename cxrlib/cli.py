@@ -1177,6 +1177,54 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 1 if summary.failures else 0
 
 
+# --- cxr export ------------------------------------------------------------------------
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="copy a run's best model into a shareable folder with a model card",
+        description=(
+            "Copy a training run's best (else last) checkpoint's model files (weights, "
+            "model config, tokenizer; no optimizer, RNG or trainer state) and the run's "
+            "config (run_config.json) into a new folder, with a README.md model card: "
+            "architecture, mode, prior schedule, data and split, the test metrics with 95% "
+            "intervals from --metrics (else the run's ablation evaluation, else none), "
+            "provenance, limitations. The folder loads with ReportModel.from_pretrained and "
+            "serves cxr report --run."
+        ),
+    )
+    p.add_argument("run", type=Path, help="training run folder (cxr train --out)")
+    p.add_argument("--out", required=True, type=Path, help="new or empty output folder")
+    p.add_argument(
+        "--metrics",
+        type=Path,
+        default=None,
+        metavar="METRICS_JSON",
+        help="cxr evaluate metrics.json of this run on a test split",
+    )
+    p.add_argument(
+        "--segmenter",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="segmenter to ship in OUT/segmenter (default: the one the run used, if any)",
+    )
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from cxrlib.generate import run_folder
+    from cxrlib.model_card import export_run, test_metrics_path
+
+    metrics = test_metrics_path(run_folder(args.run), args.metrics) if args.run.is_dir() else None
+    out = export_run(args.run, args.out, metrics=metrics, segmenter=args.segmenter)
+    said = f"test metrics from {metrics}" if metrics else "no test metrics (not measured yet)"
+    shipped = "with" if (out / "segmenter").is_dir() else "without"
+    print(f"exported {args.run} -> {out} (README.md model card with {said}; {shipped} a segmenter)")
+    return 0
+
+
 # --- the command -----------------------------------------------------------------------
 
 # Each entry declares one top-level subcommand. Later capabilities add theirs here.
@@ -1191,6 +1239,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_generate,
     _add_report,
+    _add_export,
     _add_label,
     _add_evaluate,
 ]

@@ -357,6 +357,17 @@ def _mask_handles(kinds: Sequence[str]) -> list[Line2D]:
     ]
 
 
+def outline_masks(ax, masks: dict[str, np.ndarray], linewidth: float = 0.6) -> None:
+    """Outline organ masks (``left_lung``, ``right_lung``, ``lungs``, ``heart``: (H, W)
+    bool, the size of the image drawn on ``ax``) in the colours of the mask overlays."""
+    palette = colors()
+    for kind, mask in masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        if kind in _MASK_STYLE and mask.any() and not mask.all():
+            color = palette[_MASK_STYLE[kind][0]]
+            ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=linewidth)
+
+
 def plot_mask_overlays(
     df: pd.DataFrame,
     n: int = 8,

@@ -55,12 +55,39 @@ def run_checkpoint(run: str | os.PathLike) -> Path:
     raise CxrError(f"{run}: no checkpoints/best or checkpoints/last (is it a training run?)")
 
 
+EXPORTED_CONFIG_FILE = "run_config.json"
+"""An exported model folder's copy of its run's ``config.json``
+(:func:`cxrlib.model_card.export_run`; the folder's own ``config.json`` is the model's)."""
+
+
+def run_config_path(run: str | os.PathLike) -> Path:
+    """The run record of ``run``: its ``config.json``, or ``run_config.json`` in an
+    exported model folder."""
+    run = Path(run)
+    exported = run / EXPORTED_CONFIG_FILE
+    return exported if exported.is_file() else run / "config.json"
+
+
 def run_config(run: str | os.PathLike) -> RunConfig:
-    """The config tree a training run recorded in ``config.json``."""
-    path = Path(run) / "config.json"
+    """The config tree a training run recorded in ``config.json`` (an exported model
+    folder: ``run_config.json``)."""
+    path = run_config_path(run)
     if not path.is_file():
         raise CxrError(f"{path}: not found (is {run} a training run folder?)")
     return RunConfig.from_dict(json.loads(path.read_text())["config"])
+
+
+def run_folder(run: str | os.PathLike) -> Path:
+    """The folder whose run record (:func:`run_config_path`) belongs to ``run``: an
+    exported model folder itself, a training run, or the run around a checkpoint
+    folder (two folders up)."""
+    checkpoint = run_checkpoint(run)
+    run = Path(run)
+    if (checkpoint / EXPORTED_CONFIG_FILE).is_file():
+        return checkpoint
+    if (run / "config.json").is_file() and checkpoint != run:
+        return run
+    return checkpoint.parent.parent
 
 
 def split_frame(manifest: str | os.PathLike, split: str | None) -> pd.DataFrame:
@@ -77,12 +104,10 @@ def split_frame(manifest: str | os.PathLike, split: str | None) -> pd.DataFrame:
 def load_run(run: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
     """``(config, model, checkpoint)`` of a training run: its config tree (with the
     cache folder replaced when ``cache_dir`` is given) and its best (else last)
-    checkpoint's model, in eval mode. ``run`` may also be a checkpoint folder."""
+    checkpoint's model, in eval mode. ``run`` may also be a checkpoint folder or an
+    exported model folder (``cxr export``)."""
     checkpoint = run_checkpoint(run)
-    run_dir = Path(run)
-    if not (run_dir / "config.json").is_file() or checkpoint == run_dir:
-        run_dir = checkpoint.parent.parent
-    config = run_config(run_dir)
+    config = run_config(run_folder(run))
     if cache_dir is not None:
         config.data.cache_dir = str(cache_dir)
     model = ReportModel.from_pretrained(checkpoint)
@@ -108,8 +133,8 @@ def generate_split(
     Parameters
     ----------
     run : path-like
-        A training run folder (``cxr train --out``) or a checkpoint folder; a bare
-        checkpoint needs the run's ``config.json`` one or two folders up.
+        A training run folder (``cxr train --out``), a checkpoint folder (it needs the
+        run's ``config.json`` two folders up) or an exported model folder.
     cache_dir : path-like, optional
         Feature and prior caches (default: the run config's ``data.cache_dir``).
     max_images : int, optional

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 MASK_STRUCTURES = ("left_lung", "right_lung", "heart")
 REPORTS_FILE = "reports.jsonl"
+EXPORTED_SEGMENTER = "segmenter"
+"""The segmenter's folder inside an exported model folder (``cxr export``)."""
 
 
 @dataclass
@@ -153,8 +155,15 @@ def _folder_masks(folder: Path, image: Path, shape: tuple[int, int]) -> dict[str
 
 
 def run_segmenter(run: str | os.PathLike, config) -> Path | None:
-    """The segmenter a run used: its config's ``priors.segmenter``, else the one the
-    workbook run around it trained (``run.json`` timings), else None."""
+    """The segmenter a run used: the one shipped inside an exported model folder
+    (``segmenter/``), else its config's ``priors.segmenter``, else the one the workbook
+    run around it trained (``run.json`` timings, or while that run is still going, the
+    folder its notebook 02 printed), else None."""
+    from cxrlib.workbook import segmenter_folder
+
+    shipped = Path(run) / EXPORTED_SEGMENTER
+    if (shipped / "model.safetensors").is_file():
+        return shipped
     if config.priors.segmenter:
         return Path(config.priors.segmenter)
     here = Path(run).resolve()
@@ -162,11 +171,12 @@ def run_segmenter(run: str | os.PathLike, config) -> Path | None:
         record = folder / "run.json"
         if record.is_file():
             try:
-                source = json.loads(record.read_text())["timings"]["segmenter_training"]
-                path = Path(source["source"]).parent
-            except (ValueError, KeyError, TypeError):
+                tree = json.loads(record.read_text())
+            except ValueError:
                 return None
-            return path if (path / "model.safetensors").is_file() else None
+            source = tree.get("timings", {}).get("segmenter_training", {}).get("source")
+            path = Path(source).parent if source else segmenter_folder(folder, tree)
+            return path if path and (path / "model.safetensors").is_file() else None
     return None
 
 
@@ -223,6 +233,29 @@ class Reporter:
         return None
 
     @torch.no_grad()
+    def predict(
+        self, gray: np.ndarray, masks: dict[str, np.ndarray] | None, name: str
+    ) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+        """``(findings, pixel values, priors)`` of one uint8 (H, W) image and its organ
+        masks ((1, H, W) each, or None for a uniform prior)."""
+        from cxrlib.anatomy.priors import masks_to_priors
+        from cxrlib.data.images import to_pixels
+
+        pixels = to_pixels(gray, self.model.config.image_size)[None].to(self.device)
+        priors = None
+        if masks is not None and self.model.config.mode != "none":
+            priors = masks_to_priors(masks, self.prior_config, image_ids=[name])
+            priors = priors.to(self.device)
+        findings = self.model.generate(pixel_values=pixels, priors=priors)[0].strip()
+        return findings, pixels, priors
+
+    def attention(self, findings: str, pixels: torch.Tensor, priors: torch.Tensor | None):
+        """Where each sentence of ``findings`` attended
+        (:class:`cxrlib.explain.SentenceAttention`)."""
+        from cxrlib.explain import sentence_attention
+
+        return sentence_attention(self.model, findings, pixel_values=pixels, priors=priors)
+
     def report(self, path: str | os.PathLike, out: Path | None = None) -> ImageReport:
         """One image's report; its attention PNG into ``out`` when given.
 
@@ -231,39 +264,19 @@ class Reporter:
         CxrError
             The image or its masks unreadable, or a mask of the wrong size (named).
         """
-        from cxrlib.data.images import to_pixels
-        from cxrlib.evaluate.labeler import LATERALITY_COLUMNS, label_report
-
         started = time.perf_counter()
         path = Path(path)
         gray = read_radiograph(path)
-        pixels = to_pixels(gray, self.model.config.image_size)[None].to(self.device)
-        from cxrlib.anatomy.priors import masks_to_priors
-
         masks = self._masks(gray, path)
-        priors = None
-        if masks is not None:
-            priors = masks_to_priors(masks, self.prior_config, image_ids=[path.name])
-            priors = priors.to(self.device)
-        findings = self.model.generate(pixel_values=pixels, priors=priors)[0].strip()
-        labels = label_report(findings)
-        sides = {
-            column.removesuffix(" laterality"): labels[column]
-            for column in LATERALITY_COLUMNS
-            if labels.get(column)
-        }
-        names = {
-            k: _LABEL_NAMES.get(v) if not (isinstance(v, float) and math.isnan(v)) else None
-            for k, v in labels.items()
-            if k not in LATERALITY_COLUMNS
-        }
+        findings, pixels, priors = self.predict(gray, masks, path.name)
+        labels, sides = labels_and_sides(findings)
         png = None
         if out is not None and findings:
             png = self._attention_png(gray, pixels, priors, masks, findings, path, out)
         return ImageReport(
             image=str(path),
             findings=findings,
-            labels=names,
+            labels=labels,
             sides=sides,
             masks=self.masks,
             attention_png=png,
@@ -273,15 +286,8 @@ class Reporter:
     def _attention_png(self, gray, pixels, priors, masks, findings, path: Path, out: Path) -> str:
         import matplotlib.pyplot as plt
 
-        from cxrlib.explain import sentence_attention
-        from cxrlib.figures import plot_sentence_attention
-
-        attention = sentence_attention(self.model, findings, pixel_values=pixels, priors=priors)
-        fig = plot_sentence_attention(gray, attention)
-        for ax in fig.axes:  # the lung and heart outline the prior was built from
-            for name, color in zip(MASK_STRUCTURES, ("#56b4e9", "#56b4e9", "#e69f00"), strict=True):
-                if masks is not None and masks[name][0].any():
-                    ax.contour(masks[name][0], levels=[0.5], colors=[color], linewidths=0.6)
+        attention = self.attention(findings, pixels, priors)
+        fig = attention_figure(gray, attention, masks)
         source = (
             self.masks.split(" ")[0]
             if self.masks.startswith(("segmenter", "masks"))
@@ -294,6 +300,47 @@ class Reporter:
         write_atomic(target, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
         plt.close(fig)
         return str(target)
+
+
+def attention_figure(gray: np.ndarray, attention, masks=None, captions=None):
+    """The figure of notebook 06 (each sentence's attention by layer group) with the
+    lung and heart outlines the prior was built from (mask-overlay colours).
+
+    Parameters
+    ----------
+    gray : (H, W) uint8
+    attention : cxrlib.explain.SentenceAttention
+    masks : dict of str to (1, H, W) or (H, W) bool, optional
+    captions : list of list of str, optional
+        As :func:`cxrlib.figures.plot_sentence_attention`.
+    """
+    from cxrlib.figures import outline_masks, plot_sentence_attention
+
+    fig = plot_sentence_attention(gray, attention, captions=captions)
+    if masks is not None:
+        flat = {name: np.asarray(mask).reshape(gray.shape) for name, mask in masks.items()}
+        for ax in fig.axes:
+            outline_masks(ax, flat)
+    return fig
+
+
+def labels_and_sides(findings: str) -> tuple[dict[str, str | None], dict[str, str]]:
+    """The labeler's 14 labels of a Findings text as words (positive / negative /
+    uncertain, None: not mentioned) and the side of each lateral finding it names."""
+    from cxrlib.evaluate.labeler import LATERALITY_COLUMNS, label_report
+
+    labels = label_report(findings)
+    sides = {
+        column.removesuffix(" laterality"): labels[column]
+        for column in LATERALITY_COLUMNS
+        if labels.get(column)
+    }
+    names = {
+        k: _LABEL_NAMES.get(v) if not (isinstance(v, float) and math.isnan(v)) else None
+        for k, v in labels.items()
+        if k not in LATERALITY_COLUMNS
+    }
+    return names, sides
 
 
 def report_images(

@@ -22,9 +22,10 @@
   ``summary.json`` at the end.
 
 Checkpoints: a :meth:`ReportModel.save_pretrained` folder plus ``optimizer.safetensors``
-(optimizer tensors), ``rng.safetensors`` (every process's torch RNG state) and
+(optimizer tensors), ``rng.safetensors`` (every process's torch RNG state),
 ``trainer_state.json`` (step, epoch, position in the epoch, scheduler, optimizer
-settings, python/numpy RNG states, best metric, bad images, rows of ``metrics.csv``).
+settings, python/numpy RNG states, best metric, bad images, rows of ``metrics.csv``)
+and ``README.md``, the model card (:mod:`cxrlib.model_card`: no test metrics yet).
 No pickle. A checkpoint is written whole into ``checkpoints/.tmp-<name>``, then the old
 one is renamed to ``.old-<name>``, the new one renamed into place and the old deleted;
 :func:`recover_checkpoints` repairs a run killed between the renames. So a ``kill -9``
@@ -375,7 +376,9 @@ def write_checkpoint(
     rng_states: list[dict],
     counter: list[int],
 ) -> Path:
-    """Write checkpoint ``folder/name`` atomically (main process only; see module doc)."""
+    """Write checkpoint ``folder/name`` atomically (main process only; see module doc),
+    with its model card ``README.md`` (:mod:`cxrlib.model_card`; ``folder`` is the run's
+    ``checkpoints`` folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{name}"
     if tmp.exists():
@@ -395,6 +398,9 @@ def write_checkpoint(
     save_file(rng_tensors, str(tmp / RNG_FILE))
     full_state = {**state, "optimizer": opt_meta, "rng": rng_meta}
     (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1))
+    from cxrlib.model_card import write_card
+
+    write_card(tmp, folder.parent, tmp, name=name)  # part of the atomic checkpoint
     _fsync_tree(tmp)
     final, old = folder / name, folder / f".old-{name}"
     if final.exists():
@@ -659,6 +665,8 @@ def train(
                 "scheduler": sched,
                 "world_size": world,
                 "seed": config.seed,
+                "train_images": n_train,  # for the model card (not read on resume)
+                "validate_images": len(datasets["validate"]),
             }
             write_checkpoint(
                 ckpt_dir, name, raw_model, optimizer.optimizer, state, rng_states, counter

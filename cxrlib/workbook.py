@@ -362,7 +362,7 @@ def _notebook_seconds(record: dict, prefix: str) -> tuple[str, float] | None:
     return None
 
 
-def _segmenter_folder(run_dir: Path, record: dict) -> Path | None:
+def segmenter_folder(run_dir: Path, record: dict) -> Path | None:
     """The segmenter folder notebook 02 used: its executed copy prints ``segmenter: DIR``."""
     for entry in record.get("notebooks", []):
         if not entry.get("notebook", "").startswith("02_"):
@@ -483,7 +483,7 @@ def collect_timings(
     else:
         out["phantom_generation"] = _entry(None, None, note="not recorded in run.json")
 
-    segmenter = _segmenter_folder(run_dir, record)
+    segmenter = segmenter_folder(run_dir, record)
     out["segmenter_training"] = _cached_stage(
         None if segmenter is None else segmenter / "config.json",
         since,

@@ -323,3 +323,20 @@ def test_attention_grounding_per_mode(ablation, tmp_path):
         filled["mean"] <= filled["ci_high"]
     ).all()
     assert result["seconds_per_run"] is not None
+
+
+def test_each_runs_model_card_carries_the_test_metrics_the_ablation_measured(ablation):
+    import yaml
+
+    _, out, _ = ablation
+    metrics = json.loads(
+        (out / "ablation" / "evaluation" / "strict-seed1" / "metrics.json").read_text()
+    )
+    card = (out / "train" / "strict-seed1" / "checkpoints" / "best" / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    results = header["model-index"][0]["results"][0]["metrics"]
+    key = "clinical.uncertain_as_negative.micro_14"
+    value = next(m["value"] for m in results if m["name"] == key)
+    assert value == pytest.approx(metrics["metrics"][key]["value"])
+    assert "Not measured on a test split yet" not in card
+    assert "strict" in card.split("## Attention mode")[1].splitlines()[2]

@@ -42,3 +42,13 @@ def test_makefile_installs_the_same_torch_pin_first():
     torch = _pyproject_pins()["torch"]
     assert f"pip install --quiet torch=={torch}" in makefile
     assert makefile.index(f"torch=={torch}") < makefile.index("-e '.[dev]'")
+
+
+def test_dev_includes_the_lab_extra_and_make_lab_opens_the_notebooks():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert set(extras["lab"]) <= set(extras["dev"])
+    assert {s.split("==")[0] for s in extras["lab"]} == {"jupyterlab", "ipywidgets"}
+    makefile = (ROOT / "Makefile").read_text()
+    assert "jupyter lab --notebook-dir=notebooks" in makefile.split("\nlab:")[1].split("\n\n")[0]

@@ -296,6 +296,16 @@ def test_smoke_profile_runs_the_real_notebooks_on_a_phantom_set(tmp_path):
     assert set(summary["interval"]) == {
         "95% percentile bootstrap over studies, seeds pooled, 50 resamples"
     }
+    # the explorer, headless: one static view per mode of the same study
+    explorer = nbformat.read(run / "notebooks" / "07_explorer.ipynb", as_version=4)
+    html = [
+        o["data"]["text/html"]
+        for c in explorer.cells
+        for o in c.get("outputs", [])
+        if "cxr-explorer-view" in o.get("data", {}).get("text/html", "")
+    ]
+    assert [h.split('data-mode="')[1].split('"')[0] for h in html] == ["none", "soft", "strict"]
+    assert len({h.split('data-study="')[1].split('"')[0] for h in html}) == 1
     timings = record["timings"]
     runs = {f"{m}-seed{s}" for m in ("none", "soft", "strict") for s in (0, 1, 2)}
     assert set(timings["decoder_runs"]) == runs
