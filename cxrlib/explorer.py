@@ -479,7 +479,8 @@ def prior_figure(view: StudyView):
 
     used = "" if view.mode != "none" else " (not used: mode none)"
     title = f"{view.name}: masks ({view.mask_source.split(':')[0]}) and layer priors{used}"
-    fig = plot_prior_stack(view.priors, image=view.image, title=title)
+    ncols = view.priors.shape[0] + 1  # one row: the image, then layer 1 to L
+    fig = plot_prior_stack(view.priors, image=view.image, title=title, ncols=ncols)
     if view.masks is not None:
         image_ax = fig.axes[0]
         h, w = view.image.shape

@@ -602,7 +602,7 @@ def plot_prior_stack(
         ax.set_title("image", fontsize=7)
     for layer, ax in enumerate(flat[: priors.shape[0]]):
         ax.imshow(priors[layer], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"layer {layer}", fontsize=7)
+        ax.set_title(f"layer {layer + 1}", fontsize=7)  # counted from 1, as group_label
     for ax in axes.flat:
         ax.set_axis_off()
     if title:
@@ -733,6 +733,8 @@ def plot_sentence_attention(
         the attention grounding's ``"left lung 0.62, region 0.31"``
         (:func:`cxrlib.evaluate.attention_grounding.sentence_captions`); "" for none.
     """
+    from cxrlib.explain import group_label
+
     n = min(max_sentences, len(attention.sentences))
     groups = attention.groups
     fig = _new_figure(min(PAGE_WIDTH, 1.55 * len(groups) + 0.9), 1.55 * n + 0.3)
@@ -755,12 +757,7 @@ def plot_sentence_attention(
             ax.set_xticks([])
             ax.set_yticks([])
             if s == 0:
-                ax.set_title(
-                    f"layers {layers[0] + 1}-{layers[-1] + 1}"
-                    if len(layers) > 1
-                    else f"layer {layers[0] + 1}",
-                    fontsize="small",
-                )
+                ax.set_title(group_label(layers), fontsize="small")
             if g == 0:
                 text = attention.sentences[s]
                 ax.set_ylabel(text if len(text) <= 38 else text[:36] + "…", fontsize=6)
