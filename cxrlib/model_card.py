@@ -507,7 +507,8 @@ def _priors_section(files: RunFiles) -> list[str]:
         + (f", segmenter `{priors.segmenter}`" if priors.segmenter else "")
         + f") become one prior per decoder layer: schedule `{priors.schedule}`, padding "
         f"`{priors.padding}`, on the {resolved.grid} x {resolved.grid} patch grid "
-        "(sigma and kernel in patches; each layer min-max normalised to [0, 1]).",
+        "(layers counted from 1: layer 1 is the decoder's first; sigma and kernel in "
+        "patches; each layer min-max normalised to [0, 1]).",
         "",
     ]
     strength = files.prior_strength
@@ -515,7 +516,7 @@ def _priors_section(files: RunFiles) -> list[str]:
     rule = "| ---: | ---: | ---: |" + (" ---: |" if strength else "")
     lines += [head, rule]
     for layer, (kernel, sigma) in enumerate(schedule(resolved)):
-        row = f"| {layer} | {sigma:.4f} | {kernel} |"
+        row = f"| {layer + 1} | {sigma:.4f} | {kernel} |"
         if strength:
             row += f" {strength[layer]:.4f} |"
         lines.append(row)

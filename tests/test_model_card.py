@@ -82,7 +82,7 @@ def test_every_checkpoint_carries_a_card_without_test_metrics(run):
         assert "This model: **soft**" in card
         assert f"checkpoint {name}" in card
         for layer, (kernel, sigma) in enumerate(_prior_schedule(config, folder)):
-            assert f"| {layer} | {sigma:.4f} | {kernel} |" in card
+            assert f"| {layer + 1} | {sigma:.4f} | {kernel} |" in card  # counted from 1
         assert NOT_MEASURED in card
         assert "best val_loss so far" in card  # the validation metric known at the time
         assert "Research only" in card and "Not for clinical use" in card
