@@ -526,7 +526,8 @@ def show_view(view: StudyView) -> None:
 
 
 def explorer_widget(explorer: Explorer, study: str | None = None, mode: str | None = None):
-    """The interactive explorer: finding filter, study list, image path, mode switch.
+    """The interactive explorer: finding filter, study list, study id box, image path,
+    mode switch.
 
     Each change redraws the view in the widget's output area; an error (an unreadable
     image path, say) shows as one line there instead of a traceback.
@@ -542,6 +543,9 @@ def explorer_widget(explorer: Explorer, study: str | None = None, mode: str | No
     ids = explorer.studies()
     pick = widgets.Dropdown(
         options=ids, value=study if study in ids else ids[0], description="study"
+    )
+    typed = widgets.Combobox(
+        options=ids, placeholder="or type a study id", ensure_option=True, description="id"
     )
     path = widgets.Text(placeholder="or an image file (PNG, JPEG, DICOM)", description="image")
     report = widgets.Button(description="report image", tooltip="view the image file above")
@@ -573,14 +577,23 @@ def explorer_widget(explorer: Explorer, study: str | None = None, mode: str | No
             shown["image"] = None
             redraw()
 
+    def on_typed(change):
+        if change["new"] in ids:
+            if change["new"] not in pick.options:
+                finding.value = ""  # back to every study
+            pick.value = change["new"]
+
     def on_report(_):
         shown["image"] = path.value.strip() or None
         redraw()
 
     finding.observe(on_finding, names="value")
     pick.observe(on_study, names="value")
+    typed.observe(on_typed, names="value")
     modes.observe(redraw, names="value")
     report.on_click(on_report)
     redraw()
-    controls = widgets.VBox([widgets.HBox([finding, pick]), widgets.HBox([path, report]), modes])
+    controls = widgets.VBox(
+        [widgets.HBox([finding, pick, typed]), widgets.HBox([path, report]), modes]
+    )
     return widgets.VBox([controls, out])

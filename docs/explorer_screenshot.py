@@ -57,6 +57,12 @@ def main() -> int:
                 300,
                 f"the {args.mode} view",
             )
+            wait(
+                driver,
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, ".widget-output img")) >= 2,
+                120,
+                "the prior and attention figures",
+            )
             area = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-child .widget-vbox")[0]
             driver.execute_script("arguments[0].scrollIntoView(true);", area)
             args.out.parent.mkdir(parents=True, exist_ok=True)

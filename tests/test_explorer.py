@@ -200,7 +200,7 @@ def test_the_widget_redraws_for_the_study_mode_and_image_picked(explorer, monkey
     monkeypatch.setattr("cxrlib.explorer.show_view", lambda view: None)
     box = explorer_widget(explorer, mode="soft")
     controls, _ = box.children
-    (finding, pick), (path, button), modes = (
+    (finding, pick, typed), (path, button), modes = (
         controls.children[0].children,
         controls.children[1].children,
         controls.children[2],
@@ -216,6 +216,11 @@ def test_the_widget_redraws_for_the_study_mode_and_image_picked(explorer, monkey
     name, count = explorer.findings().iloc[0]
     finding.value = name
     assert list(pick.options) == explorer.studies(name)
+    # a typed id outside the filter: back to every study, that one shown
+    outside = next(i for i in explorer.studies() if i not in explorer.studies(name))
+    typed.value = outside
+    assert finding.value == "" and pick.value == outside
+    assert calls[-1] == (outside, None, "none")
 
 
 def test_latest_run_is_the_newest_with_trained_models(workbook_run, tmp_path):
