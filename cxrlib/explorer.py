@@ -28,6 +28,7 @@ import html
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -230,44 +231,44 @@ class Explorer:
         labels = self.studies_frame[list(FINDINGS)].apply(pd.to_numeric, errors="coerce")
         return bool(labels.notna().to_numpy().any())
 
-    def truth(self, image_id: str) -> pd.Series:
-        """The reference labels of a study (see the module doc)."""
-        row = self._row(image_id)
+    @cached_property
+    def truth_frame(self) -> pd.DataFrame:
+        """The reference labels of every study of the split, indexed by image id, read
+        once: the manifest's rows, or the labeler's labels of the reference texts with
+        each lateral finding's side in the phantom's side columns (see the module doc)."""
+        ids = self.studies_frame["image_id"].astype(str).to_numpy()
         if self.truth_source == "manifest":
-            return row
+            return self.studies_frame.set_index(ids)
         from cxrlib.evaluate.grounding import SIDE_COLUMNS
-        from cxrlib.evaluate.labeler import label_report, laterality_column
+        from cxrlib.evaluate.labeler import label_reports, laterality_column
 
-        labels = label_report(row["findings"])
-        sides = {col: labels.get(laterality_column(obs)) for obs, col in SIDE_COLUMNS.items()}
-        return pd.Series({**labels, **sides})
+        labels = label_reports(self.studies_frame["findings"]).set_index(ids)
+        for obs, column in SIDE_COLUMNS.items():
+            labels[column] = labels[laterality_column(obs)]
+        return labels
+
+    def truth(self, image_id: str) -> pd.Series:
+        """The reference labels of a study (a row of :attr:`truth_frame`)."""
+        self._row(image_id)  # an unknown id fails with its one line
+        return self.truth_frame.loc[str(image_id)]
+
+    def _positive(self) -> pd.DataFrame:
+        from cxrlib.evaluate.grounding import FINDINGS
+
+        return self.truth_frame[list(FINDINGS)].apply(pd.to_numeric, errors="coerce") == 1
 
     def findings(self) -> pd.DataFrame:
         """Findings positive in the split's reference labels, with their study counts."""
-        from cxrlib.evaluate.grounding import FINDINGS
-
-        if self.truth_source == "manifest":
-            frame = self.studies_frame[list(FINDINGS)].apply(pd.to_numeric, errors="coerce")
-        else:
-            from cxrlib.evaluate.labeler import label_reports
-
-            frame = label_reports(self.studies_frame["findings"])[list(FINDINGS)]
-        counts = (frame == 1).sum()
+        counts = self._positive().sum()
         counts = counts[counts > 0]
         return pd.DataFrame({"finding": counts.index, "studies": counts.to_numpy()})
 
     def studies(self, finding: str | None = None) -> list[str]:
         """Image ids of the split, or of its studies positive for ``finding``."""
-        frame = self.studies_frame
-        if finding:
-            if self.truth_source == "manifest":
-                positive = pd.to_numeric(frame[finding], errors="coerce") == 1
-            else:
-                from cxrlib.evaluate.labeler import label_reports
-
-                positive = (label_reports(frame["findings"])[finding] == 1).to_numpy()
-            frame = frame[positive]
-        return frame["image_id"].astype(str).tolist()
+        if not finding:
+            return self.studies_frame["image_id"].astype(str).tolist()
+        positive = self._positive()[finding]
+        return positive.index[positive.to_numpy()].tolist()
 
     def _row(self, image_id: str) -> pd.Series:
         rows = self.studies_frame[self.studies_frame["image_id"].astype(str) == str(image_id)]
@@ -302,8 +303,8 @@ class Explorer:
         from cxrlib.report import run_segmenter
 
         if self._segmenter is None:
-            first = next(iter(self.runs.values()))
-            folder = run_segmenter(first, self.reporter(next(iter(self.runs))).config)
+            mode = self.modes[0]
+            folder = run_segmenter(self.runs[mode], self.reporter(mode).config)
             if folder is None:
                 self._segmenter = False
             else:
@@ -346,8 +347,6 @@ class Explorer:
         """
         import time
 
-        import torch
-
         from cxrlib.data.manifest import resolve, text_cell
         from cxrlib.evaluate.labeler import label_report
         from cxrlib.report import read_radiograph
@@ -375,13 +374,12 @@ class Explorer:
             masks, source = self._segment(gray)
             reference, truth = None, {}
         batched = None if masks is None else {k: v[None] for k, v in masks.items()}
-        with torch.no_grad():
-            findings, pixels, priors = reporter.predict(gray, batched, name)
-        generated_source = "generated now"
-        if study is not None:
-            stored = self._generation(mode, name)
-            if stored is not None:
-                findings, generated_source = stored.strip(), "ablation generations (as evaluated)"
+        pixels, priors = reporter.inputs(gray, batched, name)
+        stored = self._generation(mode, name) if study is not None else None
+        if stored is not None:
+            findings, generated_source = stored.strip(), "ablation generations (as evaluated)"
+        else:
+            findings, generated_source = reporter.generate(pixels, priors), "generated now"
         if priors is not None:
             grid = reporter.prior_config.grid
             stack = priors[0].cpu().numpy().reshape(-1, grid, grid)
@@ -405,8 +403,7 @@ class Explorer:
             notes=notes,
         )
         if attention and findings.strip():
-            with torch.no_grad():
-                view.attention = reporter.attention(findings, pixels, priors)
+            view.attention = reporter.attention(findings, pixels, priors)  # no_grad inside
             view.captions = self._captions(view, row if study is not None else None)
         view.seconds = round(time.perf_counter() - started, 2)
         return view

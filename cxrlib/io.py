@@ -36,3 +36,13 @@ def write_json_atomic(path: str | os.PathLike, data: object, **dumps: object) ->
     """
     text = json.dumps(data, indent=2, **dumps) + "\n"
     return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in ``path``, or None when the file is missing, unreadable, not
+    JSON or not an object (for records that may be absent; never raises)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

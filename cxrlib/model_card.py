@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from cxrlib.errors import CxrError
+from cxrlib.io import read_json_object
 from cxrlib.model.report_model import CONFIG_FILE, WEIGHTS_FILE
 from cxrlib.model.tokenizer import SPECIALS_FILE, TOKENIZER_FILE
 
@@ -238,11 +239,8 @@ def _test_manifest(path: Path, test: dict) -> str | None:
     if ref and ref != "manifest":
         return str(ref)
     ablation = path.resolve().parent.parent.parent / "ablation.json"
-    if path.resolve().parent.parent.name == "evaluation" and ablation.is_file():
-        try:
-            return json.loads(ablation.read_text()).get("manifest")
-        except (OSError, ValueError):
-            return None
+    if path.resolve().parent.parent.name == "evaluation":
+        return (read_json_object(ablation) or {}).get("manifest")
     return None
 
 
@@ -258,24 +256,16 @@ def training_dataset(config) -> tuple[str | None, str]:
         n, seed, size = data.phantom_n, data.phantom_seed, data.phantom_size
         return PHANTOM_DATASET, _phantom_text(n, seed, size)
     manifest = Path(data.manifest)
-    phantom = _json_or_empty(manifest.parent / "phantom.json")
+    phantom = read_json_object(manifest.parent / "phantom.json") or {}
     if phantom.get("generator") == "cxrlib.data.phantom":
         return PHANTOM_DATASET, _phantom_text(
             phantom.get("n"), phantom.get("seed"), phantom.get("size")
         )
-    summary = _json_or_empty(manifest.with_name(manifest.name + ".summary.json"))
+    summary = read_json_object(manifest.with_name(manifest.name + ".summary.json")) or {}
     if isinstance(summary.get("dataset"), str) and summary["dataset"]:
         name = summary["dataset"]
         return name, f"{name} (manifest written by cxrlib's {name} adapter)"
     return None, "a manifest whose dataset is not recorded (no adapter summary beside it)"
-
-
-def _json_or_empty(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _phantom_text(n, seed, size) -> str:

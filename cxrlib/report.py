@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from cxrlib.errors import CxrError
-from cxrlib.io import write_atomic
+from cxrlib.io import read_json_object, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +170,8 @@ def run_segmenter(run: str | os.PathLike, config) -> Path | None:
     for folder in [here, *here.parents][:4]:
         record = folder / "run.json"
         if record.is_file():
-            try:
-                tree = json.loads(record.read_text())
-            except ValueError:
+            tree = read_json_object(record)
+            if tree is None:
                 return None
             source = tree.get("timings", {}).get("segmenter_training", {}).get("source")
             path = Path(source).parent if source else segmenter_folder(folder, tree)
@@ -232,12 +231,11 @@ class Reporter:
             return _folder_masks(self.mask_folder, path, gray.shape)
         return None
 
-    @torch.no_grad()
-    def predict(
+    def inputs(
         self, gray: np.ndarray, masks: dict[str, np.ndarray] | None, name: str
-    ) -> tuple[str, torch.Tensor, torch.Tensor | None]:
-        """``(findings, pixel values, priors)`` of one uint8 (H, W) image and its organ
-        masks ((1, H, W) each, or None for a uniform prior)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(pixel values, priors)`` the model reads for one uint8 (H, W) image and its
+        organ masks ((1, H, W) each, or None for a uniform prior; mode none: no priors)."""
         from cxrlib.anatomy.priors import masks_to_priors
         from cxrlib.data.images import to_pixels
 
@@ -246,8 +244,19 @@ class Reporter:
         if masks is not None and self.model.config.mode != "none":
             priors = masks_to_priors(masks, self.prior_config, image_ids=[name])
             priors = priors.to(self.device)
-        findings = self.model.generate(pixel_values=pixels, priors=priors)[0].strip()
-        return findings, pixels, priors
+        return pixels, priors
+
+    @torch.no_grad()
+    def generate(self, pixels: torch.Tensor, priors: torch.Tensor | None) -> str:
+        """The Findings the model writes for :meth:`inputs`."""
+        return self.model.generate(pixel_values=pixels, priors=priors)[0].strip()
+
+    def predict(
+        self, gray: np.ndarray, masks: dict[str, np.ndarray] | None, name: str
+    ) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+        """``(findings, pixel values, priors)`` of one image and its masks."""
+        pixels, priors = self.inputs(gray, masks, name)
+        return self.generate(pixels, priors), pixels, priors
 
     def attention(self, findings: str, pixels: torch.Tensor, priors: torch.Tensor | None):
         """Where each sentence of ``findings`` attended

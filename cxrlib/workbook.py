@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cxrlib.errors import CxrError
-from cxrlib.io import write_json_atomic
+from cxrlib.io import read_json_object, write_json_atomic
 from cxrlib.provenance import provenance
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -332,14 +332,6 @@ def _entry(seconds: float | None, in_run: bool | None, source: str = "", note: s
     return {"seconds": seconds, "in_run": in_run, "source": source, "note": note}
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _built(path: Path, since: float | None) -> bool | None:
     """Whether ``path`` was written during the run (None: the run's start is unknown)."""
     return None if since is None else path.stat().st_mtime >= since
@@ -352,7 +344,7 @@ def _cached_stage(meta: Path | None, since: float | None, done: str, missing: st
         return _entry(None, None, note=missing)
     built = _built(meta, since)
     note = f"{done} in this run" if built else f"reused from the cache ({done} by an earlier run)"
-    return _entry((_read_json(meta) or {}).get("seconds"), built, str(meta), note)
+    return _entry((read_json_object(meta) or {}).get("seconds"), built, str(meta), note)
 
 
 def _notebook_seconds(record: dict, prefix: str) -> tuple[str, float] | None:
@@ -368,7 +360,7 @@ def segmenter_folder(run_dir: Path, record: dict) -> Path | None:
         if not entry.get("notebook", "").startswith("02_"):
             continue
         executed = Path(entry.get("executed") or run_dir / "notebooks" / entry["notebook"])
-        notebook = _read_json(executed) or {}
+        notebook = read_json_object(executed) or {}
         for cell in notebook.get("cells", []):
             for output in cell.get("outputs", []):
                 if output.get("output_type") != "stream":
@@ -388,7 +380,7 @@ def _encoder_folder(run_dir: Path, record: dict, cache_dir: Path | None) -> Path
     if cache_dir is None:
         return None
     configs = sorted((run_dir / "train").glob("*/config.json"))
-    tree = (_read_json(configs[0]) or {}).get("config", {}) if configs else {}
+    tree = (read_json_object(configs[0]) or {}).get("config", {}) if configs else {}
     model, settings = tree.get("model", {}), tree.get("pretrain", {})
     if not settings.get("enabled") or not isinstance(model.get("encoder"), dict):
         return None
@@ -402,7 +394,7 @@ def _encoder_folder(run_dir: Path, record: dict, cache_dir: Path | None) -> Path
     }
     found = []
     for path in (cache_dir / "encoders").glob("*/pretrain.json"):
-        key = (_read_json(path) or {}).get("key") or {}
+        key = (read_json_object(path) or {}).get("key") or {}
         same_manifest = str(Path(str(manifest)).resolve()) == (key.get("manifest") or [None])[0]
         if same_manifest and all(key.get(k) == v for k, v in want.items()):
             found.append(path)
@@ -428,7 +420,7 @@ def _feature_cache_stage(cache_dir: Path | None, since: float | None) -> dict:
         return _entry(None, None, note="not found: no feature cache in the run's cache folder")
     fresh = [p for p in indexes if since is None or p.stat().st_mtime >= since]
     chosen = fresh or indexes
-    seconds = sum(float((_read_json(p) or {}).get("build_seconds") or 0.0) for p in chosen)
+    seconds = sum(float((read_json_object(p) or {}).get("build_seconds") or 0.0) for p in chosen)
     where = ", ".join(str(p.parent.name) for p in chosen)
     note = "encoder features computed" if fresh else "reused from the cache"
     return _entry(seconds, bool(fresh), f"{cache_dir / 'features'}: {where}", note)
@@ -500,13 +492,13 @@ def collect_timings(
     out["feature_cache"] = _feature_cache_stage(cache_dir, since)
     runs = {}
     for summary in sorted((run_dir / "train").glob("*/summary.json")):
-        seconds = (_read_json(summary) or {}).get("seconds")
+        seconds = (read_json_object(summary) or {}).get("seconds")
         runs[summary.parent.name] = _entry(
             seconds, _built(summary, since), str(summary), "training loop"
         )
     out["decoder_runs"] = runs
 
-    ablation_json = _read_json(run_dir / "ablation" / "ablation.json") or {}
+    ablation_json = read_json_object(run_dir / "ablation" / "ablation.json") or {}
     stages = dict(ablation_json.get("stages") or {})
     if "seconds" in ablation_json:
         stages["total"] = ablation_json["seconds"]

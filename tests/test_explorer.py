@@ -228,3 +228,30 @@ def test_latest_run_is_the_newest_with_trained_models(workbook_run, tmp_path):
     assert latest_run(run.parent) == run
     with pytest.raises(CxrError, match="make workbook"):
         latest_run(tmp_path)
+
+
+def test_without_manifest_labels_the_reference_is_labelled_once_by_the_labeler(workbook_run):
+    from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
+    from cxrlib.evaluate.grounding import SIDE_COLUMNS
+    from cxrlib.evaluate.labeler import label_reports, laterality_column
+
+    run, manifest = workbook_run
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    df[list(CHEXPERT_LABELS)] = ""  # text only: no label columns filled
+    unlabelled = manifest.with_name("manifest_unlabelled.csv")
+    df.to_csv(unlabelled, index=False)
+    ex = Explorer(run, unlabelled)
+    assert ex.truth_source == "labeler"
+    test = df[df["split"] == "test"]
+    labels = label_reports(test["findings"])
+    counts = dict(ex.findings().itertuples(index=False))
+    assert counts == {k: int(v) for k, v in (labels[list(counts)] == 1).sum().items()}
+    assert counts and all(v > 0 for v in counts.values())
+    finding = next(iter(counts))
+    assert ex.studies(finding) == test["image_id"][(labels[finding] == 1).to_numpy()].tolist()
+    study = test["image_id"].iloc[0]
+    truth = ex.truth(study)
+    for obs, column in SIDE_COLUMNS.items():
+        assert text_cell(truth[column]) == text_cell(labels[laterality_column(obs)].iloc[0])
+    with pytest.raises(CxrError, match="not in the test split"):
+        ex.truth("no-such-study")
