@@ -136,34 +136,63 @@ def chromium(profile: Path, width: int = 1400, height: int = 2000):
 
 
 def wait(driver, predicate, timeout: float, what: str, failure_png: Path | None = None):
-    """``predicate(driver)`` once truthy; on time-out a :class:`LabError` (and a
-    screenshot at ``failure_png``)."""
-    from selenium.common.exceptions import WebDriverException
+    """``predicate(driver)`` once truthy; otherwise a :class:`LabError` (and a
+    screenshot at ``failure_png``). An element JupyterLab re-renders while it is read
+    (stale) counts as "not yet": the predicate is asked again."""
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
+    waiter = WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.5,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(predicate)
+        return waiter.until(predicate)
     except WebDriverException as err:
         if failure_png is not None:
             failure_png.parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(failure_png))
-        raise LabError(f"timed out waiting for {what} (screenshot: {failure_png})") from err
+        why = "timed out waiting for" if isinstance(err, TimeoutException) else "failed awaiting"
+        raise LabError(f"{why} {what}: {err.msg} (screenshot: {failure_png})") from err
+
+
+# One script reads the whole output area, so nothing is re-rendered between two reads.
+_WIDGET_OUTPUT = """
+const errors = [...document.querySelectorAll('.cxr-explorer-error')].map(e => e.innerText)
+  .concat([...document.querySelectorAll('.jp-OutputArea-output')].map(e => e.innerText)
+    .filter(t => t.includes('Traceback (most recent call last)')));
+const output = document.querySelector('.widget-output');
+const view = output && output.querySelector('.cxr-explorer-view');
+return {
+  errors: errors,
+  study: view ? view.getAttribute('data-study') : null,
+  text: output ? output.innerText : '',
+  images: output ? output.querySelectorAll('img').length : 0,
+};
+"""
+
+
+def widget_output(driver) -> dict:
+    """What the explorer widget's output area shows now, read in one script:
+    ``study`` (its view's ``data-study``, or None), ``text``, ``images`` (how many) and
+    ``errors`` (the explorer's error lines and the text of any cell traceback)."""
+    return driver.execute_script(_WIDGET_OUTPUT)
 
 
 def shown_study(driver) -> str | None:
     """The study the widget's output area shows (its view's ``data-study``); a cell's
     traceback or the explorer's error line raises :class:`LabError` at once."""
-    from selenium.webdriver.common.by import By
-
-    errors = driver.find_elements(By.CSS_SELECTOR, ".cxr-explorer-error") + [
-        e
-        for e in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
-        if "Traceback (most recent call last)" in e.text
-    ]
-    if errors:
-        raise LabError(f"the notebook failed: {errors[0].text[-1500:]}")
-    views = driver.find_elements(By.CSS_SELECTOR, ".widget-output .cxr-explorer-view")
-    return views[0].get_attribute("data-study") if views else None
+    shown = widget_output(driver)
+    if shown["errors"]:
+        raise LabError(f"the notebook failed: {shown['errors'][0][-1500:]}")
+    return shown["study"]
 
 
 def _by_text(driver, css: str, text: str) -> list:

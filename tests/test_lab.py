@@ -28,6 +28,7 @@ from tests.lab_driver import (
     run_all_cells,
     shown_study,
     wait,
+    widget_output,
 )
 
 ARTIFACTS = Path(os.environ.get("CXR_TEST_ARTIFACTS") or ROOT / "test-artifacts")
@@ -56,8 +57,6 @@ def lab(tmp_path_factory):
 
 
 def test_the_explorer_runs_in_jupyterlab_and_follows_the_study_picked(lab, tmp_path):
-    from selenium.webdriver.common.by import By
-
     failure = ARTIFACTS / "explorer_failure.png"
     with chromium(tmp_path / "chromium") as browser:
         first = run_all_cells(browser, lab, failure)
@@ -65,9 +64,11 @@ def test_the_explorer_runs_in_jupyterlab_and_follows_the_study_picked(lab, tmp_p
         browser.save_screenshot(str(ARTIFACTS / "explorer_first_study.png"))
         other = pick(browser, "study")
         assert other != first
-        wait(browser, lambda d: shown_study(d) == other, 120, f"the view of {other}", failure)
-        output = browser.find_element(By.CSS_SELECTOR, ".widget-output")
-        assert output.find_elements(By.TAG_NAME, "img"), "the view has no figure"
-        assert "mode soft" in output.text
+
+        def shows_other(driver):
+            return shown_study(driver) == other and widget_output(driver)["images"] > 0
+
+        wait(browser, shows_other, 120, f"the view of {other} with its figures", failure)
+        assert "mode soft" in widget_output(browser)["text"]
         browser.save_screenshot(str(ARTIFACTS / "explorer.png"))
     assert (ARTIFACTS / "explorer.png").stat().st_size > 10_000
