@@ -16,13 +16,13 @@ __all__ = ["__version__", "report_image"]
 
 def report_image(image, run, **kwargs):
     """Findings, labels and (with ``out=``) an attention PNG for one radiograph with a
-    trained run: :class:`cxrlib.report.ImageReport`. Keywords as
-    :class:`cxrlib.report.Reporter` (``masks``, ``segmenter``, ``device``) and ``out``
-    (a folder for the PNG). For many images use :func:`cxrlib.report.report_images`,
+    trained run: :class:`cxrlib.experiment.report.ImageReport`. Keywords as
+    :class:`cxrlib.experiment.report.Reporter` (``masks``, ``segmenter``, ``device``) and ``out``
+    (a folder for the PNG). For many images use :func:`cxrlib.experiment.report.report_images`,
     which loads the run once."""
     from pathlib import Path
 
-    from cxrlib.report import Reporter
+    from cxrlib.experiment.report import Reporter
 
     out = kwargs.pop("out", None)
     return Reporter(run, **kwargs).report(image, Path(out) if out is not None else None)

@@ -1,7 +1,7 @@
 """The ``cxr`` command: thin wrappers over the library, argument parsing and errors.
 
 Every subcommand is a function ``_cmd_<name>(args) -> int`` beside the function that
-declares its arguments. User errors (:class:`cxrlib.errors.CxrError`, missing files,
+declares its arguments. User errors (:class:`cxrlib.base.errors.CxrError`, missing files,
 bad values) end with one line ``cxr: error: ...`` and exit 1; ``--debug`` shows the
 traceback instead. Argument errors exit 2 (argparse's convention).
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cxrlib import __version__
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -72,7 +72,7 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _add_workbook(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.workbook import PROFILES
+    from cxrlib.experiment.workbook import PROFILES
 
     p = sub.add_parser("workbook", help="run the notebooks of the workbook")
     wsub = p.add_subparsers(dest="workbook_command", metavar="COMMAND", required=True)
@@ -128,7 +128,7 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_workbook_report(args: argparse.Namespace) -> int:
-    from cxrlib.results import update_readme
+    from cxrlib.experiment.results import update_readme
 
     changed = update_readme(args.run, args.readme, check=args.check)
     if args.check:
@@ -141,7 +141,7 @@ def _cmd_workbook_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_workbook_run(args: argparse.Namespace) -> int:
-    from cxrlib.workbook import run_workbook
+    from cxrlib.experiment.workbook import run_workbook
 
     result = run_workbook(
         args.profile,
@@ -341,14 +341,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench_phantom(args: argparse.Namespace) -> int:
-    from cxrlib.bench import run
+    from cxrlib.experiment.bench import run
 
     run("phantom", out=args.json, n=args.n, size=args.size)
     return 0
 
 
 def _cmd_bench_model(args: argparse.Namespace) -> int:
-    from cxrlib.bench import run
+    from cxrlib.experiment.bench import run
 
     run(
         "model",
@@ -367,7 +367,7 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_priors(args: argparse.Namespace) -> int:
-    from cxrlib.bench import run
+    from cxrlib.experiment.bench import run
 
     run(
         "priors",
@@ -382,7 +382,7 @@ def _cmd_bench_priors(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_features(args: argparse.Namespace) -> int:
-    from cxrlib.bench import run
+    from cxrlib.experiment.bench import run
 
     run(
         "features",
@@ -397,7 +397,7 @@ def _cmd_bench_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_labeler(args: argparse.Namespace) -> int:
-    from cxrlib.bench import run
+    from cxrlib.experiment.bench import run
 
     run("labeler", out=args.json, n=args.n, repeats=args.repeats, iu=args.iu)
     return 0
@@ -788,7 +788,7 @@ def _cmd_segment_eval(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.config import PROFILES
+    from cxrlib.training.config import PROFILES
     from cxrlib.model.config import MODES
 
     p = sub.add_parser(
@@ -820,8 +820,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cxrlib.config import load_config, parse_assignment
-    from cxrlib.train import train
+    from cxrlib.training.config import load_config, parse_assignment
+    from cxrlib.training.train import train
 
     overrides = [parse_assignment(a) for a in args.assignments]
     if args.mode is not None:
@@ -943,7 +943,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
-    from cxrlib.evaluate.labeler import label_csv
+    from cxrlib.metrics.labeler import label_csv
 
     if args.in_csv is None or args.out_csv is None:
         args.label_parser.error(
@@ -1107,7 +1107,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from cxrlib.generate import generate_split
+    from cxrlib.training.generate import generate_split
 
     result = generate_split(
         args.run,
@@ -1155,7 +1155,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from cxrlib.report import report_images
+    from cxrlib.experiment.report import report_images
 
     summary = report_images(
         args.images,
@@ -1214,8 +1214,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from cxrlib.generate import run_folder
-    from cxrlib.model_card import export_run, test_metrics_path
+    from cxrlib.training.generate import run_folder
+    from cxrlib.training.model_card import test_metrics_path
+    from cxrlib.experiment.export import export_run
 
     metrics = test_metrics_path(run_folder(args.run), args.metrics) if args.run.is_dir() else None
     out = export_run(args.run, args.out, metrics=metrics, segmenter=args.segmenter)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 def smoke_config(cache: Path):
     """The smoke profile with its caches in ``cache`` and one training epoch."""
-    from cxrlib.config import load_config, parse_assignment
+    from cxrlib.training.config import load_config, parse_assignment
 
     return load_config(
         "smoke", overrides=[parse_assignment(f"data.cache_dir={cache}"), {"train": {"epochs": 1}}]
@@ -16,7 +16,7 @@ def smoke_config(cache: Path):
 
 def trained_smoke_run(tmp_path_factory) -> tuple[Path, object]:
     """A one-epoch smoke training run: ``(run folder, its config)``."""
-    from cxrlib.train import train
+    from cxrlib.training.train import train
 
     config = smoke_config(tmp_path_factory.mktemp("cache"))
     out = tmp_path_factory.mktemp("runs") / "smoke"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib.ablation import (
+from cxrlib.experiment.ablation import (
     interval_method,
     latex_table,
     markdown_table,
@@ -18,9 +18,9 @@ from cxrlib.ablation import (
     summary_table,
 )
 from cxrlib.data.manifest import CHEXPERT_LABELS
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 from cxrlib.evaluate.evaluate import evaluate_generations
-from cxrlib.evaluate.stats import aggregate_seeds
+from cxrlib.metrics.stats import aggregate_seeds
 from tests import smoke_config
 
 

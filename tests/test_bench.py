@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cxrlib.bench import bench_model
+from cxrlib.experiment.bench import bench_model
 from cxrlib.cli import main
 from cxrlib.model import attention
 

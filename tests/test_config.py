@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cxrlib.config import (
+from cxrlib.training.config import (
     PROFILES,
     RunConfig,
     TrainConfig,
@@ -139,7 +139,7 @@ def test_an_encoder_of_another_kind_replaces_the_profiles_encoder_whole(tmp_path
 
 
 def test_ablation_runs_train_over_their_own_profile(tmp_path):
-    from cxrlib.ablation import _known_profile, _train_command
+    from cxrlib.experiment.ablation import _known_profile, _train_command
 
     assert _known_profile(profile_config("default")) == "default"
     cmd = _train_command(tmp_path / "c.json", tmp_path / "r", False, profile="default")

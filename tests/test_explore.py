@@ -1,4 +1,4 @@
-"""Dataset exploration: cxrlib.explore, cxrlib.figures and notebook 01 on a tiny manifest."""
+"""Dataset exploration: cxrlib.data.explore, cxrlib.experiment.figures and notebook 01 on a tiny manifest."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cxrlib import explore, figures
+from cxrlib.base.images import load_image
+from cxrlib.base.masks import load_mask
+from cxrlib.data import explore
+from cxrlib.experiment import figures
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest, write_manifest
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_dataset_exploration.ipynb"
 FIGURE_NAMES = (
@@ -240,21 +243,21 @@ def test_sentence_frequencies(df):
 
 def test_load_image_and_mask(tiny, tmp_path):
     root = tiny.parent
-    image = explore.load_image(root / "images" / "i1.png")
+    image = load_image(root / "images" / "i1.png")
     assert image.dtype == np.uint8 and image.shape == (32, 32)
     assert image[0, 0] == 0 and image[0, -1] == 248
-    mask = explore.load_mask(root / "masks" / "heart.png")
+    mask = load_mask(root / "masks" / "heart.png")
     assert mask.dtype == bool and mask.shape == (32, 32)
     assert int(mask.sum()) == 12 * 12
     rgb = tmp_path / "rgb.png"
     Image.fromarray(np.full((4, 5, 3), 200, np.uint8)).save(rgb)
-    assert explore.load_image(rgb).shape == (4, 5)
+    assert load_image(rgb).shape == (4, 5)
     deep = tmp_path / "deep.png"
     Image.fromarray(np.array([[0, 1000], [2000, 4000]], np.uint16)).save(deep)
-    assert explore.load_image(deep).tolist() == [[0, 64], [128, 255]]
+    assert load_image(deep).tolist() == [[0, 64], [128, 255]]
 
 
-@pytest.mark.parametrize("loader", [explore.load_image, explore.load_mask])
+@pytest.mark.parametrize("loader", [load_image, load_mask])
 def test_load_errors_name_the_file(loader, tmp_path):
     missing = tmp_path / "nothing.png"
     with pytest.raises(CxrError, match=r"nothing\.png.*does not exist"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cxrlib.anatomy.priors import masks_to_priors
-from cxrlib.errors import CxrError
-from cxrlib.explorer import (
+from cxrlib.base.errors import CxrError
+from cxrlib.experiment.explorer import (
     Explorer,
     compare_labels,
     explorer_widget,
@@ -19,8 +19,8 @@ from cxrlib.explorer import (
     prior_figure,
     view_html,
 )
-from cxrlib.generate import load_run
-from cxrlib.report import read_radiograph
+from cxrlib.training.generate import load_run
+from cxrlib.experiment.report import read_radiograph
 from tests import smoke_config
 
 NAN = math.nan
@@ -29,7 +29,7 @@ NAN = math.nan
 @pytest.fixture(scope="module")
 def workbook_run(tmp_path_factory):
     """A run folder like the workbook's: ``train/none-seed0`` and ``train/soft-seed0``."""
-    from cxrlib.train import resolve_manifest, train
+    from cxrlib.training.train import resolve_manifest, train
 
     cache = tmp_path_factory.mktemp("cache")
     run = tmp_path_factory.mktemp("run")
@@ -71,8 +71,8 @@ def test_a_study_view_is_what_the_models_say_with_the_manifests_masks(explorer, 
     prior_config = config.priors.resolve(
         model.config.image_size, model.config.patch_size, model.num_decoder_layers
     )
-    from cxrlib.data.images import to_pixels
-    from cxrlib.explore import load_mask
+    from cxrlib.base.images import to_pixels
+    from cxrlib.base.masks import load_mask
 
     masks = {
         name: load_mask(root / row[f"{name}_mask_path"])[None]
@@ -197,7 +197,7 @@ def test_the_widget_redraws_for_the_study_mode_and_image_picked(explorer, monkey
         return real(study, **{**kwargs, "attention": False})
 
     monkeypatch.setattr(explorer, "view", spy)
-    monkeypatch.setattr("cxrlib.explorer.show_view", lambda view: None)
+    monkeypatch.setattr("cxrlib.experiment.explorer.show_view", lambda view: None)
     box = explorer_widget(explorer, mode="soft")
     controls, _ = box.children
     (finding, pick, typed), (path, button), modes = (
@@ -232,8 +232,8 @@ def test_latest_run_is_the_newest_with_trained_models(workbook_run, tmp_path):
 
 def test_without_manifest_labels_the_reference_is_labelled_once_by_the_labeler(workbook_run):
     from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
-    from cxrlib.evaluate.grounding import SIDE_COLUMNS
-    from cxrlib.evaluate.labeler import label_reports, laterality_column
+    from cxrlib.metrics.grounding import SIDE_COLUMNS
+    from cxrlib.metrics.labeler import label_reports, laterality_column
 
     run, manifest = workbook_run
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)

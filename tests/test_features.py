@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from cxrlib.data.images import load_pixels
+from cxrlib.base.images import load_pixels
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
-from cxrlib.features import FeatureCache, encoder_fingerprint, features_for_manifest
+from cxrlib.training.features import FeatureCache, encoder_fingerprint, features_for_manifest
 from cxrlib.model import ReportModel
 from tests.model import TEXTS, one_thread, small_config  # noqa: F401  (one_thread: fixture)
 
@@ -175,7 +175,7 @@ def test_unreadable_images_are_reported(phantom, tmp_path, caplog):
     Path(paths[1]).write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     Path(paths[4]).unlink()
     model = make_model()
-    with caplog.at_level(logging.WARNING, logger="cxrlib.features"):
+    with caplog.at_level(logging.WARNING, logger="cxrlib.training.features"):
         result = features_for_manifest(df, model, tmp_path / "cache", batch_size=4, progress=False)
     assert [b[0] for b in result.bad] == [ids[1], ids[4]]
     assert result.bad[0][1] == paths[1] and result.bad[1][1] == paths[4]
@@ -254,7 +254,7 @@ def test_folder_under_another_key_is_rebuilt(phantom, tmp_path, caplog):
     cache_a.build(ids, paths, progress=False)
     key_b = FeatureCache(tmp_path, model_b).key
     shutil.copytree(cache_a.folder, tmp_path / f"features-{key_b[:16]}")
-    with caplog.at_level(logging.WARNING, logger="cxrlib.features"):
+    with caplog.at_level(logging.WARNING, logger="cxrlib.training.features"):
         cache_b = FeatureCache(tmp_path, model_b)
     assert "another key" in caplog.text
     assert cache_b.missing(ids) == ids
@@ -266,7 +266,7 @@ def test_folder_under_another_key_is_rebuilt(phantom, tmp_path, caplog):
     shutil.copy(
         cache_a.folder / "shard-00000.safetensors", cache_b.folder / "shard-00000.safetensors"
     )
-    with caplog.at_level(logging.WARNING, logger="cxrlib.features"):
+    with caplog.at_level(logging.WARNING, logger="cxrlib.training.features"):
         assert FeatureCache(tmp_path, model_b).missing(ids) == ids
 
 
@@ -289,7 +289,7 @@ def test_lazy_features_equal_the_loaded_ones(tmp_path):
 
     from cxrlib.data.manifest import read_manifest
     from cxrlib.data.phantom import write_phantom
-    from cxrlib.features import LazyFeatures, features_for_manifest
+    from cxrlib.training.features import LazyFeatures, features_for_manifest
     from cxrlib.model import ModelConfig, ReportModel
 
     write_phantom(tmp_path / "ph", n=5, seed=0, size=64, workers=1, progress=False)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from cxrlib.cli import main
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 from cxrlib.evaluate.baselines import baseline_generations
-from cxrlib.generate import generate_split, run_checkpoint
+from cxrlib.training.generate import generate_split, run_checkpoint
 from cxrlib.model import ReportModel
-from cxrlib.train import resolve_manifest
+from cxrlib.training.train import resolve_manifest
 from tests import trained_smoke_run
 
 
@@ -31,8 +31,8 @@ def test_generate_split_matches_the_model(run):
     assert result.frame["image_id"].tolist() == test_ids
     assert result.checkpoint == out / "checkpoints" / "best"
     # the same text as calling the model on the cached features and priors directly
-    from cxrlib.generate import run_config, split_frame
-    from cxrlib.train import split_dataset
+    from cxrlib.training.generate import run_config, split_frame
+    from cxrlib.training.train import split_dataset
 
     model = ReportModel.from_pretrained(result.checkpoint)
     dataset, bad = split_dataset(run_config(out), model, split_frame(manifest, "test"))

@@ -46,7 +46,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """The explorer notebook's URL in a JupyterLab over a trained smoke run."""
-    from cxrlib.train import train
+    from cxrlib.training.train import train
 
     base = tmp_path_factory.mktemp("lab")
     train(smoke_config(base / "cache"), base / "run" / "train" / "soft-seed0", progress=False)

@@ -12,17 +12,12 @@ import yaml
 from cxrlib.anatomy.priors import schedule
 from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
-from cxrlib.errors import CxrError
-from cxrlib.generate import generate_split, load_run
+from cxrlib.base.errors import CxrError
+from cxrlib.training.generate import generate_split, load_run
 from cxrlib.model import ReportModel
-from cxrlib.model_card import (
-    CARD_FILE,
-    MODEL_FILES,
-    NOT_MEASURED,
-    export_run,
-    model_card,
-)
-from cxrlib.train import resolve_manifest
+from cxrlib.training.model_card import CARD_FILE, MODEL_FILES, NOT_MEASURED, model_card
+from cxrlib.experiment.export import export_run
+from cxrlib.training.train import resolve_manifest
 from tests import trained_smoke_run
 
 
@@ -173,7 +168,7 @@ def test_cli_export(run, tmp_path, capsys):
 
 def test_an_export_ships_the_segmenter_and_cxr_report_uses_it(run, tmp_path):
     from cxrlib.anatomy.segmenter import Segmenter, SegmenterConfig
-    from cxrlib.report import report_images
+    from cxrlib.experiment.report import report_images
 
     out, config = run
     seg = Segmenter(SegmenterConfig(image_size=32, base_channels=2, depth=2))

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import DINOv3ViTModel
 
-from cxrlib.config import profile_config
+from cxrlib.training.config import profile_config
 from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.data.phantom import write_phantom
-from cxrlib.pretrain import (
+from cxrlib.training.pretrain import (
     PretrainConfig,
     TargetHeads,
     build_targets,
@@ -95,7 +95,7 @@ def test_pretrained_encoder_is_cached_and_loads(tmp_path):
 
 def test_pretraining_needs_a_config_built_encoder(tmp_path):
     from cxrlib.model import ModelConfig
-    from cxrlib.pretrain import pretrain_encoder
+    from cxrlib.training.pretrain import pretrain_encoder
 
     with pytest.raises(ValueError, match="config-built encoder"):
         pretrain_encoder(
@@ -104,7 +104,7 @@ def test_pretraining_needs_a_config_built_encoder(tmp_path):
 
 
 def _dense(regions: bool):
-    from cxrlib.pretrain import DENSE_FINDINGS, DenseTargets
+    from cxrlib.training.pretrain import DENSE_FINDINGS, DenseTargets
 
     organs = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
     organs[0, 0, :, 2:] = 255  # left lung (patient's left: image right), right half
@@ -141,7 +141,7 @@ def test_dense_targets_without_regions_use_the_side_lung():
 
 
 def test_shifts_move_masks_with_the_image():
-    from cxrlib.pretrain import _shift
+    from cxrlib.training.pretrain import _shift
 
     gray = torch.arange(16, dtype=torch.uint8).view(1, 4, 4)
     mask = (gray % 3 == 0).to(torch.uint8)[:, None]  # (1, 1, 4, 4)

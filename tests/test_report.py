@@ -13,18 +13,18 @@ from PIL import Image
 from cxrlib.anatomy.priors import masks_to_priors
 from cxrlib.anatomy.segmenter import Segmenter, SegmenterConfig
 from cxrlib.cli import main
-from cxrlib.data.images import to_pixels
-from cxrlib.errors import CxrError
-from cxrlib.explore import load_mask
-from cxrlib.generate import load_run
-from cxrlib.report import (
+from cxrlib.base.images import to_pixels
+from cxrlib.base.errors import CxrError
+from cxrlib.base.masks import load_mask
+from cxrlib.training.generate import load_run
+from cxrlib.experiment.report import (
     MASK_STRUCTURES,
     Reporter,
     expand_inputs,
     read_radiograph,
     report_images,
 )
-from cxrlib.train import resolve_manifest
+from cxrlib.training.train import resolve_manifest
 from tests import trained_smoke_run
 
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from cxrlib.cli import main
-from cxrlib.errors import CxrError
-from cxrlib.results import (
+from cxrlib.base.errors import CxrError
+from cxrlib.experiment.results import (
     END,
     GENERATED,
     START,

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from cxrlib.data.manifest import read_manifest
-from cxrlib.errors import CxrError
-from cxrlib.workbook import (
+from cxrlib.base.errors import CxrError
+from cxrlib.experiment.workbook import (
     PROFILES,
     PhantomSpec,
     collect_timings,

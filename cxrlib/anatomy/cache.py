@@ -41,7 +41,7 @@ from cxrlib.anatomy.priors import (
     priors_for_manifest,
     row_sources,
 )
-from cxrlib.io import write_atomic
+from cxrlib.base.io import write_atomic
 
 log = logging.getLogger(__name__)
 

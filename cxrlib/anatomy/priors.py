@@ -720,7 +720,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image file, from its header."""
     from PIL import Image
 
-    from cxrlib.errors import CxrError
+    from cxrlib.base.errors import CxrError
 
     try:
         with Image.open(path) as img:
@@ -733,7 +733,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _manifest_grid_mask(row: Mapping, root: Path, structures: Sequence[str], grid: int):
-    from cxrlib.explore import load_mask
+    from cxrlib.base.masks import load_mask
 
     image_id = text_cell(row.get("image_id"))
     paths = manifest_mask_paths(row, structures)
@@ -757,7 +757,7 @@ def _manifest_grid_mask(row: Mapping, root: Path, structures: Sequence[str], gri
 
 def _segmenter_grid_masks(segmenter, rows: list[dict], root: Path, config: PriorConfig):
     """Grid masks of rows from the segmenter, images of one shape batched together."""
-    from cxrlib.explore import load_image
+    from cxrlib.base.images import load_image
 
     images = [load_image(resolve(root, text_cell(r.get("image_path")))) for r in rows]
     out: list[torch.Tensor | None] = [None] * len(rows)
@@ -802,7 +802,7 @@ def priors_for_manifest(
     is uniform (all ones) and :class:`PriorInfo` counts it. ``"manifest"``,
     ``"segmenter"`` and ``"none"`` force one source for every row.
 
-    Masks are PNGs thresholded at > 127 (:func:`cxrlib.explore.load_mask`), united
+    Masks are PNGs thresholded at > 127 (:func:`cxrlib.base.masks.load_mask`), united
     and area-downsampled from their native resolution straight to the patch grid
     (:func:`downsample_to_grid`; no resize to ``image_size`` first).
 

@@ -34,13 +34,14 @@ from skimage import measure
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrlib.anatomy.ctr import cardiothoracic_ratio
+from cxrlib.base.masks import cardiothoracic_ratio
 from cxrlib.anatomy.metrics import bootstrap_mean_ci, dice, hd95
 from cxrlib.data.manifest import resolve
-from cxrlib.errors import CxrError
-from cxrlib.explore import load_image, load_mask
-from cxrlib.io import write_atomic, write_json_atomic
-from cxrlib.provenance import provenance
+from cxrlib.base.errors import CxrError
+from cxrlib.base.images import load_image
+from cxrlib.base.masks import load_mask
+from cxrlib.base.io import write_atomic, write_json_atomic
+from cxrlib.base.provenance import provenance
 
 ORGANS: tuple[str, ...] = ("left_lung", "right_lung", "heart")
 """Output channels, in order (patient's sides)."""
@@ -617,7 +618,7 @@ def example_predictions(seg: Segmenter, df: pd.DataFrame, n: int = 4, seed: int 
     Returns a list of dicts: ``image_id``, ``image`` (H, W) uint8, ``true`` and ``pred``
     (organ -> bool (H, W)).
     """
-    from cxrlib.explore import sample_rows
+    from cxrlib.data.explore import sample_rows
 
     root = df.attrs.get("root", ".")
     return [_predict_row(seg, row, root) for _, row in sample_rows(df, n, seed).iterrows()]

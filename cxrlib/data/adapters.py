@@ -34,7 +34,7 @@ import pandas as pd
 from PIL import Image
 
 from cxrlib.data.manifest import CHEXPERT_LABELS, parse_label, write_manifest
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 PROTECTED_DATASETS: dict[str, str] = {
     "mimic-cxr": "credentialed (PhysioNet data use agreement)",
@@ -394,28 +394,6 @@ def image_size(path: Path) -> tuple[int, int]:
     with Image.open(path) as im:
         width, height = im.size
     return height, width
-
-
-def read_binary_mask(path: Path, threshold: int = 127) -> np.ndarray:
-    """A mask file as a boolean array, pixels ``> threshold`` true.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(H, W)``, dtype bool. Multi-channel files are converted to grayscale.
-    """
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L")) > threshold
-
-
-def write_binary_mask(mask: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a boolean ``(H, W)`` mask as an 8-bit PNG with values 0 and 255."""
-    path = Path(path)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(path)
-    return path
 
 
 def safe_relative_id(image_id: str) -> str:

@@ -57,7 +57,7 @@ from cxrlib.data.adapters import (
     relative_to,
 )
 from cxrlib.data.manifest import CHEXPERT_LABELS, assign_split
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 DATASET = "chexpert-plus"
 CSV_NAME = "df_chexpert_plus_240401.csv"

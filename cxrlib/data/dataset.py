@@ -3,7 +3,7 @@ seeded per-epoch batch order that every process of a distributed run agrees on.
 
 An item is one image with its Findings text and, when given, its cached encoder
 features (P, E) and its layer priors (L, P). Without features the image is read from
-disk (:func:`cxrlib.data.images.load_pixels`); an unreadable image does not stop the
+disk (:func:`cxrlib.base.images.load_pixels`); an unreadable image does not stop the
 loader: the item carries the error and :class:`Collate` drops it from the batch and
 lists it in ``batch["bad"]``, so the trainer can count, log and limit the skips.
 
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxrlib.data.images import load_pixels
-from cxrlib.errors import CxrError
+from cxrlib.base.images import load_pixels
+from cxrlib.base.errors import CxrError
 
 
 def epoch_order(n: int, seed: int, epoch: int, world_size: int = 1, rank: int = 0) -> list[int]:

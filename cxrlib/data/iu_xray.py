@@ -74,7 +74,7 @@ from cxrlib.data.adapters import (
     relative_to,
 )
 from cxrlib.data.manifest import assign_split
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 DATASET = "iu-xray"
 METADATA_NAME = "nlmcxr_dicom_metadata.csv.gz"

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.errors import ManifestError
-from cxrlib.io import write_atomic
+from cxrlib.base.errors import ManifestError
+from cxrlib.base.io import write_atomic
 
 CHEXPERT_LABELS: tuple[str, ...] = (
     "No Finding",
@@ -70,36 +70,6 @@ SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 """Default train/validate/test fractions for hash-based splits."""
 
 LABEL_VALUES = (1.0, 0.0, -1.0)
-
-
-def read_finding_mask(path: str | os.PathLike) -> np.ndarray:
-    """The integer (H, W) bit field of a finding region mask file
-    (:data:`FINDING_MASK_COLUMN`; decode it with :func:`finding_regions`).
-
-    Raises :class:`~cxrlib.errors.CxrError` naming the file when it is missing,
-    unreadable or not a single-channel integer image.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    from cxrlib.errors import CxrError
-
-    path = Path(path)
-    if not path.is_file():
-        raise CxrError(f"{path}: finding mask file does not exist")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            bits = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CxrError(f"{path}: not a readable finding mask ({reason})") from None
-    if bits.ndim != 2 or bits.dtype.kind not in "ui":
-        raise CxrError(
-            f"{path}: a finding mask is a single-channel integer image (16-bit PNG), "
-            f"got mode {mode}"
-        )
-    return bits
 
 
 def finding_regions(bits: np.ndarray) -> dict[str, np.ndarray]:

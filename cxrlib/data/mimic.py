@@ -52,7 +52,7 @@ from cxrlib.data.adapters import (
 )
 from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS
 from cxrlib.data.sections import extract_sections
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 DATASET = "mimic-cxr"
 METADATA_FILES = ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv")

@@ -34,20 +34,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from cxrlib.data.adapters import (
-    AdapterSummary,
-    blank_labels,
-    check_out_path,
-    finish,
-    image_readable,
-    image_size,
-    iter_csv,
-    read_binary_mask,
-    relative_to,
-    write_binary_mask,
-)
+from cxrlib.data.adapters import AdapterSummary, blank_labels, check_out_path, finish, image_readable, image_size, iter_csv, relative_to
+from cxrlib.base.masks import load_mask, write_binary_mask
 from cxrlib.data.manifest import assign_split
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 DATASET = "wingspan"
 MASK_FOLDERS: dict[str, str] = {
@@ -144,7 +134,7 @@ def build_manifest(
             if problem is not None:
                 reason = ("unreadable_mask", f"{path}: {problem}")
                 break
-            arrays[col] = read_binary_mask(path, MASK_THRESHOLD)
+            arrays[col] = load_mask(path, MASK_THRESHOLD)
             if arrays[col].shape != shape:
                 reason = (
                     "mask_size_mismatch",

@@ -9,7 +9,7 @@ module labels a manifest's report text and compares the labels, study by study, 
 its label columns:
 
 - clinical precision / recall / F1 per observation and micro / macro over the 14 and the
-  5 observations, under both conventions (:data:`~cxrlib.evaluate.clinical.CONVENTIONS`),
+  5 observations, under both conventions (:data:`~cxrlib.metrics.clinical.CONVENTIONS`),
   with the keys of ``cxr evaluate`` (``clinical.<convention>.<micro_14|...>``);
 - exact agreement per observation over the four values (1, 0, -1, blank);
 - 95 % percentile bootstrap intervals over studies.
@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, text_cell
-from cxrlib.errors import CxrError
-from cxrlib.evaluate.clinical import CLINICAL_KEYS, ClinicalData, get_labeler
+from cxrlib.base.errors import CxrError
+from cxrlib.metrics.clinical import CLINICAL_KEYS, ClinicalData, get_labeler
 from cxrlib.evaluate.evaluate import (
     CONVENTION_TEXT,
     bootstrap_settings,
@@ -47,8 +47,8 @@ from cxrlib.evaluate.evaluate import (
     metrics_json,
     metrics_with_intervals,
 )
-from cxrlib.evaluate.stats import BootstrapResult
-from cxrlib.io import write_atomic, write_json_atomic
+from cxrlib.metrics.stats import BootstrapResult
+from cxrlib.base.io import write_atomic, write_json_atomic
 
 __all__ = ["Agreement", "label_agreement", "agreement_files"]
 
@@ -69,7 +69,7 @@ class Agreement:
 
     def to_json(self) -> dict[str, object]:
         """The ``agreement.json`` content, provenance included."""
-        from cxrlib.provenance import provenance
+        from cxrlib.base.provenance import provenance
 
         return {
             "metrics": metrics_json(self.metrics),
@@ -162,7 +162,7 @@ def label_agreement(
     text_columns : sequence of str
         Columns holding the report text, joined with a blank line.
     labeler : str
-        ``rule`` or ``chexbert`` (:func:`~cxrlib.evaluate.clinical.get_labeler`).
+        ``rule`` or ``chexbert`` (:func:`~cxrlib.metrics.clinical.get_labeler`).
     split : str or None
         Only this split (None: every row).
     n_bootstrap, seed : int

@@ -3,10 +3,10 @@
 The phantom's geometry is exact: each study's lungs (``left_lung_mask_path``,
 ``right_lung_mask_path``, the patient's sides) and the region of every drawn finding
 (``finding_mask_path``; :data:`cxrlib.data.phantom.render.REGION_RULES`). For each
-sentence of a generated Findings text (:func:`cxrlib.explain.split_text`):
+sentence of a generated Findings text (:func:`cxrlib.model.explain.split_text`):
 
 1. **What it names** (:func:`named_findings`): the rule labeler
-   (:func:`~cxrlib.evaluate.labeler.label_reports`) reads the sentence alone; the
+   (:func:`~cxrlib.metrics.labeler.label_reports`) reads the sentence alone; the
    findings it labels 1 or -1 (hedged counts; No Finding is not a finding) are named.
    The named **side**: the labeler's laterality of its six lateral observations
    (``left``, ``right``, ``bilateral``; ``unspecified`` names none); for a fracture and
@@ -17,9 +17,9 @@ sentence of a generated Findings text (:func:`cxrlib.explain.split_text`):
    sentences that name a side; ``region``, the union of the drawn regions of the named
    findings, for the sentences that name a finding drawn in that study (a hallucinated
    finding has no region; an edema sentence has a region and no side).
-3. **Attention** (:func:`cxrlib.explain.sentence_attention`): the text read again
+3. **Attention** (:func:`cxrlib.model.explain.sentence_attention`): the text read again
    teacher-forced with every layer's attention weights; per sentence and layer group
-   (:func:`cxrlib.explain.layer_groups`) the weights from the sentence's tokens to the
+   (:func:`cxrlib.model.explain.layer_groups`) the weights from the sentence's tokens to the
    P patch keys, averaged over the tokens, heads and the group's layers: a vector
    ``a`` of P non-negative numbers.
 4. **Share** (:func:`attention_shares`): the target mask mapped onto the model's patch
@@ -32,7 +32,7 @@ sentence of a generated Findings text (:func:`cxrlib.explain.split_text`):
 
 Per layer group and target (:func:`summarise`): the mean share over sentences with a
 95 % percentile bootstrap interval over studies (all sentences of a drawn study
-together, :func:`cxrlib.evaluate.stats.bootstrap_many`; every share lies in [0, 1], so
+together, :func:`cxrlib.metrics.stats.bootstrap_many`; every share lies in [0, 1], so
 do the bounds), the numbers of sentences and studies, and the mean chance level over the
 same sentences.
 
@@ -62,14 +62,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.manifest import (
-    FINDING_MASK_COLUMN,
-    finding_regions,
-    read_finding_mask,
-    resolve,
-    text_cell,
-)
-from cxrlib.errors import CxrError
+from cxrlib.data.manifest import FINDING_MASK_COLUMN, finding_regions, resolve, text_cell
+from cxrlib.base.masks import read_finding_mask
+from cxrlib.base.errors import CxrError
 
 __all__ = [
     "ABLATION_FILE",
@@ -189,8 +184,8 @@ def named_findings(
         The findings labelled 1 or -1 (CheXpert order, No Finding excluded) and
         ``left``, ``right``, ``bilateral`` or None (module docstring, step 1).
     """
-    from cxrlib.evaluate.grounding import FINDINGS
-    from cxrlib.evaluate.labeler import LATERAL_OBSERVATIONS, laterality_column
+    from cxrlib.metrics.grounding import FINDINGS
+    from cxrlib.metrics.labeler import LATERAL_OBSERVATIONS, laterality_column
 
     named = tuple(obs for obs in FINDINGS if labels.get(obs) in (1.0, -1.0))
     sides: set[str] = set()
@@ -209,8 +204,8 @@ def named_findings(
 
 def _sentence_findings(texts: Sequence[str]) -> list[list[Found]]:
     """Per text: (sentence, named findings, side) of each sentence, one labeler call."""
-    from cxrlib.evaluate.labeler import label_reports
-    from cxrlib.explain import split_text
+    from cxrlib.metrics.labeler import label_reports
+    from cxrlib.model.explain import split_text
 
     per_text = [split_text(t) if t else [] for t in texts]
     flat = [s for sentences in per_text for s in sentences]
@@ -274,7 +269,7 @@ def read_study_masks(row: Mapping[str, object], root: str | os.PathLike) -> Stud
         One line naming the file: a missing lung mask path, a missing or unreadable
         file, masks of different sizes.
     """
-    from cxrlib.explore import load_mask
+    from cxrlib.base.masks import load_mask
 
     image_id = text_cell(row.get("image_id"))
     masks, paths = {}, {}
@@ -361,8 +356,8 @@ def sentence_shares(
 
     Parameters
     ----------
-    attention : cxrlib.explain.SentenceAttention
-        What :func:`~cxrlib.explain.sentence_attention` gave for the study's text.
+    attention : cxrlib.model.explain.SentenceAttention
+        What :func:`~cxrlib.model.explain.sentence_attention` gave for the study's text.
     masks : StudyMasks
         The study's masks (:func:`read_study_masks`).
     findings : list, optional
@@ -375,7 +370,7 @@ def sentence_shares(
         One row per sentence that has a target and layer group: the
         :data:`SENTENCE_COLUMNS` except ``study_id`` and ``image_id``.
     """
-    from cxrlib.explain import group_label
+    from cxrlib.model.explain import group_label
 
     if findings is None:
         findings = _sentence_findings([" ".join(attention.sentences)])[0]
@@ -461,7 +456,7 @@ def summarise(
         ``by`` columns, then :data:`SUMMARY_COLUMNS`; one row per group, layer group and
         target (``n_sentences`` 0 and NaN values where no sentence had the target).
     """
-    from cxrlib.evaluate.stats import bootstrap_many
+    from cxrlib.metrics.stats import bootstrap_many
 
     keys = [*by, "layer_group"]
     parts = list(sentences.groupby(keys, sort=False)) if len(sentences) else []
@@ -576,7 +571,7 @@ class AttentionGrounding:
 
     def write(self, out: str | os.PathLike) -> list[Path]:
         """Write ``attention_grounding.csv`` and ``attention_sentences.csv`` into ``out``."""
-        from cxrlib.io import write_atomic
+        from cxrlib.base.io import write_atomic
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -640,7 +635,7 @@ def attention_grounding(
     from tqdm.auto import tqdm
 
     from cxrlib.data.dataset import image_inputs
-    from cxrlib.explain import group_label, layer_groups, sentence_attention
+    from cxrlib.model.explain import group_label, layer_groups, sentence_attention
 
     started = time.perf_counter()
     rows = rows.reset_index(drop=True)
@@ -736,7 +731,7 @@ def attention_grounding_for_run(
         The manifest (a DataFrame from :func:`~cxrlib.data.manifest.read_manifest`,
         whose ``attrs["root"]`` resolves its paths).
     predictions : DataFrame
-        ``image_id, generated`` (:func:`cxrlib.generate.generate_split`).
+        ``image_id, generated`` (:func:`cxrlib.training.generate.generate_split`).
     cache_dir : path-like, optional
         Feature and prior caches (default: the run config's ``data.cache_dir``).
 
@@ -744,8 +739,8 @@ def attention_grounding_for_run(
     priors), for the selected studies only.
     """
     from cxrlib.data.manifest import read_manifest
-    from cxrlib.generate import load_run
-    from cxrlib.train import split_dataset
+    from cxrlib.training.generate import load_run
+    from cxrlib.training.train import split_dataset
 
     config, model, _ = load_run(run, cache_dir)
     ref = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
@@ -851,7 +846,7 @@ def ablation_attention(
         max_studies=max_studies if max_studies is not None else "",
         capped=table["mode"].map(capped),
     )
-    from cxrlib.io import write_atomic
+    from cxrlib.base.io import write_atomic
 
     path = folder / ABLATION_FILE
     write_atomic(path, lambda tmp: table.to_csv(tmp, index=False, lineterminator="\n"))

@@ -65,8 +65,8 @@ def baseline_generations(
     ``image_id, generated``, using the training run's encoder and data settings."""
     from pathlib import Path
 
-    from cxrlib.features import features_for_manifest
-    from cxrlib.generate import run_checkpoint, run_config, split_frame
+    from cxrlib.training.features import features_for_manifest
+    from cxrlib.training.generate import run_checkpoint, run_config, split_frame
     from cxrlib.model import ReportModel
 
     config = run_config(run)

@@ -11,19 +11,19 @@ counted. Reference labels come from the same labeler run on the reference text
 Metrics (flat keys, :data:`METRIC_KEYS`):
 
 - ``clinical.<uncertain_as_negative|uncertain_as_positive>.<micro_14|macro_14|micro_5|
-  macro_5>`` (:mod:`cxrlib.evaluate.clinical`);
+  macro_5>`` (:mod:`cxrlib.metrics.clinical`);
 - ``lexical.bleu_1`` .. ``lexical.bleu_4``, ``lexical.meteor``, ``lexical.rouge_l``,
-  ``lexical.cider`` (:mod:`cxrlib.evaluate.lexical`, pycocoevalcap conventions);
+  ``lexical.cider`` (:mod:`cxrlib.metrics.lexical`, pycocoevalcap conventions);
 - ``radgraph.simple`` (RG_E), ``radgraph.partial`` (RG_ER), ``radgraph.complete``
-  (:mod:`cxrlib.evaluate.radgraph`);
+  (:mod:`cxrlib.metrics.radgraph`);
 - ``grounding.<uncertain_as_negative|uncertain_as_positive>.<hallucination_rate|
-  omission_rate|laterality_accuracy>`` (:mod:`cxrlib.evaluate.grounding`), only with
+  omission_rate|laterality_accuracy>`` (:mod:`cxrlib.metrics.grounding`), only with
   drawn ground truth: ``ref_labels="manifest"`` on a manifest with the phantom's
   ``*_side`` columns.
 
 Every value has a 95 % percentile bootstrap interval over **studies** (all images of a
 drawn study enter the resample; corpus metrics recomputed on each resample,
-:mod:`cxrlib.evaluate.stats`). A metric that cannot be computed here (METEOR without
+:mod:`cxrlib.metrics.stats`). A metric that cannot be computed here (METEOR without
 Java, RadGraph without its weights) is listed under ``unavailable`` with the reason.
 
 Outputs in ``DIR`` (:meth:`Evaluation.write`):
@@ -71,20 +71,20 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, format_label, text_cell
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 from cxrlib.evaluate.attention_grounding import DEFAULT_MAX_STUDIES, AttentionGrounding
-from cxrlib.evaluate.clinical import CLINICAL_KEYS, CONVENTIONS, FIVE, ClinicalData, get_labeler
-from cxrlib.evaluate.grounding import GROUNDING_KEYS, GroundingData, has_ground_truth_sides
-from cxrlib.evaluate.lexical import LEXICAL_KEYS, LexicalCorpus
-from cxrlib.evaluate.radgraph import (
+from cxrlib.metrics.clinical import CLINICAL_KEYS, CONVENTIONS, FIVE, ClinicalData, get_labeler
+from cxrlib.metrics.grounding import GROUNDING_KEYS, GroundingData, has_ground_truth_sides
+from cxrlib.metrics.lexical import LEXICAL_KEYS, LexicalCorpus
+from cxrlib.metrics.radgraph import (
     RADGRAPH_KEYS,
     RadGraphAnnotator,
     RadGraphScores,
     radgraph_scores,
     radgraph_unavailable_reason,
 )
-from cxrlib.evaluate.stats import BootstrapResult, bootstrap_many
-from cxrlib.io import write_atomic, write_json_atomic
+from cxrlib.metrics.stats import BootstrapResult, bootstrap_many
+from cxrlib.base.io import write_atomic, write_json_atomic
 
 __all__ = [
     "CONVENTION_TEXT",
@@ -230,7 +230,7 @@ class Evaluation:
 
     def to_json(self) -> dict[str, object]:
         """The ``metrics.json`` content (module docstring), provenance included."""
-        from cxrlib.provenance import provenance
+        from cxrlib.base.provenance import provenance
 
         return {
             "metrics": metrics_json(self.metrics),
@@ -427,7 +427,7 @@ def evaluate_generations(
         A manifest (:func:`~cxrlib.data.manifest.read_manifest`): ``image_id``,
         ``study_id``, ``split``, ``findings`` and the 14 label columns.
     labeler : str
-        ``rule`` or ``chexbert`` (:func:`~cxrlib.evaluate.clinical.get_labeler`).
+        ``rule`` or ``chexbert`` (:func:`~cxrlib.metrics.clinical.get_labeler`).
     ref_labels : str
         ``labeler`` (label the reference text) or ``manifest`` (its label columns).
     split : str or None

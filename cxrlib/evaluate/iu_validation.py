@@ -30,15 +30,15 @@ import pandas as pd
 
 from cxrlib.data.adapters import collapse_whitespace
 from cxrlib.data.iu_xray import iter_reports
-from cxrlib.errors import CxrError
-from cxrlib.evaluate.labeler import (
+from cxrlib.base.errors import CxrError
+from cxrlib.metrics.labeler import (
     LABELER_NAME,
     LATERAL_OBSERVATIONS,
     Labeler,
     default_labeler,
     laterality_column,
 )
-from cxrlib.io import write_atomic
+from cxrlib.base.io import write_atomic
 
 SHARED_REPORTS = (
     Path(__file__).resolve().parents[2].parent / "shared/data/iu-xray/NLMCXR_reports.tgz"

@@ -32,7 +32,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
-from cxrlib.io import write_atomic
+from cxrlib.base.io import write_atomic
 from cxrlib.model.attention import IMPLEMENTATIONS, AnatomicalPrior
 from cxrlib.model.config import ModelConfig
 from cxrlib.model.encoders import (

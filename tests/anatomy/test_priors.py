@@ -385,7 +385,7 @@ def test_priors_for_manifest_from_phantom_masks(phantom):
     assert info.grid_masks.shape == (4, 8, 8)
     assert (priors.amax(dim=-1) == 1.0).all()
     # the grid mask is the area-weighted union of the lung and heart PNGs
-    from cxrlib.explore import load_mask
+    from cxrlib.base.masks import load_mask
 
     row = df.iloc[0]
     union = load_mask(phantom / row["lung_mask_path"]) | load_mask(phantom / row["heart_mask_path"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrlib.anatomy.ctr import cardiothoracic_ratio
+from cxrlib.base.masks import cardiothoracic_ratio
 from cxrlib.anatomy.metrics import bootstrap_mean_ci, dice, hd95
 from cxrlib.anatomy.segmenter import (
     ORGANS,
@@ -24,7 +24,7 @@ from cxrlib.anatomy.segmenter import (
 from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 WINGSPAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wingspan"
 TINY = SegmenterConfig(image_size=64, base_channels=4, depth=2, epochs=2, batch_size=4, seed=1)

@@ -9,7 +9,7 @@ import pytest
 
 from cxrlib.data.chexpert_plus import CSV_NAME, LABELS_FILE, build_manifest
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 from tests.data.test_mimic import tiny_image
 
 COLUMNS = [

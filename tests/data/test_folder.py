@@ -8,7 +8,7 @@ from PIL import Image
 
 from cxrlib.data.folder import build_manifest
 from cxrlib.data.manifest import read_manifest, resolve
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 from tests.data.test_mimic import tiny_image
 
 

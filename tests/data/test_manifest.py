@@ -17,7 +17,7 @@ from cxrlib.data.manifest import (
     validate,
     write_manifest,
 )
-from cxrlib.errors import ManifestError
+from cxrlib.base.errors import ManifestError
 
 
 def _row(i: int, **kw) -> dict:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest, resolve
 from cxrlib.data.mimic import build_manifest, image_relpath, report_relpath
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 METADATA_COLUMNS = [
     "dicom_id",

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib.anatomy.ctr import cardiothoracic_ratio
+from cxrlib.base.masks import cardiothoracic_ratio
 from cxrlib.data.manifest import CHEXPERT_LABELS, MASK_COLUMNS, REQUIRED_COLUMNS, read_manifest
 from cxrlib.data.phantom import phantom_study, write_phantom
 from cxrlib.data.phantom.findings import (

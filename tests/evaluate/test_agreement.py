@@ -10,10 +10,10 @@ import pytest
 
 from cxrlib.cli import main
 from cxrlib.data.manifest import CHEXPERT_LABELS
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 from cxrlib.evaluate.agreement import label_agreement
-from cxrlib.evaluate.clinical import CLINICAL_KEYS
-from cxrlib.evaluate.labeler import LABELER_NAME
+from cxrlib.metrics.clinical import CLINICAL_KEYS
+from cxrlib.metrics.labeler import LABELER_NAME
 
 
 def _manifest(rows: list[tuple[str, str, dict[str, float]]]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cxrlib.data.manifest import CHEXPERT_LABELS, FINDING_MASK_COLUMN, read_manifest
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 from cxrlib.evaluate.attention_grounding import (
     SUMMARY_COLUMNS,
     AttentionGrounding,
@@ -24,8 +24,8 @@ from cxrlib.evaluate.attention_grounding import (
     sentence_shares,
     summarise,
 )
-from cxrlib.evaluate.labeler import label_report
-from cxrlib.explain import SentenceAttention, sentence_attention
+from cxrlib.metrics.labeler import label_report
+from cxrlib.model.explain import SentenceAttention, sentence_attention
 
 
 def test_shares_of_known_attention():
@@ -282,7 +282,7 @@ def test_strict_attention_inside_a_lung_has_share_one(phantom):
 
 
 def test_the_attention_figure_shows_the_shares_under_each_panel():
-    from cxrlib import figures
+    from cxrlib.experiment import figures
 
     sentences = ["Small left pleural effusion.", "Heart size is normal."]
     maps = np.zeros((2, 2, 4, 4))

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from cxrlib.data.manifest import CHEXPERT_LABELS
-from cxrlib.errors import CxrError
-from cxrlib.evaluate import clinical
-from cxrlib.evaluate.clinical import (
+from cxrlib.base.errors import CxrError
+from cxrlib.metrics import clinical
+from cxrlib.metrics.clinical import (
     CHEXBERT_ORDER,
     CLINICAL_KEYS,
     ChexbertLabeler,
@@ -19,7 +19,7 @@ from cxrlib.evaluate.clinical import (
     find_chexbert_checkpoint,
     get_labeler,
 )
-from cxrlib.evaluate.labeler import LABELER_NAME
+from cxrlib.metrics.labeler import LABELER_NAME
 
 NAN = math.nan
 

@@ -9,12 +9,12 @@ import pytest
 
 from cxrlib.cli import main
 from cxrlib.data.manifest import CHEXPERT_LABELS
-from cxrlib.errors import CxrError
-from cxrlib.evaluate.clinical import CLINICAL_KEYS
+from cxrlib.base.errors import CxrError
+from cxrlib.metrics.clinical import CLINICAL_KEYS
 from cxrlib.evaluate.evaluate import METRIC_KEYS, evaluate_generations
-from cxrlib.evaluate.labeler import LABELER_NAME
-from cxrlib.evaluate.lexical import LEXICAL_KEYS
-from cxrlib.evaluate.radgraph import RADGRAPH_KEYS
+from cxrlib.metrics.labeler import LABELER_NAME
+from cxrlib.metrics.lexical import LEXICAL_KEYS
+from cxrlib.metrics.radgraph import RADGRAPH_KEYS
 
 from .test_lexical import COCO_BLEU, COCO_CIDER, COCO_ROUGE, HYPS, REFS
 

@@ -11,8 +11,8 @@ import torch
 
 from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.evaluate.baselines import most_frequent_report, nearest_reports
-from cxrlib.evaluate.grounding import grounding
-from cxrlib.evaluate.labeler import label_reports
+from cxrlib.metrics.grounding import grounding
+from cxrlib.metrics.labeler import label_reports
 
 
 def _truth(rows: list[dict]) -> pd.DataFrame:
@@ -88,7 +88,7 @@ def test_nearest_reports_uses_pooled_cosine():
 
 
 def test_grounding_data_scores_equal_the_table_and_subsets():
-    from cxrlib.evaluate.grounding import GroundingData
+    from cxrlib.metrics.grounding import GroundingData
 
     generated = label_reports(
         ["Small left pleural effusion.", "Large right pneumothorax.", "Bilateral effusions."]

@@ -13,9 +13,9 @@ import yaml
 
 from cxrlib.cli import main
 from cxrlib.data.manifest import CHEXPERT_LABELS
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 from cxrlib.evaluate import iu_validation as iu
-from cxrlib.evaluate.labeler import (
+from cxrlib.metrics.labeler import (
     LABELER_NAME,
     LATERALITY_COLUMNS,
     LEXICON_PATH,

@@ -18,7 +18,7 @@ import math
 
 import pytest
 
-from cxrlib.evaluate.labeler import LATERAL_OBSERVATIONS, label_report, laterality_column
+from cxrlib.metrics.labeler import LATERAL_OBSERVATIONS, label_report, laterality_column
 
 POS, NEG, UNC, BLANK = 1.0, 0.0, -1.0, math.nan
 PTX, EFF, CM = "Pneumothorax", "Pleural Effusion", "Cardiomegaly"

@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from cxrlib.evaluate import lexical
-from cxrlib.evaluate.lexical import (
+from cxrlib.metrics import lexical
+from cxrlib.metrics.lexical import (
     LexicalCorpus,
     bleu_from_stats,
     cider_scores,

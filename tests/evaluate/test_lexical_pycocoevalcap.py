@@ -12,8 +12,8 @@ import pytest
 
 from cxrlib.data.phantom import phantom_study
 from cxrlib.data.phantom.text import findings_text
-from cxrlib.evaluate import lexical
-from cxrlib.evaluate.lexical import LexicalCorpus, ptb_tokenize
+from cxrlib.metrics import lexical
+from cxrlib.metrics.lexical import LexicalCorpus, ptb_tokenize
 
 pytestmark = pytest.mark.skipif(
     lexical.meteor_unavailable_reason() is not None,

@@ -1,7 +1,7 @@
 """RadGraph F1 (simple / partial / complete) on hand-made annotations, exact values.
 
 The definitions follow the radgraph package's ``rewards.py`` (see the module docstring
-of :mod:`cxrlib.evaluate.radgraph`); each expected value is worked out in a comment.
+of :mod:`cxrlib.metrics.radgraph`); each expected value is worked out in a comment.
 """
 
 import importlib.util
@@ -9,8 +9,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from cxrlib.evaluate import radgraph as rg
-from cxrlib.evaluate.radgraph import (
+from cxrlib.metrics import radgraph as rg
+from cxrlib.metrics.radgraph import (
     LEVELS,
     RADGRAPH_KEYS,
     candidates,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxrlib.data.manifest import CHEXPERT_LABELS
-from cxrlib.evaluate.recognition import auroc, markdown_table, recognition, targets_met
+from cxrlib.metrics.recognition import auroc, markdown_table, recognition, targets_met
 
 
 def test_auroc_exact_values_and_ties():

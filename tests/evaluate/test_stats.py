@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib.evaluate.stats import (
+from cxrlib.metrics.stats import (
     aggregate_seeds,
     bootstrap,
     bootstrap_many,

@@ -24,6 +24,7 @@ output is byte-identical for the same arguments, whatever the number of workers.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -51,8 +52,8 @@ from cxrlib.data.phantom.findings import (
     sample_study,
 )
 from cxrlib.data.phantom.render import render
-from cxrlib.io import write_json_atomic
-from cxrlib.provenance import provenance
+from cxrlib.base.io import write_json_atomic
+from cxrlib.base.provenance import provenance
 
 PHANTOM_VERSION = "2"
 """Bumped whenever the same arguments would draw different files (images, text, masks).
@@ -253,3 +254,33 @@ def write_phantom(
         splits={s: int((df["split"] == s).sum()) for s in ("train", "validate", "test")},
         positives=dict(positives),
     )
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """Arguments of the phantom dataset a profile runs on."""
+
+    n: int
+    seed: int = 0
+    size: int = 224
+
+    @property
+    def name(self) -> str:
+        return f"phantom-n{self.n}-seed{self.seed}-size{self.size}-v{PHANTOM_VERSION}"
+
+
+def prepare_phantom(spec: PhantomSpec, cache: Path, workers: int = 1) -> Path:
+    """The phantom manifest for ``spec``, generated once and reused from ``cache``.
+
+    The cache folder is named by every argument and the generator version; it is reused
+    only when its ``phantom.json`` records the same arguments.
+    """
+    folder = Path(cache) / spec.name
+    meta_path = folder / "phantom.json"
+    if meta_path.is_file() and (folder / "manifest.csv").is_file():
+        meta = json.loads(meta_path.read_text())
+        same = (meta.get("n"), meta.get("seed"), meta.get("size"), meta.get("phantom_version"))
+        if same == (spec.n, spec.seed, spec.size, PHANTOM_VERSION):
+            return folder / "manifest.csv"
+    write_phantom(folder, n=spec.n, seed=spec.seed, size=spec.size, workers=workers)
+    return folder / "manifest.csv"

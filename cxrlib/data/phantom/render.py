@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from cxrlib.anatomy.ctr import cardiothoracic_ratio
+from cxrlib.base.masks import cardiothoracic_ratio
 from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.data.phantom.findings import POSSIBLE, Finding, PhantomStudy
 

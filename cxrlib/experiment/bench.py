@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cxrlib.provenance import provenance
+from cxrlib.base.provenance import provenance
 
 PHANTOM_TARGET_IMAGES_PER_S = 50.0
 
@@ -557,13 +557,13 @@ def bench_features(
     In one run, at the tiny preset (``ModelConfig.tiny(mode="soft")``, frozen encoder,
     random weights, float32) on the CPU with ``threads`` torch threads (0: torch's
     default; restored afterwards): write an ``n``-image phantom at ``size`` px (resized
-    to the model's 224 px on load), build the :class:`~cxrlib.features.FeatureCache`
+    to the model's 224 px on load), build the :class:`~cxrlib.training.features.FeatureCache`
     (timed: the one-time cost), then run ``repeats`` epochs each way, interleaved, and
     keep the fastest of each. An epoch is, per batch of ``batch`` images: the image
     features, then the trainer's step (forward with labels and priors of ones, backward,
     AdamW step, zero_grad).
 
-    - uncached: :func:`~cxrlib.data.images.load_pixels` of every image, then the
+    - uncached: :func:`~cxrlib.base.images.load_pixels` of every image, then the
       encoder under ``no_grad``;
     - cached: :meth:`FeatureCache.load` of the batch's ids.
 
@@ -591,10 +591,10 @@ def bench_features(
 def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed: int) -> dict:
     import torch
 
-    from cxrlib.data.images import load_pixels
+    from cxrlib.base.images import load_pixels
     from cxrlib.data.manifest import read_manifest, resolve
     from cxrlib.data.phantom import write_phantom
-    from cxrlib.features import FeatureCache
+    from cxrlib.training.features import FeatureCache
     from cxrlib.model import ModelConfig, ReportModel
 
     write_phantom(tmp / "phantom", n=n, seed=seed, size=size, workers=1, progress=False)
@@ -766,7 +766,7 @@ def bench_labeler(
     """Report labeler (``cxrlib-rule-v3``) throughput on one core, reports/s.
 
     Measured in one process (pure Python: one core), best of ``repeats``, after one
-    warm-up: :func:`cxrlib.evaluate.labeler.label_reports` on ``n`` synthetic Findings
+    warm-up: :func:`cxrlib.metrics.labeler.label_reports` on ``n`` synthetic Findings
     written by the phantom text generator (``cxrlib.data.phantom``; no real report
     text), and the same on the FINDINGS + IMPRESSION of every IU X-ray report when
     ``iu`` (default ``../shared/data/iu-xray/NLMCXR_reports.tgz``) exists. Ratios:

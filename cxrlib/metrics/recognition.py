@@ -1,6 +1,6 @@
 """What a frozen encoder recognises: AUROC per finding, side and zone accuracy.
 
-Measured after encoder pretraining (:mod:`cxrlib.pretrain`) from its target heads'
+Measured after encoder pretraining (:mod:`cxrlib.training.pretrain`) from its target heads'
 probabilities, on the validation and test splits, against the manifest's labels:
 
 - **AUROC** per CheXpert label: positive or uncertain (1 or -1) against not (0 or
@@ -64,7 +64,7 @@ def recognition(
     Parameters
     ----------
     probs : one (N, C_k) array of class probabilities per target
-    targets : (N, K) int class indices (:func:`cxrlib.pretrain.encode_targets`)
+    targets : (N, K) int class indices (:func:`cxrlib.training.pretrain.encode_targets`)
     names, classes : the targets' names and classes
 
     Returns

@@ -11,7 +11,7 @@ What the section says, and the file of the run folder it comes from:
   the split, studies, seeds and reference labels (``ablation/ablation.json``,
   ``ablation/ablation_summary.csv``); the labeler that scored the generated Findings
   (``labeler`` of ``ablation/evaluation/*/metrics.json``, e.g. ``cxrlib-rule-v3``,
-  :data:`cxrlib.evaluate.labeler.LABELER_NAME` at the time of the run);
+  :data:`cxrlib.metrics.labeler.LABELER_NAME` at the time of the run);
 - the ablation table, modes and baselines, with its intervals and the line naming how
   they were drawn (``ablation_summary.csv``: its ``interval`` column), and the per-seed
   values of the tested metrics (``ablation/ablation.csv``);
@@ -21,9 +21,9 @@ What the section says, and the file of the run folder it comes from:
   the attention grounding, when the ablation wrote ``ablation/grounding_attention.csv``;
   both are left out when absent;
 - where the time went (``timings`` of ``run.json``; for a run that predates them,
-  :func:`cxrlib.workbook.collect_timings` of the folder).
+  :func:`cxrlib.experiment.workbook.collect_timings` of the folder).
 
-A missing required file or column is one :class:`~cxrlib.errors.CxrError` line naming
+A missing required file or column is one :class:`~cxrlib.base.errors.CxrError` line naming
 the file.
 """
 
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlib.errors import CxrError
-from cxrlib.io import write_atomic
+from cxrlib.base.errors import CxrError
+from cxrlib.base.io import write_atomic
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
@@ -216,7 +216,7 @@ def targets_markdown(
 
 def _per_seed_markdown(results: pd.DataFrame) -> list[str]:
     """The tested metrics of every run, one column per seed (``ablation.csv``)."""
-    from cxrlib.ablation import SHORT_NAMES, TESTED_KEYS
+    from cxrlib.experiment.ablation import SHORT_NAMES, TESTED_KEYS
 
     part = results[results["metric"].isin(TESTED_KEYS)].copy()
     part = part[part["seed"].notna() & (part["seed"].astype(str) != "")]
@@ -235,7 +235,7 @@ def _per_seed_markdown(results: pd.DataFrame) -> list[str]:
 
 def _tests_markdown(tests: pd.DataFrame, n_bootstrap: object) -> list[str]:
     """The paired tests against ``none`` (``paired_tests.csv``)."""
-    from cxrlib.ablation import SHORT_NAMES
+    from cxrlib.experiment.ablation import SHORT_NAMES
 
     if tests.empty:
         return []
@@ -264,8 +264,8 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     CxrError
         A required file missing or unreadable, or a column missing (the file named).
     """
-    from cxrlib.ablation import interval_method, markdown_table, summary_table
-    from cxrlib.workbook import collect_timings, run_cache_dir
+    from cxrlib.experiment.ablation import interval_method, markdown_table, summary_table
+    from cxrlib.experiment.workbook import collect_timings, run_cache_dir
 
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
@@ -340,7 +340,7 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     lines += _per_seed_markdown(results)
     lines += _tests_markdown(tests, settings.get("n_bootstrap"))
     if recognition is not None:
-        from cxrlib.evaluate.recognition import markdown_table as recognition_table
+        from cxrlib.metrics.recognition import markdown_table as recognition_table
 
         lines += ["", "**Encoder recognition** (the frozen encoder's heads, `pretrain.json`):"]
         lines += ["", recognition_table(recognition)]

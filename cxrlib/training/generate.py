@@ -21,13 +21,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cxrlib.config import RunConfig
+from cxrlib.training.config import RunConfig
 from cxrlib.data.dataset import image_inputs
 from cxrlib.data.manifest import read_manifest, text_cell
-from cxrlib.errors import CxrError
-from cxrlib.io import write_atomic
+from cxrlib.base.errors import CxrError
+from cxrlib.base.io import write_atomic
 from cxrlib.model import ReportModel
-from cxrlib.train import split_dataset
+from cxrlib.training.train import split_dataset
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def run_checkpoint(run: str | os.PathLike) -> Path:
 
 EXPORTED_CONFIG_FILE = "run_config.json"
 """An exported model folder's copy of its run's ``config.json``
-(:func:`cxrlib.model_card.export_run`; the folder's own ``config.json`` is the model's)."""
+(:func:`cxrlib.experiment.export.export_run`; the folder's own ``config.json`` is the model's)."""
 
 
 def run_config_path(run: str | os.PathLike) -> Path:

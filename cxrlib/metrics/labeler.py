@@ -71,8 +71,8 @@ import pandas as pd
 import yaml
 
 from cxrlib.data.manifest import CHEXPERT_LABELS, format_label
-from cxrlib.errors import CxrError
-from cxrlib.io import write_atomic
+from cxrlib.base.errors import CxrError
+from cxrlib.base.io import write_atomic
 
 __all__ = [
     "LABELER_COLUMN",

@@ -17,7 +17,7 @@ the ``model.safetensors`` header, a test ``metrics.json`` when given
 ``<manifest>.summary.json`` (which dataset it is). No clock: the same files give the
 same text.
 
-Every checkpoint :func:`cxrlib.train.write_checkpoint` writes carries its card (no test
+Every checkpoint :func:`cxrlib.training.train.write_checkpoint` writes carries its card (no test
 metrics yet). :func:`export_run` (``cxr export RUN --out DIR``) copies a run's best
 (else last) model files, its config as ``run_config.json`` and a card with the test
 metrics found into a new folder, atomically; the folder loads with
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import yaml
 
-from cxrlib.errors import CxrError
-from cxrlib.io import read_json_object
+from cxrlib.base.errors import CxrError
+from cxrlib.base.io import read_json_object
 from cxrlib.model.report_model import CONFIG_FILE, WEIGHTS_FILE
 from cxrlib.model.tokenizer import SPECIALS_FILE, TOKENIZER_FILE
 
@@ -87,8 +87,8 @@ class RunFiles:
 
     @property
     def config(self):
-        """The run's :class:`cxrlib.config.RunConfig`."""
-        from cxrlib.config import RunConfig
+        """The run's :class:`cxrlib.training.config.RunConfig`."""
+        from cxrlib.training.config import RunConfig
 
         return RunConfig.from_dict(self.record["config"])
 
@@ -208,7 +208,7 @@ def read_run_files(
         No run ``config.json`` (or ``run_config.json`` of an export), no model config in
         the checkpoint, or a malformed ``metrics``.
     """
-    from cxrlib.generate import run_checkpoint, run_config_path
+    from cxrlib.training.generate import run_checkpoint, run_config_path
 
     run_dir = Path(run_dir)
     checkpoint = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir)
@@ -340,14 +340,12 @@ def project_license() -> str:
 
 
 def _test_values(files: RunFiles) -> list[tuple[str, dict]]:
-    """Measured test metrics with a value, in :data:`METRIC_KEYS` order, then the rest."""
-    from cxrlib.evaluate.evaluate import METRIC_KEYS
-
+    """Measured test metrics with a value, in the order of the metrics file (which
+    :func:`cxrlib.evaluate.evaluate.evaluate_generations` writes in report order)."""
     if files.test is None:
         return []
     metrics = files.test["metrics"]
-    order = [k for k in METRIC_KEYS if k in metrics] + sorted(set(metrics) - set(METRIC_KEYS))
-    return [(k, metrics[k]) for k in order if _finite(metrics[k].get("value"))]
+    return [(k, m) for k, m in metrics.items() if _finite(m.get("value"))]
 
 
 def _finite(x) -> bool:
@@ -433,7 +431,7 @@ def _summary_section(files: RunFiles) -> list[str]:
     run_encoder = config.model.encoder
     if isinstance(run_encoder, dict) and config.pretrain.enabled:
         origin = (
-            "built from config fields, pretrained by cxrlib.pretrain on the training "
+            "built from config fields, pretrained by cxrlib.training.pretrain on the training "
             f"manifest's labels ({_plural(config.pretrain.epochs, 'epoch')}; from "
             f"`{mc['encoder']}`, its weights are in this folder)"
         )
@@ -724,104 +722,9 @@ def write_card(
     name: str | None = None,
 ) -> Path:
     """Write :func:`model_card` as ``folder/README.md`` (atomically); returns its path."""
-    from cxrlib.io import write_atomic
+    from cxrlib.base.io import write_atomic
 
     path = Path(folder) / CARD_FILE
     text = model_card(run_dir, checkpoint, metrics, name=name)
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
     return path
-
-
-def export_run(
-    run: str | os.PathLike,
-    out: str | os.PathLike,
-    metrics: str | os.PathLike | None = None,
-    segmenter: str | os.PathLike | None = None,
-) -> Path:
-    """Copy a run's best (else last) model into a new shareable folder ``out``.
-
-    ``out`` gets :data:`MODEL_FILES`, the run's ``config.json`` as ``run_config.json``
-    (what :func:`cxrlib.generate.load_run` and ``cxr report`` need for the priors) and a
-    ``README.md`` (:func:`model_card`) with the test metrics of ``metrics``, else of the
-    run's ablation evaluation (:func:`ablation_metrics`), else none. Written into a
-    temporary folder beside ``out``, then renamed.
-
-    Parameters
-    ----------
-    run : path-like
-        A training run folder, or a checkpoint folder inside one.
-    out : path-like
-        New or empty folder.
-    metrics : path-like, optional
-        A ``cxr evaluate`` ``metrics.json`` of this run on a test split.
-    segmenter : path-like, optional
-        The lung and heart segmenter to ship in ``out/segmenter/`` (what
-        ``cxr report --run OUT`` segments new images with); default the one the run
-        used (:func:`cxrlib.report.run_segmenter`), none when it records none.
-
-    Returns
-    -------
-    Path
-        ``out``.
-
-    Raises
-    ------
-    CxrError
-        ``run`` missing or without checkpoints or config, ``out`` not empty, a missing
-        or malformed ``metrics``.
-    """
-    from cxrlib.generate import (
-        EXPORTED_CONFIG_FILE,
-        run_checkpoint,
-        run_config,
-        run_config_path,
-        run_folder,
-    )
-    from cxrlib.report import EXPORTED_SEGMENTER, run_segmenter
-
-    run, out = Path(run), Path(out)
-    if not run.is_dir():
-        raise CxrError(f"{run}: no such training run folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CxrError(f"{out}: not empty; give a new or empty --out folder")
-    checkpoint = run_checkpoint(run)
-    run_dir = run_folder(run)
-    found = test_metrics_path(run_dir, metrics)
-    if segmenter is None:
-        segmenter = run_segmenter(run_dir, run_config(run_dir))
-    elif not (Path(segmenter) / "model.safetensors").is_file():
-        raise CxrError(f"{segmenter}: not a segmenter folder (no model.safetensors)")
-    card = model_card(
-        run_dir, checkpoint, found, name=checkpoint.name, shipped_segmenter=segmenter is not None
-    )
-    missing = [f for f in MODEL_FILES if not (checkpoint / f).is_file()]
-    if missing:
-        raise CxrError(f"{checkpoint}: incomplete model folder (no {', '.join(missing)})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        for name in MODEL_FILES:
-            shutil.copyfile(checkpoint / name, tmp / name)
-        shutil.copyfile(run_config_path(run_dir), tmp / EXPORTED_CONFIG_FILE)
-        (tmp / CARD_FILE).write_text(card)
-        _fsync_files(tmp)
-        if segmenter is not None:
-            files = [f for f in Path(segmenter).iterdir() if f.is_file()]
-            (tmp / EXPORTED_SEGMENTER).mkdir()
-            for f in files:
-                shutil.copyfile(f, tmp / EXPORTED_SEGMENTER / f.name)
-            _fsync_files(tmp / EXPORTED_SEGMENTER)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _fsync_files(folder: Path) -> None:
-    for path in (p for p in folder.iterdir() if p.is_file()):
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())

@@ -1,7 +1,7 @@
-"""Dataset exploration: counts, label prevalence, report text statistics, image loading.
+"""Dataset exploration: counts, label prevalence, report text statistics.
 
 Plain functions on a manifest DataFrame (see :mod:`cxrlib.data.manifest`); notebook
-``01_dataset_exploration`` calls them and :mod:`cxrlib.figures` draws their results.
+``01_dataset_exploration`` calls them and :mod:`cxrlib.experiment.figures` draws their results.
 
 CheXpert labels and Findings belong to a study, not to an image: a study with a frontal
 and a lateral image has one report. Label and text statistics therefore count each
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 TOTAL = "total"
 """Name of the totals row and column of :func:`split_view_counts`."""
@@ -291,82 +290,6 @@ def sentence_frequencies(df: pd.DataFrame, top: int | None = 20) -> pd.DataFrame
     if top is not None:
         table = table.head(top)
     return table.reset_index(drop=True)
-
-
-def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Any numeric array stretched linearly from its min..max to uint8 0..255 (all 0 when
-    constant): how a high-bit-depth radiograph becomes 8-bit grayscale."""
-    a = np.asarray(values, dtype=np.float64)
-    lo, hi = float(a.min()), float(a.max())
-    scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-    return np.rint(scaled).astype(np.uint8)
-
-
-def _open_gray(path: str | os.PathLike, what: str) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise CxrError(f"{path}: {what} file does not exist")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                # High bit depth (e.g. 12/16-bit radiographs): stretch min..max to 0..255.
-                gray = stretch_to_uint8(np.asarray(img))
-            else:
-                gray = np.asarray(img.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CxrError(f"{path}: not a readable {what} ({reason})") from None
-    except Image.DecompressionBombError as err:
-        raise CxrError(f"{path}: not a readable {what} ({err})") from None
-    if gray.ndim != 2:
-        raise CxrError(f"{path}: {what} is not a 2-D image (shape {gray.shape})")
-    return np.ascontiguousarray(gray)
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as 8-bit grayscale.
-
-    Colour images are converted to luminance; high-bit-depth images (16-bit PNG) are
-    stretched linearly from their min..max to 0..255.
-
-    Parameters
-    ----------
-    path : path-like
-        Image file (any format Pillow reads).
-
-    Returns
-    -------
-    numpy.ndarray
-        uint8 array of shape (height, width), values 0..255.
-
-    Raises
-    ------
-    CxrError
-        Naming the file, when it does not exist or cannot be decoded.
-    """
-    return _open_gray(path, "image")
-
-
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a binary mask image: pixels brighter than 127 are inside.
-
-    Parameters
-    ----------
-    path : path-like
-        Mask file (8-bit grayscale PNG; any image Pillow reads is converted first).
-
-    Returns
-    -------
-    numpy.ndarray
-        bool array of shape (height, width).
-
-    Raises
-    ------
-    CxrError
-        Naming the file, when it does not exist or cannot be decoded.
-    """
-    return _open_gray(path, "mask") > 127
 
 
 def sample_rows(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrlib.errors import CxrError
-from cxrlib.io import read_json_object, write_atomic
+from cxrlib.base.errors import CxrError
+from cxrlib.base.io import read_json_object, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _dicom_gray(path: Path) -> np.ndarray:
         raise CxrError(f"{path}: not a readable DICOM file ({err})") from None
     if pixels.ndim != 2:
         raise CxrError(f"{path}: DICOM pixel data of shape {pixels.shape}, expected 2-D")
-    from cxrlib.explore import stretch_to_uint8
+    from cxrlib.base.images import stretch_to_uint8
 
     gray = stretch_to_uint8(apply_voi_lut(pixels, ds))
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
@@ -122,7 +122,7 @@ def read_radiograph(path: str | os.PathLike) -> np.ndarray:
     CxrError
         One line naming the file: missing, empty, or not a readable image.
     """
-    from cxrlib.explore import load_image
+    from cxrlib.base.images import load_image
 
     path = Path(path)
     if not path.is_file():
@@ -137,7 +137,7 @@ def read_radiograph(path: str | os.PathLike) -> np.ndarray:
 
 
 def _folder_masks(folder: Path, image: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    from cxrlib.explore import load_mask
+    from cxrlib.base.masks import load_mask
 
     masks = {}
     for name in MASK_STRUCTURES:
@@ -159,7 +159,7 @@ def run_segmenter(run: str | os.PathLike, config) -> Path | None:
     (``segmenter/``), else its config's ``priors.segmenter``, else the one the workbook
     run around it trained (``run.json`` timings, or while that run is still going, the
     folder its notebook 02 printed), else None."""
-    from cxrlib.workbook import segmenter_folder
+    from cxrlib.experiment.workbook import segmenter_folder
 
     shipped = Path(run) / EXPORTED_SEGMENTER
     if (shipped / "model.safetensors").is_file():
@@ -190,7 +190,7 @@ class Reporter:
         segmenter: str | os.PathLike | None = None,
         device: str = "cpu",
     ):
-        from cxrlib.generate import load_run
+        from cxrlib.training.generate import load_run
 
         self.config, self.model, self.checkpoint = load_run(run)
         self.model.to(device)
@@ -237,7 +237,7 @@ class Reporter:
         """``(pixel values, priors)`` the model reads for one uint8 (H, W) image and its
         organ masks ((1, H, W) each, or None for a uniform prior; mode none: no priors)."""
         from cxrlib.anatomy.priors import masks_to_priors
-        from cxrlib.data.images import to_pixels
+        from cxrlib.base.images import to_pixels
 
         pixels = to_pixels(gray, self.model.config.image_size)[None].to(self.device)
         priors = None
@@ -260,8 +260,8 @@ class Reporter:
 
     def attention(self, findings: str, pixels: torch.Tensor, priors: torch.Tensor | None):
         """Where each sentence of ``findings`` attended
-        (:class:`cxrlib.explain.SentenceAttention`)."""
-        from cxrlib.explain import sentence_attention
+        (:class:`cxrlib.model.explain.SentenceAttention`)."""
+        from cxrlib.model.explain import sentence_attention
 
         return sentence_attention(self.model, findings, pixel_values=pixels, priors=priors)
 
@@ -318,12 +318,12 @@ def attention_figure(gray: np.ndarray, attention, masks=None, captions=None):
     Parameters
     ----------
     gray : (H, W) uint8
-    attention : cxrlib.explain.SentenceAttention
+    attention : cxrlib.model.explain.SentenceAttention
     masks : dict of str to (1, H, W) or (H, W) bool, optional
     captions : list of list of str, optional
-        As :func:`cxrlib.figures.plot_sentence_attention`.
+        As :func:`cxrlib.experiment.figures.plot_sentence_attention`.
     """
-    from cxrlib.figures import outline_masks, plot_sentence_attention
+    from cxrlib.experiment.figures import outline_masks, plot_sentence_attention
 
     fig = plot_sentence_attention(gray, attention, captions=captions)
     if masks is not None:
@@ -336,7 +336,7 @@ def attention_figure(gray: np.ndarray, attention, masks=None, captions=None):
 def labels_and_sides(findings: str) -> tuple[dict[str, str | None], dict[str, str]]:
     """The labeler's 14 labels of a Findings text as words (positive / negative /
     uncertain, None: not mentioned) and the side of each lateral finding it names."""
-    from cxrlib.evaluate.labeler import LATERALITY_COLUMNS, label_report
+    from cxrlib.metrics.labeler import LATERALITY_COLUMNS, label_report
 
     labels = label_report(findings)
     sides = {

@@ -3,9 +3,9 @@
 ``run_ablation(config, out, modes, seeds)`` (notebook 05):
 
 1. prepares what every run shares, once: the manifest, the pretrained frozen encoder
-   (:mod:`cxrlib.pretrain`), its cached patch features and the priors of every image
+   (:mod:`cxrlib.training.pretrain`), its cached patch features and the priors of every image
    (so the runs only read the caches);
-2. trains every (mode, seed) with :func:`cxrlib.train.train` in its own process
+2. trains every (mode, seed) with :func:`cxrlib.training.train.train` in its own process
    (``cxr train``; ``parallel`` at a time, each on ``threads`` threads), into
    ``out/train/<mode>-seed<seed>/``; a finished run (``summary.json``) is reused, an
    interrupted one resumed;
@@ -24,7 +24,7 @@ Why a bootstrap and not a Student-t interval over the seeds: with 3 seeds of a r
 (F1, accuracy) that vary widely, ``mean +- t sd / sqrt(3)`` leaves [0, 1] (laterality
 accuracy [-1.25, 1.99] in an earlier run). The pooled bootstrap resamples the test
 studies; each resample scores every seed's Findings of those studies and averages over
-the seeds (:func:`cxrlib.evaluate.stats.bootstrap_seed_mean`), so the interval holds the
+the seeds (:func:`cxrlib.metrics.stats.bootstrap_seed_mean`), so the interval holds the
 uncertainty of the test set, includes the seeds' spread, and stays within the metric's
 range.
 
@@ -51,10 +51,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.config import RunConfig
-from cxrlib.errors import CxrError
+from cxrlib.training.config import RunConfig
+from cxrlib.base.errors import CxrError
 from cxrlib.evaluate.evaluate import HEADLINE_KEYS
-from cxrlib.io import write_atomic
+from cxrlib.base.io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ def prepare_shared(config: RunConfig, split: str, progress: bool = True) -> Path
     Each run then finds them in the caches (the same keys), so parallel runs only read
     and every run uses exactly the same encoder. Returns the manifest.
     """
-    from cxrlib.generate import split_frame
+    from cxrlib.training.generate import split_frame
     from cxrlib.model import ReportModel
-    from cxrlib.train import resolve_manifest, resolve_model_config, split_dataset
+    from cxrlib.training.train import resolve_manifest, resolve_model_config, split_dataset
 
     manifest = resolve_manifest(config)
     model_config = resolve_model_config(config, manifest, progress)
@@ -124,7 +124,7 @@ def _train_command(
 
 
 def _known_profile(config: RunConfig) -> str:
-    from cxrlib.config import PROFILES
+    from cxrlib.training.config import PROFILES
 
     return config.profile if config.profile in PROFILES else "smoke"
 
@@ -218,8 +218,8 @@ def run_ablation(
     from cxrlib.data.manifest import read_manifest
     from cxrlib.evaluate.baselines import baseline_generations
     from cxrlib.evaluate.evaluate import evaluate_generations
-    from cxrlib.evaluate.grounding import has_ground_truth_sides
-    from cxrlib.generate import generate_split
+    from cxrlib.metrics.grounding import has_ground_truth_sides
+    from cxrlib.training.generate import generate_split
 
     started = time.perf_counter()
     stages: dict[str, float] = {}  # seconds of each stage, in ablation.json
@@ -339,10 +339,10 @@ def paired_tests(
 ) -> list[dict]:
     """Each mode against ``none`` on :data:`TESTED_KEYS`: paired bootstrap whose items are
     the (seed, study) pairs, resampled by study (all seeds of a study together)."""
-    from cxrlib.evaluate.clinical import ClinicalData
-    from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
-    from cxrlib.evaluate.lexical import LexicalCorpus
-    from cxrlib.evaluate.stats import paired_bootstrap_test
+    from cxrlib.metrics.clinical import ClinicalData
+    from cxrlib.metrics.labeler import LABELER_NAME, label_reports
+    from cxrlib.metrics.lexical import LexicalCorpus
+    from cxrlib.metrics.stats import paired_bootstrap_test
 
     if "none" not in modes:
         return []
@@ -406,7 +406,7 @@ def _reference(
     """The manifest rows of ``ids`` (in order), their study ids, reference texts and
     reference labels (the manifest's or the labeler's, as ``ref_labels`` says)."""
     from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
-    from cxrlib.evaluate.labeler import label_reports
+    from cxrlib.metrics.labeler import label_reports
 
     truth = ref.set_index("image_id").loc[ids].reset_index()
     groups = truth["study_id"].map(text_cell).to_numpy()
@@ -452,13 +452,13 @@ def summarise(
         ``mean`` and ``sd`` (ddof 1; NaN for one seed) over them, ``ci_low`` and
         ``ci_high`` the interval :func:`interval_method` names (``interval``): the
         clinical, lexical and grounding metrics are rescored on every resample of the
-        test studies for every seed (:func:`cxrlib.evaluate.stats.bootstrap_seed_mean`);
+        test studies for every seed (:func:`cxrlib.metrics.stats.bootstrap_seed_mean`);
         a metric not rescored here (RadGraph) has no interval and says so (``none: not
         rescored``). A seed where a metric is undefined (NaN, e.g. laterality accuracy
         without sided findings) is left out of its mean; a metric undefined for every
         seed has no row.
     """
-    from cxrlib.evaluate.stats import bootstrap_seed_mean
+    from cxrlib.metrics.stats import bootstrap_seed_mean
 
     method = interval_method(n_bootstrap)
     systems = list(dict.fromkeys(system for system, _ in generations))
@@ -524,10 +524,10 @@ def _run_scorer(
     clinical, lexical and (with drawn ground truth) grounding metrics, scored as
     :func:`cxrlib.evaluate.evaluate.evaluate_generations` scores them."""
     from cxrlib.data.manifest import text_cell
-    from cxrlib.evaluate.clinical import ClinicalData
-    from cxrlib.evaluate.grounding import GroundingData, has_ground_truth_sides
-    from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
-    from cxrlib.evaluate.lexical import LexicalCorpus
+    from cxrlib.metrics.clinical import ClinicalData
+    from cxrlib.metrics.grounding import GroundingData, has_ground_truth_sides
+    from cxrlib.metrics.labeler import LABELER_NAME, label_reports
+    from cxrlib.metrics.lexical import LexicalCorpus
 
     by_id = frame.assign(image_id=frame["image_id"].astype(str)).set_index("image_id")
     if sorted(by_id.index) != sorted(ids):
@@ -627,8 +627,8 @@ def latex_table(table: pd.DataFrame, note: str = "") -> str:
 def refresh_model_cards(runs: dict[tuple[str, int], Path]) -> None:
     """Rewrite the model card of each run's best (else last) checkpoint with the test
     metrics the ablation measured (``ablation/evaluation/<run>/metrics.json``)."""
-    from cxrlib.generate import run_checkpoint
-    from cxrlib.model_card import ablation_metrics, write_card
+    from cxrlib.training.generate import run_checkpoint
+    from cxrlib.training.model_card import ablation_metrics, write_card
 
     for run_dir in runs.values():
         checkpoint = run_checkpoint(run_dir)

@@ -3,7 +3,7 @@
 The phantom's ground truth is exact: its manifest holds every study's CheXpert labels
 and, per lateral finding, the side it was drawn on (``effusion_side``, ...; the
 patient's side). Generated Findings are read with the labeler (labels and laterality,
-:func:`cxrlib.evaluate.labeler.label_reports`). Per observation and overall:
+:func:`cxrlib.metrics.labeler.label_reports`). Per observation and overall:
 
 Observations: the 13 CheXpert findings (:data:`FINDINGS`; "No Finding" is not a
 finding).
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
-from cxrlib.evaluate.labeler import laterality_column
+from cxrlib.metrics.labeler import laterality_column
 
 SIDE_COLUMNS = {
     "Pleural Effusion": "effusion_side",
@@ -55,7 +55,7 @@ def _positive(values: pd.Series, convention: str) -> np.ndarray:
 @dataclass
 class Grounding:
     """Per-observation table and overall rates, with the pair-level indicators kept for
-    bootstrap intervals (:mod:`cxrlib.evaluate.stats`)."""
+    bootstrap intervals (:mod:`cxrlib.metrics.stats`)."""
 
     table: pd.DataFrame
     overall: dict

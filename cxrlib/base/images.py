@@ -1,7 +1,7 @@
 """Images as the encoder sees them: the one place a radiograph becomes ``pixel_values``.
 
 ``load_pixels(path, size)`` reads any image Pillow reads as 8-bit grayscale
-(:func:`cxrlib.explore.load_image`: colour to luminance, 16-bit stretched), resizes it
+(:func:`load_image`: colour to luminance, 16-bit stretched), resizes it
 to ``size`` x ``size`` (bilinear with antialiasing; radiographs are near-square and the
 published code resized without padding too), repeats it over 3 channels, scales to
 [0, 1] and normalises with the ImageNet mean and std that DINOv3 was trained with.
@@ -14,12 +14,13 @@ published code resized without padding too), repeats it over 3 channels, scales 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,8 +71,63 @@ def load_pixels(path: str | os.PathLike, image_size: int) -> torch.Tensor:
     CxrError
         Naming the file, when it is missing or not a readable image.
     """
-    from cxrlib.explore import load_image
-
     if not os.path.isfile(path):
         raise CxrError(f"{path}: image file not found")
     return to_pixels(load_image(path), image_size)
+
+
+def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Any numeric array stretched linearly from its min..max to uint8 0..255 (all 0 when
+    constant): how a high-bit-depth radiograph becomes 8-bit grayscale."""
+    a = np.asarray(values, dtype=np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.rint(scaled).astype(np.uint8)
+
+
+def open_gray(path: str | os.PathLike, what: str) -> np.ndarray:
+    """``path`` as a uint8 (H, W) grayscale array (16-bit stretched, colour to luminance);
+    a :class:`CxrError` naming the file and ``what`` it should be otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CxrError(f"{path}: {what} file does not exist")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                # High bit depth (e.g. 12/16-bit radiographs): stretch min..max to 0..255.
+                gray = stretch_to_uint8(np.asarray(img))
+            else:
+                gray = np.asarray(img.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CxrError(f"{path}: not a readable {what} ({reason})") from None
+    except Image.DecompressionBombError as err:
+        raise CxrError(f"{path}: not a readable {what} ({err})") from None
+    if gray.ndim != 2:
+        raise CxrError(f"{path}: {what} is not a 2-D image (shape {gray.shape})")
+    return np.ascontiguousarray(gray)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as 8-bit grayscale.
+
+    Colour images are converted to luminance; high-bit-depth images (16-bit PNG) are
+    stretched linearly from their min..max to 0..255.
+
+    Parameters
+    ----------
+    path : path-like
+        Image file (any format Pillow reads).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 array of shape (height, width), values 0..255.
+
+    Raises
+    ------
+    CxrError
+        Naming the file, when it does not exist or cannot be decoded.
+    """
+    return open_gray(path, "image")

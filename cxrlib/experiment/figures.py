@@ -28,9 +28,11 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from PIL import Image
 
-from cxrlib import explore
+from cxrlib.base.images import load_image
+from cxrlib.base.masks import load_mask
+from cxrlib.data import explore
 from cxrlib.data.manifest import is_text_only, resolve
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 PAGE_WIDTH = 6.3
 """Text width of a thesis page in inches: the width of a full-width figure."""
@@ -144,7 +146,7 @@ def plot_split_view_counts(counts: pd.DataFrame) -> Figure:
     Parameters
     ----------
     counts : pandas.DataFrame
-        The table of :func:`cxrlib.explore.split_view_counts` (its ``"total"`` row
+        The table of :func:`cxrlib.data.explore.split_view_counts` (its ``"total"`` row
         and column are left out of the bars).
 
     Returns
@@ -187,7 +189,7 @@ def plot_label_prevalence(prev: pd.DataFrame) -> Figure:
     Parameters
     ----------
     prev : pandas.DataFrame
-        The table of :func:`cxrlib.explore.label_prevalence`.
+        The table of :func:`cxrlib.data.explore.label_prevalence`.
 
     Returns
     -------
@@ -230,7 +232,7 @@ def plot_findings_lengths(lengths_by_split: pd.DataFrame) -> Figure:
     ----------
     lengths_by_split : pandas.DataFrame
         Columns ``split`` and ``words``, as from
-        :func:`cxrlib.explore.findings_lengths_by_split`.
+        :func:`cxrlib.data.explore.findings_lengths_by_split`.
 
     Returns
     -------
@@ -273,7 +275,7 @@ def plot_top_sentences(freqs: pd.DataFrame, *, width: int = 60) -> Figure:
     Parameters
     ----------
     freqs : pandas.DataFrame
-        The table of :func:`cxrlib.explore.sentence_frequencies`.
+        The table of :func:`cxrlib.data.explore.sentence_frequencies`.
     width : int
         Sentences longer than this many characters are shortened with "...".
 
@@ -388,7 +390,7 @@ def plot_mask_overlays(
     ----------
     df : pandas.DataFrame
         A manifest; rows with an image are sampled with
-        :func:`cxrlib.explore.sample_rows`.
+        :func:`cxrlib.data.explore.sample_rows`.
     n : int
         Number of images (fewer when the manifest has fewer).
     seed : int
@@ -420,10 +422,10 @@ def plot_mask_overlays(
     drawn: list[str] = []
     for ax, (_, row) in zip(axes.flat, rows.iterrows(), strict=False):
         path = resolve(root, row["image_path"].strip())
-        image = _thumbnail(explore.load_image(path), _THUMBNAIL_SIDE)
+        image = _thumbnail(load_image(path), _THUMBNAIL_SIDE)
         ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
         for kind, mask_path in _row_masks(row, root).items():
-            mask = _fit_mask(explore.load_mask(mask_path), image.shape)
+            mask = _fit_mask(load_mask(mask_path), image.shape)
             color = palette[_MASK_STYLE[kind][0]]
             tint = np.zeros((*mask.shape, 4))
             tint[mask] = (*color, 0.25)
@@ -482,7 +484,7 @@ def plot_report_model_training(metrics: pd.DataFrame) -> Figure:
     Parameters
     ----------
     metrics : pandas.DataFrame
-        ``metrics.csv`` of a :func:`cxrlib.train.train` run: ``step, epoch, split, loss,
+        ``metrics.csv`` of a :func:`cxrlib.training.train.train` run: ``step, epoch, split, loss,
         lr, ...``; validation rows sit at the step that ended their epoch.
     """
     fig = _new_figure(PAGE_WIDTH, 2.4)
@@ -727,13 +729,13 @@ def plot_sentence_attention(
     ----------
     image : (H, W) uint8
         The radiograph (any size; the patch grid is stretched over it).
-    attention : cxrlib.explain.SentenceAttention
+    attention : cxrlib.model.explain.SentenceAttention
     captions : list of list of str, optional
         ``captions[s][g]`` under the panel of sentence ``s`` and layer group ``g``, e.g.
         the attention grounding's ``"left lung 0.62, region 0.31"``
         (:func:`cxrlib.evaluate.attention_grounding.sentence_captions`); "" for none.
     """
-    from cxrlib.explain import group_label
+    from cxrlib.model.explain import group_label
 
     n = min(max_sentences, len(attention.sentences))
     groups = attention.groups

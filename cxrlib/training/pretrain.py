@@ -4,7 +4,7 @@ The real workbook starts from DINOv3's self-supervised weights; a config-built e
 (the tiny preset) starts random, and the decoder of a random frozen encoder learns one
 text for every image. So, once per dataset and encoder config, the encoder is trained
 to recognise what the manifest records about each image, then frozen: its patch
-features are cached (:mod:`cxrlib.features`) and shared by every mode and seed of the
+features are cached (:mod:`cxrlib.training.features`) and shared by every mode and seed of the
 ablation, which is about the decoder.
 
 Targets (from the train split only):
@@ -54,7 +54,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrlib.data.images import normalise, resize_gray
+from cxrlib.base.images import normalise, resize_gray
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
     FINDING_MASK_COLUMN,
@@ -62,7 +62,7 @@ from cxrlib.data.manifest import (
     read_manifest,
     text_cell,
 )
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def _load_images(df: pd.DataFrame, size: int, progress: bool) -> tuple[torch.Ten
     from tqdm.auto import tqdm
 
     from cxrlib.data.dataset import resolve_path
-    from cxrlib.explore import load_image
+    from cxrlib.base.images import load_image
 
     root = df.attrs["root"]
     images, keep = [], []
@@ -259,9 +259,9 @@ class DenseTargets:
         from tqdm.auto import tqdm
 
         from cxrlib.data.dataset import resolve_path
-        from cxrlib.data.manifest import read_finding_mask
-        from cxrlib.evaluate.recognition import SIDE_TARGETS
-        from cxrlib.explore import load_mask
+        from cxrlib.base.masks import read_finding_mask
+        from cxrlib.metrics.recognition import SIDE_TARGETS
+        from cxrlib.base.masks import load_mask
 
         if not all(c in df.columns for c in DENSE_ORGANS):
             return None
@@ -371,7 +371,7 @@ def pretrain_encoder(
     """
     from tqdm.auto import tqdm
 
-    from cxrlib.evaluate.recognition import recognition, targets_met
+    from cxrlib.metrics.recognition import recognition, targets_met
     from cxrlib.model.encoders import (
         build_encoder,
         disable_rope_augmentation,

@@ -1,6 +1,6 @@
 """Training: the Accelerate loop, checkpoints with exact resume, the feature cache in use.
 
-``train(config, out)`` (and ``cxr train``) runs one :class:`cxrlib.config.RunConfig`:
+``train(config, out)`` (and ``cxr train``) runs one :class:`cxrlib.training.config.RunConfig`:
 
 - **Engine**: Hugging Face Accelerate. The same code runs on a CPU, on one GPU (bf16
   autocast with ``mixed_precision="auto"``) and on several GPUs or nodes when started
@@ -8,7 +8,7 @@
   DistributedDataParallel, never by hand.
 - **Data**: the manifest's ``train`` and ``validate`` rows (the phantom dataset when no
   manifest is given); the per-layer priors from the prior cache; with a frozen encoder
-  the patch features from the feature cache (:mod:`cxrlib.features`), computed once.
+  the patch features from the feature cache (:mod:`cxrlib.training.features`), computed once.
   Batch order: :func:`cxrlib.data.dataset.epoch_batches` (seeded per epoch, disjoint per
   process).
 - **Optimisation**: AdamW (no decay on biases, norms and embeddings), linear warmup then
@@ -25,7 +25,7 @@ Checkpoints: a :meth:`ReportModel.save_pretrained` folder plus ``optimizer.safet
 (optimizer tensors), ``rng.safetensors`` (every process's torch RNG state),
 ``trainer_state.json`` (step, epoch, position in the epoch, scheduler, optimizer
 settings, python/numpy RNG states, best metric, bad images, rows of ``metrics.csv``)
-and ``README.md``, the model card (:mod:`cxrlib.model_card`: no test metrics yet).
+and ``README.md``, the model card (:mod:`cxrlib.training.model_card`: no test metrics yet).
 No pickle. A checkpoint is written whole into ``checkpoints/.tmp-<name>``, then the old
 one is renamed to ``.old-<name>``, the new one renamed into place and the old deleted;
 :func:`recover_checkpoints` repairs a run killed between the renames. So a ``kill -9``
@@ -56,7 +56,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from cxrlib.config import RunConfig
+from cxrlib.training.config import RunConfig
 from cxrlib.data.dataset import (
     Collate,
     Example,
@@ -67,10 +67,10 @@ from cxrlib.data.dataset import (
     resolve_path,
 )
 from cxrlib.data.manifest import read_manifest, text_cell
-from cxrlib.errors import CxrError
-from cxrlib.io import write_atomic
+from cxrlib.base.errors import CxrError
+from cxrlib.base.io import write_atomic
 from cxrlib.model import ReportModel
-from cxrlib.provenance import provenance
+from cxrlib.base.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def resolve_manifest(config: RunConfig) -> Path:
     """The manifest a run trains on: ``data.manifest`` or the cached phantom dataset."""
     if config.data.manifest:
         return Path(config.data.manifest)
-    from cxrlib.workbook import PhantomSpec, prepare_phantom
+    from cxrlib.data.phantom import PhantomSpec, prepare_phantom
 
     data = config.data
     spec = PhantomSpec(n=data.phantom_n, seed=data.phantom_seed, size=data.phantom_size)
@@ -159,11 +159,11 @@ def load_splits(config: RunConfig, manifest: Path) -> dict[str, pd.DataFrame]:
 
 def resolve_model_config(config: RunConfig, manifest: Path, progress: bool = True):
     """``config.model``, with a config-built encoder replaced by its pretrained folder
-    when ``pretrain.enabled`` (:func:`cxrlib.pretrain.pretrained_encoder`: trained once
+    when ``pretrain.enabled`` (:func:`cxrlib.training.pretrain.pretrained_encoder`: trained once
     per manifest and settings, then read from the cache)."""
     if not (config.pretrain.enabled and isinstance(config.model.encoder, dict)):
         return config.model
-    from cxrlib.pretrain import pretrained_encoder
+    from cxrlib.training.pretrain import pretrained_encoder
 
     encoder = pretrained_encoder(
         config.model,
@@ -199,7 +199,7 @@ def split_dataset(
     ]
     found = None
     if config.train.feature_cache and model.config.encoder_trainable == "frozen" and examples:
-        from cxrlib.features import features_for_manifest
+        from cxrlib.training.features import features_for_manifest
 
         per_image = model.num_patches * model.encoder_width * 2  # fp16
         found = features_for_manifest(
@@ -377,7 +377,7 @@ def write_checkpoint(
     counter: list[int],
 ) -> Path:
     """Write checkpoint ``folder/name`` atomically (main process only; see module doc),
-    with its model card ``README.md`` (:mod:`cxrlib.model_card`; ``folder`` is the run's
+    with its model card ``README.md`` (:mod:`cxrlib.training.model_card`; ``folder`` is the run's
     ``checkpoints`` folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{name}"
@@ -398,7 +398,7 @@ def write_checkpoint(
     save_file(rng_tensors, str(tmp / RNG_FILE))
     full_state = {**state, "optimizer": opt_meta, "rng": rng_meta}
     (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1))
-    from cxrlib.model_card import write_card
+    from cxrlib.training.model_card import write_card
 
     write_card(tmp, folder.parent, tmp, name=name)  # part of the atomic checkpoint
     _fsync_tree(tmp)
@@ -878,8 +878,8 @@ def clinical_val_metrics(
     """The default validation metric: clinical micro-F1 over the 14 observations
     (uncertain as negative) of the generated vs the reference Findings, both read by the
     rule labeler (:mod:`cxrlib.evaluate`); logged as ``clinical_micro_14``."""
-    from cxrlib.evaluate.clinical import clinical_f1
-    from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
+    from cxrlib.metrics.clinical import clinical_f1
+    from cxrlib.metrics.labeler import LABELER_NAME, label_reports
 
     result = clinical_f1(label_reports(generated), label_reports(references), labeler=LABELER_NAME)
     return {"clinical_micro_14": result.metrics["clinical.uncertain_as_negative.micro_14"]}

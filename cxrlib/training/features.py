@@ -14,7 +14,7 @@ Layout of ``FeatureCache(folder, model)``::
 The key (:attr:`FeatureCache.key`) is a sha256 of everything that decides the values:
 :data:`CACHE_FORMAT`, :func:`encoder_fingerprint` (every encoder weight), the encoder's
 config (operations without weights: norms, RoPE), the image preprocessing
-(:func:`cxrlib.data.images.preprocessing` at ``config.image_size``), the register
+(:func:`cxrlib.base.images.preprocessing` at ``config.image_size``), the register
 tokens dropped, the stored dtype, P and E. Any change gives a new folder; an old
 folder is never read under new settings.
 
@@ -43,9 +43,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cxrlib.data.images import load_pixels, preprocessing
-from cxrlib.errors import CxrError
-from cxrlib.io import write_atomic, write_json_atomic
+from cxrlib.base.images import load_pixels, preprocessing
+from cxrlib.base.errors import CxrError
+from cxrlib.base.io import write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +419,7 @@ class FeatureCache:
             One id per image; a repeated id is computed once (its first path is used).
         paths : sequence of path-like
             The image files, aligned with ``image_ids``; read with
-            :func:`cxrlib.data.images.load_pixels`.
+            :func:`cxrlib.base.images.load_pixels`.
         batch_size : int
             Images per encoder forward.
         progress : bool

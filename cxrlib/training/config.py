@@ -1,7 +1,7 @@
 """One config tree for a training run: ``data`` / ``priors`` / ``model`` / ``train``.
 
 :class:`RunConfig` holds these nodes, ``pretrain`` (supervised encoder pretraining,
-:mod:`cxrlib.pretrain`) and the seed. Every node is a dataclass with one
+:mod:`cxrlib.training.pretrain`) and the seed. Every node is a dataclass with one
 commented default per field; the tree is plain JSON (:meth:`RunConfig.to_dict`) and
 loads from YAML or JSON (:func:`load_config`). Unknown keys are errors at every level,
 so a typo never silently falls back to a default.
@@ -12,7 +12,7 @@ Profiles are named presets (:data:`PROFILES`, :func:`profile_config`):
   (1 epoch of encoder pretraining); what the tests and CI run;
 - ``default``: the phantom dataset (6,000 images drawn at 256 px) with
   :meth:`ModelConfig.cpu` (a small ResNet at 128 px, 8x8 patches), its encoder
-  pretrained once on the phantom labels and per-patch masks (:mod:`cxrlib.pretrain`)
+  pretrained once on the phantom labels and per-patch masks (:mod:`cxrlib.training.pretrain`)
   and frozen, sized for 2 CPU cores;
 - ``full``: the published sizes (:meth:`ModelConfig.published`: DINOv3 ViT-S/16 +
   GPT-2 small, 512 px) on a user's manifest (MIMIC-CXR), bf16 on GPUs.
@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from cxrlib.model.config import ModelConfig
-from cxrlib.pretrain import PretrainConfig
+from cxrlib.training.pretrain import PretrainConfig
 
 MASK_SOURCES = ("auto", "manifest", "segmenter", "none")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -128,7 +128,7 @@ class PriorsConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation loop (:func:`cxrlib.train.train`)."""
+    """The optimisation loop (:func:`cxrlib.training.train.train`)."""
 
     epochs: int = 10
     # images per process per forward pass

@@ -27,7 +27,7 @@ Conventions (``docs/evaluation.md``; METHOD.md "Metric definitions"):
   (:data:`CLINICAL_KEYS`), values in [0, 1].
 - Every table names the labeler (``cxrlib-rule-v3`` or ``chexbert``) and the convention.
 
-Labelers: ``rule`` (:mod:`cxrlib.evaluate.labeler`, no download) and ``chexbert``
+Labelers: ``rule`` (:mod:`cxrlib.metrics.labeler`, no download) and ``chexbert``
 (Smit et al. 2020: BERT-base with 14 linear heads, run by :class:`ChexbertLabeler` from a
 local ``chexbert.pth``; nothing is downloaded, see :func:`find_chexbert_checkpoint`).
 """
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.manifest import CHEXPERT_LABELS
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 __all__ = [
     "CHEXBERT_ENV",
@@ -508,7 +508,7 @@ def get_labeler(
         Unknown name; CheXbert asked for but not available locally.
     """
     if name == "rule":
-        from cxrlib.evaluate.labeler import LABELER_NAME, label_reports
+        from cxrlib.metrics.labeler import LABELER_NAME, label_reports
 
         def rule(texts: Iterable[object]) -> pd.DataFrame:
             # the 14 labels, then the laterality columns (grounding reads them)

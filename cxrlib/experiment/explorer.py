@@ -11,7 +11,7 @@ image file, :meth:`Explorer.view` gives a :class:`StudyView`:
 - the Findings the mode's run generated (the ablation's generations when it has them,
   so the explorer shows what was evaluated; else generated now) beside the reference;
 - the labels of both, each finding marked **correct**, **wrong side**,
-  **hallucinated** or **omitted** with the rules of :mod:`cxrlib.evaluate.grounding`
+  **hallucinated** or **omitted** with the rules of :mod:`cxrlib.metrics.grounding`
   (positive: 1 only, uncertain as negative; reference labels: the manifest's ground
   truth when it has labels, else the labeler on the reference text);
 - where each generated sentence attended, by layer group.
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.errors import CxrError
+from cxrlib.base.errors import CxrError
 
 MODE_ORDER = ("none", "soft", "strict")
 VERDICT_COLORS = {
@@ -61,14 +61,14 @@ class StudyView:
     generated_source: str  # "ablation generations" or "generated now"
     reference: str | None  # None for an image file
     labels: pd.DataFrame  # finding, generated, reference, verdict (see compare_labels)
-    attention: object | None = None  # cxrlib.explain.SentenceAttention
+    attention: object | None = None  # cxrlib.model.explain.SentenceAttention
     captions: list | None = None  # attention grounding under each panel
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
 def _word(value: object) -> str:
-    from cxrlib.report import _LABEL_NAMES
+    from cxrlib.experiment.report import _LABEL_NAMES
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -82,10 +82,10 @@ def compare_labels(generated: pd.Series | dict, truth: pd.Series | dict) -> pd.D
     ----------
     generated : mapping
         The labeler's output on the generated Findings (14 labels and the laterality
-        columns, :func:`cxrlib.evaluate.labeler.label_report`).
+        columns, :func:`cxrlib.metrics.labeler.label_report`).
     truth : mapping
         The reference labels (CheXpert columns) and, for sides, the phantom's drawn-side
-        columns (:data:`cxrlib.evaluate.grounding.SIDE_COLUMNS`).
+        columns (:data:`cxrlib.metrics.grounding.SIDE_COLUMNS`).
 
     Returns
     -------
@@ -94,8 +94,8 @@ def compare_labels(generated: pd.Series | dict, truth: pd.Series | dict) -> pd.D
         ``generated`` and ``reference`` (label word and side), ``verdict``: correct,
         wrong side, hallucinated or omitted (uncertain counts as negative).
     """
-    from cxrlib.evaluate.grounding import FINDINGS, SIDE_COLUMNS, GroundingData
-    from cxrlib.evaluate.labeler import laterality_column
+    from cxrlib.metrics.grounding import FINDINGS, SIDE_COLUMNS, GroundingData
+    from cxrlib.metrics.labeler import laterality_column
 
     gen, ref = pd.DataFrame([dict(generated)]), pd.DataFrame([dict(truth)])
     for obs in FINDINGS:
@@ -142,7 +142,7 @@ def latest_run(root: str | os.PathLike | None = None) -> Path:
     CxrError
         No such run (``make workbook`` makes one).
     """
-    from cxrlib.workbook import REPO_ROOT
+    from cxrlib.experiment.workbook import REPO_ROOT
 
     root = Path(root) if root is not None else REPO_ROOT / "runs"
     found = [p for p in root.glob("*/train/*/checkpoints") if p.is_dir()]
@@ -183,8 +183,8 @@ class Explorer:
         seed: int = 0,
         device: str = "cpu",
     ):
-        from cxrlib.generate import run_config, split_frame
-        from cxrlib.train import resolve_manifest
+        from cxrlib.training.generate import run_config, split_frame
+        from cxrlib.training.train import resolve_manifest
 
         self.run_dir = Path(run_dir)
         self.seed = seed
@@ -205,7 +205,7 @@ class Explorer:
 
     def _find_runs(self) -> dict[str, Path]:
         if (self.run_dir / "config.json").is_file() and (self.run_dir / "checkpoints").is_dir():
-            from cxrlib.generate import run_config
+            from cxrlib.training.generate import run_config
 
             return {run_config(self.run_dir).model.mode: self.run_dir}
         runs = {}
@@ -226,7 +226,7 @@ class Explorer:
         return list(self.runs)
 
     def _manifest_has_labels(self) -> bool:
-        from cxrlib.evaluate.grounding import FINDINGS
+        from cxrlib.metrics.grounding import FINDINGS
 
         labels = self.studies_frame[list(FINDINGS)].apply(pd.to_numeric, errors="coerce")
         return bool(labels.notna().to_numpy().any())
@@ -239,8 +239,8 @@ class Explorer:
         ids = self.studies_frame["image_id"].astype(str).to_numpy()
         if self.truth_source == "manifest":
             return self.studies_frame.set_index(ids)
-        from cxrlib.evaluate.grounding import SIDE_COLUMNS
-        from cxrlib.evaluate.labeler import label_reports, laterality_column
+        from cxrlib.metrics.grounding import SIDE_COLUMNS
+        from cxrlib.metrics.labeler import label_reports, laterality_column
 
         labels = label_reports(self.studies_frame["findings"]).set_index(ids)
         for obs, column in SIDE_COLUMNS.items():
@@ -253,7 +253,7 @@ class Explorer:
         return self.truth_frame.loc[str(image_id)]
 
     def _positive(self) -> pd.DataFrame:
-        from cxrlib.evaluate.grounding import FINDINGS
+        from cxrlib.metrics.grounding import FINDINGS
 
         return self.truth_frame[list(FINDINGS)].apply(pd.to_numeric, errors="coerce") == 1
 
@@ -280,8 +280,8 @@ class Explorer:
     # --- models, masks, generations -----------------------------------------------------
 
     def reporter(self, mode: str):
-        """The loaded run of ``mode`` (a :class:`cxrlib.report.Reporter`), loaded once."""
-        from cxrlib.report import Reporter
+        """The loaded run of ``mode`` (a :class:`cxrlib.experiment.report.Reporter`), loaded once."""
+        from cxrlib.experiment.report import Reporter
 
         if mode not in self.runs:
             raise CxrError(f"no {mode} run in {self.run_dir} (modes: {', '.join(self.modes)})")
@@ -291,8 +291,8 @@ class Explorer:
 
     def _study_masks(self, row: pd.Series) -> dict[str, np.ndarray] | None:
         from cxrlib.data.manifest import resolve, text_cell
-        from cxrlib.explore import load_mask
-        from cxrlib.report import MASK_STRUCTURES
+        from cxrlib.base.masks import load_mask
+        from cxrlib.experiment.report import MASK_STRUCTURES
 
         cells = {name: text_cell(row.get(f"{name}_mask_path")) for name in MASK_STRUCTURES}
         if not all(cells.values()):
@@ -300,7 +300,7 @@ class Explorer:
         return {name: load_mask(resolve(self.root, cell)) for name, cell in cells.items()}
 
     def _segment(self, gray: np.ndarray) -> tuple[dict[str, np.ndarray] | None, str]:
-        from cxrlib.report import run_segmenter
+        from cxrlib.experiment.report import run_segmenter
 
         if self._segmenter is None:
             mode = self.modes[0]
@@ -348,8 +348,8 @@ class Explorer:
         import time
 
         from cxrlib.data.manifest import resolve, text_cell
-        from cxrlib.evaluate.labeler import label_report
-        from cxrlib.report import read_radiograph
+        from cxrlib.metrics.labeler import label_report
+        from cxrlib.experiment.report import read_radiograph
 
         if (study is None) == (image is None):
             raise CxrError("give a study id or an image path (one of the two)")
@@ -421,7 +421,7 @@ class Explorer:
 
     def _captions(self, view: StudyView, row: pd.Series | None) -> list | None:
         from cxrlib.evaluate import attention_grounding as ag
-        from cxrlib.explain import group_label
+        from cxrlib.model.explain import group_label
 
         if row is None or not ag.has_lung_masks(pd.DataFrame([row])):
             return None
@@ -472,7 +472,7 @@ def view_html(view: StudyView) -> str:
 
 def prior_figure(view: StudyView):
     """The image with its masks outlined, then each decoder layer's prior."""
-    from cxrlib.figures import outline_masks, plot_prior_stack
+    from cxrlib.experiment.figures import outline_masks, plot_prior_stack
 
     used = "" if view.mode != "none" else " (not used: mode none)"
     title = f"{view.name}: masks ({view.mask_source.split(':')[0]}) and layer priors{used}"
@@ -503,7 +503,7 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def attention_figure(view: StudyView):
     """Where each generated sentence attended, by layer group (None without text)."""
-    from cxrlib.report import attention_figure as draw
+    from cxrlib.experiment.report import attention_figure as draw
 
     if view.attention is None:
         return None

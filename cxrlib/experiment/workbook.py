@@ -26,30 +26,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cxrlib.errors import CxrError
-from cxrlib.io import read_json_object, write_json_atomic
-from cxrlib.provenance import provenance
+from cxrlib.base.errors import CxrError
+from cxrlib.base.io import read_json_object, write_json_atomic
+from cxrlib.base.provenance import provenance
+from cxrlib.data.phantom import PhantomSpec, prepare_phantom
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 """Root of the source checkout (where ``notebooks/``, ``runs/`` and ``cache/`` live)."""
 
 SHARED_WINGSPAN = REPO_ROOT.parent / "shared" / "data" / "wingspan"
 """Where the open Wingspan data lies beside a checkout, when it does."""
-
-
-@dataclass(frozen=True)
-class PhantomSpec:
-    """Arguments of the phantom dataset a profile runs on."""
-
-    n: int
-    seed: int = 0
-    size: int = 224
-
-    @property
-    def name(self) -> str:
-        from cxrlib.data.phantom import PHANTOM_VERSION
-
-        return f"phantom-n{self.n}-seed{self.seed}-size{self.size}-v{PHANTOM_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -148,25 +134,6 @@ def notebook_paths(folder: Path) -> list[Path]:
     if not paths:
         raise CxrError(f"no numbered notebooks (NN_*.ipynb) in {folder}")
     return paths
-
-
-def prepare_phantom(spec: PhantomSpec, cache: Path, workers: int = 1) -> Path:
-    """The phantom manifest for ``spec``, generated once and reused from ``cache``.
-
-    The cache folder is named by every argument and the generator version; it is reused
-    only when its ``phantom.json`` records the same arguments.
-    """
-    from cxrlib.data.phantom import PHANTOM_VERSION, write_phantom
-
-    folder = Path(cache) / spec.name
-    meta_path = folder / "phantom.json"
-    if meta_path.is_file() and (folder / "manifest.csv").is_file():
-        meta = json.loads(meta_path.read_text())
-        same = (meta.get("n"), meta.get("seed"), meta.get("size"), meta.get("phantom_version"))
-        if same == (spec.n, spec.seed, spec.size, PHANTOM_VERSION):
-            return folder / "manifest.csv"
-    write_phantom(folder, n=spec.n, seed=spec.seed, size=spec.size, workers=workers)
-    return folder / "manifest.csv"
 
 
 def run_workbook(
