@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from cxrlib.model import ModelConfig, ReportModel, attention
+from cxrlib.model import ModelConfig, ReportModel, attention, report_model
 from cxrlib.model.attention import AnatomicalPrior, fused_biased_attention
 
 KERNELS = ("mask", "fold", "efficient", "cudnn")
@@ -224,8 +224,6 @@ def padded_timing(repeats: int, preset: str = "published", text: int = 128) -> d
     kept (``kept``: every mode runs the masked kernel) against dropped (``dropped``: the
     model's default, causal fused kernels), per mode; and the largest logit difference
     at real positions between the two."""
-    from cxrlib.model import report_model
-
     real_check = report_model._right_padded
     models, features, ids, priors = setup(preset, text)
     batch = ids.shape[0]

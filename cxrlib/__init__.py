@@ -6,6 +6,8 @@ are two thin faces of it.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from cxrlib.experiment.report import Reporter
+
 try:
     __version__ = version("cxrlib")
 except PackageNotFoundError:  # running from a source tree that was not installed
@@ -21,8 +23,6 @@ def report_image(image, run, **kwargs):
     (a folder for the PNG). For many images use :func:`cxrlib.experiment.report.report_images`,
     which loads the run once."""
     from pathlib import Path
-
-    from cxrlib.experiment.report import Reporter
 
     out = kwargs.pop("out", None)
     return Reporter(run, **kwargs).report(image, Path(out) if out is not None else None)

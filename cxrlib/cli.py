@@ -788,8 +788,8 @@ def _cmd_segment_eval(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.training.config import PROFILES
     from cxrlib.model.config import MODES
+    from cxrlib.training.config import PROFILES
 
     p = sub.add_parser(
         "train",
@@ -1214,9 +1214,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from cxrlib.training.generate import run_folder
-    from cxrlib.training.model_card import test_metrics_path
     from cxrlib.experiment.export import export_run
+    from cxrlib.training.model_card import test_metrics_path
+    from cxrlib.training.runs import run_folder
 
     metrics = test_metrics_path(run_folder(args.run), args.metrics) if args.run.is_dir() else None
     out = export_run(args.run, args.out, metrics=metrics, segmenter=args.segmenter)

@@ -9,6 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrlib.base.errors import CxrError
+from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest
+from cxrlib.evaluate.attention_grounding import SUMMARY_COLUMNS, ablation_attention
+from cxrlib.evaluate.evaluate import evaluate_generations
 from cxrlib.experiment.ablation import (
     interval_method,
     latex_table,
@@ -17,9 +21,6 @@ from cxrlib.experiment.ablation import (
     summarise,
     summary_table,
 )
-from cxrlib.data.manifest import CHEXPERT_LABELS
-from cxrlib.base.errors import CxrError
-from cxrlib.evaluate.evaluate import evaluate_generations
 from cxrlib.metrics.stats import aggregate_seeds
 from tests import smoke_config
 
@@ -283,9 +284,6 @@ def test_summary_refuses_runs_of_different_images():
 
 
 def test_attention_grounding_per_mode(ablation, tmp_path):
-    from cxrlib.data.manifest import read_manifest
-    from cxrlib.evaluate.attention_grounding import SUMMARY_COLUMNS, ablation_attention
-
     _, out, _ = ablation
     folder = out / "ablation"
     table = pd.read_csv(folder / "grounding_attention.csv")

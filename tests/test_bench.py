@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cxrlib.experiment.bench import bench_model
 from cxrlib.cli import main
+from cxrlib.experiment.bench import bench_model
 from cxrlib.model import attention
 
 

@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+from cxrlib.data.dataset import epoch_batches, epoch_order
+from cxrlib.experiment.ablation import _known_profile, _train_command
+from cxrlib.model import ReportModel
 from cxrlib.training.config import (
     PROFILES,
     RunConfig,
@@ -15,7 +18,6 @@ from cxrlib.training.config import (
     parse_assignment,
     profile_config,
 )
-from cxrlib.data.dataset import epoch_batches, epoch_order
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
@@ -108,8 +110,6 @@ def test_epoch_order_is_seeded_disjoint_and_complete():
 
 
 def test_the_default_profile_trains_the_cpu_preset_on_an_8x8_grid():
-    from cxrlib.model import ReportModel
-
     config = profile_config("default")
     assert config.model.encoder["model_type"] == "resnet" and config.model.patch_size is None
     assert config.pretrain.enabled and config.pretrain.dense_weight > 0
@@ -139,8 +139,6 @@ def test_an_encoder_of_another_kind_replaces_the_profiles_encoder_whole(tmp_path
 
 
 def test_ablation_runs_train_over_their_own_profile(tmp_path):
-    from cxrlib.experiment.ablation import _known_profile, _train_command
-
     assert _known_profile(profile_config("default")) == "default"
     cmd = _train_command(tmp_path / "c.json", tmp_path / "r", False, profile="default")
     assert cmd[cmd.index("--profile") + 1] == "default"

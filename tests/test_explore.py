@@ -1,4 +1,4 @@
-"""Dataset exploration: cxrlib.data.explore, cxrlib.experiment.figures and notebook 01 on a tiny manifest."""
+"""Dataset exploration: cxrlib.data.explore, experiment.figures and notebook 01 on a tiny manifest."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.masks import load_mask
 from cxrlib.data import explore
-from cxrlib.experiment import figures
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest, write_manifest
-from cxrlib.base.errors import CxrError
+from cxrlib.experiment import figures
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_dataset_exploration.ipynb"
 FIGURE_NAMES = (

@@ -11,6 +11,9 @@ import torch
 
 from cxrlib.anatomy.priors import masks_to_priors
 from cxrlib.base.errors import CxrError
+from cxrlib.base.images import to_pixels
+from cxrlib.base.masks import load_mask
+from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
 from cxrlib.experiment.explorer import (
     Explorer,
     compare_labels,
@@ -19,8 +22,11 @@ from cxrlib.experiment.explorer import (
     prior_figure,
     view_html,
 )
-from cxrlib.training.generate import load_run
 from cxrlib.experiment.report import read_radiograph
+from cxrlib.metrics.grounding import SIDE_COLUMNS
+from cxrlib.metrics.labeler import label_reports, laterality_column
+from cxrlib.training.generate import load_run
+from cxrlib.training.train import resolve_manifest, train
 from tests import smoke_config
 
 NAN = math.nan
@@ -29,8 +35,6 @@ NAN = math.nan
 @pytest.fixture(scope="module")
 def workbook_run(tmp_path_factory):
     """A run folder like the workbook's: ``train/none-seed0`` and ``train/soft-seed0``."""
-    from cxrlib.training.train import resolve_manifest, train
-
     cache = tmp_path_factory.mktemp("cache")
     run = tmp_path_factory.mktemp("run")
     for mode in ("soft", "none"):
@@ -71,9 +75,6 @@ def test_a_study_view_is_what_the_models_say_with_the_manifests_masks(explorer, 
     prior_config = config.priors.resolve(
         model.config.image_size, model.config.patch_size, model.num_decoder_layers
     )
-    from cxrlib.base.images import to_pixels
-    from cxrlib.base.masks import load_mask
-
     masks = {
         name: load_mask(root / row[f"{name}_mask_path"])[None]
         for name in ("left_lung", "right_lung", "heart")
@@ -231,10 +232,6 @@ def test_latest_run_is_the_newest_with_trained_models(workbook_run, tmp_path):
 
 
 def test_without_manifest_labels_the_reference_is_labelled_once_by_the_labeler(workbook_run):
-    from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
-    from cxrlib.metrics.grounding import SIDE_COLUMNS
-    from cxrlib.metrics.labeler import label_reports, laterality_column
-
     run, manifest = workbook_run
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     df[list(CHEXPERT_LABELS)] = ""  # text only: no label columns filled

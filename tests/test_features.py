@@ -12,10 +12,16 @@ import torch
 from safetensors import safe_open
 
 from cxrlib.base.images import load_pixels
+from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
-from cxrlib.training.features import FeatureCache, encoder_fingerprint, features_for_manifest
-from cxrlib.model import ReportModel
+from cxrlib.model import ModelConfig, ReportModel
+from cxrlib.training.features import (
+    FeatureCache,
+    LazyFeatures,
+    encoder_fingerprint,
+    features_for_manifest,
+)
 from tests.model import TEXTS, one_thread, small_config  # noqa: F401  (one_thread: fixture)
 
 # float16 storage: relative rounding 2**-11 (~5e-4) on features of magnitude up to ~3
@@ -271,8 +277,6 @@ def test_folder_under_another_key_is_rebuilt(phantom, tmp_path, caplog):
 
 
 def test_bench_features_runs(tmp_path, capsys):
-    from cxrlib.cli import main
-
     out = tmp_path / "bench.json"
     argv = ["bench", "features", "--n", "8", "--batch", "4", "--repeats", "1", "--threads", "1"]
     assert main([*argv, "--json", str(out)]) == 0
@@ -286,11 +290,6 @@ def test_bench_features_runs(tmp_path, capsys):
 
 def test_lazy_features_equal_the_loaded_ones(tmp_path):
     import pickle
-
-    from cxrlib.data.manifest import read_manifest
-    from cxrlib.data.phantom import write_phantom
-    from cxrlib.training.features import LazyFeatures, features_for_manifest
-    from cxrlib.model import ModelConfig, ReportModel
 
     write_phantom(tmp_path / "ph", n=5, seed=0, size=64, workers=1, progress=False)
     df = read_manifest(tmp_path / "ph" / "manifest.csv")

@@ -8,12 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrlib.cli import main
 from cxrlib.base.errors import CxrError
+from cxrlib.cli import main
+from cxrlib.data.manifest import read_manifest
+from cxrlib.evaluate.attention_grounding import SUMMARY_COLUMNS
 from cxrlib.evaluate.baselines import baseline_generations
-from cxrlib.training.generate import generate_split, run_checkpoint
+from cxrlib.evaluate.evaluate import compare, evaluate_generations, format_compare
 from cxrlib.model import ReportModel
-from cxrlib.training.train import resolve_manifest
+from cxrlib.training.generate import generate_split, split_frame
+from cxrlib.training.runs import run_checkpoint, run_config
+from cxrlib.training.train import resolve_manifest, split_dataset
 from tests import trained_smoke_run
 
 
@@ -31,9 +35,6 @@ def test_generate_split_matches_the_model(run):
     assert result.frame["image_id"].tolist() == test_ids
     assert result.checkpoint == out / "checkpoints" / "best"
     # the same text as calling the model on the cached features and priors directly
-    from cxrlib.training.generate import run_config, split_frame
-    from cxrlib.training.train import split_dataset
-
     model = ReportModel.from_pretrained(result.checkpoint)
     dataset, bad = split_dataset(run_config(out), model, split_frame(manifest, "test"))
     assert not bad
@@ -78,9 +79,6 @@ def test_baselines(run):
 def test_evaluate_phantom_generations_has_grounding(run, tmp_path):
     import json
 
-    from cxrlib.data.manifest import read_manifest
-    from cxrlib.evaluate.evaluate import compare, evaluate_generations, format_compare
-
     out, manifest, _ = run
     frame = generate_split(out, manifest, "test", progress=False).frame
     ref = read_manifest(manifest, check_files=False)
@@ -103,9 +101,6 @@ def test_evaluate_phantom_generations_has_grounding(run, tmp_path):
 
 def test_cli_evaluate_with_run_measures_attention_grounding(run, tmp_path, capsys):
     import json
-
-    from cxrlib.data.manifest import read_manifest
-    from cxrlib.evaluate.attention_grounding import SUMMARY_COLUMNS
 
     out, manifest, _ = run
     csv = tmp_path / "gen.csv"

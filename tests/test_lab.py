@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cxrlib.training.train import train
 from tests import smoke_config
 from tests.lab_driver import (
     CHROMEDRIVER,
@@ -46,8 +47,6 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """The explorer notebook's URL in a JupyterLab over a trained smoke run."""
-    from cxrlib.training.train import train
-
     base = tmp_path_factory.mktemp("lab")
     train(smoke_config(base / "cache"), base / "run" / "train" / "soft-seed0", progress=False)
     folder = base / "notebooks"

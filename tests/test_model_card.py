@@ -10,13 +10,16 @@ import torch
 import yaml
 
 from cxrlib.anatomy.priors import schedule
+from cxrlib.anatomy.segmenter import Segmenter, SegmenterConfig
+from cxrlib.base.errors import CxrError
 from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
-from cxrlib.base.errors import CxrError
-from cxrlib.training.generate import generate_split, load_run
-from cxrlib.model import ReportModel
-from cxrlib.training.model_card import CARD_FILE, MODEL_FILES, NOT_MEASURED, model_card
+from cxrlib.evaluate.evaluate import evaluate_generations
 from cxrlib.experiment.export import export_run
+from cxrlib.experiment.report import report_images
+from cxrlib.model import ReportModel
+from cxrlib.training.generate import generate_split, load_run
+from cxrlib.training.model_card import CARD_FILE, MODEL_FILES, NOT_MEASURED, model_card
 from cxrlib.training.train import resolve_manifest
 from tests import trained_smoke_run
 
@@ -30,8 +33,6 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def test_metrics(run, tmp_path_factory):
     """A ``cxr evaluate`` metrics.json of the run on the phantom's test split."""
-    from cxrlib.evaluate.evaluate import evaluate_generations
-
     out, config = run
     manifest = resolve_manifest(config)
     generated = generate_split(out, manifest, "test", progress=False).frame
@@ -167,9 +168,6 @@ def test_cli_export(run, tmp_path, capsys):
 
 
 def test_an_export_ships_the_segmenter_and_cxr_report_uses_it(run, tmp_path):
-    from cxrlib.anatomy.segmenter import Segmenter, SegmenterConfig
-    from cxrlib.experiment.report import report_images
-
     out, config = run
     seg = Segmenter(SegmenterConfig(image_size=32, base_channels=2, depth=2))
     source = seg.save_pretrained(tmp_path / "seg")

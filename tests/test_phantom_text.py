@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cxrlib.data.phantom.text as module
 from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.data.phantom.findings import (
     HEDGEABLE,
@@ -277,8 +278,6 @@ def test_deterministic():
 
 
 def test_only_rng_is_a_source_of_randomness():
-    import cxrlib.data.phantom.text as module
-
     source = Path(module.__file__).read_text(encoding="utf-8")
     assert not re.search(r"^\s*(import|from) random\b", source, re.M)
     assert set(re.findall(r"np\.random\.(\w+)", source)) <= {"Generator"}

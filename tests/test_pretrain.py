@@ -10,14 +10,19 @@ import pytest
 import torch
 from transformers import DINOv3ViTModel
 
-from cxrlib.training.config import profile_config
 from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.data.phantom import write_phantom
+from cxrlib.model import ModelConfig
+from cxrlib.training.config import profile_config
 from cxrlib.training.pretrain import (
+    DENSE_FINDINGS,
+    DenseTargets,
     PretrainConfig,
     TargetHeads,
+    _shift,
     build_targets,
     encode_targets,
+    pretrain_encoder,
     pretrained_encoder,
 )
 
@@ -94,9 +99,6 @@ def test_pretrained_encoder_is_cached_and_loads(tmp_path):
 
 
 def test_pretraining_needs_a_config_built_encoder(tmp_path):
-    from cxrlib.model import ModelConfig
-    from cxrlib.training.pretrain import pretrain_encoder
-
     with pytest.raises(ValueError, match="config-built encoder"):
         pretrain_encoder(
             ModelConfig.published(), tmp_path / "m.csv", tmp_path / "o", PretrainConfig()
@@ -104,8 +106,6 @@ def test_pretraining_needs_a_config_built_encoder(tmp_path):
 
 
 def _dense(regions: bool):
-    from cxrlib.training.pretrain import DENSE_FINDINGS, DenseTargets
-
     organs = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
     organs[0, 0, :, 2:] = 255  # left lung (patient's left: image right), right half
     organs[0, 1, :, :2] = 255  # right lung, left half
@@ -141,8 +141,6 @@ def test_dense_targets_without_regions_use_the_side_lung():
 
 
 def test_shifts_move_masks_with_the_image():
-    from cxrlib.training.pretrain import _shift
-
     gray = torch.arange(16, dtype=torch.uint8).view(1, 4, 4)
     mask = (gray % 3 == 0).to(torch.uint8)[:, None]  # (1, 1, 4, 4)
     gen = torch.Generator().manual_seed(3)

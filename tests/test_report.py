@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+import cxrlib
 from cxrlib.anatomy.priors import masks_to_priors
 from cxrlib.anatomy.segmenter import Segmenter, SegmenterConfig
-from cxrlib.cli import main
-from cxrlib.base.images import to_pixels
 from cxrlib.base.errors import CxrError
+from cxrlib.base.images import to_pixels
 from cxrlib.base.masks import load_mask
-from cxrlib.training.generate import load_run
+from cxrlib.cli import main
 from cxrlib.experiment.report import (
     MASK_STRUCTURES,
     Reporter,
@@ -24,6 +24,7 @@ from cxrlib.experiment.report import (
     read_radiograph,
     report_images,
 )
+from cxrlib.training.generate import load_run
 from cxrlib.training.train import resolve_manifest
 from tests import trained_smoke_run
 
@@ -196,8 +197,6 @@ def test_folders_and_globs_expand_sorted(tmp_path):
 
 
 def test_report_image_is_one_image_of_report_images(run, tmp_path):
-    import cxrlib
-
     run_dir, _, images = run
     one = cxrlib.report_image(images[0], run_dir, masks="none", out=tmp_path)
     many = report_images(images[:1], run_dir, tmp_path / "many", masks="none", progress=False)

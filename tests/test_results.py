@@ -6,8 +6,8 @@ import os
 import pandas as pd
 import pytest
 
-from cxrlib.cli import main
 from cxrlib.base.errors import CxrError
+from cxrlib.cli import main
 from cxrlib.experiment.results import (
     END,
     GENERATED,

@@ -20,9 +20,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cxrlib.training.config import load_config, parse_assignment
+import cxrlib.training.train as train_module
 from cxrlib.model import ReportModel
-from cxrlib.training.train import CRASH_ENV, TrainingError, recover_checkpoints, train
+from cxrlib.training.config import load_config, parse_assignment
+from cxrlib.training.train import (
+    CRASH_ENV,
+    TrainingError,
+    recover_checkpoints,
+    resolve_manifest,
+    train,
+)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ENV.pop(CRASH_ENV, None)
@@ -230,8 +237,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cache, tmp_path, monk
 def corrupt_manifest(cache, tmp_path, request) -> tuple[Path, str]:
     """A copy of the smoke phantom with one train image overwritten by junk, or cut
     after its header (readable size, undecodable pixels)."""
-    from cxrlib.training.train import resolve_manifest
-
     src = resolve_manifest(_smoke(cache)).parent
     dst = tmp_path / "phantom"
     shutil.copytree(src, dst)
@@ -267,8 +272,6 @@ def test_unreadable_image_is_counted_and_skipped(cache, tmp_path, corrupt_manife
 
 
 def test_features_read_per_item_train_the_same(cache, tmp_path, monkeypatch):
-    import cxrlib.training.train as train_module
-
     config = _smoke(cache, "train.epochs=1")
     train(config, tmp_path / "memory", progress=False)
     monkeypatch.setattr(train_module, "FEATURES_IN_MEMORY_BYTES", 0)

@@ -6,8 +6,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from cxrlib.data.manifest import read_manifest
 from cxrlib.base.errors import CxrError
+from cxrlib.data.manifest import read_manifest
 from cxrlib.experiment.workbook import (
     PROFILES,
     PhantomSpec,

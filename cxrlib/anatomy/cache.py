@@ -42,6 +42,7 @@ from cxrlib.anatomy.priors import (
     row_sources,
 )
 from cxrlib.base.io import write_atomic
+from cxrlib.data.manifest import resolve
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,6 @@ def mask_fingerprints(
         and modification time of each input file (mask files, or the image for the
         segmenter, with ``segmenter_id``).
     """
-    from cxrlib.data.manifest import resolve
-
     root = Path(root if root is not None else df.attrs.get("root", "."))
     sources = row_sources(df, config.structures, source, has_segmenter)
     fingerprints = []

@@ -70,6 +70,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxrlib.base.errors import CxrError
+from cxrlib.base.images import load_image
+from cxrlib.base.masks import load_mask
 from cxrlib.data.manifest import resolve, text_cell
 
 log = logging.getLogger(__name__)
@@ -720,8 +723,6 @@ def _image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image file, from its header."""
     from PIL import Image
 
-    from cxrlib.base.errors import CxrError
-
     try:
         with Image.open(path) as img:
             w, h = img.size
@@ -733,8 +734,6 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _manifest_grid_mask(row: Mapping, root: Path, structures: Sequence[str], grid: int):
-    from cxrlib.base.masks import load_mask
-
     image_id = text_cell(row.get("image_id"))
     paths = manifest_mask_paths(row, structures)
     assert paths is not None
@@ -757,8 +756,6 @@ def _manifest_grid_mask(row: Mapping, root: Path, structures: Sequence[str], gri
 
 def _segmenter_grid_masks(segmenter, rows: list[dict], root: Path, config: PriorConfig):
     """Grid masks of rows from the segmenter, images of one shape batched together."""
-    from cxrlib.base.images import load_image
-
     images = [load_image(resolve(root, text_cell(r.get("image_path")))) for r in rows]
     out: list[torch.Tensor | None] = [None] * len(rows)
     by_shape: dict[tuple[int, int], list[int]] = {}

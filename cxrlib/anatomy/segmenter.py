@@ -34,14 +34,15 @@ from skimage import measure
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrlib.base.masks import cardiothoracic_ratio
 from cxrlib.anatomy.metrics import bootstrap_mean_ci, dice, hd95
-from cxrlib.data.manifest import resolve
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
-from cxrlib.base.masks import load_mask
 from cxrlib.base.io import write_atomic, write_json_atomic
+from cxrlib.base.masks import cardiothoracic_ratio, load_mask
 from cxrlib.base.provenance import provenance
+from cxrlib.data.explore import sample_rows
+from cxrlib.data.manifest import read_manifest, resolve
+from cxrlib.data.wingspan import build_manifest
 
 ORGANS: tuple[str, ...] = ("left_lung", "right_lung", "heart")
 """Output channels, in order (patient's sides)."""
@@ -572,13 +573,9 @@ def segmenter_data(
     With ``wingspan`` (the folder), its manifest is built into ``work/wingspan/`` (the
     data folder itself is never written); with ``manifest``, that file is read.
     """
-    from cxrlib.data.manifest import read_manifest
-
     if (wingspan is None) == (manifest is None):
         raise ValueError("give exactly one of wingspan and manifest")
     if wingspan is not None:
-        from cxrlib.data.wingspan import build_manifest
-
         path = Path(work) / "wingspan" / "manifest.csv"
         build_manifest(wingspan, path)
         return read_manifest(path)
@@ -618,8 +615,6 @@ def example_predictions(seg: Segmenter, df: pd.DataFrame, n: int = 4, seed: int 
     Returns a list of dicts: ``image_id``, ``image`` (H, W) uint8, ``true`` and ``pred``
     (organ -> bool (H, W)).
     """
-    from cxrlib.data.explore import sample_rows
-
     root = df.attrs.get("root", ".")
     return [_predict_row(seg, row, root) for _, row in sample_rows(df, n, seed).iterrows()]
 

@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxrlib.data.manifest import CHEXPERT_LABELS, parse_label, write_manifest
 from cxrlib.base.errors import CxrError
+from cxrlib.data.manifest import CHEXPERT_LABELS, parse_label, write_manifest
 
 PROTECTED_DATASETS: dict[str, str] = {
     "mimic-cxr": "credentialed (PhysioNet data use agreement)",

@@ -39,10 +39,19 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
-from cxrlib.data.adapters import IMAGE_SUFFIXES, AdapterSummary, check_out_path, finish, image_size, iter_csv, relative_to, safe_relative_id
-from cxrlib.base.masks import write_binary_mask
-from cxrlib.data.manifest import FINDING_MASK_COLUMN, MASK_COLUMNS, read_manifest, resolve
 from cxrlib.base.errors import CxrError, ManifestError
+from cxrlib.base.masks import write_binary_mask
+from cxrlib.data.adapters import (
+    IMAGE_SUFFIXES,
+    AdapterSummary,
+    check_out_path,
+    finish,
+    image_size,
+    iter_csv,
+    relative_to,
+    safe_relative_id,
+)
+from cxrlib.data.manifest import FINDING_MASK_COLUMN, MASK_COLUMNS, read_manifest, resolve
 
 DATASET = "chexmask"
 ID_COLUMNS: tuple[str, ...] = ("dicom_id", "Path")

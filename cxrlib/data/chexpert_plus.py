@@ -45,6 +45,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from tqdm import tqdm
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.adapters import (
     AdapterSummary,
     blank_labels,
@@ -57,7 +58,6 @@ from cxrlib.data.adapters import (
     relative_to,
 )
 from cxrlib.data.manifest import CHEXPERT_LABELS, assign_split
-from cxrlib.base.errors import CxrError
 
 DATASET = "chexpert-plus"
 CSV_NAME = "df_chexpert_plus_240401.csv"

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxrlib.base.images import load_pixels
 from cxrlib.base.errors import CxrError
+from cxrlib.base.images import load_pixels
 
 
 def epoch_order(n: int, seed: int, epoch: int, world_size: int = 1, rank: int = 0) -> list[int]:

@@ -11,16 +11,13 @@ rows.
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS
-from cxrlib.base.errors import CxrError
 
 TOTAL = "total"
 """Name of the totals row and column of :func:`split_view_counts`."""

@@ -36,10 +36,23 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from tqdm import tqdm
 
-from cxrlib.data.adapters import IMAGE_SUFFIXES, AdapterSummary, blank_labels, check_out_path, collapse_whitespace, finish, image_readable, image_size, iter_csv, label_value, relative_to, safe_relative_id
-from cxrlib.base.masks import load_mask, write_binary_mask
-from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, assign_split
 from cxrlib.base.errors import CxrError
+from cxrlib.base.masks import load_mask, write_binary_mask
+from cxrlib.data.adapters import (
+    IMAGE_SUFFIXES,
+    AdapterSummary,
+    blank_labels,
+    check_out_path,
+    collapse_whitespace,
+    finish,
+    image_readable,
+    image_size,
+    iter_csv,
+    label_value,
+    relative_to,
+    safe_relative_id,
+)
+from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, assign_split
 
 DATASET = "folder"
 MASK_FOLDERS: dict[str, str] = {
@@ -176,9 +189,7 @@ def build_manifest(
             if mismatch is None:
                 left, right = found["left_lung_mask_path"], found["right_lung_mask_path"]
                 if found["lung_mask_path"] is None and left is not None and right is not None:
-                    union = load_mask(left, MASK_THRESHOLD) | load_mask(
-                        right, MASK_THRESHOLD
-                    )
+                    union = load_mask(left, MASK_THRESHOLD) | load_mask(right, MASK_THRESHOLD)
                     target = lung_dir / f"{safe_relative_id(image_id)}.png"
                     found["lung_mask_path"] = write_binary_mask(union, target)
                     summary.count("lung_mask_from_union")

@@ -62,6 +62,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.adapters import (
     AdapterSummary,
     blank_labels,
@@ -74,7 +75,6 @@ from cxrlib.data.adapters import (
     relative_to,
 )
 from cxrlib.data.manifest import assign_split
-from cxrlib.base.errors import CxrError
 
 DATASET = "iu-xray"
 METADATA_NAME = "nlmcxr_dicom_metadata.csv.gz"

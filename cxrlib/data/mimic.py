@@ -39,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.adapters import (
     AdapterSummary,
     blank_labels,
@@ -52,7 +53,6 @@ from cxrlib.data.adapters import (
 )
 from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS
 from cxrlib.data.sections import extract_sections
-from cxrlib.base.errors import CxrError
 
 DATASET = "mimic-cxr"
 METADATA_FILES = ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv")

@@ -34,10 +34,19 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from cxrlib.data.adapters import AdapterSummary, blank_labels, check_out_path, finish, image_readable, image_size, iter_csv, relative_to
-from cxrlib.base.masks import load_mask, write_binary_mask
-from cxrlib.data.manifest import assign_split
 from cxrlib.base.errors import CxrError
+from cxrlib.base.masks import load_mask, write_binary_mask
+from cxrlib.data.adapters import (
+    AdapterSummary,
+    blank_labels,
+    check_out_path,
+    finish,
+    image_readable,
+    image_size,
+    iter_csv,
+    relative_to,
+)
+from cxrlib.data.manifest import assign_split
 
 DATASET = "wingspan"
 MASK_FOLDERS: dict[str, str] = {

@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, text_cell
 from cxrlib.base.errors import CxrError
-from cxrlib.metrics.clinical import CLINICAL_KEYS, ClinicalData, get_labeler
+from cxrlib.base.io import write_atomic, write_json_atomic
+from cxrlib.base.provenance import provenance
+from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, read_manifest, text_cell
 from cxrlib.evaluate.evaluate import (
     CONVENTION_TEXT,
     bootstrap_settings,
@@ -47,8 +48,8 @@ from cxrlib.evaluate.evaluate import (
     metrics_json,
     metrics_with_intervals,
 )
+from cxrlib.metrics.clinical import CLINICAL_KEYS, ClinicalData, get_labeler
 from cxrlib.metrics.stats import BootstrapResult
-from cxrlib.base.io import write_atomic, write_json_atomic
 
 __all__ = ["Agreement", "label_agreement", "agreement_files"]
 
@@ -69,8 +70,6 @@ class Agreement:
 
     def to_json(self) -> dict[str, object]:
         """The ``agreement.json`` content, provenance included."""
-        from cxrlib.base.provenance import provenance
-
         return {
             "metrics": metrics_json(self.metrics),
             "labeler": self.labeler,
@@ -246,8 +245,6 @@ def agreement_files(
     manifest: str | os.PathLike, out: str | os.PathLike | None, **options: object
 ) -> Agreement:
     """:func:`label_agreement` on a manifest CSV (image files not checked); writes ``out``."""
-    from cxrlib.data.manifest import read_manifest
-
     path = Path(manifest)
     if not path.is_file():
         raise CxrError(f"--manifest {path}: file does not exist")

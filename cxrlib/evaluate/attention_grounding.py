@@ -62,9 +62,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.manifest import FINDING_MASK_COLUMN, finding_regions, resolve, text_cell
-from cxrlib.base.masks import read_finding_mask
+from cxrlib.anatomy.priors import downsample_to_grid
 from cxrlib.base.errors import CxrError
+from cxrlib.base.io import write_atomic
+from cxrlib.base.masks import load_mask, read_finding_mask
+from cxrlib.data.dataset import image_inputs
+from cxrlib.data.manifest import (
+    FINDING_MASK_COLUMN,
+    finding_regions,
+    read_manifest,
+    resolve,
+    text_cell,
+)
+from cxrlib.metrics.grounding import FINDINGS
+from cxrlib.metrics.labeler import LATERAL_OBSERVATIONS, label_reports, laterality_column
+from cxrlib.metrics.stats import bootstrap_many
+from cxrlib.model.explain import group_label, layer_groups, sentence_attention, split_text
+from cxrlib.training.generate import load_run
+from cxrlib.training.train import split_dataset
 
 __all__ = [
     "ABLATION_FILE",
@@ -184,9 +199,6 @@ def named_findings(
         The findings labelled 1 or -1 (CheXpert order, No Finding excluded) and
         ``left``, ``right``, ``bilateral`` or None (module docstring, step 1).
     """
-    from cxrlib.metrics.grounding import FINDINGS
-    from cxrlib.metrics.labeler import LATERAL_OBSERVATIONS, laterality_column
-
     named = tuple(obs for obs in FINDINGS if labels.get(obs) in (1.0, -1.0))
     sides: set[str] = set()
     words = [_word_side(m.group(1)) for m in _SIDE_WORD.finditer(sentence)]
@@ -204,9 +216,6 @@ def named_findings(
 
 def _sentence_findings(texts: Sequence[str]) -> list[list[Found]]:
     """Per text: (sentence, named findings, side) of each sentence, one labeler call."""
-    from cxrlib.metrics.labeler import label_reports
-    from cxrlib.model.explain import split_text
-
     per_text = [split_text(t) if t else [] for t in texts]
     flat = [s for sentences in per_text for s in sentences]
     labels = label_reports(flat).to_dict("records") if flat else []
@@ -269,8 +278,6 @@ def read_study_masks(row: Mapping[str, object], root: str | os.PathLike) -> Stud
         One line naming the file: a missing lung mask path, a missing or unreadable
         file, masks of different sizes.
     """
-    from cxrlib.base.masks import load_mask
-
     image_id = text_cell(row.get("image_id"))
     masks, paths = {}, {}
     for column in _LUNG_COLUMNS:
@@ -305,8 +312,6 @@ def read_study_masks(row: Mapping[str, object], root: str | os.PathLike) -> Stud
 def _grid_weights(mask: np.ndarray, grid: int) -> np.ndarray:
     """(grid * grid,) covered fraction of each patch, row-major, clipped to [0, 1]."""
     import torch
-
-    from cxrlib.anatomy.priors import downsample_to_grid
 
     w = downsample_to_grid(torch.from_numpy(np.ascontiguousarray(mask))[None], grid)[0]
     return np.clip(w.numpy().astype(np.float64).ravel(), 0.0, 1.0)
@@ -370,8 +375,6 @@ def sentence_shares(
         One row per sentence that has a target and layer group: the
         :data:`SENTENCE_COLUMNS` except ``study_id`` and ``image_id``.
     """
-    from cxrlib.model.explain import group_label
-
     if findings is None:
         findings = _sentence_findings([" ".join(attention.sentences)])[0]
     if [s for s, _, _ in findings] != list(attention.sentences):
@@ -456,8 +459,6 @@ def summarise(
         ``by`` columns, then :data:`SUMMARY_COLUMNS`; one row per group, layer group and
         target (``n_sentences`` 0 and NaN values where no sentence had the target).
     """
-    from cxrlib.metrics.stats import bootstrap_many
-
     keys = [*by, "layer_group"]
     parts = list(sentences.groupby(keys, sort=False)) if len(sentences) else []
     seen = {key if isinstance(key, tuple) else (key,) for key, _ in parts}
@@ -571,8 +572,6 @@ class AttentionGrounding:
 
     def write(self, out: str | os.PathLike) -> list[Path]:
         """Write ``attention_grounding.csv`` and ``attention_sentences.csv`` into ``out``."""
-        from cxrlib.base.io import write_atomic
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
@@ -633,9 +632,6 @@ def attention_grounding(
     AttentionGrounding
     """
     from tqdm.auto import tqdm
-
-    from cxrlib.data.dataset import image_inputs
-    from cxrlib.model.explain import group_label, layer_groups, sentence_attention
 
     started = time.perf_counter()
     rows = rows.reset_index(drop=True)
@@ -738,10 +734,6 @@ def attention_grounding_for_run(
     Model inputs are computed as generation computes them (cached features, the run's
     priors), for the selected studies only.
     """
-    from cxrlib.data.manifest import read_manifest
-    from cxrlib.training.generate import load_run
-    from cxrlib.training.train import split_dataset
-
     config, model, _ = load_run(run, cache_dir)
     ref = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
     root = ref.attrs.get("root", ".")
@@ -846,8 +838,6 @@ def ablation_attention(
         max_studies=max_studies if max_studies is not None else "",
         capped=table["mode"].map(capped),
     )
-    from cxrlib.base.io import write_atomic
-
     path = folder / ABLATION_FILE
     write_atomic(path, lambda tmp: table.to_csv(tmp, index=False, lineterminator="\n"))
     seconds = [s["seconds"] for s in settings.values()]

@@ -18,6 +18,10 @@ import pandas as pd
 import torch
 
 from cxrlib.data.manifest import text_cell
+from cxrlib.model import ReportModel
+from cxrlib.training.features import features_for_manifest
+from cxrlib.training.generate import split_frame
+from cxrlib.training.runs import run_checkpoint, run_config
 
 
 def most_frequent_report(train_texts: Sequence[str]) -> str:
@@ -64,10 +68,6 @@ def baseline_generations(
     """``{"most_frequent": frame, "retrieval": frame}`` for ``split``, each with
     ``image_id, generated``, using the training run's encoder and data settings."""
     from pathlib import Path
-
-    from cxrlib.training.features import features_for_manifest
-    from cxrlib.training.generate import run_checkpoint, run_config, split_frame
-    from cxrlib.model import ReportModel
 
     config = run_config(run)
     if cache_dir is not None:

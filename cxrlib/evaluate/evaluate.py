@@ -70,9 +70,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, format_label, text_cell
 from cxrlib.base.errors import CxrError
-from cxrlib.evaluate.attention_grounding import DEFAULT_MAX_STUDIES, AttentionGrounding
+from cxrlib.base.io import write_atomic, write_json_atomic
+from cxrlib.base.provenance import provenance
+from cxrlib.data.adapters import iter_csv
+from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, format_label, read_manifest, text_cell
+from cxrlib.evaluate.attention_grounding import (
+    DEFAULT_MAX_STUDIES,
+    AttentionGrounding,
+    attention_grounding_for_run,
+    has_lung_masks,
+)
 from cxrlib.metrics.clinical import CLINICAL_KEYS, CONVENTIONS, FIVE, ClinicalData, get_labeler
 from cxrlib.metrics.grounding import GROUNDING_KEYS, GroundingData, has_ground_truth_sides
 from cxrlib.metrics.lexical import LEXICAL_KEYS, LexicalCorpus
@@ -84,7 +92,6 @@ from cxrlib.metrics.radgraph import (
     radgraph_unavailable_reason,
 )
 from cxrlib.metrics.stats import BootstrapResult, bootstrap_many
-from cxrlib.base.io import write_atomic, write_json_atomic
 
 __all__ = [
     "CONVENTION_TEXT",
@@ -230,8 +237,6 @@ class Evaluation:
 
     def to_json(self) -> dict[str, object]:
         """The ``metrics.json`` content (module docstring), provenance included."""
-        from cxrlib.base.provenance import provenance
-
         return {
             "metrics": metrics_json(self.metrics),
             "unavailable": dict(self.unavailable),
@@ -317,8 +322,6 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
         One line naming the file (and line): missing file, missing column, empty
         ``image_id``, duplicate ``image_id``.
     """
-    from cxrlib.data.adapters import iter_csv
-
     path = Path(path)
     rows = []
     for line, row in iter_csv(path, ("image_id", "generated")):
@@ -478,14 +481,11 @@ def evaluate_generations(
         raise CxrError(f"{ref_name}: missing column(s): {', '.join(missing)}")
     pred = _check_predictions(pred_df, pred_name)
     rows, unmatched = _align(pred, ref_df, split, pred_name, ref_name)
-    if run is not None:
-        from cxrlib.evaluate.attention_grounding import has_lung_masks
-
-        if not has_lung_masks(rows):
-            raise CxrError(
-                f"{ref_name}: the attention grounding (--run) needs left_lung_mask_path and "
-                "right_lung_mask_path in every evaluated row (the phantom's manifest has them)"
-            )
+    if run is not None and not has_lung_masks(rows):
+        raise CxrError(
+            f"{ref_name}: the attention grounding (--run) needs left_lung_mask_path and "
+            "right_lung_mask_path in every evaluated row (the phantom's manifest has them)"
+        )
     generated = pred["generated"].tolist()
     references = rows["findings"].map(text_cell).tolist()
     n = len(pred)
@@ -572,8 +572,6 @@ def evaluate_generations(
         inputs={"pred": pred_name, "ref": ref_name, "split": split or "all"},
     )
     if run is not None:
-        from cxrlib.evaluate.attention_grounding import attention_grounding_for_run
-
         manifest = ref_df.copy()
         manifest.attrs = {"root": str(ref_df.attrs.get("root", "."))}
         evaluation.attention = attention_grounding_for_run(
@@ -613,8 +611,6 @@ def evaluate_files(
     The manifest is read with :func:`~cxrlib.data.manifest.read_manifest` (image files
     not checked); its problems become one ``CxrError`` line.
     """
-    from cxrlib.data.manifest import read_manifest
-
     pred, ref = Path(pred), Path(ref)
     if not pred.is_file():
         raise CxrError(f"--pred {pred}: file does not exist")

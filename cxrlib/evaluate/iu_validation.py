@@ -28,9 +28,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrlib.base.errors import CxrError
+from cxrlib.base.io import write_atomic
 from cxrlib.data.adapters import collapse_whitespace
 from cxrlib.data.iu_xray import iter_reports
-from cxrlib.base.errors import CxrError
 from cxrlib.metrics.labeler import (
     LABELER_NAME,
     LATERAL_OBSERVATIONS,
@@ -38,7 +39,6 @@ from cxrlib.metrics.labeler import (
     default_labeler,
     laterality_column,
 )
-from cxrlib.base.io import write_atomic
 
 SHARED_REPORTS = (
     Path(__file__).resolve().parents[2].parent / "shared/data/iu-xray/NLMCXR_reports.tgz"

@@ -51,10 +51,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.training.config import RunConfig
 from cxrlib.base.errors import CxrError
-from cxrlib.evaluate.evaluate import HEADLINE_KEYS
 from cxrlib.base.io import write_atomic
+from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest, text_cell
+from cxrlib.evaluate.attention_grounding import ablation_attention
+from cxrlib.evaluate.baselines import baseline_generations
+from cxrlib.evaluate.evaluate import HEADLINE_KEYS, evaluate_generations
+from cxrlib.metrics.clinical import ClinicalData
+from cxrlib.metrics.grounding import GroundingData, has_ground_truth_sides
+from cxrlib.metrics.labeler import LABELER_NAME, label_reports
+from cxrlib.metrics.lexical import LexicalCorpus
+from cxrlib.metrics.stats import bootstrap_seed_mean, paired_bootstrap_test
+from cxrlib.model import ReportModel
+from cxrlib.training.config import PROFILES, RunConfig
+from cxrlib.training.generate import generate_split, split_frame
+from cxrlib.training.model_card import write_card
+from cxrlib.training.runs import (
+    ablation_metrics,
+    evaluation_folder,
+    generations_path,
+    run_checkpoint,
+    run_name,
+    training_run,
+)
+from cxrlib.training.train import resolve_manifest, resolve_model_config, split_dataset
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +97,6 @@ def interval_method(n_bootstrap: int) -> str:
     return f"95% percentile bootstrap over studies, seeds pooled, {n_bootstrap} resamples"
 
 
-def run_name(mode: str, seed: int) -> str:
-    return f"{mode}-seed{seed}"
-
-
 @dataclass
 class AblationResult:
     """Where the ablation wrote its tables, and the tables."""
@@ -98,10 +114,6 @@ def prepare_shared(config: RunConfig, split: str, progress: bool = True) -> Path
     Each run then finds them in the caches (the same keys), so parallel runs only read
     and every run uses exactly the same encoder. Returns the manifest.
     """
-    from cxrlib.training.generate import split_frame
-    from cxrlib.model import ReportModel
-    from cxrlib.training.train import resolve_manifest, resolve_model_config, split_dataset
-
     manifest = resolve_manifest(config)
     model_config = resolve_model_config(config, manifest, progress)
     frames = [split_frame(manifest, s) for s in dict.fromkeys(("train", "validate", split))]
@@ -124,8 +136,6 @@ def _train_command(
 
 
 def _known_profile(config: RunConfig) -> str:
-    from cxrlib.training.config import PROFILES
-
     return config.profile if config.profile in PROFILES else "smoke"
 
 
@@ -146,13 +156,12 @@ def train_runs(
     """
     from tqdm.auto import tqdm
 
-    folder = out / "train"
     configs = out / "ablation" / "configs"
     configs.mkdir(parents=True, exist_ok=True)
     todo, runs = [], {}
     for seed in seeds:
         for mode in modes:
-            run_dir = folder / run_name(mode, seed)
+            run_dir = training_run(out, mode, seed)
             runs[(mode, seed)] = run_dir
             if (run_dir / "summary.json").is_file():
                 continue
@@ -215,12 +224,6 @@ def run_ablation(
     ``attention_studies`` studies per run (None: all; 0: skipped):
     ``grounding_attention.csv`` (:func:`cxrlib.evaluate.attention_grounding.ablation_attention`).
     """
-    from cxrlib.data.manifest import read_manifest
-    from cxrlib.evaluate.baselines import baseline_generations
-    from cxrlib.evaluate.evaluate import evaluate_generations
-    from cxrlib.metrics.grounding import has_ground_truth_sides
-    from cxrlib.training.generate import generate_split
-
     started = time.perf_counter()
     stages: dict[str, float] = {}  # seconds of each stage, in ablation.json
     mark = [started]
@@ -241,7 +244,7 @@ def run_ablation(
 
     generations: dict[tuple[str, int], pd.DataFrame] = {}
     for (mode, seed), run_dir in runs.items():
-        path = folder / "generations" / f"{run_name(mode, seed)}.csv"
+        path = generations_path(out, run_name(mode, seed))
         if path.is_file():
             generations[(mode, seed)] = pd.read_csv(path, dtype=str, keep_default_na=False)
             continue
@@ -262,7 +265,7 @@ def run_ablation(
             n_bootstrap=n_bootstrap,
             seed=0,
             progress=False,
-            out=folder / "evaluation" / (run_name(system, seed) if seed >= 0 else system),
+            out=evaluation_folder(out, run_name(system, seed) if seed >= 0 else system),
         )
         for key, r in ev.metrics.items():
             rows.append(
@@ -288,8 +291,6 @@ def run_ablation(
     lap("evaluation")
     attention = None
     if attention_studies != 0:
-        from cxrlib.evaluate.attention_grounding import ablation_attention
-
         named = {run_name(m, s): (m, s, run_dir) for (m, s), run_dir in runs.items()}
         attention = ablation_attention(
             named,
@@ -339,11 +340,6 @@ def paired_tests(
 ) -> list[dict]:
     """Each mode against ``none`` on :data:`TESTED_KEYS`: paired bootstrap whose items are
     the (seed, study) pairs, resampled by study (all seeds of a study together)."""
-    from cxrlib.metrics.clinical import ClinicalData
-    from cxrlib.metrics.labeler import LABELER_NAME, label_reports
-    from cxrlib.metrics.lexical import LexicalCorpus
-    from cxrlib.metrics.stats import paired_bootstrap_test
-
     if "none" not in modes:
         return []
     pooled = {m: [generations[(m, s)] for s in seeds] for m in modes}
@@ -405,9 +401,6 @@ def _reference(
 ) -> tuple[pd.DataFrame, np.ndarray, list[str], pd.DataFrame]:
     """The manifest rows of ``ids`` (in order), their study ids, reference texts and
     reference labels (the manifest's or the labeler's, as ``ref_labels`` says)."""
-    from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
-    from cxrlib.metrics.labeler import label_reports
-
     truth = ref.set_index("image_id").loc[ids].reset_index()
     groups = truth["study_id"].map(text_cell).to_numpy()
     refs = truth["findings"].map(text_cell).tolist()
@@ -458,8 +451,6 @@ def summarise(
         without sided findings) is left out of its mean; a metric undefined for every
         seed has no row.
     """
-    from cxrlib.metrics.stats import bootstrap_seed_mean
-
     method = interval_method(n_bootstrap)
     systems = list(dict.fromkeys(system for system, _ in generations))
     rows = []
@@ -523,12 +514,6 @@ def _run_scorer(
     ``ids`` (``truth``, ``refs`` and ``truth_labels`` from :func:`_reference`): the
     clinical, lexical and (with drawn ground truth) grounding metrics, scored as
     :func:`cxrlib.evaluate.evaluate.evaluate_generations` scores them."""
-    from cxrlib.data.manifest import text_cell
-    from cxrlib.metrics.clinical import ClinicalData
-    from cxrlib.metrics.grounding import GroundingData, has_ground_truth_sides
-    from cxrlib.metrics.labeler import LABELER_NAME, label_reports
-    from cxrlib.metrics.lexical import LexicalCorpus
-
     by_id = frame.assign(image_id=frame["image_id"].astype(str)).set_index("image_id")
     if sorted(by_id.index) != sorted(ids):
         raise CxrError(f"the runs of {system} generated for different images")
@@ -627,9 +612,6 @@ def latex_table(table: pd.DataFrame, note: str = "") -> str:
 def refresh_model_cards(runs: dict[tuple[str, int], Path]) -> None:
     """Rewrite the model card of each run's best (else last) checkpoint with the test
     metrics the ablation measured (``ablation/evaluation/<run>/metrics.json``)."""
-    from cxrlib.training.generate import run_checkpoint
-    from cxrlib.training.model_card import ablation_metrics, write_card
-
     for run_dir in runs.values():
         checkpoint = run_checkpoint(run_dir)
         write_card(checkpoint, run_dir, checkpoint, ablation_metrics(run_dir))

@@ -11,7 +11,25 @@ import tempfile
 import time
 from pathlib import Path
 
+from cxrlib.anatomy.priors import (
+    PriorConfig,
+    downsample_to_grid,
+    gaussian_kernel1d,
+    layer_priors,
+    masks_to_priors,
+    schedule,
+)
+from cxrlib.anatomy.priors import schedule as layer_schedule
+from cxrlib.base.images import load_pixels
 from cxrlib.base.provenance import provenance
+from cxrlib.data.iu_xray import iter_reports
+from cxrlib.data.manifest import read_manifest, resolve
+from cxrlib.data.phantom import make_study_row, phantom_study, write_phantom
+from cxrlib.data.phantom.text import findings_text
+from cxrlib.evaluate.iu_validation import SHARED_REPORTS, report_text
+from cxrlib.metrics import labeler as lab
+from cxrlib.model import ModelConfig, ReportModel, attention
+from cxrlib.training.features import FeatureCache
 
 PHANTOM_TARGET_IMAGES_PER_S = 50.0
 
@@ -24,8 +42,6 @@ def bench_phantom(n: int = 200, size: int = 256, seed: int = 0) -> dict:
     and the writer with two processes. Ratios: full vs the 50 images/s target, full vs
     drawing only (the cost of encoding and writing), two processes vs one.
     """
-    from cxrlib.data.phantom import make_study_row, write_phantom
-
     make_study_row(0, seed, size, None)  # warm-up: imports, caches
     t0 = time.perf_counter()
     for i in range(n):
@@ -64,8 +80,6 @@ def _naive_layer_priors(grid_masks, config):
     """Baseline: one image and one layer at a time: F.pad(reflect), two 1-D convs, min-max."""
     import torch
     import torch.nn.functional as F
-
-    from cxrlib.anatomy.priors import gaussian_kernel1d, schedule
 
     kernels = []
     for k, sigma in schedule(config):
@@ -138,14 +152,6 @@ def _bench_priors(
     seed: int,
 ) -> dict:
     import torch
-
-    from cxrlib.anatomy.priors import (
-        PriorConfig,
-        downsample_to_grid,
-        layer_priors,
-        masks_to_priors,
-    )
-    from cxrlib.anatomy.priors import schedule as layer_schedule
 
     config = PriorConfig(schedule=schedule, num_layers=layers, image_size=16 * grid)
     if schedule == "none":
@@ -296,8 +302,6 @@ def bench_model(
     """
     import torch
 
-    from cxrlib.model import attention
-
     if preset not in MODEL_PRESET_SIZES:
         raise ValueError(f"preset: expected tiny or published (got {preset!r})")
     if dtype not in ("float32", "bfloat16"):
@@ -326,8 +330,6 @@ def _bench_model(device, preset, dtype, batch, text_tokens, new_tokens, repeats,
     import statistics
 
     import torch
-
-    from cxrlib.model import ModelConfig, ReportModel, attention
 
     if new_tokens < 2:
         raise ValueError(f"new_tokens: need >= 2 to time a decoding step (got {new_tokens})")
@@ -591,12 +593,6 @@ def bench_features(
 def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed: int) -> dict:
     import torch
 
-    from cxrlib.base.images import load_pixels
-    from cxrlib.data.manifest import read_manifest, resolve
-    from cxrlib.data.phantom import write_phantom
-    from cxrlib.training.features import FeatureCache
-    from cxrlib.model import ModelConfig, ReportModel
-
     write_phantom(tmp / "phantom", n=n, seed=seed, size=size, workers=1, progress=False)
     df = read_manifest(tmp / "phantom" / "manifest.csv")
     ids = [str(v) for v in df["image_id"]]
@@ -775,10 +771,6 @@ def bench_labeler(
     """
     import numpy as np
 
-    from cxrlib.data.phantom import phantom_study
-    from cxrlib.data.phantom.text import findings_text
-    from cxrlib.evaluate import labeler as lab
-
     texts = [
         findings_text(phantom_study(i, seed), np.random.default_rng([seed, i, 1])) for i in range(n)
     ]
@@ -792,13 +784,8 @@ def bench_labeler(
     sizes = {"phantom_findings_mean_chars": round(float(np.mean([len(t) for t in texts])), 1)}
     iu_path = None
     if iu is None:
-        from cxrlib.evaluate.iu_validation import SHARED_REPORTS
-
         iu = SHARED_REPORTS if SHARED_REPORTS.is_file() else None
     if iu is not None:
-        from cxrlib.data.iu_xray import iter_reports
-        from cxrlib.evaluate.iu_validation import report_text
-
         iu_path = str(iu)
         reports = [
             report_text(r.sections.get("FINDINGS", ""), r.sections.get("IMPRESSION", ""))

@@ -34,7 +34,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlib.anatomy.priors import masks_to_priors
+from cxrlib.anatomy.segmenter import Segmenter
 from cxrlib.base.errors import CxrError
+from cxrlib.base.masks import load_mask
+from cxrlib.data.manifest import resolve, text_cell
+from cxrlib.evaluate import attention_grounding as ag
+from cxrlib.experiment.figures import outline_masks, plot_prior_stack
+from cxrlib.experiment.report import (
+    _LABEL_NAMES,
+    MASK_STRUCTURES,
+    Reporter,
+    read_radiograph,
+    run_segmenter,
+)
+from cxrlib.experiment.report import attention_figure as draw
+from cxrlib.experiment.workbook import REPO_ROOT
+from cxrlib.metrics.grounding import FINDINGS, SIDE_COLUMNS, GroundingData
+from cxrlib.metrics.labeler import label_report, label_reports, laterality_column
+from cxrlib.model.explain import group_label
+from cxrlib.training.generate import split_frame
+from cxrlib.training.runs import generations_path, run_config, training_run
+from cxrlib.training.train import resolve_manifest
 
 MODE_ORDER = ("none", "soft", "strict")
 VERDICT_COLORS = {
@@ -68,8 +89,6 @@ class StudyView:
 
 
 def _word(value: object) -> str:
-    from cxrlib.experiment.report import _LABEL_NAMES
-
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return _LABEL_NAMES.get(float(value), str(value))
@@ -94,9 +113,6 @@ def compare_labels(generated: pd.Series | dict, truth: pd.Series | dict) -> pd.D
         ``generated`` and ``reference`` (label word and side), ``verdict``: correct,
         wrong side, hallucinated or omitted (uncertain counts as negative).
     """
-    from cxrlib.metrics.grounding import FINDINGS, SIDE_COLUMNS, GroundingData
-    from cxrlib.metrics.labeler import laterality_column
-
     gen, ref = pd.DataFrame([dict(generated)]), pd.DataFrame([dict(truth)])
     for obs in FINDINGS:
         gen[obs] = gen.get(obs, np.nan)
@@ -127,8 +143,6 @@ def compare_labels(generated: pd.Series | dict, truth: pd.Series | dict) -> pd.D
 
 
 def _with_side(word: str, side: object) -> str:
-    from cxrlib.data.manifest import text_cell
-
     side = text_cell(side)
     return f"{word} ({side})" if word and side else word
 
@@ -142,8 +156,6 @@ def latest_run(root: str | os.PathLike | None = None) -> Path:
     CxrError
         No such run (``make workbook`` makes one).
     """
-    from cxrlib.experiment.workbook import REPO_ROOT
-
     root = Path(root) if root is not None else REPO_ROOT / "runs"
     found = [p for p in root.glob("*/train/*/checkpoints") if p.is_dir()]
     if not found:
@@ -183,9 +195,6 @@ class Explorer:
         seed: int = 0,
         device: str = "cpu",
     ):
-        from cxrlib.training.generate import run_config, split_frame
-        from cxrlib.training.train import resolve_manifest
-
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.device = device
@@ -205,12 +214,10 @@ class Explorer:
 
     def _find_runs(self) -> dict[str, Path]:
         if (self.run_dir / "config.json").is_file() and (self.run_dir / "checkpoints").is_dir():
-            from cxrlib.training.generate import run_config
-
             return {run_config(self.run_dir).model.mode: self.run_dir}
         runs = {}
         for mode in MODE_ORDER:
-            folder = self.run_dir / "train" / f"{mode}-seed{self.seed}"
+            folder = training_run(self.run_dir, mode, self.seed)
             if (folder / "checkpoints").is_dir():
                 runs[mode] = folder
         if not runs:
@@ -226,8 +233,6 @@ class Explorer:
         return list(self.runs)
 
     def _manifest_has_labels(self) -> bool:
-        from cxrlib.metrics.grounding import FINDINGS
-
         labels = self.studies_frame[list(FINDINGS)].apply(pd.to_numeric, errors="coerce")
         return bool(labels.notna().to_numpy().any())
 
@@ -239,9 +244,6 @@ class Explorer:
         ids = self.studies_frame["image_id"].astype(str).to_numpy()
         if self.truth_source == "manifest":
             return self.studies_frame.set_index(ids)
-        from cxrlib.metrics.grounding import SIDE_COLUMNS
-        from cxrlib.metrics.labeler import label_reports, laterality_column
-
         labels = label_reports(self.studies_frame["findings"]).set_index(ids)
         for obs, column in SIDE_COLUMNS.items():
             labels[column] = labels[laterality_column(obs)]
@@ -253,8 +255,6 @@ class Explorer:
         return self.truth_frame.loc[str(image_id)]
 
     def _positive(self) -> pd.DataFrame:
-        from cxrlib.metrics.grounding import FINDINGS
-
         return self.truth_frame[list(FINDINGS)].apply(pd.to_numeric, errors="coerce") == 1
 
     def findings(self) -> pd.DataFrame:
@@ -280,9 +280,7 @@ class Explorer:
     # --- models, masks, generations -----------------------------------------------------
 
     def reporter(self, mode: str):
-        """The loaded run of ``mode`` (a :class:`cxrlib.experiment.report.Reporter`), loaded once."""
-        from cxrlib.experiment.report import Reporter
-
+        """The loaded run of ``mode`` (a :class:`~cxrlib.experiment.report.Reporter`), once."""
         if mode not in self.runs:
             raise CxrError(f"no {mode} run in {self.run_dir} (modes: {', '.join(self.modes)})")
         if mode not in self._reporters:
@@ -290,26 +288,18 @@ class Explorer:
         return self._reporters[mode]
 
     def _study_masks(self, row: pd.Series) -> dict[str, np.ndarray] | None:
-        from cxrlib.data.manifest import resolve, text_cell
-        from cxrlib.base.masks import load_mask
-        from cxrlib.experiment.report import MASK_STRUCTURES
-
         cells = {name: text_cell(row.get(f"{name}_mask_path")) for name in MASK_STRUCTURES}
         if not all(cells.values()):
             return None
         return {name: load_mask(resolve(self.root, cell)) for name, cell in cells.items()}
 
     def _segment(self, gray: np.ndarray) -> tuple[dict[str, np.ndarray] | None, str]:
-        from cxrlib.experiment.report import run_segmenter
-
         if self._segmenter is None:
             mode = self.modes[0]
             folder = run_segmenter(self.runs[mode], self.reporter(mode).config)
             if folder is None:
                 self._segmenter = False
             else:
-                from cxrlib.anatomy.segmenter import Segmenter
-
                 self._segmenter = (Segmenter.from_pretrained(folder), folder)
         if not self._segmenter:
             return None, "none (uniform prior): the run records no segmenter"
@@ -319,7 +309,7 @@ class Explorer:
 
     def _generation(self, mode: str, image_id: str) -> str | None:
         if mode not in self._generations:
-            path = self.run_dir / "ablation" / "generations" / f"{self.runs[mode].name}.csv"
+            path = generations_path(self.run_dir, self.runs[mode].name)
             table: dict[str, str] = {}
             if path.is_file():
                 frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -346,10 +336,6 @@ class Explorer:
             Neither or both given, an unknown study or mode, an unreadable image or mask.
         """
         import time
-
-        from cxrlib.data.manifest import resolve, text_cell
-        from cxrlib.metrics.labeler import label_report
-        from cxrlib.experiment.report import read_radiograph
 
         if (study is None) == (image is None):
             raise CxrError("give a study id or an image path (one of the two)")
@@ -411,8 +397,6 @@ class Explorer:
     @staticmethod
     def _prior_stack(reporter, masks, name: str) -> np.ndarray:
         """Each layer's prior (L, g, g) with the run's settings (uniform without masks)."""
-        from cxrlib.anatomy.priors import masks_to_priors
-
         config = reporter.prior_config
         if masks is None:
             return np.ones((reporter.model.num_decoder_layers, config.grid, config.grid))
@@ -420,9 +404,6 @@ class Explorer:
         return priors.reshape(priors.shape[0], config.grid, config.grid)
 
     def _captions(self, view: StudyView, row: pd.Series | None) -> list | None:
-        from cxrlib.evaluate import attention_grounding as ag
-        from cxrlib.model.explain import group_label
-
         if row is None or not ag.has_lung_masks(pd.DataFrame([row])):
             return None
         shares = ag.sentence_shares(view.attention, ag.read_study_masks(row, self.root))
@@ -472,8 +453,6 @@ def view_html(view: StudyView) -> str:
 
 def prior_figure(view: StudyView):
     """The image with its masks outlined, then each decoder layer's prior."""
-    from cxrlib.experiment.figures import outline_masks, plot_prior_stack
-
     used = "" if view.mode != "none" else " (not used: mode none)"
     title = f"{view.name}: masks ({view.mask_source.split(':')[0]}) and layer priors{used}"
     ncols = view.priors.shape[0] + 1  # one row: the image, then layer 1 to L
@@ -503,8 +482,6 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def attention_figure(view: StudyView):
     """Where each generated sentence attended, by layer group (None without text)."""
-    from cxrlib.experiment.report import attention_figure as draw
-
     if view.attention is None:
         return None
     return draw(view.image, view.attention, view.masks, captions=view.captions)

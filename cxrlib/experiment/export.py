@@ -9,14 +9,14 @@ from pathlib import Path
 
 from cxrlib.base.errors import CxrError
 from cxrlib.experiment.report import EXPORTED_SEGMENTER, run_segmenter
-from cxrlib.training.generate import (
+from cxrlib.training.model_card import CARD_FILE, MODEL_FILES, model_card, test_metrics_path
+from cxrlib.training.runs import (
     EXPORTED_CONFIG_FILE,
     run_checkpoint,
     run_config,
     run_config_path,
     run_folder,
 )
-from cxrlib.training.model_card import CARD_FILE, MODEL_FILES, model_card, test_metrics_path
 
 
 def export_run(

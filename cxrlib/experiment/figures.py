@@ -28,11 +28,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from PIL import Image
 
+from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.masks import load_mask
 from cxrlib.data import explore
 from cxrlib.data.manifest import is_text_only, resolve
-from cxrlib.base.errors import CxrError
+from cxrlib.model.explain import group_label
 
 PAGE_WIDTH = 6.3
 """Text width of a thesis page in inches: the width of a full-width figure."""
@@ -735,8 +736,6 @@ def plot_sentence_attention(
         the attention grounding's ``"left lung 0.62, region 0.31"``
         (:func:`cxrlib.evaluate.attention_grounding.sentence_captions`); "" for none.
     """
-    from cxrlib.model.explain import group_label
-
     n = min(max_sentences, len(attention.sentences))
     groups = attention.groups
     fig = _new_figure(min(PAGE_WIDTH, 1.55 * len(groups) + 0.9), 1.55 * n + 0.3)

@@ -29,8 +29,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrlib.anatomy.priors import masks_to_priors
+from cxrlib.anatomy.segmenter import Segmenter
 from cxrlib.base.errors import CxrError
+from cxrlib.base.images import load_image, stretch_to_uint8, to_pixels
 from cxrlib.base.io import read_json_object, write_atomic
+from cxrlib.base.masks import load_mask
+from cxrlib.experiment.figures import outline_masks, plot_sentence_attention
+from cxrlib.experiment.workbook import segmenter_folder
+from cxrlib.metrics.labeler import LATERALITY_COLUMNS, label_report
+from cxrlib.model.explain import sentence_attention
+from cxrlib.training.generate import load_run
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +115,6 @@ def _dicom_gray(path: Path) -> np.ndarray:
         raise CxrError(f"{path}: not a readable DICOM file ({err})") from None
     if pixels.ndim != 2:
         raise CxrError(f"{path}: DICOM pixel data of shape {pixels.shape}, expected 2-D")
-    from cxrlib.base.images import stretch_to_uint8
-
     gray = stretch_to_uint8(apply_voi_lut(pixels, ds))
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         gray = 255 - gray  # MONOCHROME1: high values are dark
@@ -122,8 +129,6 @@ def read_radiograph(path: str | os.PathLike) -> np.ndarray:
     CxrError
         One line naming the file: missing, empty, or not a readable image.
     """
-    from cxrlib.base.images import load_image
-
     path = Path(path)
     if not path.is_file():
         raise CxrError(f"{path}: file does not exist")
@@ -137,8 +142,6 @@ def read_radiograph(path: str | os.PathLike) -> np.ndarray:
 
 
 def _folder_masks(folder: Path, image: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    from cxrlib.base.masks import load_mask
-
     masks = {}
     for name in MASK_STRUCTURES:
         path = folder / name / f"{image.stem}.png"
@@ -159,8 +162,6 @@ def run_segmenter(run: str | os.PathLike, config) -> Path | None:
     (``segmenter/``), else its config's ``priors.segmenter``, else the one the workbook
     run around it trained (``run.json`` timings, or while that run is still going, the
     folder its notebook 02 printed), else None."""
-    from cxrlib.experiment.workbook import segmenter_folder
-
     shipped = Path(run) / EXPORTED_SEGMENTER
     if (shipped / "model.safetensors").is_file():
         return shipped
@@ -190,8 +191,6 @@ class Reporter:
         segmenter: str | os.PathLike | None = None,
         device: str = "cpu",
     ):
-        from cxrlib.training.generate import load_run
-
         self.config, self.model, self.checkpoint = load_run(run)
         self.model.to(device)
         self.device = torch.device(device)
@@ -207,8 +206,6 @@ class Reporter:
         elif str(masks) == "none":
             self.masks = "none (uniform prior)"
         elif str(masks) == "segmenter":
-            from cxrlib.anatomy.segmenter import Segmenter
-
             folder = Path(segmenter) if segmenter is not None else run_segmenter(run, self.config)
             if folder is None:
                 raise CxrError(
@@ -236,9 +233,6 @@ class Reporter:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(pixel values, priors)`` the model reads for one uint8 (H, W) image and its
         organ masks ((1, H, W) each, or None for a uniform prior; mode none: no priors)."""
-        from cxrlib.anatomy.priors import masks_to_priors
-        from cxrlib.base.images import to_pixels
-
         pixels = to_pixels(gray, self.model.config.image_size)[None].to(self.device)
         priors = None
         if masks is not None and self.model.config.mode != "none":
@@ -261,8 +255,6 @@ class Reporter:
     def attention(self, findings: str, pixels: torch.Tensor, priors: torch.Tensor | None):
         """Where each sentence of ``findings`` attended
         (:class:`cxrlib.model.explain.SentenceAttention`)."""
-        from cxrlib.model.explain import sentence_attention
-
         return sentence_attention(self.model, findings, pixel_values=pixels, priors=priors)
 
     def report(self, path: str | os.PathLike, out: Path | None = None) -> ImageReport:
@@ -323,8 +315,6 @@ def attention_figure(gray: np.ndarray, attention, masks=None, captions=None):
     captions : list of list of str, optional
         As :func:`cxrlib.experiment.figures.plot_sentence_attention`.
     """
-    from cxrlib.experiment.figures import outline_masks, plot_sentence_attention
-
     fig = plot_sentence_attention(gray, attention, captions=captions)
     if masks is not None:
         flat = {name: np.asarray(mask).reshape(gray.shape) for name, mask in masks.items()}
@@ -336,8 +326,6 @@ def attention_figure(gray: np.ndarray, attention, masks=None, captions=None):
 def labels_and_sides(findings: str) -> tuple[dict[str, str | None], dict[str, str]]:
     """The labeler's 14 labels of a Findings text as words (positive / negative /
     uncertain, None: not mentioned) and the side of each lateral finding it names."""
-    from cxrlib.metrics.labeler import LATERALITY_COLUMNS, label_report
-
     labels = label_report(findings)
     sides = {
         column.removesuffix(" laterality"): labels[column]

@@ -38,6 +38,15 @@ import pandas as pd
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
+from cxrlib.experiment.ablation import (
+    SHORT_NAMES,
+    TESTED_KEYS,
+    interval_method,
+    markdown_table,
+    summary_table,
+)
+from cxrlib.experiment.workbook import collect_timings, run_cache_dir
+from cxrlib.metrics.recognition import markdown_table as recognition_table
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
@@ -216,8 +225,6 @@ def targets_markdown(
 
 def _per_seed_markdown(results: pd.DataFrame) -> list[str]:
     """The tested metrics of every run, one column per seed (``ablation.csv``)."""
-    from cxrlib.experiment.ablation import SHORT_NAMES, TESTED_KEYS
-
     part = results[results["metric"].isin(TESTED_KEYS)].copy()
     part = part[part["seed"].notna() & (part["seed"].astype(str) != "")]
     if part.empty:
@@ -235,8 +242,6 @@ def _per_seed_markdown(results: pd.DataFrame) -> list[str]:
 
 def _tests_markdown(tests: pd.DataFrame, n_bootstrap: object) -> list[str]:
     """The paired tests against ``none`` (``paired_tests.csv``)."""
-    from cxrlib.experiment.ablation import SHORT_NAMES
-
     if tests.empty:
         return []
     lines = [
@@ -264,9 +269,6 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     CxrError
         A required file missing or unreadable, or a column missing (the file named).
     """
-    from cxrlib.experiment.ablation import interval_method, markdown_table, summary_table
-    from cxrlib.experiment.workbook import collect_timings, run_cache_dir
-
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise CxrError(f"{run_dir}: not a folder (a workbook run folder)")
@@ -340,8 +342,6 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     lines += _per_seed_markdown(results)
     lines += _tests_markdown(tests, settings.get("n_bootstrap"))
     if recognition is not None:
-        from cxrlib.metrics.recognition import markdown_table as recognition_table
-
         lines += ["", "**Encoder recognition** (the frozen encoder's heads, `pretrain.json`):"]
         lines += ["", recognition_table(recognition)]
 

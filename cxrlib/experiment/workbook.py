@@ -15,7 +15,6 @@ gathered from what each stage records (the notebooks' wall times here, the segme
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil

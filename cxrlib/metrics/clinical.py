@@ -44,8 +44,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.base.errors import CxrError
+from cxrlib.data.manifest import CHEXPERT_LABELS
+from cxrlib.metrics.labeler import LABELER_NAME, label_reports
 
 __all__ = [
     "CHEXBERT_ENV",
@@ -508,7 +509,6 @@ def get_labeler(
         Unknown name; CheXbert asked for but not available locally.
     """
     if name == "rule":
-        from cxrlib.metrics.labeler import LABELER_NAME, label_reports
 
         def rule(texts: Iterable[object]) -> pd.DataFrame:
             # the 14 labels, then the laterality columns (grounding reads them)

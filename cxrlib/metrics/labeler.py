@@ -70,9 +70,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from cxrlib.data.manifest import CHEXPERT_LABELS, format_label
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
+from cxrlib.data.adapters import iter_csv
+from cxrlib.data.manifest import CHEXPERT_LABELS, format_label
 
 __all__ = [
     "LABELER_COLUMN",
@@ -656,8 +657,6 @@ def label_csv(
         One line naming the file: missing or unreadable, ``text_column`` not in the
         header, a malformed row.
     """
-    from cxrlib.data.adapters import iter_csv
-
     in_path, out_path = Path(in_path), Path(out_path)
     labeler = labeler or default_labeler()
     rows = [row for _line, row in iter_csv(in_path, (text_column,))]

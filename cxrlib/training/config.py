@@ -34,7 +34,9 @@ from typing import Any
 
 import yaml
 
+from cxrlib.anatomy.priors import PriorConfig
 from cxrlib.model.config import ModelConfig
+from cxrlib.model.encoders import DEFAULT_TYPE
 from cxrlib.training.pretrain import PretrainConfig
 
 MASK_SOURCES = ("auto", "manifest", "segmenter", "none")
@@ -111,8 +113,6 @@ class PriorsConfig:
 
     def resolve(self, image_size: int, patch_size: int, num_layers: int):
         """The :class:`PriorConfig` for a model of these sizes."""
-        from cxrlib.anatomy.priors import PriorConfig
-
         return PriorConfig(
             structures=tuple(self.structures),
             schedule=self.schedule,
@@ -358,8 +358,6 @@ def merge(base: dict, override: dict) -> dict:
 def _same_kind(base: dict, override: dict) -> bool:
     if "model_type" not in override:
         return True
-    from cxrlib.model.encoders import DEFAULT_TYPE
-
     return base.get("model_type", DEFAULT_TYPE) == override["model_type"]
 
 

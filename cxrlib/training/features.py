@@ -43,9 +43,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cxrlib.base.images import load_pixels, preprocessing
 from cxrlib.base.errors import CxrError
+from cxrlib.base.images import load_pixels, preprocessing
 from cxrlib.base.io import write_atomic, write_json_atomic
+from cxrlib.data.manifest import resolve
 
 log = logging.getLogger(__name__)
 
@@ -613,8 +614,6 @@ def features_for_manifest(
         order; the unreadable ones in ``bad``. Everything is held in memory: for a
         large dataset use :meth:`FeatureCache.load` per batch instead.
     """
-    from cxrlib.data.manifest import resolve
-
     if root is None:
         root = df.attrs.get("root")
         if root is None:

@@ -12,7 +12,6 @@ left out and listed (``GenerationResult.bad``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,12 +20,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cxrlib.training.config import RunConfig
-from cxrlib.data.dataset import image_inputs
-from cxrlib.data.manifest import read_manifest, text_cell
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
+from cxrlib.data.dataset import image_inputs
+from cxrlib.data.manifest import read_manifest, text_cell
 from cxrlib.model import ReportModel
+from cxrlib.training.runs import run_checkpoint, run_config, run_folder
 from cxrlib.training.train import split_dataset
 
 log = logging.getLogger(__name__)
@@ -40,54 +39,6 @@ class GenerationResult:
     checkpoint: Path
     bad: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def run_checkpoint(run: str | os.PathLike) -> Path:
-    """``run/checkpoints/best``, else ``run/checkpoints/last``; or ``run`` itself when it
-    is a model folder."""
-    run = Path(run)
-    if (run / "model.safetensors").is_file():
-        return run
-    for name in ("best", "last"):
-        folder = run / "checkpoints" / name
-        if (folder / "model.safetensors").is_file():
-            return folder
-    raise CxrError(f"{run}: no checkpoints/best or checkpoints/last (is it a training run?)")
-
-
-EXPORTED_CONFIG_FILE = "run_config.json"
-"""An exported model folder's copy of its run's ``config.json``
-(:func:`cxrlib.experiment.export.export_run`; the folder's own ``config.json`` is the model's)."""
-
-
-def run_config_path(run: str | os.PathLike) -> Path:
-    """The run record of ``run``: its ``config.json``, or ``run_config.json`` in an
-    exported model folder."""
-    run = Path(run)
-    exported = run / EXPORTED_CONFIG_FILE
-    return exported if exported.is_file() else run / "config.json"
-
-
-def run_config(run: str | os.PathLike) -> RunConfig:
-    """The config tree a training run recorded in ``config.json`` (an exported model
-    folder: ``run_config.json``)."""
-    path = run_config_path(run)
-    if not path.is_file():
-        raise CxrError(f"{path}: not found (is {run} a training run folder?)")
-    return RunConfig.from_dict(json.loads(path.read_text())["config"])
-
-
-def run_folder(run: str | os.PathLike) -> Path:
-    """The folder whose run record (:func:`run_config_path`) belongs to ``run``: an
-    exported model folder itself, a training run, or the run around a checkpoint
-    folder (two folders up)."""
-    checkpoint = run_checkpoint(run)
-    run = Path(run)
-    if (checkpoint / EXPORTED_CONFIG_FILE).is_file():
-        return checkpoint
-    if (run / "config.json").is_file() and checkpoint != run:
-        return run
-    return checkpoint.parent.parent
 
 
 def split_frame(manifest: str | os.PathLike, split: str | None) -> pd.DataFrame:

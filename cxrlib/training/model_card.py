@@ -30,17 +30,19 @@ import csv
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, metadata
 from pathlib import Path
 
 import yaml
 
+from cxrlib.anatomy.priors import schedule
 from cxrlib.base.errors import CxrError
-from cxrlib.base.io import read_json_object
+from cxrlib.base.io import read_json_object, write_atomic
 from cxrlib.model.report_model import CONFIG_FILE, WEIGHTS_FILE
 from cxrlib.model.tokenizer import SPECIALS_FILE, TOKENIZER_FILE
+from cxrlib.training.config import RunConfig
+from cxrlib.training.runs import ablation_metrics, run_checkpoint, run_config_path
 
 CARD_FILE = "README.md"
 MODEL_FILES: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, SPECIALS_FILE)
@@ -88,8 +90,6 @@ class RunFiles:
     @property
     def config(self):
         """The run's :class:`cxrlib.training.config.RunConfig`."""
-        from cxrlib.training.config import RunConfig
-
         return RunConfig.from_dict(self.record["config"])
 
 
@@ -126,16 +126,6 @@ def read_test_metrics(path: str | os.PathLike) -> dict:
     if not good:
         raise CxrError(f"{path}: not a cxr evaluate metrics.json (no 'metrics' with values)")
     return data
-
-
-def ablation_metrics(run_dir: str | os.PathLike) -> Path | None:
-    """The test ``metrics.json`` an ablation wrote for run ``OUT/train/<name>``:
-    ``OUT/ablation/evaluation/<name>/metrics.json``, or None."""
-    run_dir = Path(run_dir).resolve()
-    if run_dir.parent.name != "train":
-        return None
-    path = run_dir.parent.parent / "ablation" / "evaluation" / run_dir.name / "metrics.json"
-    return path if path.is_file() else None
 
 
 def test_metrics_path(
@@ -208,8 +198,6 @@ def read_run_files(
         No run ``config.json`` (or ``run_config.json`` of an export), no model config in
         the checkpoint, or a malformed ``metrics``.
     """
-    from cxrlib.training.generate import run_checkpoint, run_config_path
-
     run_dir = Path(run_dir)
     checkpoint = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir)
     record = _read_json(run_config_path(run_dir), "run config")
@@ -481,8 +469,6 @@ def _mode_section(files: RunFiles) -> list[str]:
 
 
 def _priors_section(files: RunFiles) -> list[str]:
-    from cxrlib.anatomy.priors import schedule
-
     mc = files.model["model_config"]
     priors = files.config.priors
     layers = files.model["decoder_config"]["n_layer"]
@@ -722,8 +708,6 @@ def write_card(
     name: str | None = None,
 ) -> Path:
     """Write :func:`model_card` as ``folder/README.md`` (atomically); returns its path."""
-    from cxrlib.base.io import write_atomic
-
     path = Path(folder) / CARD_FILE
     text = model_card(run_dir, checkpoint, metrics, name=name)
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))

@@ -54,7 +54,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrlib.base.images import normalise, resize_gray
+from cxrlib.base.errors import CxrError
+from cxrlib.base.images import load_image, normalise, resize_gray
+from cxrlib.base.masks import load_mask, read_finding_mask
+from cxrlib.data.dataset import resolve_path
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
     FINDING_MASK_COLUMN,
@@ -62,7 +65,14 @@ from cxrlib.data.manifest import (
     read_manifest,
     text_cell,
 )
-from cxrlib.base.errors import CxrError
+from cxrlib.metrics.recognition import SIDE_TARGETS, recognition, targets_met
+from cxrlib.model.encoders import (
+    build_encoder,
+    disable_rope_augmentation,
+    encoder_patches,
+    encoder_stride,
+    encoder_width,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +201,6 @@ def _load_images(df: pd.DataFrame, size: int, progress: bool) -> tuple[torch.Ten
     """uint8 (N, S, S) grayscale of the readable rows, and their row positions."""
     from tqdm.auto import tqdm
 
-    from cxrlib.data.dataset import resolve_path
-    from cxrlib.base.images import load_image
-
     root = df.attrs["root"]
     images, keep = [], []
     for i, path in enumerate(tqdm(df["image_path"], desc="images", disable=not progress)):
@@ -257,11 +264,6 @@ class DenseTargets:
     def load(cls, df: pd.DataFrame, size: int, progress: bool) -> DenseTargets | None:
         """The masks of ``df``'s rows, or None when any row lacks a lung or heart mask."""
         from tqdm.auto import tqdm
-
-        from cxrlib.data.dataset import resolve_path
-        from cxrlib.base.masks import read_finding_mask
-        from cxrlib.metrics.recognition import SIDE_TARGETS
-        from cxrlib.base.masks import load_mask
 
         if not all(c in df.columns for c in DENSE_ORGANS):
             return None
@@ -370,15 +372,6 @@ def pretrain_encoder(
     loadable with :func:`cxrlib.model.encoders.build_encoder`, and ``pretrain.json``).
     """
     from tqdm.auto import tqdm
-
-    from cxrlib.metrics.recognition import recognition, targets_met
-    from cxrlib.model.encoders import (
-        build_encoder,
-        disable_rope_augmentation,
-        encoder_patches,
-        encoder_stride,
-        encoder_width,
-    )
 
     if not isinstance(model_config.encoder, dict):
         raise ValueError("pretraining needs a config-built encoder (ModelConfig.encoder dict)")

@@ -56,7 +56,11 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from cxrlib.training.config import RunConfig
+from cxrlib.anatomy.cache import cached_priors_for_manifest, checkpoint_fingerprint
+from cxrlib.anatomy.segmenter import Segmenter
+from cxrlib.base.errors import CxrError
+from cxrlib.base.io import write_atomic
+from cxrlib.base.provenance import provenance
 from cxrlib.data.dataset import (
     Collate,
     Example,
@@ -67,10 +71,14 @@ from cxrlib.data.dataset import (
     resolve_path,
 )
 from cxrlib.data.manifest import read_manifest, text_cell
-from cxrlib.base.errors import CxrError
-from cxrlib.base.io import write_atomic
+from cxrlib.data.phantom import PhantomSpec, prepare_phantom
+from cxrlib.metrics.clinical import clinical_f1
+from cxrlib.metrics.labeler import LABELER_NAME, label_reports
 from cxrlib.model import ReportModel
-from cxrlib.base.provenance import provenance
+from cxrlib.training.config import RunConfig
+from cxrlib.training.features import features_for_manifest
+from cxrlib.training.model_card import write_card
+from cxrlib.training.pretrain import pretrained_encoder
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +124,6 @@ def resolve_manifest(config: RunConfig) -> Path:
     """The manifest a run trains on: ``data.manifest`` or the cached phantom dataset."""
     if config.data.manifest:
         return Path(config.data.manifest)
-    from cxrlib.data.phantom import PhantomSpec, prepare_phantom
-
     data = config.data
     spec = PhantomSpec(n=data.phantom_n, seed=data.phantom_seed, size=data.phantom_size)
     return prepare_phantom(spec, Path(data.cache_dir))  # the workbook's cache layout
@@ -163,8 +169,6 @@ def resolve_model_config(config: RunConfig, manifest: Path, progress: bool = Tru
     per manifest and settings, then read from the cache)."""
     if not (config.pretrain.enabled and isinstance(config.model.encoder, dict)):
         return config.model
-    from cxrlib.training.pretrain import pretrained_encoder
-
     encoder = pretrained_encoder(
         config.model,
         manifest,
@@ -199,8 +203,6 @@ def split_dataset(
     ]
     found = None
     if config.train.feature_cache and model.config.encoder_trainable == "frozen" and examples:
-        from cxrlib.training.features import features_for_manifest
-
         per_image = model.num_patches * model.encoder_width * 2  # fp16
         found = features_for_manifest(
             frame,
@@ -229,15 +231,11 @@ def split_dataset(
 def _priors_for(config: RunConfig, model: ReportModel, frame: pd.DataFrame) -> torch.Tensor | None:
     if model.config.mode == "none" or len(frame) == 0:
         return None
-    from cxrlib.anatomy.cache import cached_priors_for_manifest, checkpoint_fingerprint
-
     prior_config = config.priors.resolve(
         model.config.image_size, model.config.patch_size, model.num_decoder_layers
     )
     segmenter = segmenter_id = None
     if config.priors.segmenter:
-        from cxrlib.anatomy.segmenter import Segmenter
-
         segmenter = Segmenter.from_pretrained(config.priors.segmenter)
         segmenter_id = checkpoint_fingerprint(config.priors.segmenter)
     cached = cached_priors_for_manifest(
@@ -398,8 +396,6 @@ def write_checkpoint(
     save_file(rng_tensors, str(tmp / RNG_FILE))
     full_state = {**state, "optimizer": opt_meta, "rng": rng_meta}
     (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1))
-    from cxrlib.training.model_card import write_card
-
     write_card(tmp, folder.parent, tmp, name=name)  # part of the atomic checkpoint
     _fsync_tree(tmp)
     final, old = folder / name, folder / f".old-{name}"
@@ -878,9 +874,6 @@ def clinical_val_metrics(
     """The default validation metric: clinical micro-F1 over the 14 observations
     (uncertain as negative) of the generated vs the reference Findings, both read by the
     rule labeler (:mod:`cxrlib.evaluate`); logged as ``clinical_micro_14``."""
-    from cxrlib.metrics.clinical import clinical_f1
-    from cxrlib.metrics.labeler import LABELER_NAME, label_reports
-
     result = clinical_f1(label_reports(generated), label_reports(references), labeler=LABELER_NAME)
     return {"clinical_micro_14": result.metrics["clinical.uncertain_as_negative.micro_14"]}
 

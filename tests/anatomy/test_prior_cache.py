@@ -19,6 +19,7 @@ from cxrlib.anatomy.cache import (
 )
 from cxrlib.anatomy.priors import PriorConfig, layer_priors, priors_for_manifest
 from cxrlib.data.manifest import read_manifest
+from cxrlib.data.phantom import write_phantom
 
 CONFIG = PriorConfig(image_size=64, patch_size=8, schedule="thesis")  # 8x8 grid
 
@@ -107,8 +108,6 @@ def test_put_validates_shapes(tmp_path):
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    from cxrlib.data.phantom import write_phantom
-
     root = tmp_path_factory.mktemp("phantom")
     write_phantom(root, n=4, seed=0, size=64, progress=False)
     return root

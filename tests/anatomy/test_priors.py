@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
+from cxrlib import cli
+from cxrlib.anatomy import priors
 from cxrlib.anatomy.priors import (
     PRIORS_VERSION,
     PriorConfig,
@@ -23,8 +25,10 @@ from cxrlib.anatomy.priors import (
     priors_for_manifest,
     schedule,
 )
+from cxrlib.base.masks import load_mask
 from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
+from cxrlib.data.phantom import write_phantom
 
 
 def _disc(g: int, cy: float, cx: float, r: float) -> torch.Tensor:
@@ -367,8 +371,6 @@ def test_empty_batch():
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    from cxrlib.data.phantom import write_phantom
-
     root = tmp_path_factory.mktemp("phantom")
     write_phantom(root, n=4, seed=0, size=64, progress=False)
     return root
@@ -385,8 +387,6 @@ def test_priors_for_manifest_from_phantom_masks(phantom):
     assert info.grid_masks.shape == (4, 8, 8)
     assert (priors.amax(dim=-1) == 1.0).all()
     # the grid mask is the area-weighted union of the lung and heart PNGs
-    from cxrlib.base.masks import load_mask
-
     row = df.iloc[0]
     union = load_mask(phantom / row["lung_mask_path"]) | load_mask(phantom / row["heart_mask_path"])
     expected = downsample_to_grid(torch.from_numpy(union[None]), 8)[0]
@@ -497,9 +497,6 @@ def test_cli_priors_missing_manifest_one_line_error(tmp_path, capsys):
 
 
 def test_cli_choices_equal_the_library_constants():
-    from cxrlib import cli
-    from cxrlib.anatomy import priors
-
     assert cli._PRIOR_SCHEDULES == priors.SCHEDULES
     assert cli._PRIOR_PADDINGS == priors.PADDINGS
     assert cli._PRIOR_SOURCES == priors.SOURCES

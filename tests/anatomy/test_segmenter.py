@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrlib.base.masks import cardiothoracic_ratio
 from cxrlib.anatomy.metrics import bootstrap_mean_ci, dice, hd95
 from cxrlib.anatomy.segmenter import (
     ORGANS,
@@ -16,15 +15,18 @@ from cxrlib.anatomy.segmenter import (
     UNet,
     augment,
     evaluate,
+    load_masked_images,
     postprocess,
     predict_folder,
+    segmenter_data,
     summarise,
     train_segmenter,
 )
+from cxrlib.base.errors import CxrError
+from cxrlib.base.masks import cardiothoracic_ratio
 from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
-from cxrlib.base.errors import CxrError
 
 WINGSPAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wingspan"
 TINY = SegmenterConfig(image_size=64, base_channels=4, depth=2, epochs=2, batch_size=4, seed=1)
@@ -213,8 +215,6 @@ def test_cli_train_and_eval_on_a_manifest(phantom, tmp_path, capsys):
 @pytest.mark.shared_data
 @pytest.mark.skipif(not WINGSPAN.is_dir(), reason=f"Wingspan data not found at {WINGSPAN}")
 def test_loads_real_wingspan_masks_and_ctr_definition_matches(tmp_path):
-    from cxrlib.anatomy.segmenter import load_masked_images, segmenter_data
-
     df = segmenter_data(wingspan=WINGSPAN, work=tmp_path)
     assert len(df) == 219
     data = load_masked_images(df.iloc[:3], 64, progress=False)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data import chexpert_plus, mimic
 from cxrlib.data.chexmask import attach_masks, chexmask_key, decode_rle, encode_rle
 from cxrlib.data.manifest import MASK_COLUMNS, read_manifest, resolve
-from cxrlib.base.errors import CxrError
 from tests.data.test_chexpert_plus import build_chexpert_plus
 from tests.data.test_mimic import build_mimic_tree
 

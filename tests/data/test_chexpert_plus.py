@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.chexpert_plus import CSV_NAME, LABELS_FILE, build_manifest
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest
-from cxrlib.base.errors import CxrError
 from tests.data.test_mimic import tiny_image
 
 COLUMNS = [

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.folder import build_manifest
 from cxrlib.data.manifest import read_manifest, resolve
-from cxrlib.base.errors import CxrError
 from tests.data.test_mimic import tiny_image
 
 

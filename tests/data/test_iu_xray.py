@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.iu_xray import build_manifest, iter_reports, read_views
 from cxrlib.data.manifest import is_text_only, read_manifest, resolve
-from cxrlib.base.errors import CxrError
 from tests.data.test_mimic import tiny_image, write_csv_gz
 
 SHARED = Path(__file__).parents[2].parent / "shared" / "data"

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cxrlib.base.errors import ManifestError
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
     REQUIRED_COLUMNS,
@@ -17,7 +18,6 @@ from cxrlib.data.manifest import (
     validate,
     write_manifest,
 )
-from cxrlib.base.errors import ManifestError
 
 
 def _row(i: int, **kw) -> dict:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest, resolve
 from cxrlib.data.mimic import build_manifest, image_relpath, report_relpath
-from cxrlib.base.errors import CxrError
 
 METADATA_COLUMNS = [
     "dicom_id",

@@ -9,7 +9,14 @@ import pytest
 from PIL import Image
 
 from cxrlib.base.masks import cardiothoracic_ratio
-from cxrlib.data.manifest import CHEXPERT_LABELS, MASK_COLUMNS, REQUIRED_COLUMNS, read_manifest
+from cxrlib.data.manifest import (
+    CHEXPERT_LABELS,
+    FINDING_MASK_COLUMN,
+    MASK_COLUMNS,
+    REQUIRED_COLUMNS,
+    finding_regions,
+    read_manifest,
+)
 from cxrlib.data.phantom import phantom_study, write_phantom
 from cxrlib.data.phantom.findings import (
     POSSIBLE,
@@ -277,8 +284,6 @@ REGION_OBSERVATIONS = (
 
 
 def test_finding_masks_hold_the_drawn_regions(small):
-    from cxrlib.data.manifest import FINDING_MASK_COLUMN, finding_regions
-
     df = read_manifest(small / "manifest.csv")  # validates: every finding mask exists
     n_regions = 0
     for _, row in df.iterrows():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.manifest import MASK_COLUMNS, read_manifest, resolve
 from cxrlib.data.wingspan import build_manifest
-from cxrlib.base.errors import CxrError
 from tests.data.test_mimic import tiny_image
 
 SHARED = Path(__file__).parents[2].parent / "shared" / "data"

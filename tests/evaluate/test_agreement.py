@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrlib.base.errors import CxrError
 from cxrlib.cli import main
 from cxrlib.data.manifest import CHEXPERT_LABELS
-from cxrlib.base.errors import CxrError
 from cxrlib.evaluate.agreement import label_agreement
 from cxrlib.metrics.clinical import CLINICAL_KEYS
 from cxrlib.metrics.labeler import LABELER_NAME

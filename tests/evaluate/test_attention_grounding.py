@@ -10,8 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrlib.data.manifest import CHEXPERT_LABELS, FINDING_MASK_COLUMN, read_manifest
+from cxrlib.anatomy.priors import downsample_to_grid
 from cxrlib.base.errors import CxrError
+from cxrlib.data.dataset import load_pixels
+from cxrlib.data.manifest import CHEXPERT_LABELS, FINDING_MASK_COLUMN, read_manifest
+from cxrlib.data.phantom import write_phantom
 from cxrlib.evaluate.attention_grounding import (
     SUMMARY_COLUMNS,
     AttentionGrounding,
@@ -24,6 +27,7 @@ from cxrlib.evaluate.attention_grounding import (
     sentence_shares,
     summarise,
 )
+from cxrlib.experiment import figures
 from cxrlib.metrics.labeler import label_report
 from cxrlib.model.explain import SentenceAttention, sentence_attention
 
@@ -190,15 +194,12 @@ def test_masks_are_read_and_bad_ones_refused_in_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    from cxrlib.data.phantom import write_phantom
-
     out = tmp_path_factory.mktemp("phantom")
     write_phantom(out, n=10, seed=1, size=64, progress=False)
     return read_manifest(out / "manifest.csv")
 
 
 def _inputs(model, df):
-    from cxrlib.data.dataset import load_pixels
     from tests.model import random_priors
 
     priors = random_priors(model, batch=len(df), seed=3)
@@ -242,8 +243,6 @@ def test_a_real_tiny_model_matches_its_own_attention(phantom):
         model, TEXT, pixel_values=items[0]["pixel_values"][None], priors=items[0]["priors"][None]
     )
     left = read_study_masks(row, phantom.attrs["root"]).left_lung
-    from cxrlib.anatomy.priors import downsample_to_grid
-
     w = downsample_to_grid(torch.from_numpy(left)[None], 4)[0].numpy().ravel()
     mine = result.sentences.iloc[0]
     a = attention.maps[0, 0].ravel()
@@ -258,7 +257,6 @@ def test_strict_attention_inside_a_lung_has_share_one(phantom):
     """Strict mode with a prior that is 1 on the patches wholly inside the left lung and
     0 elsewhere: every sentence's attention to the image falls on the left lung. The model
     reads 128 px images (an 8x8 grid); the 64 px masks are mapped onto its grid."""
-    from cxrlib.anatomy.priors import downsample_to_grid
     from tests.model import small_model
 
     torch.set_num_threads(1)
@@ -282,8 +280,6 @@ def test_strict_attention_inside_a_lung_has_share_one(phantom):
 
 
 def test_the_attention_figure_shows_the_shares_under_each_panel():
-    from cxrlib.experiment import figures
-
     sentences = ["Small left pleural effusion.", "Heart size is normal."]
     maps = np.zeros((2, 2, 4, 4))
     maps[0, 0, 3, 2:] = 0.4

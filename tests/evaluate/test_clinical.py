@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.base.errors import CxrError
+from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.metrics import clinical
 from cxrlib.metrics.clinical import (
     CHEXBERT_ORDER,

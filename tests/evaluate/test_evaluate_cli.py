@@ -7,11 +7,11 @@ import math
 import pandas as pd
 import pytest
 
-from cxrlib.cli import main
-from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.base.errors import CxrError
-from cxrlib.metrics.clinical import CLINICAL_KEYS
+from cxrlib.cli import main
+from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest
 from cxrlib.evaluate.evaluate import METRIC_KEYS, evaluate_generations
+from cxrlib.metrics.clinical import CLINICAL_KEYS
 from cxrlib.metrics.labeler import LABELER_NAME
 from cxrlib.metrics.lexical import LEXICAL_KEYS
 from cxrlib.metrics.radgraph import RADGRAPH_KEYS
@@ -154,8 +154,6 @@ def test_seeded_and_no_bootstrap(files, tmp_path):
 
 
 def test_library_call_with_given_radgraph_annotations(files):
-    from cxrlib.data.manifest import read_manifest
-
     manifest, _pred, _out = files
     ref_df = read_manifest(manifest, check_files=False)
     pred_df = pd.DataFrame({"image_id": ["i2", "i3"], "generated": [HYPS[1], HYPS[2]]})
@@ -220,8 +218,6 @@ def test_one_line_errors(files, capsys, tmp_path, monkeypatch):
 
 
 def test_empty_generated_text_is_allowed_and_counted(files):
-    from cxrlib.data.manifest import read_manifest
-
     manifest, _pred, _out = files
     ref_df = read_manifest(manifest, check_files=False)
     pred_df = pd.DataFrame({"image_id": ["i1", "i2"], "generated": ["", float("nan")]})

@@ -11,7 +11,8 @@ import torch
 
 from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.evaluate.baselines import most_frequent_report, nearest_reports
-from cxrlib.metrics.grounding import grounding
+from cxrlib.evaluate.evaluate import evaluate_generations
+from cxrlib.metrics.grounding import GroundingData, grounding
 from cxrlib.metrics.labeler import label_reports
 
 
@@ -88,8 +89,6 @@ def test_nearest_reports_uses_pooled_cosine():
 
 
 def test_grounding_data_scores_equal_the_table_and_subsets():
-    from cxrlib.metrics.grounding import GroundingData
-
     generated = label_reports(
         ["Small left pleural effusion.", "Large right pneumothorax.", "Bilateral effusions."]
     )
@@ -111,8 +110,6 @@ def test_grounding_data_scores_equal_the_table_and_subsets():
 
 
 def test_evaluate_generations_reads_the_stated_sides():
-    from cxrlib.evaluate.evaluate import evaluate_generations
-
     truth = _truth(
         [
             {"Pleural Effusion": 1.0, "effusion_side": "left"},

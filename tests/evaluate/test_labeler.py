@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from cxrlib.base.errors import CxrError
 from cxrlib.cli import main
 from cxrlib.data.manifest import CHEXPERT_LABELS
-from cxrlib.base.errors import CxrError
+from cxrlib.data.phantom import phantom_study
+from cxrlib.data.phantom.findings import labels
+from cxrlib.data.phantom.text import findings_text
 from cxrlib.evaluate import iu_validation as iu
 from cxrlib.metrics.labeler import (
     LABELER_NAME,
@@ -318,10 +321,6 @@ def test_custom_lexicon_and_its_errors(tmp_path):
 
 def test_agrees_with_the_phantom_reports():
     """The phantom writes Findings whose CheXpert labels are known (hand-made templates)."""
-    from cxrlib.data.phantom import phantom_study
-    from cxrlib.data.phantom.findings import labels
-    from cxrlib.data.phantom.text import findings_text
-
     n, exact = 300, 0
     for i in range(n):
         study = phantom_study(i, 7)

@@ -9,6 +9,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+import cxrlib.model.attention as attention
 from cxrlib.model.attention import (
     ANATOMICAL_EAGER,
     ANATOMICAL_SDPA,
@@ -293,8 +294,6 @@ def test_fold_kernel_equals_the_mask_kernel_forward_and_backward(mode, fold_kern
 def test_fold_kernel_runs_only_where_it_applies(fold_kernel, monkeypatch):
     """Left padding, a KV cache and mode none keep the stock path; the fold keeps
     is_causal (right padding drops its mask, see the next test)."""
-    import cxrlib.model.attention as attention
-
     calls = []
     real = attention.fused_biased_attention
     model = small_model("soft", "sdpa")
@@ -343,8 +342,6 @@ def test_right_padded_batch_equals_each_row_alone_and_keeps_the_fused_path(mode,
     """Training batches are right-padded: the decoder drops the padding mask (causal
     attention never lets a real token see a later pad), so the fused kernels run; every
     real position's logits equal the row's own unpadded forward, and so does the loss."""
-    import cxrlib.model.attention as attention
-
     model = small_model(mode, "sdpa")
     inputs = batch_inputs(model, batch=3)
     mask = inputs["attention_mask"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import ConvNextConfig, Dinov2Config, Dinov2Model
 
+import cxrlib.model.encoders as encoders
 from cxrlib.model import ModelConfig, ReportModel
 from cxrlib.model.encoders import (
     build_encoder,
@@ -152,8 +153,6 @@ def test_last_n_unfreezes_the_last_backbone_stage_only():
 
 
 def test_a_backbone_stride_is_measured_once_per_image_size(monkeypatch):
-    import cxrlib.model.encoders as encoders
-
     torch.manual_seed(0)
     encoder = build_encoder(CONVNEXT, 64, None, None)
     calls = []

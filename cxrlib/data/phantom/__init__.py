@@ -37,6 +37,8 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cxrlib.base.io import write_json_atomic
+from cxrlib.base.provenance import provenance
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
     FINDING_MASK_COLUMN,
@@ -52,8 +54,7 @@ from cxrlib.data.phantom.findings import (
     sample_study,
 )
 from cxrlib.data.phantom.render import render
-from cxrlib.base.io import write_json_atomic
-from cxrlib.base.provenance import provenance
+from cxrlib.data.phantom.text import findings_text
 
 PHANTOM_VERSION = "2"
 """Bumped whenever the same arguments would draw different files (images, text, masks).
@@ -114,8 +115,6 @@ def make_study_row(index: int, seed: int, size: int, out: Path | None) -> dict:
     dict
         The manifest row: schema columns, labels as floats, attributes and ``ctr``.
     """
-    from cxrlib.data.phantom.text import findings_text
-
     study_id, image_id, patient_id = _study_ids(seed, index)
     rng = np.random.default_rng([seed, index, 0])
     study = sample_study(study_id, rng)  # == phantom_study(index, seed); rng continues below
