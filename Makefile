@@ -26,9 +26,11 @@ lab: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2
 
+# ruff, and the import layers of pyproject.toml's [tool.importlinter] (docs/architecture.md)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
