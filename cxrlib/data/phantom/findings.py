@@ -174,10 +174,42 @@ def sample_study(study_id: str, rng: np.random.Generator) -> PhantomStudy:
     clinical co-occurrence (edema raises effusion and cardiomegaly, consolidation
     raises pneumonia wording), and at least one abnormality.
     """
-    normal = rng.random() < NORMAL_FRACTION
-    scale = 1.0 / (1.0 - NORMAL_FRACTION)
+    chosen = _choose_observations(rng)
+    draw = _Draw(rng)
+    ctr, severity = _cardio_ctr(rng, "Cardiomegaly" in chosen)
+    findings: list[Finding] = []
+    pneumonia = None
+    for name in PREVALENCE:  # fixed order: determinism does not depend on set order
+        if name not in chosen:
+            continue
+        if name == "Cardiomegaly":
+            c = draw.certainty(name)
+            if c == POSSIBLE:  # borderline heart: drawn just above 0.5
+                ctr, severity = float(rng.uniform(0.51, 0.535)), "mild"
+            findings.append(Finding(name, c, size=severity))
+            continue
+        findings += _FINDING_SAMPLERS[name](draw, name)
+        if name == "Consolidation" and rng.random() < 0.35:
+            pneumonia = POSSIBLE
+    stated = {f.observation for f in findings}
+    negatives = tuple(
+        name for name, p in NEGATIVE_RATES.items() if name not in stated and rng.random() < p
+    )
+    return PhantomStudy(
+        study_id=study_id,
+        findings=tuple(findings),
+        negatives=negatives,
+        ctr=ctr,
+        pneumonia=pneumonia,
+        anatomy_seed=int(rng.integers(2**31)),
+    )
+
+
+def _choose_observations(rng: np.random.Generator) -> set[str]:
+    """The observations a study has (none for a normal study, devices aside)."""
     chosen: set[str] = set()
-    if not normal:
+    if rng.random() >= NORMAL_FRACTION:
+        scale = 1.0 / (1.0 - NORMAL_FRACTION)
         for name, p in PREVALENCE.items():
             if name == "Support Devices":
                 continue
@@ -194,104 +226,104 @@ def sample_study(study_id: str, rng: np.random.Generator) -> PhantomStudy:
             chosen.add(names[int(rng.choice(len(names), p=weights / weights.sum()))])
     if rng.random() < PREVALENCE["Support Devices"]:
         chosen.add("Support Devices")
+    return chosen
 
-    findings: list[Finding] = []
 
-    def certainty(name: str) -> str:
-        if name in HEDGEABLE and rng.random() < POSSIBLE_FRACTION:
+class _Draw:
+    """The draws every finding sampler shares, from the study's stream."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def certainty(self, name: str) -> str:
+        if name in HEDGEABLE and self.rng.random() < POSSIBLE_FRACTION:
             return POSSIBLE
         return PRESENT
 
-    def side(p_bilateral: float = 0.0) -> str:
-        if rng.random() < p_bilateral:
+    def side(self, p_bilateral: float = 0.0) -> str:
+        if self.rng.random() < p_bilateral:
             return "bilateral"
-        return SIDES[int(rng.integers(2))]
+        return SIDES[int(self.rng.integers(2))]
 
-    cardio = "Cardiomegaly" in chosen
-    ctr, severity = _cardio_ctr(rng, cardio)
-    pneumonia = None
-    for name in PREVALENCE:  # fixed order: determinism does not depend on set order
-        if name not in chosen:
-            continue
-        if name == "Cardiomegaly":
-            c = certainty(name)
-            if c == POSSIBLE:  # borderline heart: drawn just above 0.5
-                ctr, severity = float(rng.uniform(0.51, 0.535)), "mild"
-            findings.append(Finding(name, c, size=severity))
-        elif name == "Pleural Effusion":
-            c = certainty(name)
-            size = (
-                "small"
-                if c == POSSIBLE
-                else EFFUSION_SIZES[int(rng.choice(3, p=[0.5, 0.35, 0.15]))]
-            )
-            findings.append(Finding(name, c, side=side(0.35), size=size))
-        elif name == "Pneumothorax":
-            c = certainty(name)
-            size = (
-                "small"
-                if c == POSSIBLE
-                else PNEUMOTHORAX_SIZES[int(rng.choice(3, p=[0.55, 0.3, 0.15]))]
-            )
-            findings.append(Finding(name, c, side=side(), size=size))
-        elif name in ("Consolidation", "Lung Opacity"):
-            zone = ZONES[int(rng.choice(3, p=[0.25, 0.3, 0.45]))]
-            findings.append(Finding(name, certainty(name), side=side(0.15), zone=zone))
-            if name == "Consolidation" and rng.random() < 0.35:
-                pneumonia = POSSIBLE
-        elif name == "Atelectasis":
-            zone = "lower" if rng.random() < 0.8 else "middle"
-            findings.append(Finding(name, certainty(name), side=side(0.3), zone=zone))
-        elif name == "Edema":
-            c = certainty(name)
-            sev = (
-                "mild"
-                if c == POSSIBLE
-                else ("mild", "moderate", "severe")[int(rng.choice(3, p=[0.45, 0.4, 0.15]))]
-            )
-            findings.append(Finding(name, c, side="bilateral", size=sev))
-        elif name == "Lung Lesion":
-            kind = "nodule" if rng.random() < 0.75 else "mass"
-            cm = rng.uniform(0.8, 2.8) if kind == "nodule" else rng.uniform(3.2, 6.0)
-            zone = ZONES[int(rng.integers(3))]
-            findings.append(
-                Finding(
-                    name, certainty(name), side=side(), size=f"{cm:.1f} cm", zone=zone, kind=kind
-                )
-            )
-        elif name == "Enlarged Cardiomediastinum":
-            findings.append(Finding(name, PRESENT))
-        elif name == "Fracture":
-            zone = ZONES[int(rng.choice(3, p=[0.2, 0.5, 0.3]))]
-            findings.append(Finding(name, PRESENT, side=side(), zone=zone, kind="rib"))
-        elif name == "Pleural Other":
-            zone = "upper" if rng.random() < 0.5 else "lower"
-            findings.append(
-                Finding(name, PRESENT, side=side(0.2), zone=zone, kind="pleural thickening")
-            )
-        elif name == "Support Devices":
-            n_dev = 1 + int(rng.random() < 0.4) + int(rng.random() < 0.15)
-            kinds = rng.choice(
-                len(DEVICE_KINDS), size=n_dev, replace=False, p=[0.35, 0.3, 0.25, 0.1]
-            )
-            for k in sorted(int(i) for i in kinds):
-                dev_side = (
-                    side() if DEVICE_KINDS[k] in ("central venous catheter", "pacemaker") else None
-                )
-                findings.append(Finding(name, PRESENT, side=dev_side, kind=DEVICE_KINDS[k]))
+    def of(self, options: tuple[str, ...], p: list[float]) -> str:
+        return options[int(self.rng.choice(len(options), p=p))]
 
-    stated = {f.observation for f in findings}
-    negatives = tuple(
-        name for name, p in NEGATIVE_RATES.items() if name not in stated and rng.random() < p
-    )
-    return PhantomStudy(
-        study_id=study_id,
-        findings=tuple(findings),
-        negatives=negatives,
-        ctr=ctr,
-        pneumonia=pneumonia,
-        anatomy_seed=int(rng.integers(2**31)),
-    )
+
+def _effusion(d: _Draw, name: str) -> list[Finding]:
+    c = d.certainty(name)
+    size = "small" if c == POSSIBLE else d.of(EFFUSION_SIZES, [0.5, 0.35, 0.15])
+    return [Finding(name, c, side=d.side(0.35), size=size)]
+
+
+def _pneumothorax(d: _Draw, name: str) -> list[Finding]:
+    c = d.certainty(name)
+    size = "small" if c == POSSIBLE else d.of(PNEUMOTHORAX_SIZES, [0.55, 0.3, 0.15])
+    return [Finding(name, c, side=d.side(), size=size)]
+
+
+def _airspace(d: _Draw, name: str) -> list[Finding]:
+    zone = d.of(ZONES, [0.25, 0.3, 0.45])
+    return [Finding(name, d.certainty(name), side=d.side(0.15), zone=zone)]
+
+
+def _atelectasis(d: _Draw, name: str) -> list[Finding]:
+    zone = "lower" if d.rng.random() < 0.8 else "middle"
+    return [Finding(name, d.certainty(name), side=d.side(0.3), zone=zone)]
+
+
+def _edema(d: _Draw, name: str) -> list[Finding]:
+    c = d.certainty(name)
+    sev = "mild" if c == POSSIBLE else d.of(("mild", "moderate", "severe"), [0.45, 0.4, 0.15])
+    return [Finding(name, c, side="bilateral", size=sev)]
+
+
+def _lesion(d: _Draw, name: str) -> list[Finding]:
+    kind = "nodule" if d.rng.random() < 0.75 else "mass"
+    cm = d.rng.uniform(0.8, 2.8) if kind == "nodule" else d.rng.uniform(3.2, 6.0)
+    zone = ZONES[int(d.rng.integers(3))]
+    c = d.certainty(name)
+    return [Finding(name, c, side=d.side(), size=f"{cm:.1f} cm", zone=zone, kind=kind)]
+
+
+def _enlarged_cardiomediastinum(d: _Draw, name: str) -> list[Finding]:
+    return [Finding(name, PRESENT)]
+
+
+def _fracture(d: _Draw, name: str) -> list[Finding]:
+    zone = d.of(ZONES, [0.2, 0.5, 0.3])
+    return [Finding(name, PRESENT, side=d.side(), zone=zone, kind="rib")]
+
+
+def _pleural_other(d: _Draw, name: str) -> list[Finding]:
+    zone = "upper" if d.rng.random() < 0.5 else "lower"
+    return [Finding(name, PRESENT, side=d.side(0.2), zone=zone, kind="pleural thickening")]
+
+
+def _devices(d: _Draw, name: str) -> list[Finding]:
+    rng = d.rng
+    n_dev = 1 + int(rng.random() < 0.4) + int(rng.random() < 0.15)
+    kinds = rng.choice(len(DEVICE_KINDS), size=n_dev, replace=False, p=[0.35, 0.3, 0.25, 0.1])
+    out = []
+    for k in sorted(int(i) for i in kinds):
+        sided = DEVICE_KINDS[k] in ("central venous catheter", "pacemaker")
+        out.append(Finding(name, PRESENT, side=d.side() if sided else None, kind=DEVICE_KINDS[k]))
+    return out
+
+
+# Each observation's sampler (Cardiomegaly is drawn in sample_study: it sets the CTR).
+_FINDING_SAMPLERS = {
+    "Pleural Effusion": _effusion,
+    "Pneumothorax": _pneumothorax,
+    "Consolidation": _airspace,
+    "Lung Opacity": _airspace,
+    "Atelectasis": _atelectasis,
+    "Edema": _edema,
+    "Lung Lesion": _lesion,
+    "Enlarged Cardiomediastinum": _enlarged_cardiomediastinum,
+    "Fracture": _fracture,
+    "Pleural Other": _pleural_other,
+    "Support Devices": _devices,
+}
 
 
 ATTRIBUTES: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -290,17 +290,29 @@ def render(study: PhantomStudy, size: int = 256) -> Rendered:
     )
     a = sample_anatomy(rng)
     cv = _Canvas(size)
-    u, v = cv.u, cv.v
-    by_obs = {f.observation: f for f in study.findings}
+    enlarged = any(f.observation == "Enlarged Cardiomediastinum" for f in study.findings)
+    widened = 0.07 if enlarged else 0.0
+    outlines, masks = _organs(study, a, size, widened)
+    lungs = masks["left_lung"] | masks["right_lung"]
+    _draw_body(a, cv, lungs, masks["heart"], widened)
+    vessel_f = _draw_vessels(a, cv, lungs.astype(np.float32), rng)
+    _draw_ribs(a, cv)
+    regions = _draw_findings(study, a, cv, masks, vessel_f, finding_rng)
+    cv.A += 0.45 * np.asarray(cv.overlay, np.float32) / 255.0
+    return _acquire(cv.A, a, size, outlines, regions, noise_rng)
 
-    widened = 0.07 if "Enlarged Cardiomediastinum" in by_obs else 0.0
+
+def _organs(
+    study: PhantomStudy, a: Anatomy, size: int, widened: float
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The organ outlines and their filled masks: lungs (the base raised on the side of a
+    definite atelectasis, displaced by a widened mediastinum), then the heart, its width
+    tuned so the drawn CTR hits the study's."""
     raise_side: dict[int, float] = {}
-    atel = by_obs.get("Atelectasis")
+    atel = {f.observation: f for f in study.findings}.get("Atelectasis")  # the last one
     if atel is not None and atel.certainty != POSSIBLE:
         for s in _sides(atel.side):
             raise_side[s] = 0.03
-
-    # Organs. Lung outlines then heart, its width tuned to hit the target CTR.
     outlines = {
         "right_lung": _lung_outline(a, -1, widened * 0.5, raise_side.get(-1, 0.0)),
         "left_lung": _lung_outline(a, 1, widened * 0.5, raise_side.get(1, 0.0)),
@@ -314,12 +326,17 @@ def render(study: PhantomStudy, size: int = 256) -> Rendered:
         measured = cardiothoracic_ratio(lungs, heart)
         half *= study.ctr / measured
     outlines["heart"] = _heart_outline(a, half)
-    heart = _fill(outlines["heart"], size)
-    masks["heart"] = heart
+    masks["heart"] = _fill(outlines["heart"], size)
+    return outlines, masks
 
-    A = cv.A
+
+def _draw_body(
+    a: Anatomy, cv: _Canvas, lungs: np.ndarray, heart: np.ndarray, widened: float
+) -> None:
+    """Soft tissue with shoulders and a neck, mediastinum, spine, aortic knob, trachea,
+    the lungs' air and the stomach bubble."""
+    u, v, A = cv.u, cv.v, cv.A
     lung_f = lungs.astype(np.float32)
-    # Body: soft tissue with shoulders and a neck; air outside.
     shoulder = np.clip((v + 0.92) / 0.3, 0, 1)
     torso_half = 0.22 + 0.74 * np.sqrt(shoulder * (2 - shoulder))  # neck to shoulders
     body = np.clip((torso_half[:, None] - np.abs(u)[None, :]) / 0.05 + 0.5, 0, 1)  # soft edge
@@ -334,7 +351,6 @@ def render(study: PhantomStudy, size: int = 256) -> Rendered:
     A += 0.12 * (_band(u - knob_u, 0.07)[None, :] * _band(v - knob_v, 0.07)[:, None])
     trachea = _band(u, 0.03)[None, :] * (v[:, None] < -0.22) * (v[:, None] > -1)
     A -= 0.10 * trachea
-    # Lungs: air.
     # Lungs: air, less where the heart or the soft tissue of the lower chest overlies them.
     lower = np.clip((v - 0.05) / 0.5, 0, 1)[:, None] * np.clip(np.abs(u) / 0.8, 0, 1)[None, :]
     heart_f = heart.astype(np.float32)
@@ -344,7 +360,13 @@ def render(study: PhantomStudy, size: int = 256) -> Rendered:
     gb_u, gb_v = 0.42, a.base_v + a.left_drop + 0.12
     A -= 0.15 * (_band(u - gb_u, 0.12)[None, :] * _band(v - gb_v, 0.06)[:, None])
 
-    # Lung markings: vessels branching from the hila, fading outward.
+
+def _draw_vessels(
+    a: Anatomy, cv: _Canvas, lung_f: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Lung markings: vessels branching from the hila, fading outward; returns them
+    (float (S, S), inside the lungs)."""
+    size = cv.size
     vessels = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(vessels)
     for sign in (-1, 1):
@@ -362,9 +384,14 @@ def render(study: PhantomStudy, size: int = 256) -> Rendered:
                 draw.line([pts[k], pts[k + 1]], fill=int(level), width=max(1, round(size / 200)))
                 level *= 0.78
     vessel_f = np.asarray(vessels, np.float32) / 255.0 * lung_f
-    A += 0.10 * vessel_f
+    cv.A += 0.10 * vessel_f
+    return vessel_f
 
-    # Ribs: posterior ribs arch out from the spine and down; anterior ribs fainter.
+
+def _draw_ribs(a: Anatomy, cv: _Canvas) -> None:
+    """Posterior ribs arching out from the spine and down, fainter anterior ribs, and
+    the clavicles."""
+    u, v, A = cv.u, cv.v, cv.A
     rib_width = 0.022
     x = np.clip(np.abs(u) - 0.05, 0, None)
     for sign in (-1, 1):
@@ -379,18 +406,24 @@ def render(study: PhantomStudy, size: int = 256) -> Rendered:
             ):
                 rows = cv.rows(float(curve.min()) - 0.05, float(curve.max()) + 0.05)
                 A[rows, cs] += weight * _band(v[rows, None] - curve[None, :], width)
-        # Clavicle.
         cx = np.abs(u)
         clav = -0.74 - 0.10 * np.clip(cx - 0.1, 0, None) + 0.2 * np.clip(cx - 0.1, 0, None) ** 2
         ccols = (u * sign > 0.06) & (u * sign < 0.62)
         rows = cv.rows(-0.9, -0.6)
         A[rows] += 0.10 * _band(v[rows, None] - clav[None, :], 0.03) * ccols[None, :]
 
-    regions = _draw_findings(study, a, cv, masks, lungs, vessel_f, finding_rng)
-    A = cv.A
-    A += 0.45 * np.asarray(cv.overlay, np.float32) / 255.0
 
-    # Acquisition: one affine map (rotation, scale, shift) about the centre.
+def _acquire(
+    A: np.ndarray,
+    a: Anatomy,
+    size: int,
+    outlines: dict[str, np.ndarray],
+    regions: dict[str, np.ndarray],
+    noise_rng: np.random.Generator,
+) -> Rendered:
+    """Acquisition: one affine map (rotation, scale, shift) about the centre of the
+    drawn attenuation ``A``, its organ outlines and finding regions; then blur, noise,
+    gain and gamma."""
     theta = np.deg2rad(a.rotation)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     matrix = rot / a.scale
@@ -440,12 +473,31 @@ def _distance_inside(mask: np.ndarray, size: int) -> np.ndarray:
     return ndimage.distance_transform_edt(mask).astype(np.float32) * (2.0 / size)
 
 
+@dataclass
+class _Scene:
+    """What the finding drawers share: the anatomy, the canvas, each side's lung mask
+    (-1 right, 1 left), the lung markings, the findings' random stream, and the regions
+    drawn so far (observation -> bool (S, S))."""
+
+    a: Anatomy
+    cv: _Canvas
+    lung_of: dict[int, np.ndarray]
+    vessel_f: np.ndarray
+    rng: np.random.Generator
+    regions: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def mark(self, name: str, where: np.ndarray) -> None:
+        """Add ``where`` to the region of finding ``name``."""
+        size = self.cv.size
+        where = np.broadcast_to(where, (size, size))
+        self.regions[name] = self.regions[name] | where if name in self.regions else where.copy()
+
+
 def _draw_findings(
     study: PhantomStudy,
     a: Anatomy,
     cv: _Canvas,
     masks: dict[str, np.ndarray],
-    lungs: np.ndarray,
     vessel_f: np.ndarray,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
@@ -454,147 +506,162 @@ def _draw_findings(
     Returns each drawn finding's region on the canvas (:data:`REGION_RULES`), bool
     (S, S) by observation; computing them draws nothing from ``rng``.
     """
-    u, v, A, size = cv.u, cv.v, cv.A, cv.size
-    lung_of = {-1: masks["right_lung"], 1: masks["left_lung"]}
-    regions: dict[str, np.ndarray] = {}
-
-    def mark(name: str, where: np.ndarray) -> None:
-        where = np.broadcast_to(where, (size, size))
-        regions[name] = regions[name] | where if name in regions else where.copy()
-
+    scene = _Scene(a, cv, {-1: masks["right_lung"], 1: masks["left_lung"]}, vessel_f, rng)
     for f in study.findings:
-        subtle = f.certainty == POSSIBLE
-        obs = f.observation
-        if obs == "Pleural Effusion":
-            height = {"small": 0.07, "moderate": 0.2, "large": 0.36}[f.size or "small"]
-            if subtle:
-                height = 0.035
-            for s in _sides(f.side):
-                lung = lung_of[s]
-                base = a.base_v + (a.left_drop if s > 0 else 0.0)
-                lateral = np.clip((u * s - a.medial_u) / (a.half_width - a.medial_u), 0, 1)
-                meniscus = base - height - 0.06 * lateral**2 * (height > 0.05)
-                level = np.clip((v[:, None] - meniscus[None, :]) / 0.04, 0, 1)
-                A += (0.16 if subtle else 0.28) * level * lung
-                mark(obs, (level > 0) & lung)
-        elif obs == "Pneumothorax":
-            depth = {"small": 0.05, "moderate": 0.12, "large": 0.22}[f.size or "small"]
-            if subtle:
-                depth = 0.03
-            s = _side_sign(f.side or "right")
-            lung = lung_of[s]
-            dist = _distance_inside(lung, size)
-            lateral_part = (u[None, :] * s > a.medial_u + 0.15) | (v[:, None] < a.apex_v + 0.25)
-            upper = v[:, None] < a.base_v - 0.05
-            region = lung & (dist < depth) & lateral_part & upper
-            A -= 0.06 * region
-            A -= 0.10 * vessel_f * region  # no lung markings beyond the pleural line
-            line = lung & (np.abs(dist - depth) < 1.2 * 2 / size) & lateral_part & upper
-            A += (0.06 if subtle else 0.10) * line
-            mark(obs, region)
-        elif obs in ("Consolidation", "Lung Opacity"):
-            for s in _sides(f.side):
-                lung = lung_of[s]
-                cu = s * (a.medial_u + (a.half_width - a.medial_u) * rng.uniform(0.35, 0.65))
-                cvv = _zone_v(a, f.zone, s)
-                r = 0.09 if obs == "Consolidation" else 0.13
-                if subtle:
-                    r *= 0.7
-                blob = _blob(u, v, cu, cvv, r, rng)
-                if obs == "Consolidation":
-                    dense = np.clip((blob - 0.3) / 0.2, 0, 1)
-                    A += (0.15 if subtle else 0.28) * dense * lung
-                    mark(obs, (dense >= 0.5) & lung)
-                    # air bronchograms: a few dark branches in the dense part
-                    for _ in range(2):
-                        ang = rng.uniform(0, 2 * np.pi)
-                        p0 = (cu, cvv)
-                        p1 = (cu + 0.08 * np.cos(ang), cvv + 0.08 * np.sin(ang))
-                        tmp = Image.new("L", (size, size), 0)
-                        ImageDraw.Draw(tmp).line([cv.px(*p0), cv.px(*p1)], fill=255, width=1)
-                        A -= 0.08 * np.asarray(tmp, np.float32) / 255.0 * dense * lung
-                else:
-                    A += (0.07 if subtle else 0.14) * blob * lung
-                    mark(obs, (blob >= 0.5) & lung)
-        elif obs == "Atelectasis":
-            for s in _sides(f.side):
-                lung = lung_of[s]
-                cvv = _zone_v(a, f.zone, s) + 0.04
-                cu = s * (a.medial_u + 0.3)
-                slope = rng.uniform(-0.25, 0.25)
-                length = rng.uniform(0.16, 0.26)
-                cols = np.abs(u - cu) < length / 2
-                dist = v[:, None] - (cvv + slope * (u - cu))[None, :]
-                band = _band(dist, 0.025) * cols[None, :]
-                A += (0.10 if subtle else 0.18) * band * lung
-                mark(obs, (band > 0) & lung)
-        elif obs == "Edema":
-            strength = {"mild": 0.07, "moderate": 0.11, "severe": 0.15}[f.size or "mild"]
-            if subtle:
-                strength = 0.045
-            for s in (-1, 1):
-                hu = s * (a.medial_u + 0.12)
-                gu = np.exp(-((u - hu) ** 2) / (2 * 0.2**2))
-                gv = np.exp(-((v + 0.0) ** 2) / (2 * 0.28**2))
-                haze = gv[:, None] * gu[None, :]
-                A += strength * haze * lung_of[s]
-                mark(obs, (haze >= 0.5) & lung_of[s])
-                if f.size in ("moderate", "severe") and not subtle:
-                    for _ in range(4):  # Kerley B lines at the lateral bases
-                        lv = a.base_v - rng.uniform(0.03, 0.15)
-                        lu0 = s * (a.half_width - 0.01)
-                        cv.line([(lu0, lv), (lu0 - s * 0.05, lv)], 0.004, 110)
-        elif obs == "Lung Lesion":
-            s = _side_sign(f.side or "right")
-            cm = float((f.size or "1.5 cm").split()[0])
-            # drawn to scale: the thorax (~1.6 canonical units) stands for ~32 cm, so
-            # 1 cm is 0.05 units and the radius is half the stated diameter
-            r = 0.025 * cm
-            cu = s * (a.medial_u + (a.half_width - a.medial_u) * rng.uniform(0.35, 0.7))
-            cvv = _zone_v(a, f.zone, s)
-            d = np.sqrt((u[None, :] - cu) ** 2 + (v[:, None] - cvv) ** 2)
-            A += (0.12 if subtle else 0.24) * np.clip((r - d) / (0.25 * r) + 0.5, 0, 1)
-            mark(obs, d <= r)
-        elif obs == "Enlarged Cardiomediastinum":
-            pass  # drawn with the mediastinum (wider), lungs displaced accordingly
-        elif obs == "Fracture":
-            s = _side_sign(f.side or "right")
-            k = {"upper": 2, "middle": 4, "lower": 6}[f.zone or "middle"]
-            v0 = a.apex_v - 0.06 + a.rib_phase + k * a.rib_gap
-            x0 = rng.uniform(0.35, 0.55)
-            x = np.clip(np.abs(u) - 0.05, 0, None)
-            curve = _rib_curve(x, v0)
-            # a displaced fracture with callus: the lateral fragment stepped down by about
-            # a rib's width, and dense healing bone around the break (the posterior ribs
-            # are faint over the lungs, so a bare gap alone is invisible at any size)
-            cols = (u * s > 0.04) & (np.abs(x - x0) < 0.03)
-            rows = cv.rows(float(curve[cols].min()) - 0.08, float(curve[cols].max()) + 0.08)
-            step = (u * s > 0.04) & (x > x0 + 0.03) & (x < x0 + 0.15)
-            A[rows] -= 0.07 * _band(v[rows, None] - curve[None, :], 0.022) * step[None, :]
-            A[rows] += 0.15 * _band(v[rows, None] - curve[None, :] - 0.035, 0.02) * step[None, :]
-            callus = (u * s > 0.04) & (np.abs(x - x0) < 0.04)
-            A[rows] += 0.16 * _band(v[rows, None] - curve[None, :] - 0.015, 0.04) * callus[None, :]
-            near = (u * s > 0.04) & (x > x0 - 0.05) & (x < x0 + 0.16)  # break and step
-            mark(obs, (np.abs(v[:, None] - curve[None, :]) < 0.06) & near[None, :])
-        elif obs == "Pleural Other":
-            for s in _sides(f.side):
-                lung = lung_of[s]
-                dist = _distance_inside(lung, size)
-                zone = (
-                    v[:, None] < a.apex_v + 0.2
-                    if f.zone == "upper"
-                    else v[:, None] > a.base_v - 0.3
-                )
-                lateral = u[None, :] * s > a.medial_u + 0.2
-                strip = lung & (dist < 0.05) & zone & lateral  # ~1 cm of thickened pleura
-                A += 0.2 * strip
-                mark(obs, strip)
-        elif obs == "Support Devices":
-            _draw_device(f, a, cv, rng)
-    return regions
+        drawer = _DRAWERS.get(f.observation)
+        if drawer is not None:
+            drawer(f, scene, f.certainty == POSSIBLE)
+    return scene.regions
 
 
-def _draw_device(f: Finding, a: Anatomy, cv: _Canvas, rng: np.random.Generator) -> None:
+def _draw_effusion(f: Finding, sc: _Scene, subtle: bool) -> None:
+    a, u, v, A = sc.a, sc.cv.u, sc.cv.v, sc.cv.A
+    height = {"small": 0.07, "moderate": 0.2, "large": 0.36}[f.size or "small"]
+    if subtle:
+        height = 0.035
+    for s in _sides(f.side):
+        lung = sc.lung_of[s]
+        base = a.base_v + (a.left_drop if s > 0 else 0.0)
+        lateral = np.clip((u * s - a.medial_u) / (a.half_width - a.medial_u), 0, 1)
+        meniscus = base - height - 0.06 * lateral**2 * (height > 0.05)
+        level = np.clip((v[:, None] - meniscus[None, :]) / 0.04, 0, 1)
+        A += (0.16 if subtle else 0.28) * level * lung
+        sc.mark(f.observation, (level > 0) & lung)
+
+
+def _draw_pneumothorax(f: Finding, sc: _Scene, subtle: bool) -> None:
+    a, u, v, A, size = sc.a, sc.cv.u, sc.cv.v, sc.cv.A, sc.cv.size
+    depth = {"small": 0.05, "moderate": 0.12, "large": 0.22}[f.size or "small"]
+    if subtle:
+        depth = 0.03
+    s = _side_sign(f.side or "right")
+    lung = sc.lung_of[s]
+    dist = _distance_inside(lung, size)
+    lateral_part = (u[None, :] * s > a.medial_u + 0.15) | (v[:, None] < a.apex_v + 0.25)
+    upper = v[:, None] < a.base_v - 0.05
+    region = lung & (dist < depth) & lateral_part & upper
+    A -= 0.06 * region
+    A -= 0.10 * sc.vessel_f * region  # no lung markings beyond the pleural line
+    line = lung & (np.abs(dist - depth) < 1.2 * 2 / size) & lateral_part & upper
+    A += (0.06 if subtle else 0.10) * line
+    sc.mark(f.observation, region)
+
+
+def _draw_airspace(f: Finding, sc: _Scene, subtle: bool) -> None:
+    """Consolidation (dense, with air bronchograms) or Lung Opacity (a fainter blob)."""
+    a, cv, rng, obs = sc.a, sc.cv, sc.rng, f.observation
+    u, v, A, size = cv.u, cv.v, cv.A, cv.size
+    for s in _sides(f.side):
+        lung = sc.lung_of[s]
+        cu = s * (a.medial_u + (a.half_width - a.medial_u) * rng.uniform(0.35, 0.65))
+        cvv = _zone_v(a, f.zone, s)
+        r = 0.09 if obs == "Consolidation" else 0.13
+        if subtle:
+            r *= 0.7
+        blob = _blob(u, v, cu, cvv, r, rng)
+        if obs != "Consolidation":
+            A += (0.07 if subtle else 0.14) * blob * lung
+            sc.mark(obs, (blob >= 0.5) & lung)
+            continue
+        dense = np.clip((blob - 0.3) / 0.2, 0, 1)
+        A += (0.15 if subtle else 0.28) * dense * lung
+        sc.mark(obs, (dense >= 0.5) & lung)
+        # air bronchograms: a few dark branches in the dense part
+        for _ in range(2):
+            ang = rng.uniform(0, 2 * np.pi)
+            p0 = (cu, cvv)
+            p1 = (cu + 0.08 * np.cos(ang), cvv + 0.08 * np.sin(ang))
+            tmp = Image.new("L", (size, size), 0)
+            ImageDraw.Draw(tmp).line([cv.px(*p0), cv.px(*p1)], fill=255, width=1)
+            A -= 0.08 * np.asarray(tmp, np.float32) / 255.0 * dense * lung
+
+
+def _draw_atelectasis(f: Finding, sc: _Scene, subtle: bool) -> None:
+    a, u, v, A, rng = sc.a, sc.cv.u, sc.cv.v, sc.cv.A, sc.rng
+    for s in _sides(f.side):
+        lung = sc.lung_of[s]
+        cvv = _zone_v(a, f.zone, s) + 0.04
+        cu = s * (a.medial_u + 0.3)
+        slope = rng.uniform(-0.25, 0.25)
+        length = rng.uniform(0.16, 0.26)
+        cols = np.abs(u - cu) < length / 2
+        dist = v[:, None] - (cvv + slope * (u - cu))[None, :]
+        band = _band(dist, 0.025) * cols[None, :]
+        A += (0.10 if subtle else 0.18) * band * lung
+        sc.mark(f.observation, (band > 0) & lung)
+
+
+def _draw_edema(f: Finding, sc: _Scene, subtle: bool) -> None:
+    a, cv, rng = sc.a, sc.cv, sc.rng
+    u, v, A = cv.u, cv.v, cv.A
+    strength = {"mild": 0.07, "moderate": 0.11, "severe": 0.15}[f.size or "mild"]
+    if subtle:
+        strength = 0.045
+    for s in (-1, 1):
+        hu = s * (a.medial_u + 0.12)
+        gu = np.exp(-((u - hu) ** 2) / (2 * 0.2**2))
+        gv = np.exp(-((v + 0.0) ** 2) / (2 * 0.28**2))
+        haze = gv[:, None] * gu[None, :]
+        A += strength * haze * sc.lung_of[s]
+        sc.mark(f.observation, (haze >= 0.5) & sc.lung_of[s])
+        if f.size in ("moderate", "severe") and not subtle:
+            for _ in range(4):  # Kerley B lines at the lateral bases
+                lv = a.base_v - rng.uniform(0.03, 0.15)
+                lu0 = s * (a.half_width - 0.01)
+                cv.line([(lu0, lv), (lu0 - s * 0.05, lv)], 0.004, 110)
+
+
+def _draw_lesion(f: Finding, sc: _Scene, subtle: bool) -> None:
+    a, u, v, A = sc.a, sc.cv.u, sc.cv.v, sc.cv.A
+    s = _side_sign(f.side or "right")
+    cm = float((f.size or "1.5 cm").split()[0])
+    # drawn to scale: the thorax (~1.6 canonical units) stands for ~32 cm, so
+    # 1 cm is 0.05 units and the radius is half the stated diameter
+    r = 0.025 * cm
+    cu = s * (a.medial_u + (a.half_width - a.medial_u) * sc.rng.uniform(0.35, 0.7))
+    cvv = _zone_v(a, f.zone, s)
+    d = np.sqrt((u[None, :] - cu) ** 2 + (v[:, None] - cvv) ** 2)
+    A += (0.12 if subtle else 0.24) * np.clip((r - d) / (0.25 * r) + 0.5, 0, 1)
+    sc.mark(f.observation, d <= r)
+
+
+def _draw_fracture(f: Finding, sc: _Scene, subtle: bool) -> None:
+    a, cv = sc.a, sc.cv
+    u, v, A = cv.u, cv.v, cv.A
+    s = _side_sign(f.side or "right")
+    k = {"upper": 2, "middle": 4, "lower": 6}[f.zone or "middle"]
+    v0 = a.apex_v - 0.06 + a.rib_phase + k * a.rib_gap
+    x0 = sc.rng.uniform(0.35, 0.55)
+    x = np.clip(np.abs(u) - 0.05, 0, None)
+    curve = _rib_curve(x, v0)
+    # a displaced fracture with callus: the lateral fragment stepped down by about
+    # a rib's width, and dense healing bone around the break (the posterior ribs
+    # are faint over the lungs, so a bare gap alone is invisible at any size)
+    cols = (u * s > 0.04) & (np.abs(x - x0) < 0.03)
+    rows = cv.rows(float(curve[cols].min()) - 0.08, float(curve[cols].max()) + 0.08)
+    step = (u * s > 0.04) & (x > x0 + 0.03) & (x < x0 + 0.15)
+    A[rows] -= 0.07 * _band(v[rows, None] - curve[None, :], 0.022) * step[None, :]
+    A[rows] += 0.15 * _band(v[rows, None] - curve[None, :] - 0.035, 0.02) * step[None, :]
+    callus = (u * s > 0.04) & (np.abs(x - x0) < 0.04)
+    A[rows] += 0.16 * _band(v[rows, None] - curve[None, :] - 0.015, 0.04) * callus[None, :]
+    near = (u * s > 0.04) & (x > x0 - 0.05) & (x < x0 + 0.16)  # break and step
+    sc.mark(f.observation, (np.abs(v[:, None] - curve[None, :]) < 0.06) & near[None, :])
+
+
+def _draw_pleural_other(f: Finding, sc: _Scene, subtle: bool) -> None:
+    a, u, v, A = sc.a, sc.cv.u, sc.cv.v, sc.cv.A
+    for s in _sides(f.side):
+        lung = sc.lung_of[s]
+        dist = _distance_inside(lung, sc.cv.size)
+        zone = v[:, None] < a.apex_v + 0.2 if f.zone == "upper" else v[:, None] > a.base_v - 0.3
+        lateral = u[None, :] * s > a.medial_u + 0.2
+        strip = lung & (dist < 0.05) & zone & lateral  # ~1 cm of thickened pleura
+        A += 0.2 * strip
+        sc.mark(f.observation, strip)
+
+
+def _draw_device(f: Finding, sc: _Scene, subtle: bool) -> None:
+    a, cv, rng = sc.a, sc.cv, sc.rng
     kind = f.kind
     carina = -0.18
     if kind == "endotracheal tube":
@@ -614,3 +681,19 @@ def _draw_device(f: Finding, a: Anatomy, cv: _Canvas, rng: np.random.Generator) 
         cv.line([(gu - 0.06, gv), (gu + 0.06, gv)], 0.08, 255)
         cv.line([(gu, gv), (s * 0.25, -0.55), (0.0, -0.15), (0.05, 0.15)], 0.006, 200)
         cv.line([(gu, gv), (s * 0.2, -0.5), (-0.02, -0.1), (-0.06, 0.05)], 0.006, 200)
+
+
+# Each observation's drawer. Enlarged Cardiomediastinum has none: it is drawn with the
+# mediastinum (wider), the lungs displaced accordingly (render).
+_DRAWERS = {
+    "Pleural Effusion": _draw_effusion,
+    "Pneumothorax": _draw_pneumothorax,
+    "Consolidation": _draw_airspace,
+    "Lung Opacity": _draw_airspace,
+    "Atelectasis": _draw_atelectasis,
+    "Edema": _draw_edema,
+    "Lung Lesion": _draw_lesion,
+    "Fracture": _draw_fracture,
+    "Pleural Other": _draw_pleural_other,
+    "Support Devices": _draw_device,
+}

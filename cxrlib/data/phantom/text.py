@@ -1003,7 +1003,6 @@ def _chest(
     study: PhantomStudy, items: dict[str, list[_Item]], negs: list[str], rng: np.random.Generator
 ) -> list[_Sent]:
     """Sentences of the lungs, pleura and bones: findings, merges and negatives."""
-    out: list[_Sent] = []
     findings = study.findings
     parenchymal = any(f.observation in PARENCHYMAL for f in findings) or study.pneumonia
     edema = any(f.observation == "Edema" for f in findings)
@@ -1011,10 +1010,23 @@ def _chest(
         f.observation in ("Pleural Effusion", "Pneumothorax") and f.size in ("moderate", "large")
         for f in findings
     )
-    clear_ok = not parenchymal and not big_pleural
+    ordered = _section_order(items, rng)
+    done: set[int] = set()  # ids of items already written (membership only, never iterated)
+    out = _without_sentences(items, negs, done, rng)
     otherwise_ok = bool(parenchymal) and not edema and not big_pleural
+    out += _positive_sentences(ordered, done, otherwise_ok, rng)
+    clear_ok = not parenchymal and not big_pleural
+    out += _negative_sentences(study, negs, parenchymal, clear_ok, rng)
+    # Other negatives stated on their own.
+    for obs in ("Fracture", "Lung Lesion", "Pneumonia", "Support Devices"):
+        if obs in negs and obs not in items:
+            section = {"Fracture": "bones", "Support Devices": "devices"}.get(obs, "lungs")
+            out.append(_Sent(_pick(rng, SINGLE_NEGATIVES[obs]), section, False))
+    return out
 
-    # Statement order within each section, sometimes shuffled.
+
+def _section_order(items: dict[str, list[_Item]], rng: np.random.Generator) -> dict:
+    """The items of the lungs, pleura and bones in statement order, sometimes shuffled."""
     ordered: dict[str, list[_Item]] = {s: [] for s in ("lungs", "pleura", "bones")}
     for obs, obs_items in items.items():
         section = SECTION_OF[obs]
@@ -1024,10 +1036,15 @@ def _chest(
         if len(section_items) > 1 and _chance(rng, P_SHUFFLE):
             perm = rng.permutation(len(section_items))
             ordered[section] = [section_items[int(i)] for i in perm]
+    return ordered
 
-    done: set[int] = set()  # ids of items already written (membership only, never iterated)
 
-    # "<positive> without <negative>"
+def _without_sentences(
+    items: dict[str, list[_Item]], negs: list[str], done: set[int], rng: np.random.Generator
+) -> list[_Sent]:
+    """ "<positive> without <negative>" sentences; the negatives they state leave ``negs``
+    and the items they write join ``done``."""
+    out = []
     for pos_obs, neg_obs in WITHOUT_PAIRS:
         if neg_obs not in negs or pos_obs not in items:
             continue
@@ -1039,11 +1056,18 @@ def _chest(
         out.append(_Sent(text, SECTION_OF[pos_obs], True))
         done.add(id(item))
         negs.remove(neg_obs)
+    return out
 
-    # Positives, with occasional pairs in one sentence.
+
+def _positive_sentences(
+    ordered: dict[str, list[_Item]], done: set[int], otherwise_ok: bool, rng: np.random.Generator
+) -> list[_Sent]:
+    """The positives not yet written, section by section, with occasional pairs in one
+    sentence (an effusion with the atelectasis beside it crosses sections)."""
+    out = []
     for section in ("lungs", "pleura", "bones"):
         queue = [it for it in ordered[section] if id(it) not in done]
-        if section == "pleura":  # effusion + adjacent atelectasis crosses sections
+        if section == "pleura":
             atel = [it for it in ordered["lungs"] if it.obs == "Atelectasis" and id(it) not in done]
             eff = [it for it in queue if it.obs == "Pleural Effusion"]
             if (
@@ -1058,30 +1082,45 @@ def _chest(
                 out.append(_Sent(_write_pair(eff[0], atel[0], rng), section, True))
                 done.update((id(eff[0]), id(atel[0])))
                 queue = [it for it in queue if id(it) not in done]
-        i = 0
-        while i < len(queue):
-            item = queue[i]
-            if id(item) in done:
-                i += 1
-                continue
-            nxt = queue[i + 1] if i + 1 < len(queue) else None
-            if (
-                nxt is not None
-                and item.mergeable
-                and nxt.mergeable
-                and _chance(rng, P_MERGE_POSITIVES)
-            ):
-                out.append(_Sent(_write_pair(item, nxt, rng), section, True))
-                done.update((id(item), id(nxt)))
-                i += 2
-                continue
-            out.append(_Sent(_write(item, rng), section, True))
-            done.add(id(item))
-            i += 1
+        out += _write_queue(queue, section, done, rng)
         if section == "lungs" and otherwise_ok and _chance(rng, 0.35):
             out.append(_Sent(_pick(rng, LUNGS_OTHERWISE_CLEAR), "lungs", True))
+    return out
 
-    # Negatives of lungs and pleura, grouped into one to three sentences.
+
+def _write_queue(
+    queue: list[_Item], section: str, done: set[int], rng: np.random.Generator
+) -> list[_Sent]:
+    """One section's positives in order, two neighbours sometimes merged."""
+    out = []
+    i = 0
+    while i < len(queue):
+        item = queue[i]
+        if id(item) in done:
+            i += 1
+            continue
+        nxt = queue[i + 1] if i + 1 < len(queue) else None
+        if nxt is not None and item.mergeable and nxt.mergeable and _chance(rng, P_MERGE_POSITIVES):
+            out.append(_Sent(_write_pair(item, nxt, rng), section, True))
+            done.update((id(item), id(nxt)))
+            i += 2
+            continue
+        out.append(_Sent(_write(item, rng), section, True))
+        done.add(id(item))
+        i += 1
+    return out
+
+
+def _negative_sentences(
+    study: PhantomStudy,
+    negs: list[str],
+    parenchymal: bool,
+    clear_ok: bool,
+    rng: np.random.Generator,
+) -> list[_Sent]:
+    """Negatives of lungs and pleura, grouped into one to three sentences, and "the
+    lungs are clear" where nothing contradicts it."""
+    out: list[_Sent] = []
     lung_nouns: list[str] = []
     pleura_nouns: list[str] = []
     for obs in ("Consolidation", "Lung Opacity", "Atelectasis", "Edema"):
@@ -1114,17 +1153,9 @@ def _chest(
         text = _write_negatives(_tidy_nouns(group), rng, with_clear)
         clear = clear and not with_clear
         out.append(_Sent(_clean(text), "lungs" if lung else "pleura", False))
-    if clear:
-        out.insert(
-            next((k for k, s in enumerate(out) if not s.abnormal), len(out)),
-            _Sent(_pick(rng, LUNGS_CLEAR), "lungs", False),
-        )
-
-    # Other negatives stated on their own.
-    for obs in ("Fracture", "Lung Lesion", "Pneumonia", "Support Devices"):
-        if obs in negs and obs not in items:
-            section = {"Fracture": "bones", "Support Devices": "devices"}.get(obs, "lungs")
-            out.append(_Sent(_pick(rng, SINGLE_NEGATIVES[obs]), section, False))
+    if clear:  # before the first normal sentence (every earlier one states a finding)
+        at = next((k for k, s in enumerate(out) if not s.abnormal), len(out))
+        out.insert(at, _Sent(_pick(rng, LUNGS_CLEAR), "lungs", False))
     return out
 
 
