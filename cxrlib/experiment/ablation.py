@@ -224,24 +224,81 @@ def run_ablation(
     ``attention_studies`` studies per run (None: all; 0: skipped):
     ``grounding_attention.csv`` (:func:`cxrlib.evaluate.attention_grounding.ablation_attention`).
     """
-    started = time.perf_counter()
-    stages: dict[str, float] = {}  # seconds of each stage, in ablation.json
-    mark = [started]
-
-    def lap(stage: str) -> None:
-        now = time.perf_counter()
-        stages[stage], mark[0] = round(now - mark[0], 1), now
-
+    clock = _Stages()
     out = Path(out)
     folder = out / "ablation"
     folder.mkdir(parents=True, exist_ok=True)
     manifest = prepare_shared(config, split, progress)
-    lap("shared_inputs")
+    clock.lap("shared_inputs")
     runs = train_runs(config, out, modes, seeds, parallel, threads, progress, launcher)
-    lap("training")
+    clock.lap("training")
     ref = read_manifest(manifest, check_files=False)
     ref_labels = "manifest" if has_ground_truth_sides(ref) else "labeler"
+    generations = generate_all(runs, out, manifest, split, progress)
+    clock.lap("generation")
+    results, per_obs = evaluate_all(generations, ref, ref_labels, split, n_bootstrap, out)
+    per_obs.to_csv(folder / "per_observation.csv", index=False)
+    refresh_model_cards(runs)
+    summary = summarise(results, generations, ref, ref_labels, n_bootstrap, progress=progress)
+    tests_df = pd.DataFrame(paired_tests(generations, modes, seeds, ref, ref_labels, n_bootstrap))
+    clock.lap("evaluation")
+    attention = None
+    if attention_studies != 0:
+        named = {run_name(m, s): (m, s, run_dir) for (m, s), run_dir in runs.items()}
+        attention = ablation_attention(
+            named,
+            {run_name(m, s): generations[(m, s)] for (m, s) in runs},
+            ref,
+            folder,
+            max_studies=attention_studies,
+            n_bootstrap=n_bootstrap,
+        )
+    clock.lap("attention_grounding")
+    note = write_tables(folder, results, summary, tests_df, n_bootstrap)
+    clock.lap("tables")
+    seconds = clock.total()
+    record = {
+        "modes": list(modes),
+        "seeds": list(seeds),
+        "split": split,
+        "reference_labels": ref_labels,
+        "n_bootstrap": n_bootstrap,
+        "interval": note,
+        "manifest": str(manifest),
+        "config": config.to_dict(),
+        "seconds": seconds,
+        "stages": clock.stages,
+        "attention_grounding": attention,
+    }
+    write_atomic(folder / "ablation.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    return AblationResult(folder, results, summary, tests_df, seconds)
 
+
+class _Stages:
+    """Seconds of each stage of the ablation (``ablation.json``'s ``stages``)."""
+
+    def __init__(self):
+        self.started = self.mark = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage], self.mark = round(now - self.mark, 1), now
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.started, 1)
+
+
+def generate_all(
+    runs: dict[tuple[str, int], Path],
+    out: Path,
+    manifest: Path,
+    split: str,
+    progress: bool = True,
+) -> dict[tuple[str, int], pd.DataFrame]:
+    """Each run's generated Findings of ``split`` (read back when the ablation wrote them
+    before: :func:`~cxrlib.training.runs.generations_path`), then the baselines', seed -1
+    (deterministic: one "seed"), fitted on the first run's training split."""
     generations: dict[tuple[str, int], pd.DataFrame] = {}
     for (mode, seed), run_dir in runs.items():
         path = generations_path(out, run_name(mode, seed))
@@ -250,11 +307,23 @@ def run_ablation(
             continue
         result = generate_split(run_dir, manifest, split, out=path, progress=progress)
         generations[(mode, seed)] = result.frame
-    first_run = runs[(modes[0], seeds[0])]
+    first_run = next(iter(runs.values()))
     for name, frame in baseline_generations(first_run, manifest, split, progress=progress).items():
-        generations[(name, -1)] = frame  # deterministic: one "seed"
-    lap("generation")
+        generations[(name, -1)] = frame
+    return generations
 
+
+def evaluate_all(
+    generations: dict[tuple[str, int], pd.DataFrame],
+    ref: pd.DataFrame,
+    ref_labels: str,
+    split: str,
+    n_bootstrap: int,
+    out: Path,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluate every system and seed (each written to its
+    :func:`~cxrlib.training.runs.evaluation_folder`); returns the long metric table
+    (``ablation.csv``) and the per-observation F1 of every system and seed."""
     rows, per_obs = [], []
     for (system, seed), frame in generations.items():
         ev = evaluate_generations(
@@ -280,54 +349,29 @@ def run_ablation(
                 }
             )
         per_obs.append(ev.per_observation.assign(system=system, seed=seed))
-    results = pd.DataFrame(rows)
-    pd.concat(per_obs).to_csv(folder / "per_observation.csv", index=False)
-    refresh_model_cards(runs)
+    return pd.DataFrame(rows), pd.concat(per_obs)
 
-    summary = summarise(results, generations, ref, ref_labels, n_bootstrap, progress=progress)
 
-    tests = paired_tests(generations, modes, seeds, ref, ref_labels, n_bootstrap)
-    tests_df = pd.DataFrame(tests)
-    lap("evaluation")
-    attention = None
-    if attention_studies != 0:
-        named = {run_name(m, s): (m, s, run_dir) for (m, s), run_dir in runs.items()}
-        attention = ablation_attention(
-            named,
-            {run_name(m, s): generations[(m, s)] for (m, s) in runs},
-            ref,
-            folder,
-            max_studies=attention_studies,
-            n_bootstrap=n_bootstrap,
-        )
-    lap("attention_grounding")
-
-    def write_csv(frame: pd.DataFrame, name: str) -> None:
-        write_atomic(folder / name, lambda tmp: frame.to_csv(tmp, index=False))
-
-    write_csv(results, "ablation.csv")
-    write_csv(summary, "ablation_summary.csv")
-    write_csv(tests_df, "paired_tests.csv")
+def write_tables(
+    folder: Path,
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    tests: pd.DataFrame,
+    n_bootstrap: int,
+) -> str:
+    """``ablation.csv``, ``ablation_summary.csv``, ``paired_tests.csv`` and the summary
+    table as ``ablation.md`` / ``ablation.tex``, each written atomically; returns the
+    tables' interval note."""
+    for frame, name in (
+        (results, "ablation.csv"),
+        (summary, "ablation_summary.csv"),
+        (tests, "paired_tests.csv"),
+    ):
+        write_atomic(folder / name, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
     table, note = summary_table(summary), interval_method(n_bootstrap)
     write_atomic(folder / "ablation.md", lambda tmp: tmp.write_text(markdown_table(table, note)))
     write_atomic(folder / "ablation.tex", lambda tmp: tmp.write_text(latex_table(table, note)))
-    lap("tables")
-    seconds = round(time.perf_counter() - started, 1)
-    record = {
-        "modes": list(modes),
-        "seeds": list(seeds),
-        "split": split,
-        "reference_labels": ref_labels,
-        "n_bootstrap": n_bootstrap,
-        "interval": note,
-        "manifest": str(manifest),
-        "config": config.to_dict(),
-        "seconds": seconds,
-        "stages": stages,
-        "attention_grounding": attention,
-    }
-    write_atomic(folder / "ablation.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
-    return AblationResult(folder, results, summary, tests_df, seconds)
+    return note
 
 
 def paired_tests(
