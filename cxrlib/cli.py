@@ -732,8 +732,7 @@ def _cmd_segment_train(args: argparse.Namespace) -> int:
     }
     cfg = replace(SegmenterConfig(), **overrides)
     df = segmenter_data(wingspan=args.wingspan, manifest=args.manifest, work=args.out / "data")
-    train, held_out = df[df["split"] == "train"], df[df["split"] != "train"]
-    train.attrs, held_out.attrs = df.attrs, df.attrs
+    train, held_out = df.split("train"), df.subset(df.frame["split"] != "train")
     if len(train) == 0:
         raise CxrError("the manifest has no train split rows to train on")
     train_segmenter(train, args.out, cfg, held_out=held_out if len(held_out) else None)
@@ -765,8 +764,7 @@ def _cmd_segment_eval(args: argparse.Namespace) -> int:
         wingspan=args.wingspan, manifest=args.manifest, work=args.checkpoint / "data"
     )
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    subset = df[df["split"].isin(splits)]
-    subset.attrs = df.attrs
+    subset = df.subset(df.frame["split"].isin(splits))
     if len(subset) == 0:
         raise CxrError(f"no rows in split(s) {', '.join(splits)}")
     per_image = evaluate(seg, subset)

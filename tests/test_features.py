@@ -57,8 +57,7 @@ def manifest(folder: Path):
 
 
 def ids_paths(df) -> tuple[list[str], list[str]]:
-    root = Path(df.attrs["root"])
-    return list(df["image_id"]), [str(root / p) for p in df["image_path"]]
+    return list(df.frame["image_id"]), [str(df.root / p) for p in df.frame["image_path"]]
 
 
 def pixels(model: ReportModel, paths: list[str]) -> torch.Tensor:
@@ -292,7 +291,8 @@ def test_lazy_features_equal_the_loaded_ones(tmp_path):
     import pickle
 
     write_phantom(tmp_path / "ph", n=5, seed=0, size=64, workers=1, progress=False)
-    df = read_manifest(tmp_path / "ph" / "manifest.csv")
+    manifest = read_manifest(tmp_path / "ph" / "manifest.csv")
+    df = manifest.frame
     config = ModelConfig.tiny(
         encoder={
             "hidden_size": 32,
@@ -305,8 +305,10 @@ def test_lazy_features_equal_the_loaded_ones(tmp_path):
         decoder={"n_layer": 1, "n_head": 2, "n_embd": 32},
     )
     model = ReportModel.from_config(config, texts=["a b"])
-    loaded = features_for_manifest(df, model, tmp_path / "cache", progress=False)
-    lazy = features_for_manifest(df, model, tmp_path / "cache", progress=False, in_memory=False)
+    loaded = features_for_manifest(manifest, model, tmp_path / "cache", progress=False)
+    lazy = features_for_manifest(
+        manifest, model, tmp_path / "cache", progress=False, in_memory=False
+    )
     assert isinstance(lazy.features, LazyFeatures)
     assert lazy.features.shape == tuple(loaded.features.shape)
     for i in range(len(df)):

@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from cxrlib.anatomy.priors import (
@@ -42,7 +41,7 @@ from cxrlib.anatomy.priors import (
     row_sources,
 )
 from cxrlib.base.io import write_atomic
-from cxrlib.data.manifest import resolve
+from cxrlib.data.manifest import Manifest, resolve
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +82,25 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> str:
 
 
 def mask_fingerprints(
-    df: pd.DataFrame,
+    manifest: Manifest,
     config: PriorConfig,
     *,
     source: str = "auto",
     has_segmenter: bool = False,
     segmenter_id: str | None = None,
-    root: str | os.PathLike | None = None,
 ) -> tuple[list[str], list[str]]:
     """Mask source and input fingerprint of every row.
 
     Parameters
     ----------
-    df : pandas.DataFrame
-        A manifest.
+    manifest : Manifest
+        Relative paths resolve against its root.
     config : PriorConfig
         Only ``structures`` matters (which mask columns are read).
     source, has_segmenter
         As :func:`cxrlib.anatomy.priors.row_sources`.
     segmenter_id : str, optional
         Identity of the segmenter (e.g. :func:`checkpoint_fingerprint`).
-    root : path-like, optional
-        Folder relative paths resolve against (default ``df.attrs["root"]``).
 
     Returns
     -------
@@ -115,7 +111,7 @@ def mask_fingerprints(
         and modification time of each input file (mask files, or the image for the
         segmenter, with ``segmenter_id``).
     """
-    root = Path(root if root is not None else df.attrs.get("root", "."))
+    df, root = manifest.frame, manifest.root
     sources = row_sources(df, config.structures, source, has_segmenter)
     fingerprints = []
     for row, s in zip(df.to_dict("records"), sources, strict=True):
@@ -375,7 +371,7 @@ class CachedPriors:
 
 
 def cached_priors_for_manifest(
-    df: pd.DataFrame,
+    manifest: Manifest,
     config: PriorConfig,
     folder: str | os.PathLike,
     *,
@@ -383,7 +379,6 @@ def cached_priors_for_manifest(
     segmenter=None,
     segmenter_id: str | None = None,
     dtype: str = "float32",
-    root: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> CachedPriors:
     """:func:`priors_for_manifest` through a :class:`PriorCache` in ``folder``.
@@ -401,18 +396,13 @@ def cached_priors_for_manifest(
     """
     if segmenter is not None and not segmenter_id:
         raise ValueError("segmenter_id is required with a segmenter (it keys the cache)")
-    if root is None:
-        root = df.attrs.get("root")
-        if root is None:
-            raise ValueError("root: the manifest has no attrs['root']; pass root=")
-    ids = [str(v).strip() for v in df["image_id"]]
+    ids = [str(v).strip() for v in manifest.frame["image_id"]]
     sources, fps = mask_fingerprints(
-        df,
+        manifest,
         config,
         source=source,
         has_segmenter=segmenter is not None,
         segmenter_id=segmenter_id,
-        root=root,
     )
     cache = PriorCache(folder, config, source=source, segmenter_id=segmenter_id, dtype=dtype)
     stored = cache.load()
@@ -434,10 +424,9 @@ def cached_priors_for_manifest(
         flat_max = stored.grid_masks[rows].flatten(1).amax(dim=1)
         empty |= {ids[i] for j, i in enumerate(hit) if flat_max[j] <= 0 and sources[i] != "none"}
     if miss:
-        sub = df.iloc[miss]
-        sub.attrs = dict(df.attrs)
+        sub = manifest.subset(manifest.frame.iloc[miss])
         _, new_priors, new_info = priors_for_manifest(
-            sub, config, source=source, segmenter=segmenter, root=root, progress=progress
+            sub, config, source=source, segmenter=segmenter, progress=progress
         )
         priors[miss] = new_priors
         grid_masks[miss] = new_info.grid_masks

@@ -59,7 +59,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -73,7 +72,7 @@ import torch.nn.functional as F
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.masks import load_mask
-from cxrlib.data.manifest import resolve, text_cell
+from cxrlib.data.manifest import Manifest, resolve, text_cell
 
 log = logging.getLogger(__name__)
 
@@ -782,12 +781,11 @@ def masks_to_grid(masks: Mapping, structures: Sequence[str], grid: int) -> torch
 
 
 def priors_for_manifest(
-    df: pd.DataFrame,
+    manifest: Manifest,
     config: PriorConfig,
     *,
     source: str = "auto",
     segmenter=None,
-    root: str | os.PathLike | None = None,
     progress: bool = True,
     batch_size: int = 16,
 ) -> tuple[list[str], torch.Tensor, PriorInfo]:
@@ -805,16 +803,14 @@ def priors_for_manifest(
 
     Parameters
     ----------
-    df : pandas.DataFrame
-        A manifest (:func:`cxrlib.data.manifest.read_manifest`); rows in any order.
+    manifest : Manifest
+        Rows in any order; relative paths resolve against its root.
     config : PriorConfig
     source : {"auto", "manifest", "segmenter", "none"}
     segmenter : object, optional
         Anything with ``predict(images) -> dict[str, ndarray]``: images uint8
         (B, H, W), masks bool (B, H, W) under keys ``left_lung``, ``right_lung``,
         ``heart`` (e.g. :class:`cxrlib.anatomy.segmenter.Segmenter`).
-    root : path-like, optional
-        Folder relative paths resolve against (default ``df.attrs["root"]``).
     progress : bool
         Show a tqdm progress bar.
     batch_size : int
@@ -840,11 +836,7 @@ def priors_for_manifest(
     """
     from tqdm.auto import tqdm
 
-    if root is None:
-        root = df.attrs.get("root")
-        if root is None:
-            raise ValueError("root: the manifest has no attrs['root']; pass root=")
-    root = Path(root)
+    df, root = manifest.frame, manifest.root
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     g, n = config.grid, len(df)

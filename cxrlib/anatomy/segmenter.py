@@ -41,7 +41,7 @@ from cxrlib.base.io import write_atomic, write_json_atomic
 from cxrlib.base.masks import cardiothoracic_ratio, load_mask
 from cxrlib.base.provenance import provenance
 from cxrlib.data.explore import sample_rows
-from cxrlib.data.manifest import read_manifest, resolve
+from cxrlib.data.manifest import Manifest, read_manifest, resolve
 from cxrlib.data.wingspan import build_manifest
 
 ORGANS: tuple[str, ...] = ("left_lung", "right_lung", "heart")
@@ -146,16 +146,16 @@ class MaskedImages:
     ids: list[str] = field(default_factory=list)
 
 
-def load_masked_images(df: pd.DataFrame, size: int, progress: bool = True) -> MaskedImages:
+def load_masked_images(manifest: Manifest, size: int, progress: bool = True) -> MaskedImages:
     """Read the images and left-lung, right-lung and heart masks of a manifest.
 
     Raises :class:`CxrError` when a mask column is missing, or naming the image when a
     mask is empty or not the size of its image.
     """
+    df, root = manifest.frame, manifest.root
     missing = [c for c in MASK_COLUMN.values() if c not in df.columns]
     if missing:
         raise CxrError(f"manifest has no {', '.join(missing)} column(s): cannot train a segmenter")
-    root = df.attrs.get("root", ".")
     images, masks = [], []
     for row in tqdm(df.itertuples(index=False), total=len(df), desc="load", disable=not progress):
         row = row._asdict()
@@ -331,10 +331,10 @@ class Segmenter:
 
 
 def train_segmenter(
-    train: pd.DataFrame,
+    train: Manifest,
     out: str | os.PathLike,
     config: SegmenterConfig | None = None,
-    held_out: pd.DataFrame | None = None,
+    held_out: Manifest | None = None,
     progress: bool = True,
 ) -> Segmenter:
     """Train the U-Net on a manifest's images and masks; write the checkpoint to ``out``.
@@ -481,7 +481,7 @@ def _predict_row(seg: Segmenter, row, root: str | os.PathLike) -> dict:
     }
 
 
-def evaluate(seg: Segmenter, df: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+def evaluate(seg: Segmenter, manifest: Manifest, progress: bool = True) -> pd.DataFrame:
     """Per-image quality of ``seg`` on a manifest with left/right lung and heart masks.
 
     Predictions are made at the network size, upsampled to each image's own size and
@@ -495,7 +495,7 @@ def evaluate(seg: Segmenter, df: pd.DataFrame, progress: bool = True) -> pd.Data
         manifest's ``ctr`` column where present, else from the true masks),
         ``ctr_source`` and ``ctr_abs_error``.
     """
-    root = df.attrs.get("root", ".")
+    df, root = manifest.frame, manifest.root
     rows = []
     for row in tqdm(
         df.itertuples(index=False), total=len(df), desc="evaluate", disable=not progress
@@ -567,7 +567,7 @@ def segmenter_data(
     wingspan: str | os.PathLike | None = None,
     manifest: str | os.PathLike | None = None,
     work: str | os.PathLike = ".",
-) -> pd.DataFrame:
+) -> Manifest:
     """The manifest a segmenter trains or is evaluated on.
 
     With ``wingspan`` (the folder), its manifest is built into ``work/wingspan/`` (the
@@ -609,14 +609,16 @@ def predict_folder(
     return len(paths)
 
 
-def example_predictions(seg: Segmenter, df: pd.DataFrame, n: int = 4, seed: int = 0) -> list[dict]:
+def example_predictions(
+    seg: Segmenter, manifest: Manifest, n: int = 4, seed: int = 0
+) -> list[dict]:
     """Predicted and manual masks of ``n`` sampled manifest rows, for figures.
 
     Returns a list of dicts: ``image_id``, ``image`` (H, W) uint8, ``true`` and ``pred``
     (organ -> bool (H, W)).
     """
-    root = df.attrs.get("root", ".")
-    return [_predict_row(seg, row, root) for _, row in sample_rows(df, n, seed).iterrows()]
+    rows = sample_rows(manifest.frame, n, seed)
+    return [_predict_row(seg, row, manifest.root) for _, row in rows.iterrows()]
 
 
 SEGMENTER_VERSION = 1
@@ -640,17 +642,17 @@ def training_key(config: SegmenterConfig, train_ids: list[str], held_out_ids: li
 
 
 def train_or_load(
-    train: pd.DataFrame,
+    train: Manifest,
     config: SegmenterConfig,
     cache: str | os.PathLike,
-    held_out: pd.DataFrame | None = None,
+    held_out: Manifest | None = None,
     progress: bool = True,
 ) -> tuple[Segmenter, Path]:
     """A segmenter for these settings and data: from ``cache`` if trained before, else
     trained now and stored there (``cache/segmenter-<key>/``, complete or absent: trained
     into a temporary folder, then renamed). Returns the segmenter and its folder."""
-    held_ids = [] if held_out is None else list(held_out["image_id"])
-    key = training_key(config, list(train["image_id"]), held_ids)
+    held_ids = [] if held_out is None else list(held_out.frame["image_id"])
+    key = training_key(config, list(train.frame["image_id"]), held_ids)
     folder = Path(cache) / f"segmenter-{key[:16]}"
     if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
         return Segmenter.from_pretrained(folder), folder

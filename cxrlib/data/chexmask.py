@@ -203,11 +203,11 @@ def attach_masks(
         out_dir / "manifest.csv", dataset=DATASET, allow_in_repo=allow_in_repo
     )
     try:
-        df = read_manifest(manifest)
+        source = read_manifest(manifest)
     except ManifestError as err:  # one line: the first problem and how many there are
         more = f" (and {len(err.problems) - 1} more)" if len(err.problems) > 1 else ""
         raise CxrError(f"invalid --manifest: {err.problems[0]}{more}") from None
-    root = Path(df.attrs["root"])
+    df, root = source.frame, source.root
     index = {image_id: i for i, image_id in enumerate(df["image_id"].astype(str))}
     summary = AdapterSummary(
         DATASET,

@@ -22,13 +22,14 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxrlib.base.errors import ManifestError
-from cxrlib.base.io import write_atomic
+from cxrlib.base.io import read_json_object, write_atomic
 
 CHEXPERT_LABELS: tuple[str, ...] = (
     "No Finding",
@@ -263,43 +264,87 @@ def validate(
     return problems
 
 
-def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.DataFrame:
-    """Read and validate a manifest; refuse it with every problem listed.
-
-    Parameters
-    ----------
-    path : path-like
-        The manifest CSV.
-    check_files : bool
-        Also check that every image and mask file exists.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per image. Text columns are strings (blank cells ``""``); the 14 label
-        columns are float64 with values in {1, 0, -1, NaN}. ``df.attrs["root"]`` is the
-        manifest's folder, against which relative paths resolve.
-
-    Raises
-    ------
-    ManifestError
-        When the file is missing, is not a readable CSV, or fails :func:`validate`.
-    """
+def summary_path(path: str | os.PathLike) -> Path:
+    """Where an adapter records a manifest's provenance: ``<manifest>.summary.json``."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(str(path), [f"{path}: file does not exist"])
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ManifestError(str(path), [f"{path}: not a readable CSV ({first})"]) from None
-    problems = validate(df, path.parent, name=str(path), check_files=check_files)
-    if problems:
-        raise ManifestError(str(path), problems)
-    for label in CHEXPERT_LABELS:
-        df[label] = df[label].map(parse_label).astype("float64")
-    df.attrs["root"] = str(path.parent)
-    return df
+    return path.with_name(path.name + ".summary.json")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest's rows with the folder their relative paths resolve against.
+
+    What travels wherever a manifest goes: ``frame`` (one row per image, as
+    :meth:`read` parses it), ``root`` (the manifest's folder), ``path`` (the CSV it was
+    read from, None for one built in memory) and ``summary`` (the adapter's
+    ``<manifest>.summary.json``, its provenance, when present). Row selections
+    (:meth:`split`, :meth:`subset`) keep the root, so paths resolve from any of them.
+    """
+
+    frame: pd.DataFrame
+    root: Path
+    path: Path | None = None
+    summary: dict | None = None
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, *, check_files: bool = True) -> Manifest:
+        """Read and validate a manifest; refuse it with every problem listed.
+
+        Parameters
+        ----------
+        path : path-like
+            The manifest CSV.
+        check_files : bool
+            Also check that every image and mask file exists.
+
+        Returns
+        -------
+        Manifest
+            ``frame`` has one row per image. Text columns are strings (blank cells
+            ``""``); the 14 label columns are float64 with values in {1, 0, -1, NaN}.
+            ``root`` is the manifest's folder.
+
+        Raises
+        ------
+        ManifestError
+            When the file is missing, is not a readable CSV, or fails :func:`validate`.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ManifestError(str(path), [f"{path}: file does not exist"])
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ManifestError(str(path), [f"{path}: not a readable CSV ({first})"]) from None
+        problems = validate(df, path.parent, name=str(path), check_files=check_files)
+        if problems:
+            raise ManifestError(str(path), problems)
+        for label in CHEXPERT_LABELS:
+            df[label] = df[label].map(parse_label).astype("float64")
+        return cls(df, path.parent, path, read_json_object(summary_path(path)))
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def resolve(self, cell: str) -> Path:
+        """Path of a cell of this manifest (relative cells resolve against ``root``)."""
+        return resolve(self.root, cell)
+
+    def subset(self, rows: pd.DataFrame | pd.Series | np.ndarray) -> Manifest:
+        """The same manifest restricted to ``rows``: a frame of its rows (e.g.
+        ``m.frame.iloc[:4]``) or a boolean mask over ``frame``."""
+        frame = rows if isinstance(rows, pd.DataFrame) else self.frame[rows]
+        return replace(self, frame=frame)
+
+    def split(self, name: str) -> Manifest:
+        """The rows of split ``name``."""
+        return self.subset(self.frame["split"] == name)
+
+
+def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> Manifest:
+    """:meth:`Manifest.read`: read and validate the manifest CSV at ``path``."""
+    return Manifest.read(path, check_files=check_files)
 
 
 def ordered_columns(columns: Iterable[str]) -> list[str]:

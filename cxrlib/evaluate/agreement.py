@@ -249,7 +249,7 @@ def agreement_files(
     if not path.is_file():
         raise CxrError(f"--manifest {path}: file does not exist")
     try:
-        frame = read_manifest(path, check_files=False)
+        frame = read_manifest(path, check_files=False).frame
     except CxrError as err:
         problems = getattr(err, "problems", None) or [str(err)]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

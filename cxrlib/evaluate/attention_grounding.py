@@ -69,6 +69,7 @@ from cxrlib.base.masks import load_mask, read_finding_mask
 from cxrlib.data.dataset import image_inputs
 from cxrlib.data.manifest import (
     FINDING_MASK_COLUMN,
+    Manifest,
     finding_regions,
     read_manifest,
     resolve,
@@ -594,11 +595,10 @@ def _fmt(x: float) -> str:
 
 def attention_grounding(
     model,
-    rows: pd.DataFrame,
+    manifest: Manifest,
     generated: Sequence[str],
-    inputs: Sequence[Mapping] | Callable[[pd.DataFrame], Sequence[Mapping]],
+    inputs: Sequence[Mapping] | Callable[[Manifest], Sequence[Mapping]],
     *,
-    root: str | os.PathLike | None = None,
     max_studies: int | None = DEFAULT_MAX_STUDIES,
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -610,18 +610,17 @@ def attention_grounding(
     ----------
     model : ReportModel
         The trained model that generated the texts.
-    rows : DataFrame
-        The studies' manifest rows (lung masks, ``finding_mask_path``), one per text.
+    manifest : Manifest
+        The studies' manifest rows (lung masks, ``finding_mask_path``), one per text;
+        mask paths resolve against its root.
     generated : sequence of str
-        The generated Findings, aligned with ``rows``.
+        The generated Findings, aligned with the rows.
     inputs : sequence of mappings, or callable
         The model inputs of each row (items of :class:`~cxrlib.data.dataset.ReportDataset`:
         ``image_features`` or ``pixel_values``, optional ``priors``, ``image_id``), aligned
-        with ``rows``; or a function giving them for a frame of the rows (called once,
+        with the rows; or a function giving them for a manifest of rows (called once,
         with the selected rows only, so that only those are loaded). Items are matched by
         ``image_id`` when they have one; a row without an item is skipped and counted.
-    root : path-like, optional
-        Folder the mask paths are relative to (default ``rows.attrs["root"]``).
     max_studies : int or None
         Read at most this many studies (the first eligible ones); None: all.
     n_bootstrap, seed : int
@@ -634,22 +633,19 @@ def attention_grounding(
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    rows = rows.reset_index(drop=True)
+    rows = manifest.frame.reset_index(drop=True)
     generated = [text_cell(t) for t in generated]
     if len(rows) != len(generated):
         raise ValueError(f"{len(generated)} generated texts for {len(rows)} manifest rows")
     if max_studies is not None and max_studies < 1:
         raise ValueError(f"max_studies must be >= 1 (or None), got {max_studies}")
-    if root is None:
-        root = rows.attrs.get("root", ".")
     grid = model.config.grid_size
     if grid * grid != model.num_patches:
         raise ValueError(f"model has {model.num_patches} patches, not a {grid}x{grid} grid")
     found = _sentence_findings(generated)
     eligible = [i for i, f in enumerate(found) if _may_have_target(f)]
     selected = eligible if max_studies is None else eligible[:max_studies]
-    chosen = rows.iloc[selected]
-    chosen.attrs = dict(rows.attrs)
+    chosen = manifest.subset(rows.iloc[selected])
     items = inputs(chosen) if callable(inputs) else [inputs[i] for i in selected]
     by_id = {text_cell(item["image_id"]): item for item in items if "image_id" in item} or None
     if by_id is None and len(items) != len(selected):
@@ -661,7 +657,7 @@ def attention_grounding(
         if item is None or "error" in item:
             skipped += 1
             continue
-        masks = read_study_masks(row, root)
+        masks = read_study_masks(row, manifest.root)
         tensors = {key: value.to(model.device) for key, value in image_inputs([item]).items()}
         try:
             attention = sentence_attention(model, generated[i], **tensors)
@@ -723,9 +719,8 @@ def attention_grounding_for_run(
     ----------
     run : path-like
         The training run (``cxr train --out``) that generated ``predictions``.
-    manifest : path-like or DataFrame
-        The manifest (a DataFrame from :func:`~cxrlib.data.manifest.read_manifest`,
-        whose ``attrs["root"]`` resolves its paths).
+    manifest : path-like or Manifest
+        The manifest (its CSV, or as :func:`~cxrlib.data.manifest.read_manifest` gives it).
     predictions : DataFrame
         ``image_id, generated`` (:func:`cxrlib.training.generate.generate_split`).
     cache_dir : path-like, optional
@@ -735,20 +730,18 @@ def attention_grounding_for_run(
     priors), for the selected studies only.
     """
     config, model, _ = load_run(run, cache_dir)
-    ref = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
-    root = ref.attrs.get("root", ".")
-    by_id = {text_cell(i): k for k, i in enumerate(ref["image_id"])}
+    ref = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    by_id = {text_cell(i): k for k, i in enumerate(ref.frame["image_id"])}
     ids = [text_cell(i) for i in predictions["image_id"]]
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise CxrError(f"image_id {missing[0]!r} of the predictions is not in the manifest")
-    rows = ref.iloc[[by_id[i] for i in ids]].reset_index(drop=True)
-    rows.attrs = {"root": str(root)}
+    rows = ref.subset(ref.frame.iloc[[by_id[i] for i in ids]].reset_index(drop=True))
 
-    def inputs(frame: pd.DataFrame) -> list[dict]:
-        if frame.empty:
+    def inputs(chosen: Manifest) -> list[dict]:
+        if len(chosen) == 0:
             return []
-        dataset, _ = split_dataset(config, model, frame, progress=False)
+        dataset, _ = split_dataset(config, model, chosen, progress=False)
         return [dataset[k] for k in range(len(dataset))]
 
     return attention_grounding(
@@ -756,7 +749,6 @@ def attention_grounding_for_run(
         rows,
         predictions["generated"].tolist(),
         inputs,
-        root=root,
         max_studies=max_studies,
         n_bootstrap=n_bootstrap,
         seed=seed,
@@ -771,7 +763,7 @@ ABLATION_FILE = "grounding_attention.csv"
 def ablation_attention(
     runs: Mapping[str, tuple[str, int, str | os.PathLike]],
     generations: Mapping[str, pd.DataFrame],
-    ref: pd.DataFrame,
+    ref: Manifest,
     folder: str | os.PathLike,
     *,
     max_studies: int | None = DEFAULT_MAX_STUDIES,
@@ -786,8 +778,8 @@ def ablation_attention(
         Run name -> (mode, seed, run folder).
     generations : mapping
         Run name -> its ``image_id, generated`` table.
-    ref : DataFrame
-        The manifest (``attrs["root"]``); without lung masks nothing is computed.
+    ref : Manifest
+        The manifest; without lung masks nothing is computed.
     folder : path-like
         The ablation folder: each run's two files go to ``evaluation/<run>/``, the
         pooled table to :data:`ABLATION_FILE` (``mode``, then :data:`SUMMARY_COLUMNS`,
@@ -801,7 +793,7 @@ def ablation_attention(
         ``ablation.json``; None when the manifest has no lung masks.
     """
     folder = Path(folder)
-    if not has_lung_masks(ref):
+    if not has_lung_masks(ref.frame):
         return None
     pooled, settings = [], {}
     for name, (mode, seed, run_dir) in runs.items():

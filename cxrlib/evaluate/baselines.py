@@ -75,17 +75,18 @@ def baseline_generations(
     column = config.data.text_column
     model = ReportModel.from_pretrained(run_checkpoint(run))
     train = split_frame(manifest, "train")
-    train = train[train[column].map(text_cell) != ""]
+    train = train.subset(train.frame[column].map(text_cell) != "")
     test = split_frame(manifest, split)
     if max_images is not None:
-        test = test.iloc[:max_images]
+        test = test.subset(test.frame.iloc[:max_images])
     folder = Path(config.data.cache_dir) / "features"
     bank = features_for_manifest(train, model, folder, progress=progress)
     queries = features_for_manifest(test, model, folder, progress=progress)
-    text_of = dict(zip(train["image_id"].map(text_cell), train[column].map(text_cell), strict=True))
+    texts = train.frame[column].map(text_cell)
+    text_of = dict(zip(train.frame["image_id"].map(text_cell), texts, strict=True))
     bank_texts = [text_of[i] for i in bank.image_ids]
     retrieved, _ = nearest_reports(bank.features, bank_texts, queries.features)
-    frequent = most_frequent_report(list(train[column].map(text_cell)))
+    frequent = most_frequent_report(list(texts))
     ids = list(queries.image_ids)
     return {
         "most_frequent": pd.DataFrame({"image_id": ids, "generated": [frequent] * len(ids)}),

@@ -74,7 +74,14 @@ from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic, write_json_atomic
 from cxrlib.base.provenance import provenance
 from cxrlib.data.adapters import iter_csv
-from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, format_label, read_manifest, text_cell
+from cxrlib.data.manifest import (
+    CHEXPERT_LABELS,
+    SPLITS,
+    Manifest,
+    format_label,
+    read_manifest,
+    text_cell,
+)
 from cxrlib.evaluate.attention_grounding import (
     DEFAULT_MAX_STUDIES,
     AttentionGrounding,
@@ -401,7 +408,7 @@ def _label_frame(ids: pd.DataFrame, labels: pd.DataFrame, labeler: str) -> pd.Da
 
 def evaluate_generations(
     pred_df: pd.DataFrame,
-    ref_df: pd.DataFrame,
+    ref: Manifest,
     *,
     labeler: str = "rule",
     ref_labels: str = "labeler",
@@ -426,8 +433,8 @@ def evaluate_generations(
     pred_df : DataFrame
         ``image_id`` and ``generated`` columns (a ``line`` column, if present, names
         rows in messages; else row ``i`` is line ``i + 2``).
-    ref_df : DataFrame
-        A manifest (:func:`~cxrlib.data.manifest.read_manifest`): ``image_id``,
+    ref : Manifest
+        The references (:func:`~cxrlib.data.manifest.read_manifest`): ``image_id``,
         ``study_id``, ``split``, ``findings`` and the 14 label columns.
     labeler : str
         ``rule`` or ``chexbert`` (:func:`~cxrlib.metrics.clinical.get_labeler`).
@@ -453,7 +460,7 @@ def evaluate_generations(
     run : path-like, optional
         The training run that generated the predictions: also measure the attention
         grounding (:mod:`cxrlib.evaluate.attention_grounding`; needs lung mask paths in
-        ``ref_df``, whose ``attrs["root"]`` resolves them).
+        ``ref``, resolved against its root).
     attention_studies : int or None
         At most this many studies for the attention grounding (None: all).
 
@@ -468,6 +475,7 @@ def evaluate_generations(
         unknown labeler or label source, CheXbert not available, no manifest labels;
         with ``run``: no lung masks, a missing or wrongly sized mask file.
     """
+    ref_df = ref.frame
     if ref_labels not in REF_LABEL_SOURCES:
         raise CxrError(
             f"ref_labels must be one of {', '.join(REF_LABEL_SOURCES)}, got {ref_labels!r}"
@@ -572,11 +580,9 @@ def evaluate_generations(
         inputs={"pred": pred_name, "ref": ref_name, "split": split or "all"},
     )
     if run is not None:
-        manifest = ref_df.copy()
-        manifest.attrs = {"root": str(ref_df.attrs.get("root", "."))}
         evaluation.attention = attention_grounding_for_run(
             run,
-            manifest,
+            ref,
             pred[["image_id", "generated"]],
             max_studies=attention_studies,
             n_bootstrap=n_bootstrap,

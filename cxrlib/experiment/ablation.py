@@ -53,7 +53,7 @@ import pandas as pd
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
-from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest, text_cell
+from cxrlib.data.manifest import CHEXPERT_LABELS, Manifest, read_manifest, text_cell
 from cxrlib.evaluate.attention_grounding import ablation_attention
 from cxrlib.evaluate.baselines import baseline_generations
 from cxrlib.evaluate.evaluate import HEADLINE_KEYS, evaluate_generations
@@ -117,8 +117,7 @@ def prepare_shared(config: RunConfig, split: str, progress: bool = True) -> Path
     manifest = resolve_manifest(config)
     model_config = resolve_model_config(config, manifest, progress)
     frames = [split_frame(manifest, s) for s in dict.fromkeys(("train", "validate", split))]
-    frame = pd.concat(frames)
-    frame.attrs = dict(frames[0].attrs)
+    frame = frames[0].subset(pd.concat([f.frame for f in frames]))
     model = ReportModel.from_config(model_config.replace(mode="soft"), texts=["x"])
     split_dataset(config, model, frame, progress)  # fills the feature and prior caches
     return manifest
@@ -233,14 +232,16 @@ def run_ablation(
     runs = train_runs(config, out, modes, seeds, parallel, threads, progress, launcher)
     clock.lap("training")
     ref = read_manifest(manifest, check_files=False)
-    ref_labels = "manifest" if has_ground_truth_sides(ref) else "labeler"
+    ref_labels = "manifest" if has_ground_truth_sides(ref.frame) else "labeler"
     generations = generate_all(runs, out, manifest, split, progress)
     clock.lap("generation")
     results, per_obs = evaluate_all(generations, ref, ref_labels, split, n_bootstrap, out)
     per_obs.to_csv(folder / "per_observation.csv", index=False)
     refresh_model_cards(runs)
-    summary = summarise(results, generations, ref, ref_labels, n_bootstrap, progress=progress)
-    tests_df = pd.DataFrame(paired_tests(generations, modes, seeds, ref, ref_labels, n_bootstrap))
+    summary = summarise(results, generations, ref.frame, ref_labels, n_bootstrap, progress=progress)
+    tests_df = pd.DataFrame(
+        paired_tests(generations, modes, seeds, ref.frame, ref_labels, n_bootstrap)
+    )
     clock.lap("evaluation")
     attention = None
     if attention_studies != 0:
@@ -315,7 +316,7 @@ def generate_all(
 
 def evaluate_all(
     generations: dict[tuple[str, int], pd.DataFrame],
-    ref: pd.DataFrame,
+    ref: Manifest,
     ref_labels: str,
     split: str,
     n_bootstrap: int,

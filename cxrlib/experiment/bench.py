@@ -23,7 +23,7 @@ from cxrlib.anatomy.priors import schedule as layer_schedule
 from cxrlib.base.images import load_pixels
 from cxrlib.base.provenance import provenance
 from cxrlib.data.iu_xray import iter_reports
-from cxrlib.data.manifest import read_manifest, resolve
+from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import make_study_row, phantom_study, write_phantom
 from cxrlib.data.phantom.text import findings_text
 from cxrlib.evaluate.iu_validation import SHARED_REPORTS, report_text
@@ -594,9 +594,10 @@ def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed
     import torch
 
     write_phantom(tmp / "phantom", n=n, seed=seed, size=size, workers=1, progress=False)
-    df = read_manifest(tmp / "phantom" / "manifest.csv")
+    manifest = read_manifest(tmp / "phantom" / "manifest.csv")
+    df = manifest.frame
     ids = [str(v) for v in df["image_id"]]
-    paths = [str(resolve(df.attrs["root"], p)) for p in df["image_path"]]
+    paths = [str(manifest.resolve(p)) for p in df["image_path"]]
     texts = [str(t) for t in df["findings"]]
     torch.manual_seed(seed)
     model = ReportModel.from_config(ModelConfig.tiny(mode="soft"), texts=texts)

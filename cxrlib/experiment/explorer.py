@@ -203,8 +203,8 @@ class Explorer:
         config = run_config(first)
         self.manifest = Path(manifest) if manifest else resolve_manifest(config)
         self.split = split
-        self.studies_frame = split_frame(self.manifest, split)
-        self.root = Path(self.studies_frame.attrs["root"])
+        studies = split_frame(self.manifest, split)
+        self.studies_frame, self.root = studies.frame, studies.root
         self.truth_source = "manifest" if self._manifest_has_labels() else "labeler"
         self._reporters: dict = {}
         self._segmenter = None

@@ -32,7 +32,7 @@ from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.masks import load_mask
 from cxrlib.data import explore
-from cxrlib.data.manifest import is_text_only, resolve
+from cxrlib.data.manifest import Manifest, is_text_only, resolve
 from cxrlib.model.explain import group_label
 
 PAGE_WIDTH = 6.3
@@ -372,11 +372,10 @@ def outline_masks(ax, masks: dict[str, np.ndarray], linewidth: float = 0.6) -> N
 
 
 def plot_mask_overlays(
-    df: pd.DataFrame,
+    manifest: Manifest,
     n: int = 8,
     seed: int = 0,
     *,
-    root: str | os.PathLike | None = None,
     ncols: int = 4,
 ) -> Figure:
     """Grid of sample images with their lung and heart masks outlined and tinted.
@@ -389,16 +388,13 @@ def plot_mask_overlays(
 
     Parameters
     ----------
-    df : pandas.DataFrame
-        A manifest; rows with an image are sampled with
-        :func:`cxrlib.data.explore.sample_rows`.
+    manifest : Manifest
+        Rows with an image are sampled with :func:`cxrlib.data.explore.sample_rows`;
+        relative paths resolve against its root.
     n : int
         Number of images (fewer when the manifest has fewer).
     seed : int
         Sampling seed.
-    root : path-like, optional
-        Folder that relative paths resolve against; default ``df.attrs["root"]`` (set by
-        :func:`~cxrlib.data.manifest.read_manifest`), else the working directory.
     ncols : int
         Images per grid row.
 
@@ -413,9 +409,9 @@ def plot_mask_overlays(
     """
     if n < 1 or ncols < 1:
         raise ValueError(f"n and ncols must be >= 1, got n={n}, ncols={ncols}")
+    df, root = manifest.frame, manifest.root
     if len(df) == 0 or is_text_only(df):
         raise CxrError("the manifest has no images (text-only): no mask overlays to draw")
-    root = root if root is not None else df.attrs.get("root", ".")
     with_image = df[df["image_path"].fillna("").astype(str).str.strip() != ""]
     rows = explore.sample_rows(with_image, n, seed)
     fig, axes = _image_grid(len(rows), ncols)

@@ -39,14 +39,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_pixels, preprocessing
 from cxrlib.base.io import write_atomic, write_json_atomic
-from cxrlib.data.manifest import resolve
+from cxrlib.data.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -580,10 +579,9 @@ class LazyFeatures:
 
 
 def features_for_manifest(
-    df: pd.DataFrame,
+    manifest: Manifest,
     model,
     folder: str | os.PathLike,
-    root: str | os.PathLike | None = None,
     batch_size: int = 32,
     progress: bool = True,
     shard_size: int | None = None,
@@ -593,14 +591,12 @@ def features_for_manifest(
 
     Parameters
     ----------
-    df : pandas.DataFrame
-        A manifest: ``image_id`` and ``image_path`` columns.
+    manifest : Manifest
+        ``image_id`` and ``image_path`` columns; relative paths resolve against its root.
     model : ReportModel
         With a frozen encoder.
     folder : path-like
         Parent folder of the cache.
-    root : path-like, optional
-        Folder relative image paths resolve against (default ``df.attrs["root"]``).
     batch_size, progress, shard_size
         As :meth:`FeatureCache.build`.
     in_memory : bool
@@ -614,12 +610,9 @@ def features_for_manifest(
         order; the unreadable ones in ``bad``. Everything is held in memory: for a
         large dataset use :meth:`FeatureCache.load` per batch instead.
     """
-    if root is None:
-        root = df.attrs.get("root")
-        if root is None:
-            raise ValueError("root: the manifest has no attrs['root']; pass root=")
+    df = manifest.frame
     ids = [str(v).strip() for v in df["image_id"]]
-    paths = [str(resolve(root, str(p))) for p in df["image_path"]]
+    paths = [str(manifest.resolve(str(p))) for p in df["image_path"]]
     cache = FeatureCache(folder, model)
     report = cache.build(
         ids, paths, batch_size=batch_size, progress=progress, shard_size=shard_size

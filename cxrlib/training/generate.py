@@ -23,7 +23,7 @@ import torch
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
 from cxrlib.data.dataset import image_inputs
-from cxrlib.data.manifest import read_manifest, text_cell
+from cxrlib.data.manifest import Manifest, read_manifest, text_cell
 from cxrlib.model import ReportModel
 from cxrlib.training.runs import run_checkpoint, run_config, run_folder
 from cxrlib.training.train import split_dataset
@@ -41,13 +41,12 @@ class GenerationResult:
     seconds: float = 0.0
 
 
-def split_frame(manifest: str | os.PathLike, split: str | None) -> pd.DataFrame:
+def split_frame(manifest: str | os.PathLike, split: str | None) -> Manifest:
     """The manifest's rows of ``split`` (all rows for None) that have an image."""
-    df = read_manifest(manifest, check_files=False)
-    rows = df if split is None else df[df["split"] == split]
-    rows = rows[rows["image_path"].map(text_cell) != ""].copy()
-    rows.attrs = dict(df.attrs)
-    if rows.empty:
+    full = read_manifest(manifest, check_files=False)
+    rows = full if split is None else full.split(split)
+    rows = rows.subset(rows.frame[rows.frame["image_path"].map(text_cell) != ""].copy())
+    if len(rows) == 0:
         raise CxrError(f"{manifest}: no rows with an image in split {split!r}")
     return rows
 
@@ -101,7 +100,7 @@ def generate_split(
     config, model, checkpoint = load_run(run, cache_dir)
     frame = split_frame(manifest, split)
     if max_images is not None:
-        frame = frame.iloc[:max_images]
+        frame = frame.subset(frame.frame.iloc[:max_images])
     dataset, bad = split_dataset(config, model, frame, progress=progress)
     for image_id, message in bad:
         log.warning("generation: skipped unreadable image %s: %s", image_id, message)

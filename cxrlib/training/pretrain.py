@@ -62,6 +62,7 @@ from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
     FINDING_MASK_COLUMN,
     MASK_COLUMNS,
+    Manifest,
     read_manifest,
     text_cell,
 )
@@ -197,11 +198,11 @@ class TargetHeads(nn.Module):
         return [head(pooled[:, k]) for k, head in enumerate(self.heads)]
 
 
-def _load_images(df: pd.DataFrame, size: int, progress: bool) -> tuple[torch.Tensor, list[int]]:
+def _load_images(manifest: Manifest, size: int, progress: bool) -> tuple[torch.Tensor, list[int]]:
     """uint8 (N, S, S) grayscale of the readable rows, and their row positions."""
     from tqdm.auto import tqdm
 
-    root = df.attrs["root"]
+    df, root = manifest.frame, manifest.root
     images, keep = [], []
     for i, path in enumerate(tqdm(df["image_path"], desc="images", disable=not progress)):
         try:
@@ -261,16 +262,17 @@ class DenseTargets:
     sides: np.ndarray
 
     @classmethod
-    def load(cls, df: pd.DataFrame, size: int, progress: bool) -> DenseTargets | None:
-        """The masks of ``df``'s rows, or None when any row lacks a lung or heart mask."""
+    def load(cls, manifest: Manifest, size: int, progress: bool) -> DenseTargets | None:
+        """The masks of the rows, or None when any row lacks a lung or heart mask."""
         from tqdm.auto import tqdm
 
+        df = manifest.frame
         if not all(c in df.columns for c in DENSE_ORGANS):
             return None
         cells = df[list(DENSE_ORGANS)].map(text_cell)
         if (cells == "").any().any():
             return None
-        root = df.attrs["root"]
+        root = manifest.root
         organs = np.zeros((len(df), 3, size, size), dtype=np.uint8)
         has_regions = (
             FINDING_MASK_COLUMN in df.columns
@@ -375,7 +377,8 @@ def pretrain_encoder(
 
     if not isinstance(model_config.encoder, dict):
         raise ValueError("pretraining needs a config-built encoder (ModelConfig.encoder dict)")
-    df = read_manifest(manifest, check_files=False)
+    data = read_manifest(manifest, check_files=False)
+    df = data.frame
     train_df = df[df["split"] == "train"]
     names, classes, kinds = build_targets(train_df)
     torch.manual_seed(seed)
@@ -384,17 +387,17 @@ def pretrain_encoder(
     disable_rope_augmentation(encoder)
     stride = encoder_stride(encoder, size)
     heads = TargetHeads(encoder_width(encoder), classes)
-    train_imgs, keep = _load_images(train_df, size, progress)
+    train_imgs, keep = _load_images(data.subset(train_df), size, progress)
     train_y = encode_targets(train_df.iloc[keep], names, classes, kinds)
     held_out = {}
     for split in ("validate", "test"):
         frame = df[df["split"] == split]
         if len(frame):
-            imgs, rows = _load_images(frame, size, progress)
+            imgs, rows = _load_images(data.subset(frame), size, progress)
             held_out[split] = (imgs, encode_targets(frame.iloc[rows], names, classes, kinds))
     masks = None
     if config.dense_weight > 0:
-        masks = DenseTargets.load(train_df.iloc[keep], size, progress)
+        masks = DenseTargets.load(data.subset(train_df.iloc[keep]), size, progress)
         if masks is None:
             log.warning("pretraining: no lung/heart masks for every train image; dense targets off")
     dense_head = None

@@ -70,7 +70,7 @@ from cxrlib.data.dataset import (
     model_inputs,
     resolve_path,
 )
-from cxrlib.data.manifest import read_manifest, text_cell
+from cxrlib.data.manifest import Manifest, read_manifest, text_cell
 from cxrlib.data.phantom import PhantomSpec, prepare_phantom
 from cxrlib.metrics.clinical import clinical_f1
 from cxrlib.metrics.labeler import LABELER_NAME, label_reports
@@ -129,10 +129,11 @@ def resolve_manifest(config: RunConfig) -> Path:
     return prepare_phantom(spec, Path(data.cache_dir))  # the workbook's cache layout
 
 
-def load_splits(config: RunConfig, manifest: Path) -> dict[str, pd.DataFrame]:
+def load_splits(config: RunConfig, manifest: Path) -> dict[str, Manifest]:
     """The train and validate rows (capped by ``data.max_*_images``); rows without image
     or text are counted and left out (logged)."""
-    df = read_manifest(manifest, check_files=False)
+    full = read_manifest(manifest, check_files=False)
+    df = full.frame
     column = config.data.text_column
     if column not in df.columns:
         raise CxrError(f"{manifest}: no text column {column!r} (data.text_column)")
@@ -155,10 +156,8 @@ def load_splits(config: RunConfig, manifest: Path) -> dict[str, pd.DataFrame]:
         rows = rows[keep]
         if cap is not None:
             rows = rows.iloc[:cap]
-        rows = rows.copy()
-        rows.attrs = dict(df.attrs)
-        out[split] = rows
-    if out["train"].empty:
+        out[split] = full.subset(rows.copy())
+    if len(out["train"]) == 0:
         raise CxrError(f"{manifest}: no train rows with an image and {column!r} text")
     return out
 
@@ -182,9 +181,9 @@ def resolve_model_config(config: RunConfig, manifest: Path, progress: bool = Tru
 
 
 def split_dataset(
-    config: RunConfig, model: ReportModel, frame: pd.DataFrame, progress: bool = True
+    config: RunConfig, model: ReportModel, manifest: Manifest, progress: bool = True
 ) -> tuple[ReportDataset, list[tuple[str, str]]]:
-    """The model's inputs for the manifest rows ``frame``, and the unreadable images.
+    """The model's inputs for the manifest rows ``manifest``, and the unreadable images.
 
     Texts from ``data.text_column``; with a frozen encoder and ``train.feature_cache``
     the cached patch features (in memory up to :data:`FEATURES_IN_MEMORY_BYTES`, else
@@ -192,7 +191,7 @@ def split_dataset(
     config. Unreadable images are left out and returned as ``(image_id, message)``.
     Training and generation both build their inputs here.
     """
-    root = frame.attrs["root"]
+    frame, root = manifest.frame, manifest.root
     examples = [
         Example(
             text_cell(r["image_id"]),
@@ -205,7 +204,7 @@ def split_dataset(
     if config.train.feature_cache and model.config.encoder_trainable == "frozen" and examples:
         per_image = model.num_patches * model.encoder_width * 2  # fp16
         found = features_for_manifest(
-            frame,
+            manifest,
             model,
             Path(config.data.cache_dir) / "features",
             progress=progress,
@@ -224,12 +223,12 @@ def split_dataset(
     if found is not None:
         row_of = {image_id: i for i, image_id in enumerate(found.image_ids)}
         features = found.features[[row_of[ex.image_id] for ex in examples]]
-    priors = _priors_for(config, model, frame)
+    priors = _priors_for(config, model, manifest.subset(frame))
     return ReportDataset(examples, model.config.image_size, features, priors), bad
 
 
-def _priors_for(config: RunConfig, model: ReportModel, frame: pd.DataFrame) -> torch.Tensor | None:
-    if model.config.mode == "none" or len(frame) == 0:
+def _priors_for(config: RunConfig, model: ReportModel, rows: Manifest) -> torch.Tensor | None:
+    if model.config.mode == "none" or len(rows) == 0:
         return None
     prior_config = config.priors.resolve(
         model.config.image_size, model.config.patch_size, model.num_decoder_layers
@@ -239,7 +238,7 @@ def _priors_for(config: RunConfig, model: ReportModel, frame: pd.DataFrame) -> t
         segmenter = Segmenter.from_pretrained(config.priors.segmenter)
         segmenter_id = checkpoint_fingerprint(config.priors.segmenter)
     cached = cached_priors_for_manifest(
-        frame,
+        rows,
         prior_config,
         Path(config.data.cache_dir) / "priors",
         source=config.priors.source,
@@ -581,7 +580,7 @@ def train(
     with accelerator.main_process_first():
         manifest = resolve_manifest(config)
     splits = load_splits(config, manifest)
-    train_texts = splits["train"][config.data.text_column].map(text_cell).tolist()
+    train_texts = splits["train"].frame[config.data.text_column].map(text_cell).tolist()
     if last is not None:
         model = ReportModel.from_pretrained(last)
     else:

@@ -114,19 +114,19 @@ def phantom(tmp_path_factory):
 
 
 def test_cached_priors_for_manifest(phantom, tmp_path):
-    df = read_manifest(phantom / "manifest.csv")
-    first = cached_priors_for_manifest(df, CONFIG, tmp_path, progress=False)
+    manifest = read_manifest(phantom / "manifest.csv")
+    first = cached_priors_for_manifest(manifest, CONFIG, tmp_path, progress=False)
     assert (first.reused, first.computed) == (0, 4)
-    _, direct, info = priors_for_manifest(df, CONFIG, progress=False)
+    _, direct, info = priors_for_manifest(manifest, CONFIG, progress=False)
     assert torch.equal(first.priors, direct)
     assert first.info.counts == info.counts == {"manifest": 4, "segmenter": 0, "none": 0}
-    second = cached_priors_for_manifest(df, CONFIG, tmp_path, progress=False)
+    second = cached_priors_for_manifest(manifest, CONFIG, tmp_path, progress=False)
     assert (second.reused, second.computed) == (4, 0)
     assert torch.equal(second.priors, direct)
     assert torch.equal(second.info.grid_masks, info.grid_masks)
     assert "4 reused, 0 computed" in second.describe()
     other = cached_priors_for_manifest(
-        df, PriorConfig(image_size=64, patch_size=8), tmp_path, progress=False
+        manifest, PriorConfig(image_size=64, patch_size=8), tmp_path, progress=False
     )
     assert other.computed == 4 and other.path != first.path
 
@@ -134,32 +134,34 @@ def test_cached_priors_for_manifest(phantom, tmp_path):
 def test_a_changed_mask_is_recomputed(phantom, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(phantom, root)
-    df = read_manifest(root / "manifest.csv")
-    cached_priors_for_manifest(df, CONFIG, tmp_path / "cache", progress=False)
+    manifest = read_manifest(root / "manifest.csv")
+    df = manifest.frame
+    cached_priors_for_manifest(manifest, CONFIG, tmp_path / "cache", progress=False)
     heart = root / df.loc[1, "heart_mask_path"]
     Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(heart)
     os.utime(heart, ns=(1, 1))  # a different modification time, whatever the clock
-    again = cached_priors_for_manifest(df, CONFIG, tmp_path / "cache", progress=False)
+    again = cached_priors_for_manifest(manifest, CONFIG, tmp_path / "cache", progress=False)
     assert (again.reused, again.computed) == (3, 1)
-    _, fresh, _ = priors_for_manifest(df, CONFIG, progress=False)
+    _, fresh, _ = priors_for_manifest(manifest, CONFIG, progress=False)
     assert torch.equal(again.priors, fresh)
 
 
 def test_fingerprints_follow_the_source(phantom):
-    df = read_manifest(phantom / "manifest.csv")
-    sources, fps = mask_fingerprints(df, CONFIG)
+    manifest = read_manifest(phantom / "manifest.csv")
+    df = manifest.frame
+    sources, fps = mask_fingerprints(manifest, CONFIG)
     assert sources == ["manifest"] * 4 and len(set(fps)) == 4
     df.loc[0, "heart_mask_path"] = ""
-    sources2, fps2 = mask_fingerprints(df, CONFIG, has_segmenter=True, segmenter_id="s1")
+    sources2, fps2 = mask_fingerprints(manifest, CONFIG, has_segmenter=True, segmenter_id="s1")
     assert sources2[0] == "segmenter" and fps2[0] != fps[0] and fps2[1:] == fps[1:]
-    _, fps3 = mask_fingerprints(df, CONFIG, has_segmenter=True, segmenter_id="s2")
+    _, fps3 = mask_fingerprints(manifest, CONFIG, has_segmenter=True, segmenter_id="s2")
     assert fps3[0] != fps2[0]
 
 
 def test_segmenter_needs_an_id(phantom, tmp_path):
-    df = read_manifest(phantom / "manifest.csv")
+    manifest = read_manifest(phantom / "manifest.csv")
     with pytest.raises(ValueError, match="segmenter_id is required"):
-        cached_priors_for_manifest(df, CONFIG, tmp_path, segmenter=object(), progress=False)
+        cached_priors_for_manifest(manifest, CONFIG, tmp_path, segmenter=object(), progress=False)
 
 
 def test_checkpoint_fingerprint(tmp_path):

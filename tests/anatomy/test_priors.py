@@ -377,9 +377,10 @@ def phantom(tmp_path_factory):
 
 
 def test_priors_for_manifest_from_phantom_masks(phantom):
-    df = read_manifest(phantom / "manifest.csv")
+    manifest = read_manifest(phantom / "manifest.csv")
+    df = manifest.frame
     config = PriorConfig(image_size=64, patch_size=8)  # 8x8 grid
-    ids, priors, info = priors_for_manifest(df, config, progress=False)
+    ids, priors, info = priors_for_manifest(manifest, config, progress=False)
     assert ids == list(df["image_id"])
     assert priors.shape == (4, 12, 64) and priors.dtype == torch.float32
     assert info.counts == {"manifest": 4, "segmenter": 0, "none": 0}
@@ -394,26 +395,27 @@ def test_priors_for_manifest_from_phantom_masks(phantom):
 
 
 def test_priors_for_manifest_sources(phantom, caplog):
-    df = read_manifest(phantom / "manifest.csv")
+    manifest = read_manifest(phantom / "manifest.csv")
+    df = manifest.frame
     df.loc[1, "heart_mask_path"] = ""  # row 1 lacks a heart mask
     config = PriorConfig(image_size=64, patch_size=8)
     with caplog.at_level(logging.WARNING):
-        _, priors, info = priors_for_manifest(df, config, progress=False)
+        _, priors, info = priors_for_manifest(manifest, config, progress=False)
     assert info.sources == ["manifest", "none", "manifest", "manifest"]
     assert info.counts == {"manifest": 3, "segmenter": 0, "none": 1}
     assert torch.equal(priors[1], torch.ones(12, 64))  # uniform prior
     assert "1 of 4 images have no masks: uniform prior" in caplog.text
     assert "none 1" in info.describe() and "attention unbiased" in info.describe()
     _, _, lungs_only = priors_for_manifest(
-        df, PriorConfig(image_size=64, patch_size=8, structures=("lungs",)), progress=False
+        manifest, PriorConfig(image_size=64, patch_size=8, structures=("lungs",)), progress=False
     )
     assert lungs_only.counts["manifest"] == 4  # left + right lungs make "lungs" too
     with pytest.raises(ValueError, match="image 'ph0-000001-frontal': no manifest mask"):
-        priors_for_manifest(df, config, source="manifest", progress=False)
-    _, priors_none, none_info = priors_for_manifest(df, config, source="none", progress=False)
+        priors_for_manifest(manifest, config, source="manifest", progress=False)
+    _, priors_none, none_info = priors_for_manifest(manifest, config, source="none", progress=False)
     assert torch.equal(priors_none, torch.ones(4, 12, 64)) and none_info.counts["none"] == 4
     with pytest.raises(ValueError, match="needs a segmenter"):
-        priors_for_manifest(df, config, source="segmenter", progress=False)
+        priors_for_manifest(manifest, config, source="segmenter", progress=False)
 
 
 class _FakeSegmenter:
@@ -432,12 +434,13 @@ class _FakeSegmenter:
 
 
 def test_priors_for_manifest_falls_back_to_the_segmenter(phantom):
-    df = read_manifest(phantom / "manifest.csv")
+    manifest = read_manifest(phantom / "manifest.csv")
+    df = manifest.frame
     df.loc[[0, 2], "lung_mask_path"] = ""
     df.loc[[0, 2], "left_lung_mask_path"] = ""
     seg = _FakeSegmenter()
     config = PriorConfig(image_size=64, patch_size=8)
-    _, _, info = priors_for_manifest(df, config, segmenter=seg, progress=False)
+    _, _, info = priors_for_manifest(manifest, config, segmenter=seg, progress=False)
     assert info.sources == ["segmenter", "manifest", "segmenter", "manifest"]
     assert info.counts == {"manifest": 2, "segmenter": 2, "none": 0}
     assert seg.calls == 1  # both same-size images in one batch
@@ -447,7 +450,8 @@ def test_priors_for_manifest_falls_back_to_the_segmenter(phantom):
 
 
 def test_mask_size_mismatch_names_the_image(phantom, tmp_path):
-    df = read_manifest(phantom / "manifest.csv")
+    manifest = read_manifest(phantom / "manifest.csv")
+    df = manifest.frame
     wrong = tmp_path / "heart-32.png"
     Image.fromarray(np.full((32, 32), 255, dtype=np.uint8)).save(wrong)
     df.loc[2, "heart_mask_path"] = str(wrong)
@@ -456,7 +460,7 @@ def test_mask_size_mismatch_names_the_image(phantom, tmp_path):
         match=r"image 'ph0-000002-frontal': heart mask .* is 32x32 px "
         r"but the image is 64x64 px",
     ):
-        priors_for_manifest(df, PriorConfig(image_size=64, patch_size=8), progress=False)
+        priors_for_manifest(manifest, PriorConfig(image_size=64, patch_size=8), progress=False)
 
 
 # --- the command -----------------------------------------------------------------------------

@@ -106,7 +106,9 @@ def phantom(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(phantom, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
-    seg = train_segmenter(phantom, out, TINY, held_out=phantom.iloc[:4], progress=False)
+    seg = train_segmenter(
+        phantom, out, TINY, held_out=phantom.subset(phantom.frame.iloc[:4]), progress=False
+    )
     return seg, out
 
 
@@ -123,7 +125,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(trained, phantom):
     seg, out = trained
     again = Segmenter.from_pretrained(out)
     assert again.config == TINY
-    image = np.asarray(Image.open(Path(phantom.attrs["root"]) / phantom["image_path"][0]))
+    image = np.asarray(Image.open(phantom.root / phantom.frame["image_path"][0]))
     p1, p2 = seg.predict_proba([image])[0], again.predict_proba([image])[0]
     assert p1.shape == (3, 64, 64)
     np.testing.assert_array_equal(p1, p2)
@@ -142,8 +144,8 @@ def test_predictions_at_native_size():
 
 def test_evaluate_and_summary(trained, phantom):
     seg, _ = trained
-    per_image = evaluate(seg, phantom.iloc[:3], progress=False)
-    assert list(per_image["image_id"]) == list(phantom["image_id"][:3])
+    per_image = evaluate(seg, phantom.subset(phantom.frame.iloc[:3]), progress=False)
+    assert list(per_image["image_id"]) == list(phantom.frame["image_id"][:3])
     assert per_image[[f"dice_{o}" for o in ORGANS]].to_numpy().min() >= 0
     # the phantom manifest has a ctr column: it is the reference
     assert (per_image["ctr_source"] == "ctr column").all()
@@ -159,30 +161,30 @@ def test_evaluate_and_summary(trained, phantom):
 
 def test_a_perfect_segmenter_scores_one(phantom, monkeypatch):
     """evaluate() compares at native size: feeding back the true masks gives Dice 1."""
-    root = Path(phantom.attrs["root"])
+    root = phantom.root
     truth = {}
-    for _, row in phantom.iloc[:2].iterrows():
+    for _, row in phantom.frame.iloc[:2].iterrows():
         truth[row["image_path"]] = {
             o: np.asarray(Image.open(root / row[f"{o}_mask_path"])) > 127 for o in ORGANS
         }
     seg = Segmenter(TINY)
     images = iter(truth.values())
     monkeypatch.setattr(seg, "predict", lambda ims: {o: m[None] for o, m in next(images).items()})
-    per_image = evaluate(seg, phantom.iloc[:2], progress=False)
+    per_image = evaluate(seg, phantom.subset(phantom.frame.iloc[:2]), progress=False)
     assert (per_image[[f"dice_{o}" for o in ORGANS]] == 1.0).all().all()
     assert (per_image[[f"hd95_{o}" for o in ORGANS]] == 0.0).all().all()
     assert per_image["ctr_abs_error"].max() < 2e-4  # the manifest's ctr is rounded to 4 places
 
 
 def test_missing_mask_columns_is_a_clear_error(phantom, tmp_path):
-    df = phantom.drop(columns=["heart_mask_path"])
+    df = phantom.subset(phantom.frame.drop(columns=["heart_mask_path"]))
     with pytest.raises(CxrError, match="no heart_mask_path column"):
         train_segmenter(df, tmp_path, TINY, progress=False)
 
 
 def test_predict_folder_and_cli(trained, phantom, tmp_path, capsys):
     _, ckpt = trained
-    images = Path(phantom.attrs["root"]) / "images"
+    images = phantom.root / "images"
     out = tmp_path / "masks"
     code = main(["segment", "predict", "--checkpoint", str(ckpt), "--images", str(images),
                  "--out", str(out)])  # fmt: skip
@@ -199,7 +201,7 @@ def test_predict_folder_and_cli(trained, phantom, tmp_path, capsys):
 
 
 def test_cli_train_and_eval_on_a_manifest(phantom, tmp_path, capsys):
-    manifest = Path(phantom.attrs["root"]) / "manifest.csv"
+    manifest = phantom.root / "manifest.csv"
     out = tmp_path / "ck"
     assert main(["segment", "train", "--manifest", str(manifest), "--out", str(out),
                  "--epochs", "1", "--image-size", "64"]) == 0  # fmt: skip
@@ -217,12 +219,12 @@ def test_cli_train_and_eval_on_a_manifest(phantom, tmp_path, capsys):
 def test_loads_real_wingspan_masks_and_ctr_definition_matches(tmp_path):
     df = segmenter_data(wingspan=WINGSPAN, work=tmp_path)
     assert len(df) == 219
-    data = load_masked_images(df.iloc[:3], 64, progress=False)
+    data = load_masked_images(df.subset(df.frame.iloc[:3]), 64, progress=False)
     assert data.images.shape == (3, 1, 64, 64) and data.masks.shape == (3, 3, 64, 64)
     # our CTR definition on the manual masks agrees with the dataset's ctr.csv
-    root = Path(df.attrs["root"])
+    root = df.root
     errors = []
-    for _, row in df[df["ctr"].astype(str) != ""].iloc[:40].iterrows():
+    for _, row in df.frame[df.frame["ctr"].astype(str) != ""].iloc[:40].iterrows():
         m = {o: np.asarray(Image.open(root / row[f"{o}_mask_path"])) > 127 for o in ORGANS}
         ratio = cardiothoracic_ratio(m["left_lung"] | m["right_lung"], m["heart"])
         errors.append(abs(ratio - float(row["ctr"])))

@@ -122,7 +122,7 @@ def test_attach_to_mimic_manifest(tmp_path):
     )
     out = tmp_path / "with_masks"
     summary = attach_masks(csv_path, manifest, out)
-    df = read_manifest(out / "manifest.csv").set_index("image_id")
+    df = read_manifest(out / "manifest.csv").frame.set_index("image_id")
     assert list(df.index) == ["aaaa1111-0001", "cccc3333-0001"]
     row = df.loc["aaaa1111-0001"]
     assert math.isclose(float(row["chexmask_dice"]), 0.91)
@@ -163,7 +163,7 @@ def test_attach_to_chexpert_manifest_by_path(tmp_path):
         ],
     )
     summary = attach_masks(csv_path, manifest, tmp_path / "out")
-    df = read_manifest(tmp_path / "out" / "manifest.csv").set_index("image_id")
+    df = read_manifest(tmp_path / "out" / "manifest.csv").frame.set_index("image_id")
     assert df.loc["train/patient00001/study1/view1_frontal", "heart_mask_path"] == (
         "masks/heart/train/patient00001/study1/view1_frontal.png"
     )

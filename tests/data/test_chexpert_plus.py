@@ -141,7 +141,7 @@ def chexpert_root(tmp_path):
 def test_rows_views_findings_labels(chexpert_root, tmp_path):
     out = tmp_path / "out" / "manifest.csv"
     summary = build_manifest(chexpert_root, out, val_fraction=0.25)
-    df = read_manifest(out).set_index("image_id")
+    df = read_manifest(out).frame.set_index("image_id")
     assert len(df) == 2 * N_PATIENTS  # the frontal PA or AP image of every study
     row = df.loc["train/patient00001/study1/view1_frontal"]
     assert row["study_id"] == "patient00001/study1"
@@ -165,7 +165,7 @@ def test_rows_views_findings_labels(chexpert_root, tmp_path):
 def test_split_by_patient(chexpert_root, tmp_path):
     out = tmp_path / "manifest.csv"
     build_manifest(chexpert_root, out, val_fraction=0.25, seed=3)
-    df = read_manifest(out)
+    df = read_manifest(out).frame
     assert set(df["split"]) == {"train", "validate", "test"}
     assert (df.loc[df["official_split"] == "valid", "split"] == "test").all()
     assert set(df.loc[df["official_split"] == "train", "split"]) == {"train", "validate"}
@@ -174,16 +174,16 @@ def test_split_by_patient(chexpert_root, tmp_path):
     # seeded: same seed same split, another seed reshuffles patients
     out2 = tmp_path / "manifest2.csv"
     build_manifest(chexpert_root, out2, val_fraction=0.25, seed=3)
-    assert read_manifest(out2)["split"].tolist() == df["split"].tolist()
+    assert read_manifest(out2).frame["split"].tolist() == df["split"].tolist()
     out3 = tmp_path / "manifest3.csv"
     build_manifest(chexpert_root, out3, val_fraction=0.25, seed=4)
-    assert read_manifest(out3)["split"].tolist() != df["split"].tolist()
+    assert read_manifest(out3).frame["split"].tolist() != df["split"].tolist()
 
 
 def test_without_labels_file_labels_blank(tmp_path):
     root = build_chexpert_plus(tmp_path / "cp", labels=False)
     summary = build_manifest(root, tmp_path / "manifest.csv")
-    df = read_manifest(tmp_path / "manifest.csv")
+    df = read_manifest(tmp_path / "manifest.csv").frame
     assert df[list(CHEXPERT_LABELS)].isna().all().all()
     assert summary.counts["labels_file_absent"] == 1
 
@@ -191,7 +191,7 @@ def test_without_labels_file_labels_blank(tmp_path):
 def test_keep_missing_findings_and_frontal_view(chexpert_root, tmp_path):
     out = tmp_path / "manifest.csv"
     build_manifest(chexpert_root, out, views="PA,AP,FRONTAL", keep_missing_findings=True)
-    df = read_manifest(out).set_index("image_id")
+    df = read_manifest(out).frame.set_index("image_id")
     assert df.loc["train/patient09002/study1/view1_frontal", "findings"] == ""
     assert df.loc["train/patient09003/study1/view1_frontal", "view"] == "FRONTAL"
 

@@ -34,7 +34,7 @@ def folder(tmp_path):
 def test_images_only(folder, tmp_path):
     out = tmp_path / "out" / "manifest.csv"
     summary = build_manifest(folder, out, seed=1)
-    df = read_manifest(out)
+    df = read_manifest(out).frame
     assert df["image_id"].tolist() == ["a", "site2/b", "site2/c"]
     assert (df["study_id"] == df["image_id"]).all()
     assert (df["findings"] == "").all() and (df["view"] == "").all()
@@ -51,7 +51,7 @@ def test_masks_and_union(folder, tmp_path):
     _mask(masks / "heart" / "site2" / "c.png", slice(0, 2), slice(0, 2), size=4)  # wrong size
     out = tmp_path / "manifest.csv"
     summary = build_manifest(folder, out, masks=masks, view="PA")
-    df = read_manifest(out).set_index("image_id")
+    df = read_manifest(out).frame.set_index("image_id")
     assert list(df.index) == ["a", "site2/b"]
     assert summary.dropped["mask_size_mismatch"] == 1
     assert df.loc["a", "lung_mask_path"] == "manifest_masks/lungs/a.png"
@@ -74,7 +74,7 @@ def test_reports_csv(folder, tmp_path):
     )
     out = tmp_path / "manifest.csv"
     summary = build_manifest(folder, out, reports=reports)
-    df = read_manifest(out).set_index("image_id")
+    df = read_manifest(out).frame.set_index("image_id")
     assert df.loc["a", "findings"] == "Heart normal. Lungs clear."
     assert (df.loc["a", "study_id"], df.loc["a", "split"]) == ("s1", "test")
     assert df.loc["a", "Cardiomegaly"] == 0.0 and df.loc["site2/b", "Cardiomegaly"] == -1.0

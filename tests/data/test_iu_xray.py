@@ -124,7 +124,7 @@ def iu_dir(tmp_path):
 def test_text_only_one_row_per_report(iu_dir, tmp_path):
     out = tmp_path / "out" / "manifest.csv"
     summary = build_manifest(iu_dir / "NLMCXR_reports.tgz", out)
-    df = read_manifest(out)
+    df = read_manifest(out).frame
     assert is_text_only(df)
     assert list(df["study_id"]) == ["CXR1", "CXR2", "CXR3", "CXR10"]  # numeric order
     assert list(df["image_id"]) == list(df["study_id"])
@@ -150,7 +150,7 @@ def test_drop_empty_findings(iu_dir, tmp_path):
     summary = build_manifest(
         iu_dir / "NLMCXR_reports.tgz", tmp_path / "m.csv", drop_empty_findings=True
     )
-    assert read_manifest(tmp_path / "m.csv")["study_id"].tolist() == ["CXR1", "CXR3", "CXR10"]
+    assert read_manifest(tmp_path / "m.csv").frame["study_id"].tolist() == ["CXR1", "CXR3", "CXR10"]
     assert dict(summary.dropped) == {"empty_findings": 1}
 
 
@@ -171,7 +171,7 @@ def test_image_mode_frontal_rows(iu_dir, tmp_path):
     tiny_image(images / "CXR10_IM-0002-1001.png")
     out = tmp_path / "out" / "manifest.csv"
     summary = build_manifest(iu_dir / "NLMCXR_reports.tgz", out, images=images)
-    df = read_manifest(out)
+    df = read_manifest(out).frame
     assert not is_text_only(df)
     assert df["image_id"].tolist() == [
         "CXR1_1_IM-0001-3001",
@@ -193,7 +193,7 @@ def test_image_mode_frontal_rows(iu_dir, tmp_path):
     build_manifest(
         iu_dir / "NLMCXR_reports.tgz", tmp_path / "u.csv", images=images, views="UNKNOWN"
     )
-    assert read_manifest(tmp_path / "u.csv")["image_id"].tolist() == ["CXR2_IM-0002-1001"]
+    assert read_manifest(tmp_path / "u.csv").frame["image_id"].tolist() == ["CXR2_IM-0002-1001"]
 
 
 def test_malformed_xml_names_member_and_line(tmp_path):
@@ -237,7 +237,7 @@ def test_real_reports_all_parse_and_findings_equal_xml(tmp_path):
     out = tmp_path / "iu" / "manifest.csv"
     summary = build_manifest(IU / "NLMCXR_reports.tgz", out)
     elapsed = time.perf_counter() - start
-    df = read_manifest(out)
+    df = read_manifest(out).frame
     assert len(df) == 3955 and df["study_id"].is_unique
     assert summary.kept == 3955 and summary.dropped_total == 0
     assert summary.counts["empty_findings"] == 530
@@ -276,7 +276,7 @@ def test_real_metadata_views_and_image_mode(tmp_path):
             tiny_image(images / f"{image_id}.png")
     out = tmp_path / "manifest.csv"
     summary = build_manifest(IU / "NLMCXR_reports.tgz", out, images=images)
-    df = read_manifest(out)
+    df = read_manifest(out).frame
     # report 1's ids carry "_1_" and are found through the fallback
     assert "CXR1_1_IM-0001-3001" in set(df["image_id"])
     assert set(df["study_id"]) == {"CXR1", "CXR4", "CXR10"}

@@ -51,13 +51,15 @@ def _write_csv(folder, rows) -> str:
 def test_valid_manifest_round_trips(folder):
     rows = [_row(0, **{"Pneumothorax": "0"}), _row(1, **{"Cardiomegaly": "-1"}), _row(2)]
     path = write_manifest(pd.DataFrame(rows), folder / "m.csv")
-    df = read_manifest(path)
+    manifest = read_manifest(path)
+    df = manifest.frame
     assert list(df.columns[: len(REQUIRED_COLUMNS)]) == list(REQUIRED_COLUMNS)
     assert df.loc[0, "Pneumothorax"] == 0.0
     assert df.loc[1, "Cardiomegaly"] == -1.0
     assert math.isnan(df.loc[2, "Cardiomegaly"])
     assert df["Pneumothorax"].dtype == "float64"
-    assert df.attrs["root"] == str(folder)
+    assert str(manifest.root) == str(folder)
+    assert manifest.path == path and manifest.summary is None
     # written labels are 1, 0, -1 or blank
     text = path.read_text().splitlines()[1]
     assert ",0," in text and ".0" not in text
@@ -189,3 +191,17 @@ def test_assign_split_is_seeded_and_proportional():
     assert {s: assign_split(s, seed=0) for s in known} == known
     with pytest.raises(ValueError):
         assign_split("x", 0, (0.5, 0.5, 0.5))
+
+
+def test_manifest_selections_keep_root_and_summary(folder):
+    rows = [_row(0), _row(1, split="test"), _row(2, split="test")]
+    path = write_manifest(pd.DataFrame(rows), folder / "m.csv")
+    (folder / "m.csv.summary.json").write_text('{"dataset": "x"}')
+    manifest = read_manifest(path)
+    assert len(manifest) == 3 and manifest.summary == {"dataset": "x"}
+    test = manifest.split("test")
+    assert test.frame["image_id"].tolist() == ["i1", "i2"]
+    assert test.root == folder and test.summary == manifest.summary
+    first = test.subset(test.frame.iloc[:1])
+    assert len(first) == 1 and first.resolve("images/i1.png") == folder / "images" / "i1.png"
+    assert first.resolve("/abs/x.png").as_posix() == "/abs/x.png"

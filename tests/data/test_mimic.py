@@ -135,7 +135,7 @@ def mimic_root(tmp_path):
 def test_rows_views_splits_labels_findings(mimic_root, tmp_path):
     out = tmp_path / "out" / "manifest.csv"
     summary = build_manifest(mimic_root, out)
-    df = read_manifest(out)
+    df = read_manifest(out).frame
     assert list(df["image_id"]) == ["aaaa1111-0001", "cccc3333-0001"]
     first, second = df.iloc[0], df.iloc[1]
     assert (first["study_id"], first["patient_id"], first["view"], first["split"]) == (
@@ -181,7 +181,7 @@ def test_keep_missing_findings_and_other_views(mimic_root, tmp_path):
     summary = build_manifest(
         mimic_root, out, views="PA,AP,LATERAL,UNKNOWN", keep_missing_findings=True
     )
-    df = read_manifest(out).set_index("image_id")
+    df = read_manifest(out).frame.set_index("image_id")
     assert set(df.index) == {
         "aaaa1111-0001",
         "aaaa1111-0002",
@@ -211,7 +211,7 @@ def test_reports_from_zip(mimic_root, tmp_path):
             (mimic_root / rel).unlink()
     out = tmp_path / "manifest.csv"
     build_manifest(mimic_root, out)
-    df = read_manifest(out)
+    df = read_manifest(out).frame
     assert list(df["findings"]) == [
         "PA and lateral views of the chest. The lungs are clear without effusion.",
         "Right basilar opacity, improved.",
@@ -219,7 +219,7 @@ def test_reports_from_zip(mimic_root, tmp_path):
     # the zip can also be given explicitly, from elsewhere
     out2 = tmp_path / "manifest2.csv"
     build_manifest(mimic_root, out2, reports=zip_path)
-    assert read_manifest(out2)["findings"].tolist() == df["findings"].tolist()
+    assert read_manifest(out2).frame["findings"].tolist() == df["findings"].tolist()
 
 
 def test_plain_csv_names_accepted(mimic_root, tmp_path):

@@ -69,7 +69,7 @@ def test_same_arguments_give_identical_bytes(small, tmp_path):
 
 
 def test_manifest_has_every_schema_column_and_files(small):
-    df = read_manifest(small / "manifest.csv")  # validates, files included
+    df = read_manifest(small / "manifest.csv").frame  # validates, files included
     for col in (*REQUIRED_COLUMNS, *MASK_COLUMNS, "patient_id", "ctr", *attribute_columns()):
         assert col in df.columns
     assert len(df) == 40
@@ -82,7 +82,7 @@ def test_manifest_has_every_schema_column_and_files(small):
 
 
 def test_masks_are_exact_and_on_the_right_sides(small):
-    df = read_manifest(small / "manifest.csv")
+    df = read_manifest(small / "manifest.csv").frame
     for _, row in df.iterrows():
         m = {
             c: np.asarray(Image.open(small / row[c])) > 127
@@ -115,7 +115,7 @@ def test_masks_are_exact_and_on_the_right_sides(small):
 
 
 def test_labels_agree_with_ctr_and_attributes(small):
-    df = read_manifest(small / "manifest.csv")
+    df = read_manifest(small / "manifest.csv").frame
     for _, row in df.iterrows():
         ctr = float(row["ctr"])
         if row["Cardiomegaly"] in (1.0, -1.0):
@@ -284,7 +284,7 @@ REGION_OBSERVATIONS = (
 
 
 def test_finding_masks_hold_the_drawn_regions(small):
-    df = read_manifest(small / "manifest.csv")  # validates: every finding mask exists
+    df = read_manifest(small / "manifest.csv").frame  # validates: every finding mask exists
     n_regions = 0
     for _, row in df.iterrows():
         image = Image.open(small / row[FINDING_MASK_COLUMN])

@@ -51,7 +51,7 @@ def test_rows_masks_ctr_and_drops(tmp_path):
     root = build_wingspan(tmp_path / "wingspan")
     out = tmp_path / "out" / "manifest.csv"
     summary = build_manifest(root, out, seed=0)
-    df = read_manifest(out).set_index("image_id")
+    df = read_manifest(out).frame.set_index("image_id")
     assert list(df.index) == ["a1", "b2"]
     assert dict(summary.dropped) == {
         "missing_mask": 1,
@@ -79,7 +79,7 @@ def test_ctr_blank_when_absent_and_split_seeded(tmp_path):
     root = build_wingspan(tmp_path / "wingspan")
     (root / "ctr.csv").write_text("id,ctr\na1.png,0.5\n")
     build_manifest(root, tmp_path / "manifest.csv", seed=5)
-    df = read_manifest(tmp_path / "manifest.csv").set_index("image_id")
+    df = read_manifest(tmp_path / "manifest.csv").frame.set_index("image_id")
     assert df.loc["b2", "ctr"] == ""
 
 
@@ -102,7 +102,7 @@ def test_out_required_and_missing_folders(tmp_path):
 def test_real_wingspan_validates_clean(tmp_path):
     out = tmp_path / "ws" / "manifest.csv"
     summary = build_manifest(WINGSPAN, out)
-    df = read_manifest(out)  # validates, every image and mask file exists
+    df = read_manifest(out).frame  # validates, every image and mask file exists
     assert len(df) == 219 and summary.dropped_total == 0
     assert (df["ctr"] != "").sum() == 180
     assert set(df["view"]) == {"PA"} and set(df["split"]) == {"train", "validate", "test"}
