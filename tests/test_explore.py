@@ -17,7 +17,7 @@ from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.masks import load_mask
 from cxrlib.data import explore
-from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest, write_manifest
+from cxrlib.data.manifest import CHEXPERT_LABELS, Manifest, read_manifest, write_manifest
 from cxrlib.experiment import figures
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_dataset_exploration.ipynb"
@@ -117,8 +117,13 @@ def text_only(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def df(tiny: Path) -> pd.DataFrame:
+def manifest(tiny: Path) -> Manifest:
     return read_manifest(tiny)
+
+
+@pytest.fixture
+def df(manifest: Manifest) -> pd.DataFrame:
+    return manifest.frame
 
 
 # --- explore ---------------------------------------------------------------------------
@@ -288,19 +293,20 @@ def test_sample_rows_is_deterministic(df):
 # --- figures ---------------------------------------------------------------------------
 
 
-def test_figures_return_figures_and_save(df, tmp_path):
+def test_figures_return_figures_and_save(manifest, tmp_path):
     with matplotlib.rc_context():  # set_theme changes global rcParams: undo afterwards
         figures.set_theme()
-        _check_figures(df, tmp_path)
+        _check_figures(manifest, tmp_path)
 
 
-def _check_figures(df: pd.DataFrame, tmp_path: Path) -> None:
+def _check_figures(manifest: Manifest, tmp_path: Path) -> None:
+    df = manifest.frame
     made = {
         "counts": figures.plot_split_view_counts(explore.split_view_counts(df)),
         "prev": figures.plot_label_prevalence(explore.label_prevalence(df)),
         "lengths": figures.plot_findings_lengths(explore.findings_lengths_by_split(df)),
         "sentences": figures.plot_top_sentences(explore.sentence_frequencies(df)),
-        "masks": figures.plot_mask_overlays(df, n=8, seed=0),
+        "masks": figures.plot_mask_overlays(manifest, n=8, seed=0),
         "empty": figures.plot_top_sentences(explore.sentence_frequencies(df.assign(findings=""))),
     }
     for fig in made.values():
@@ -326,9 +332,16 @@ def _check_figures(df: pd.DataFrame, tmp_path: Path) -> None:
         figures.save_figure(made["prev"], out, "prev.png")
 
 
-def test_mask_overlays_without_mask_columns(df):
-    plain = df.drop(
-        columns=["lung_mask_path", "left_lung_mask_path", "right_lung_mask_path", "heart_mask_path"]
+def test_mask_overlays_without_mask_columns(manifest):
+    plain = manifest.subset(
+        manifest.frame.drop(
+            columns=[
+                "lung_mask_path",
+                "left_lung_mask_path",
+                "right_lung_mask_path",
+                "heart_mask_path",
+            ]
+        )
     )
     fig = figures.plot_mask_overlays(plain, n=3, seed=0)
     assert sum(ax.get_images() != [] for ax in fig.axes) == 3
