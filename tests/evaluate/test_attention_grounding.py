@@ -207,10 +207,10 @@ def _inputs(model, df):
     return [
         {
             "image_id": r["image_id"],
-            "pixel_values": load_pixels(f"{df.attrs['root']}/{r['image_path']}", size),
+            "pixel_values": load_pixels(df.root / r["image_path"], size),
             "priors": priors[i],
         }
-        for i, r in enumerate(df.to_dict("records"))
+        for i, r in enumerate(df.frame.to_dict("records"))
     ]
 
 
@@ -238,11 +238,11 @@ def test_a_real_tiny_model_matches_its_own_attention(phantom):
             assert r["n_sentences"] == 18 and r["n_studies"] == 9
         assert 0.0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1.0
     # the first study, recomputed by hand from the model's attention and its masks
-    row = phantom.iloc[0]
+    row = phantom.frame.iloc[0]
     attention = sentence_attention(
         model, TEXT, pixel_values=items[0]["pixel_values"][None], priors=items[0]["priors"][None]
     )
-    left = read_study_masks(row, phantom.attrs["root"]).left_lung
+    left = read_study_masks(row, phantom.root).left_lung
     w = downsample_to_grid(torch.from_numpy(left)[None], 4)[0].numpy().ravel()
     mine = result.sentences.iloc[0]
     a = attention.maps[0, 0].ravel()
@@ -262,11 +262,10 @@ def test_strict_attention_inside_a_lung_has_share_one(phantom):
     torch.set_num_threads(1)
     model = small_model("strict", "sdpa", max_text_tokens=48, image_size=128)
     assert model.config.grid_size == 8
-    rows = phantom.iloc[:3].reset_index(drop=True)
-    rows.attrs = dict(phantom.attrs)
+    rows = phantom.subset(phantom.frame.iloc[:3].reset_index(drop=True))
     items = _inputs(model, rows)
-    for k, row in enumerate(rows.to_dict("records")):
-        left = read_study_masks(row, phantom.attrs["root"]).left_lung
+    for k, row in enumerate(rows.frame.to_dict("records")):
+        left = read_study_masks(row, phantom.root).left_lung
         inside = downsample_to_grid(torch.from_numpy(left)[None], 8)[0].ravel() == 1.0
         assert inside.any()
         items[k]["priors"] = inside.to(torch.float64).expand(model.num_decoder_layers, -1)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from cxrlib.data.manifest import CHEXPERT_LABELS
+from cxrlib.data.manifest import CHEXPERT_LABELS, Manifest
 from cxrlib.evaluate.baselines import most_frequent_report, nearest_reports
 from cxrlib.evaluate.evaluate import evaluate_generations
 from cxrlib.metrics.grounding import GroundingData, grounding
@@ -123,6 +124,8 @@ def test_evaluate_generations_reads_the_stated_sides():
     pred = pd.DataFrame(
         {"image_id": ["a", "b"], "generated": ["Left pleural effusion.", "Left effusion."]}
     )
-    ev = evaluate_generations(pred, truth, ref_labels="manifest", n_bootstrap=0, progress=False)
+    ev = evaluate_generations(
+        pred, Manifest(truth, Path(".")), ref_labels="manifest", n_bootstrap=0, progress=False
+    )
     assert ev.value("grounding.uncertain_as_negative.laterality_accuracy") == 0.5
     assert ev.value("grounding.uncertain_as_negative.omission_rate") == 0.0
