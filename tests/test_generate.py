@@ -137,7 +137,7 @@ def test_cli_evaluate_with_run_measures_attention_grounding(run, tmp_path, capsy
     sentences = pd.read_csv(tmp_path / "e" / "attention_sentences.csv")
     assert sentences["image_id"].nunique() == settings["n_used"]
     # a manifest without lung masks: one line naming it
-    df = read_manifest(manifest, check_files=False)
+    df = read_manifest(manifest, check_files=False).frame
     bare = tmp_path / "bare" / "manifest.csv"
     bare.parent.mkdir()
     cut = df.drop(columns=["left_lung_mask_path"]).assign(image_path="")
