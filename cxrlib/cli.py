@@ -4,6 +4,10 @@ Every subcommand is a function ``_cmd_<name>(args) -> int`` beside the function 
 declares its arguments. User errors (:class:`cxrlib.base.errors.CxrError`, missing files,
 bad values) end with one line ``cxr: error: ...`` and exit 1; ``--debug`` shows the
 traceback instead. Argument errors exit 2 (argparse's convention).
+
+A subcommand imports the library code it runs inside its ``_cmd_`` function (deferred on
+purpose: ``cxr --help`` and a mistyped option answer without loading torch and the whole
+package); this is the one module that does so.
 """
 
 from __future__ import annotations
