@@ -29,6 +29,7 @@ from cxrlib.base.errors import CxrError
 from cxrlib.base.io import read_json_object, write_json_atomic
 from cxrlib.base.provenance import provenance
 from cxrlib.data.phantom import PhantomSpec, prepare_phantom
+from cxrlib.training.runs import training_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """Root of the source checkout (where ``notebooks/``, ``runs/`` and ``cache/`` live)."""
@@ -345,7 +346,7 @@ def _encoder_folder(run_dir: Path, record: dict, cache_dir: Path | None) -> Path
     ``encoders/*/pretrain.json`` whose key has their manifest, encoder and settings."""
     if cache_dir is None:
         return None
-    configs = sorted((run_dir / "train").glob("*/config.json"))
+    configs = [run / "config.json" for run in training_runs(run_dir).values()]
     tree = (read_json_object(configs[0]) or {}).get("config", {}) if configs else {}
     model, settings = tree.get("model", {}), tree.get("pretrain", {})
     if not settings.get("enabled") or not isinstance(model.get("encoder"), dict):
