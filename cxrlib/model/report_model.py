@@ -608,8 +608,10 @@ class ReportModel(nn.Module):
         hypotheses are finished and no running one can beat the worst of them."""
         batch, k, eos, pad = prefix.shape[0], beams, self.tokenizer.eos_id, self.tokenizer.pad_id
         rows = torch.arange(batch, device=self.device).repeat_interleave(k)  # (N,)
+        # All k beams of an image share its prefix and prior, and a beam only ever
+        # continues a beam of its own image: expanded once here, never reordered.
         prefix, tokens, text_mask = prefix[rows], tokens[rows], text_mask[rows]
-        prior = prior.select(rows)  # the priors travel with their beams
+        prior = prior.select(rows)
         n = batch * k
         cache = DynamicCache(config=self.decoder.config) if use_cache else None
         scores = torch.zeros(batch, k, dtype=torch.float64, device=self.device)
@@ -653,8 +655,6 @@ class ReportModel(nn.Module):
             generated = torch.cat([generated[beam_idx], next_tok.view(n, 1)], dim=1)
             tokens = torch.cat([tokens[beam_idx], next_tok.view(n, 1)], dim=1)
             text_mask = torch.cat([text_mask[beam_idx], text_mask.new_ones(n, 1)], dim=1)
-            prefix = prefix[beam_idx]
-            prior = prior.select(beam_idx)
             if cache is not None:
                 cache.reorder_cache(beam_idx)
             scores = next_scores
