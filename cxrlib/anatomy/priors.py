@@ -55,8 +55,6 @@ separable padded convolution and lets one batched product serve every image and 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -70,6 +68,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxrlib.base.cache import cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.masks import load_mask
@@ -224,8 +223,7 @@ class PriorConfig:
         Equal keys mean equal priors for equal masks; any change of a setting that
         affects values, or of :data:`PRIORS_VERSION`, changes the key.
         """
-        text = json.dumps(self.value_settings(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return cache_key(self.value_settings())
 
 
 def _kernel_size(sigma: float) -> int:

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cxrlib.anatomy.metrics import bootstrap_mean_ci, dice, hd95
+from cxrlib.base.cache import cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.io import write_atomic, write_json_atomic
@@ -625,18 +626,13 @@ SEGMENTER_VERSION = 1
 
 def training_key(config: SegmenterConfig, train_ids: list[str], held_out_ids: list[str]) -> str:
     """Hash of everything that decides a trained segmenter: config, data, version."""
-    import hashlib
-
-    payload = json.dumps(
-        {
-            "version": SEGMENTER_VERSION,
-            "config": asdict(config),
-            "train": sorted(map(str, train_ids)),
-            "held_out": sorted(map(str, held_out_ids)),
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+    payload = {
+        "version": SEGMENTER_VERSION,
+        "config": asdict(config),
+        "train": sorted(map(str, train_ids)),
+        "held_out": sorted(map(str, held_out_ids)),
+    }
+    return cache_key(payload, compact=False)
 
 
 def train_or_load(

@@ -41,7 +41,6 @@ validation accuracy per target, ``recognition``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -55,6 +54,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxrlib.base.cache import cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image, normalise, resize_gray
 from cxrlib.base.masks import load_mask, read_finding_mask
@@ -594,7 +594,7 @@ def pretrained_encoder(
         "settings": asdict(config),
         "seed": seed,
     }
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
+    key = cache_key(key_data, compact=False)
     folder = Path(cache_dir) / "encoders" / f"encoder-{key[:16]}"
     if (folder / "pretrain.json").is_file():
         return folder
