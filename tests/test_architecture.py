@@ -29,9 +29,6 @@ LONG_FUNCTIONS = {
     "cxrlib/experiment/bench.py _bench_features": 122,
     "cxrlib/experiment/results.py results_markdown": 85,
     "cxrlib/experiment/workbook.py run_workbook": 101,
-    "cxrlib/model/report_model.py _beam_search": 81,
-    "cxrlib/training/pretrain.py pretrain_encoder": 137,
-    "cxrlib/training/train.py train": 330,
 }
 
 
