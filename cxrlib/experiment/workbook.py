@@ -1,6 +1,8 @@
 """Run the workbook: the numbered notebooks in order, headless, under one profile.
 
-A *profile* names every setting of a run (dataset size, seeds, folders). ``run_workbook``
+A *profile* names every setting of a run: the training config profile of its name
+decides the data and the config tree; the workbook adds the notebook parameters
+(seeds, sizes of figures and intervals, segmenter settings). ``run_workbook``
 prepares the data the profile needs (the phantom dataset, cached by its arguments),
 then executes each ``notebooks/NN_*.ipynb`` with papermill, passing each notebook only
 the parameters its ``parameters`` cell declares. Executed copies, figures and
@@ -28,7 +30,9 @@ from tqdm.auto import tqdm
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import read_json_object, write_json_atomic
 from cxrlib.base.provenance import provenance
-from cxrlib.data.phantom import PhantomSpec, prepare_phantom
+from cxrlib.data.phantom import PhantomSpec
+from cxrlib.training.config import profile_config
+from cxrlib.training.profiles import phantom_spec, profile_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """Root of the source checkout (where ``notebooks/``, ``runs/`` and ``cache/`` live)."""
@@ -39,26 +43,35 @@ SHARED_WINGSPAN = REPO_ROOT.parent / "shared" / "data" / "wingspan"
 
 @dataclass(frozen=True)
 class Profile:
-    """Settings of one workbook run.
+    """Settings of one workbook run: a training config profile plus notebook parameters.
 
-    ``parameters`` are offered to every notebook (each takes those its ``parameters``
-    cell declares); ``publish_figures`` copies the run's figures to ``figures/``.
+    ``name`` is a key of :data:`cxrlib.training.config.PROFILES`, which alone decides the
+    run's data (:attr:`phantom`); ``parameters`` are offered to every notebook (each takes
+    those its ``parameters`` cell declares); ``publish_figures`` copies the run's figures
+    to ``figures/``.
     """
 
     name: str
-    phantom: PhantomSpec
     parameters: dict = field(default_factory=dict)
     publish_figures: bool = False
     workers: int = 2
     # the profile runs on a user's manifest (--manifest), not on the phantom
     needs_manifest: bool = False
 
+    @property
+    def phantom(self) -> PhantomSpec:
+        """The phantom dataset of the training config profile ``name``."""
+        return phantom_spec(profile_config(self.name).data)
+
+    def to_dict(self) -> dict:
+        """The profile as ``run.json`` records it (its phantom included)."""
+        return {**asdict(self), "phantom": asdict(self.phantom)}
+
 
 PROFILES: dict[str, Profile] = {
     # every notebook on tiny settings; CI runs it
     "smoke": Profile(
         "smoke",
-        PhantomSpec(n=64, seed=0, size=128),
         {
             "seed": 0,
             "n_overlay": 4,
@@ -73,7 +86,6 @@ PROFILES: dict[str, Profile] = {
     # what `make workbook` runs on the embedded phantom dataset
     "default": Profile(
         "default",
-        PhantomSpec(n=6000, seed=0, size=256),
         {
             "seed": 0,
             "n_overlay": 8,
@@ -95,7 +107,6 @@ PROFILES: dict[str, Profile] = {
     # required; each ablation run on all GPUs with `accelerate launch`
     "full": Profile(
         "full",
-        PhantomSpec(n=64, seed=0, size=128),  # not used: --manifest is required
         {
             "seed": 0,
             "n_overlay": 8,
@@ -110,6 +121,9 @@ PROFILES: dict[str, Profile] = {
         needs_manifest=True,
     ),
 }
+"""The workbook's profiles: the training config profiles of the same names
+(:data:`cxrlib.training.config.PROFILES`, their data and config trees) plus the
+notebook parameters each offers."""
 
 
 @dataclass
@@ -193,7 +207,7 @@ def run_workbook(
 
     run_started, since = time.perf_counter(), time.time()
     record: dict = {
-        "profile": asdict(prof),
+        "profile": prof.to_dict(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "provenance": provenance(),
         "notebooks": [],
@@ -203,7 +217,7 @@ def run_workbook(
     write_json_atomic(run_dir / "run.json", record, default=str)
     if manifest is None:
         phantom_started = time.perf_counter()
-        manifest_path = prepare_phantom(prof.phantom, cache_dir, workers=prof.workers).resolve()
+        manifest_path = profile_manifest(prof.name, cache_dir, workers=prof.workers).resolve()
         built = (manifest_path.parent / "phantom.json").stat().st_mtime >= since
         record["phantom"] = _entry(
             round(time.perf_counter() - phantom_started, 1),
