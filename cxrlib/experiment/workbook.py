@@ -215,21 +215,7 @@ def run_workbook(
         "cache_dir": str(cache_dir.resolve()),
     }
     write_json_atomic(run_dir / "run.json", record, default=str)
-    if manifest is None:
-        phantom_started = time.perf_counter()
-        manifest_path = profile_manifest(prof.name, cache_dir, workers=prof.workers).resolve()
-        built = (manifest_path.parent / "phantom.json").stat().st_mtime >= since
-        record["phantom"] = _entry(
-            round(time.perf_counter() - phantom_started, 1),
-            built,
-            str(manifest_path.parent),
-            "generated" if built else "reused from the cache",
-        )
-    else:
-        manifest_path = Path(manifest).resolve()
-        if not manifest_path.is_file():
-            raise CxrError(f"manifest {manifest_path} does not exist")
-        record["phantom"] = _entry(None, False, note="not used: the run read its --manifest")
+    manifest_path, record["phantom"] = run_manifest(prof, manifest, cache_dir, since)
     offered = {
         **prof.parameters,
         "profile": prof.name,
@@ -279,6 +265,25 @@ def run_workbook(
     if prof.publish_figures and figures_dir.is_dir():
         publish_figures(run_dir, figures_dir, REPO_ROOT / "figures", record)
     return RunResult(run_dir=run_dir, notebooks=record["notebooks"], manifest=manifest_path)
+
+
+def run_manifest(
+    prof: Profile, manifest: str | os.PathLike | None, cache_dir: Path, since: float
+) -> tuple[Path, dict]:
+    """The manifest a run reads, resolved: ``manifest`` when given, else the profile's
+    phantom dataset (generated into ``cache_dir`` or reused); with its
+    ``phantom_generation`` timing entry (generated when written after ``since``)."""
+    if manifest is not None:
+        manifest_path = Path(manifest).resolve()
+        if not manifest_path.is_file():
+            raise CxrError(f"manifest {manifest_path} does not exist")
+        return manifest_path, _entry(None, False, note="not used: the run read its --manifest")
+    started = time.perf_counter()
+    manifest_path = profile_manifest(prof.name, cache_dir, workers=prof.workers).resolve()
+    built = (manifest_path.parent / "phantom.json").stat().st_mtime >= since
+    note = "generated" if built else "reused from the cache"
+    seconds = round(time.perf_counter() - started, 1)
+    return manifest_path, _entry(seconds, built, str(manifest_path.parent), note)
 
 
 def publish_figures(run_dir: Path, src: Path, dst: Path, record: dict) -> None:
