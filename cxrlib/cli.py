@@ -722,7 +722,12 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 def _cmd_segment_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from cxrlib.anatomy.segmenter import SegmenterConfig, segmenter_data, train_segmenter
+    from cxrlib.anatomy.segmenter import (
+        SegmenterConfig,
+        segmenter_data,
+        split_held_out,
+        train_segmenter,
+    )
 
     overrides = {
         k: v
@@ -736,8 +741,7 @@ def _cmd_segment_train(args: argparse.Namespace) -> int:
     }
     cfg = replace(SegmenterConfig(), **overrides)
     df = segmenter_data(wingspan=args.wingspan, manifest=args.manifest, work=args.out / "data")
-    train, held_out = df[df["split"] == "train"], df[df["split"] != "train"]
-    train.attrs, held_out.attrs = df.attrs, df.attrs
+    train, held_out = split_held_out(df)
     if len(train) == 0:
         raise CxrError("the manifest has no train split rows to train on")
     train_segmenter(train, args.out, cfg, held_out=held_out if len(held_out) else None)

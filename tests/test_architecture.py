@@ -28,7 +28,6 @@ LONG_FUNCTIONS = {
     "cxrlib/experiment/bench.py _bench_model": 160,
     "cxrlib/experiment/bench.py _bench_features": 122,
     "cxrlib/experiment/results.py results_markdown": 85,
-    "cxrlib/experiment/workbook.py run_workbook": 101,
 }
 
 

@@ -878,3 +878,14 @@ def priors_for_manifest(
     if info.counts["none"]:
         log.warning("%d of %d images have no masks: uniform prior", info.counts["none"], n)
     return ids, priors, info
+
+
+def row_prior_stack(row: Mapping, root: str | os.PathLike, config: PriorConfig) -> np.ndarray:
+    """The per-layer priors, float32 (L, g*g), of one manifest row from its manual masks
+    (``left_lung_mask_path``, ``right_lung_mask_path``, ``heart_mask_path`` under
+    ``root``): what a figure of one image's priors draws."""
+    masks = {
+        organ: load_mask(Path(root) / row[f"{organ}_mask_path"])[None]
+        for organ in ("left_lung", "right_lung", "heart")
+    }
+    return masks_to_priors(masks, config)[0].numpy()

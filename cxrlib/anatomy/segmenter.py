@@ -658,3 +658,53 @@ def train_or_load(
     seg = train_segmenter(train, tmp, config, held_out=held_out, progress=progress)
     os.replace(tmp, folder)
     return seg, folder
+
+
+def split_held_out(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``train`` split rows of ``df`` and the rest (held out), each keeping ``df.attrs``
+    (the image root): what a segmenter trains on and is measured on."""
+    train, held_out = df[df["split"] == "train"], df[df["split"] != "train"]
+    train.attrs, held_out.attrs = df.attrs, df.attrs
+    return train, held_out
+
+
+@dataclass
+class CachedSegmenter:
+    """A segmenter of :func:`cached_segmenter` with the data it was trained on."""
+
+    segmenter: Segmenter
+    folder: Path  # its folder in the cache (config.json, metrics.csv, weights)
+    data: pd.DataFrame  # every row (attrs: the image root)
+    train: pd.DataFrame
+    held_out: pd.DataFrame
+    source: str  # where the data came from, for a notebook's first line
+
+
+def cached_segmenter(
+    wingspan: str | os.PathLike,
+    manifest: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    cache: str | os.PathLike,
+    epochs: int,
+    image_size: int,
+    seed: int,
+    progress: bool = True,
+) -> CachedSegmenter:
+    """The segmenter the workbook's notebooks use, from their parameters.
+
+    Trained on Wingspan when its folder exists (its manifest built into
+    ``run_dir/segmenter/data``), else on ``manifest``: the train split trains, the other
+    splits are held out; :class:`SegmenterConfig` of ``epochs``, ``image_size`` and
+    ``seed``, the rest its defaults. Reused from ``cache`` for equal settings and data
+    (:func:`train_or_load`), so every notebook asking gets the same one.
+    """
+    if Path(wingspan).is_dir():
+        data = segmenter_data(wingspan=wingspan, work=Path(run_dir) / "segmenter" / "data")
+        source = f"Wingspan ({wingspan})"
+    else:
+        data = read_manifest(Path(manifest))
+        source = f"{manifest} (Wingspan not found)"
+    train, held_out = split_held_out(data)
+    config = SegmenterConfig(epochs=epochs, image_size=image_size, seed=seed)
+    seg, folder = train_or_load(train, config, cache, held_out=held_out, progress=progress)
+    return CachedSegmenter(seg, folder, data, train, held_out, source)
