@@ -5,8 +5,7 @@ are two thin faces of it.
 """
 
 from importlib.metadata import PackageNotFoundError, version
-
-from cxrlib.experiment.report import Reporter
+from pathlib import Path
 
 try:
     __version__ = version("cxrlib")
@@ -22,7 +21,9 @@ def report_image(image, run, **kwargs):
     :class:`cxrlib.experiment.report.Reporter` (``masks``, ``segmenter``, ``device``) and ``out``
     (a folder for the PNG). For many images use :func:`cxrlib.experiment.report.report_images`,
     which loads the run once."""
-    from pathlib import Path
+    # deferred: `import cxrlib.<anything>` runs this file, and must not load the whole
+    # package (torch, transformers) through the top layer
+    from cxrlib.experiment.report import Reporter
 
     out = kwargs.pop("out", None)
     return Reporter(run, **kwargs).report(image, Path(out) if out is not None else None)

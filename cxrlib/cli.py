@@ -4,6 +4,10 @@ Every subcommand is a function ``_cmd_<name>(args) -> int`` beside the function 
 declares its arguments. User errors (:class:`cxrlib.base.errors.CxrError`, missing files,
 bad values) end with one line ``cxr: error: ...`` and exit 1; ``--debug`` shows the
 traceback instead. Argument errors exit 2 (argparse's convention).
+
+A subcommand imports the library code it runs inside its ``_cmd_`` function (deferred on
+purpose: ``cxr --help`` and a mistyped option answer without loading torch and the whole
+package); this is the one module that does so.
 """
 
 from __future__ import annotations
@@ -718,7 +722,12 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 def _cmd_segment_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from cxrlib.anatomy.segmenter import SegmenterConfig, segmenter_data, train_segmenter
+    from cxrlib.anatomy.segmenter import (
+        SegmenterConfig,
+        segmenter_data,
+        split_held_out,
+        train_segmenter,
+    )
 
     overrides = {
         k: v
@@ -732,7 +741,7 @@ def _cmd_segment_train(args: argparse.Namespace) -> int:
     }
     cfg = replace(SegmenterConfig(), **overrides)
     df = segmenter_data(wingspan=args.wingspan, manifest=args.manifest, work=args.out / "data")
-    train, held_out = df.split("train"), df.subset(df.frame["split"] != "train")
+    train, held_out = split_held_out(df)
     if len(train) == 0:
         raise CxrError("the manifest has no train split rows to train on")
     train_segmenter(train, args.out, cfg, held_out=held_out if len(held_out) else None)

@@ -1,4 +1,4 @@
-"""Dataset exploration: cxrlib.data.explore, experiment.figures and notebook 01 on a tiny manifest."""
+"""Dataset exploration: data.explore, experiment.figures and notebook 01 on a tiny manifest."""
 
 from __future__ import annotations
 

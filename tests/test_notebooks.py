@@ -43,3 +43,62 @@ def test_thin_no_function_definitions(path):
         if cell.cell_type == "code":
             assert "def " not in cell.source and "lambda" not in cell.source
             assert "class " not in cell.source
+
+
+def _code_lines(path: Path) -> list[tuple[int, int, str]]:
+    """``(cell number, line number, normalised line)`` of every code line of ``path`` the
+    copy rule looks at (see :func:`test_no_code_block_appears_twice`)."""
+    nb = nbformat.read(path, as_version=4)
+    out = []
+    for cell_no, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
+            continue
+        for line_no, line in enumerate(cell.source.splitlines(), start=1):
+            text = " ".join(line.split())
+            if _trivial(text):
+                continue
+            out.append((cell_no, line_no, text))
+    return out
+
+
+def _trivial(text: str) -> bool:
+    """Lines the copy rule skips: blanks, comments, imports, IPython magics, lines of
+    brackets only, a bare name (a cell's displayed result, e.g. ``fig``) and the one-call
+    figure idioms every notebook shares (``figures.save_figure(...)``,
+    ``figures.set_theme()``)."""
+    return (
+        not text
+        or text.startswith(("#", "%", "import ", "from "))
+        or not any(ch.isalnum() for ch in text)
+        or text.isidentifier()
+        or text.startswith(("figures.save_figure(", "figures.set_theme("))
+    )
+
+
+COPY_BLOCK = 3
+"""Consecutive looked-at lines that make a copy."""
+
+
+def test_no_code_block_appears_twice():
+    """No notebook repeats logic: every block of COPY_BLOCK consecutive code lines (after
+    dropping the trivial lines of :func:`_trivial` and normalising whitespace; the
+    parameters cells are not looked at) appears once across all notebooks. Logic two
+    notebooks need belongs in the library, called by both."""
+    seen: dict[tuple[str, ...], tuple[str, int, int]] = {}
+    copies = []
+    for path in NOTEBOOKS:
+        lines = _code_lines(path)
+        for i in range(len(lines) - COPY_BLOCK + 1):
+            window = lines[i : i + COPY_BLOCK]
+            if len({cell for cell, _, _ in window}) != 1:
+                continue  # blocks stay inside one cell
+            key = tuple(text for _, _, text in window)
+            where = (path.name, window[0][0], window[0][1])
+            if key in seen and seen[key] != where:
+                first = seen[key]
+                copies.append(
+                    f"{first[0]} cell {first[1]} line {first[2]} and {where[0]} cell "
+                    f"{where[1]} line {where[2]}:\n    " + "\n    ".join(key)
+                )
+            seen.setdefault(key, where)
+    assert not copies, "code repeated (move it into the library):\n" + "\n".join(copies)

@@ -8,14 +8,15 @@ import pytest
 
 from cxrlib.base.errors import CxrError
 from cxrlib.data.manifest import read_manifest
+from cxrlib.data.phantom import PhantomSpec, prepare_phantom
 from cxrlib.experiment.workbook import (
     PROFILES,
-    PhantomSpec,
     collect_timings,
     notebook_paths,
-    prepare_phantom,
     run_workbook,
 )
+from cxrlib.training.config import profile_config
+from cxrlib.training.profiles import profile_manifest
 
 ROOT_NOTEBOOKS = notebook_paths.__globals__["REPO_ROOT"] / "notebooks"
 
@@ -319,9 +320,39 @@ def test_full_profile_needs_a_manifest(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_notebook_01_default_manifest_is_the_smoke_profiles_phantom_set():
+def test_notebook_01_default_manifest_is_the_smoke_profiles_phantom_set(tmp_path):
     import papermill as pm
 
     declared = pm.inspect_notebook(str(ROOT_NOTEBOOKS / "01_dataset_exploration.ipynb"))
-    default = declared["manifest"]["default"].strip("\"'")
-    assert default == f"../cache/{PROFILES['smoke'].phantom.name}/manifest.csv"
+    assert declared["manifest"]["default"] == "None"  # resolved from the profile
+    assert declared["profile"]["default"].strip("\"'") == "smoke"
+    default = profile_manifest("smoke", tmp_path)
+    assert default == tmp_path / PROFILES["smoke"].phantom.name / "manifest.csv"
+
+
+def test_every_notebook_defaults_to_the_smoke_workbook():
+    """Run by hand in order, notebooks 01-06 read the smoke profile's data and take the
+    smoke workbook's parameters, so they give what `cxr workbook run --profile smoke`
+    gives."""
+    import ast
+
+    import papermill as pm
+
+    offered = {**PROFILES["smoke"].parameters, "profile": "smoke", "manifest": None}
+    for path in notebook_paths(ROOT_NOTEBOOKS)[:6]:
+        declared = pm.inspect_notebook(str(path))
+        assert "manifest" in declared and "profile" in declared, path.name
+        for name, value in offered.items():
+            if name in declared:
+                default = ast.literal_eval(declared[name]["default"])
+                assert default == value, f"{path.name}: {name} = {default!r}, smoke: {value!r}"
+
+
+def test_workbook_profiles_are_the_config_profiles():
+    from cxrlib.training.config import PROFILES as CONFIG_PROFILES
+
+    assert set(PROFILES) == set(CONFIG_PROFILES)
+    for name, profile in PROFILES.items():
+        data = profile_config(name).data
+        assert profile.name == name
+        assert profile.phantom == PhantomSpec(data.phantom_n, data.phantom_seed, data.phantom_size)

@@ -1,1 +1,3 @@
-"""Anatomy: masks, the cardiothoracic ratio and (later) segmentation and priors."""
+"""Anatomy: the lung-heart segmenter, its quality metrics, the layer-wise priors and
+their cache.
+"""

@@ -23,7 +23,6 @@ from the cache. Files are written whole to a temporary name, then renamed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from cxrlib.anatomy.priors import (
     priors_for_manifest,
     row_sources,
 )
+from cxrlib.base.cache import cache_key
 from cxrlib.base.io import write_atomic
 from cxrlib.data.manifest import Manifest, resolve
 
@@ -77,8 +77,7 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> str:
     entries = [
         [str(p.relative_to(path)) if path.is_dir() else p.name, *_file_stat(p)[1:]] for p in files
     ]
-    text = json.dumps([str(path), entries])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return cache_key([str(path), entries], compact=False)[:16]
 
 
 def mask_fingerprints(
@@ -127,8 +126,7 @@ def mask_fingerprints(
             inputs = [segmenter_id, _file_stat(image)]
         else:
             inputs = []
-        text = json.dumps([s, inputs], default=str)
-        fingerprints.append(hashlib.sha256(text.encode()).hexdigest()[:16])
+        fingerprints.append(cache_key([s, inputs], compact=False)[:16])
     return sources, fingerprints
 
 
@@ -186,8 +184,7 @@ class PriorCache:
             "segmenter": segmenter_id,
             "dtype": dtype,
         }
-        text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-        self.key = hashlib.sha256(text.encode()).hexdigest()
+        self.key = cache_key(settings)
         self.path = self.folder / f"priors-{self.key[:16]}.safetensors"
         self._contents: CacheContents | None = None
         self._loaded_stat: tuple | None = None

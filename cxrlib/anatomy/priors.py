@@ -55,10 +55,9 @@ separable padded convolution and lets one batched product serve every image and 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -69,6 +68,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cxrlib.base.cache import cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.masks import load_mask
@@ -223,8 +223,7 @@ class PriorConfig:
         Equal keys mean equal priors for equal masks; any change of a setting that
         affects values, or of :data:`PRIORS_VERSION`, changes the key.
         """
-        text = json.dumps(self.value_settings(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return cache_key(self.value_settings())
 
 
 def _kernel_size(sigma: float) -> int:
@@ -872,3 +871,14 @@ def priors_for_manifest(
     if info.counts["none"]:
         log.warning("%d of %d images have no masks: uniform prior", info.counts["none"], n)
     return ids, priors, info
+
+
+def row_prior_stack(row: Mapping, root: str | os.PathLike, config: PriorConfig) -> np.ndarray:
+    """The per-layer priors, float32 (L, g*g), of one manifest row from its manual masks
+    (``left_lung_mask_path``, ``right_lung_mask_path``, ``heart_mask_path`` under
+    ``root``): what a figure of one image's priors draws."""
+    masks = {
+        organ: load_mask(Path(root) / row[f"{organ}_mask_path"])[None]
+        for organ in ("left_lung", "right_lung", "heart")
+    }
+    return masks_to_priors(masks, config)[0].numpy()

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cxrlib.anatomy.metrics import bootstrap_mean_ci, dice, hd95
+from cxrlib.base.cache import cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.io import write_atomic, write_json_atomic
@@ -627,18 +628,13 @@ SEGMENTER_VERSION = 1
 
 def training_key(config: SegmenterConfig, train_ids: list[str], held_out_ids: list[str]) -> str:
     """Hash of everything that decides a trained segmenter: config, data, version."""
-    import hashlib
-
-    payload = json.dumps(
-        {
-            "version": SEGMENTER_VERSION,
-            "config": asdict(config),
-            "train": sorted(map(str, train_ids)),
-            "held_out": sorted(map(str, held_out_ids)),
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+    payload = {
+        "version": SEGMENTER_VERSION,
+        "config": asdict(config),
+        "train": sorted(map(str, train_ids)),
+        "held_out": sorted(map(str, held_out_ids)),
+    }
+    return cache_key(payload, compact=False)
 
 
 def train_or_load(
@@ -664,3 +660,52 @@ def train_or_load(
     seg = train_segmenter(train, tmp, config, held_out=held_out, progress=progress)
     os.replace(tmp, folder)
     return seg, folder
+
+
+def split_held_out(data: Manifest) -> tuple[Manifest, Manifest]:
+    """The ``train`` split rows of ``data`` and the rest (held out), each with its root:
+    what a segmenter trains on and is measured on."""
+    train = data.frame["split"] == "train"
+    return data.subset(train), data.subset(~train)
+
+
+@dataclass
+class CachedSegmenter:
+    """A segmenter of :func:`cached_segmenter` with the data it was trained on."""
+
+    segmenter: Segmenter
+    folder: Path  # its folder in the cache (config.json, metrics.csv, weights)
+    data: Manifest  # every row
+    train: Manifest
+    held_out: Manifest
+    source: str  # where the data came from, for a notebook's first line
+
+
+def cached_segmenter(
+    wingspan: str | os.PathLike,
+    manifest: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    cache: str | os.PathLike,
+    epochs: int,
+    image_size: int,
+    seed: int,
+    progress: bool = True,
+) -> CachedSegmenter:
+    """The segmenter the workbook's notebooks use, from their parameters.
+
+    Trained on Wingspan when its folder exists (its manifest built into
+    ``run_dir/segmenter/data``), else on ``manifest``: the train split trains, the other
+    splits are held out; :class:`SegmenterConfig` of ``epochs``, ``image_size`` and
+    ``seed``, the rest its defaults. Reused from ``cache`` for equal settings and data
+    (:func:`train_or_load`), so every notebook asking gets the same one.
+    """
+    if Path(wingspan).is_dir():
+        data = segmenter_data(wingspan=wingspan, work=Path(run_dir) / "segmenter" / "data")
+        source = f"Wingspan ({wingspan})"
+    else:
+        data = read_manifest(Path(manifest))
+        source = f"{manifest} (Wingspan not found)"
+    train, held_out = split_held_out(data)
+    config = SegmenterConfig(epochs=epochs, image_size=image_size, seed=seed)
+    seg, folder = train_or_load(train, config, cache, held_out=held_out, progress=progress)
+    return CachedSegmenter(seg, folder, data, train, held_out, source)

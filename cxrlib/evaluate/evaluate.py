@@ -649,6 +649,23 @@ HEADLINE_KEYS: tuple[str, ...] = (
 """The metrics the notebooks' summary tables show (any key of :data:`METRIC_KEYS` works)."""
 
 
+def evaluate_systems(
+    systems: Mapping[str, pd.DataFrame],
+    ref: Manifest,
+    folders: Mapping[str, str | os.PathLike] | None = None,
+    **options,
+) -> dict[str, Evaluation]:
+    """:func:`evaluate_generations` of every system's generations (name -> frame) against
+    the same references with the same ``options``, each written to ``folders[name]``
+    when given: systems compared on equal terms (:func:`compare`)."""
+    return {
+        name: evaluate_generations(
+            frame, ref, out=None if folders is None else folders[name], **options
+        )
+        for name, frame in systems.items()
+    }
+
+
 def compare(evaluations: Mapping[str, Evaluation], keys: tuple[str, ...] = HEADLINE_KEYS):
     """One row per system and metric: ``system, metric, value, ci_low, ci_high, n``.
 

@@ -1,6 +1,8 @@
 """Run the workbook: the numbered notebooks in order, headless, under one profile.
 
-A *profile* names every setting of a run (dataset size, seeds, folders). ``run_workbook``
+A *profile* names every setting of a run: the training config profile of its name
+decides the data and the config tree; the workbook adds the notebook parameters
+(seeds, sizes of figures and intervals, segmenter settings). ``run_workbook``
 prepares the data the profile needs (the phantom dataset, cached by its arguments),
 then executes each ``notebooks/NN_*.ipynb`` with papermill, passing each notebook only
 the parameters its ``parameters`` cell declares. Executed copies, figures and
@@ -28,7 +30,10 @@ from tqdm.auto import tqdm
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import read_json_object, write_json_atomic
 from cxrlib.base.provenance import provenance
-from cxrlib.data.phantom import PhantomSpec, prepare_phantom
+from cxrlib.data.phantom import PhantomSpec
+from cxrlib.training.config import profile_config
+from cxrlib.training.profiles import phantom_spec, profile_manifest
+from cxrlib.training.runs import training_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """Root of the source checkout (where ``notebooks/``, ``runs/`` and ``cache/`` live)."""
@@ -39,26 +44,35 @@ SHARED_WINGSPAN = REPO_ROOT.parent / "shared" / "data" / "wingspan"
 
 @dataclass(frozen=True)
 class Profile:
-    """Settings of one workbook run.
+    """Settings of one workbook run: a training config profile plus notebook parameters.
 
-    ``parameters`` are offered to every notebook (each takes those its ``parameters``
-    cell declares); ``publish_figures`` copies the run's figures to ``figures/``.
+    ``name`` is a key of :data:`cxrlib.training.config.PROFILES`, which alone decides the
+    run's data (:attr:`phantom`); ``parameters`` are offered to every notebook (each takes
+    those its ``parameters`` cell declares); ``publish_figures`` copies the run's figures
+    to ``figures/``.
     """
 
     name: str
-    phantom: PhantomSpec
     parameters: dict = field(default_factory=dict)
     publish_figures: bool = False
     workers: int = 2
     # the profile runs on a user's manifest (--manifest), not on the phantom
     needs_manifest: bool = False
 
+    @property
+    def phantom(self) -> PhantomSpec:
+        """The phantom dataset of the training config profile ``name``."""
+        return phantom_spec(profile_config(self.name).data)
+
+    def to_dict(self) -> dict:
+        """The profile as ``run.json`` records it (its phantom included)."""
+        return {**asdict(self), "phantom": asdict(self.phantom)}
+
 
 PROFILES: dict[str, Profile] = {
     # every notebook on tiny settings; CI runs it
     "smoke": Profile(
         "smoke",
-        PhantomSpec(n=64, seed=0, size=128),
         {
             "seed": 0,
             "n_overlay": 4,
@@ -73,7 +87,6 @@ PROFILES: dict[str, Profile] = {
     # what `make workbook` runs on the embedded phantom dataset
     "default": Profile(
         "default",
-        PhantomSpec(n=6000, seed=0, size=256),
         {
             "seed": 0,
             "n_overlay": 8,
@@ -95,7 +108,6 @@ PROFILES: dict[str, Profile] = {
     # required; each ablation run on all GPUs with `accelerate launch`
     "full": Profile(
         "full",
-        PhantomSpec(n=64, seed=0, size=128),  # not used: --manifest is required
         {
             "seed": 0,
             "n_overlay": 8,
@@ -110,6 +122,9 @@ PROFILES: dict[str, Profile] = {
         needs_manifest=True,
     ),
 }
+"""The workbook's profiles: the training config profiles of the same names
+(:data:`cxrlib.training.config.PROFILES`, their data and config trees) plus the
+notebook parameters each offers."""
 
 
 @dataclass
@@ -193,7 +208,7 @@ def run_workbook(
 
     run_started, since = time.perf_counter(), time.time()
     record: dict = {
-        "profile": asdict(prof),
+        "profile": prof.to_dict(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "provenance": provenance(),
         "notebooks": [],
@@ -201,21 +216,7 @@ def run_workbook(
         "cache_dir": str(cache_dir.resolve()),
     }
     write_json_atomic(run_dir / "run.json", record, default=str)
-    if manifest is None:
-        phantom_started = time.perf_counter()
-        manifest_path = prepare_phantom(prof.phantom, cache_dir, workers=prof.workers).resolve()
-        built = (manifest_path.parent / "phantom.json").stat().st_mtime >= since
-        record["phantom"] = _entry(
-            round(time.perf_counter() - phantom_started, 1),
-            built,
-            str(manifest_path.parent),
-            "generated" if built else "reused from the cache",
-        )
-    else:
-        manifest_path = Path(manifest).resolve()
-        if not manifest_path.is_file():
-            raise CxrError(f"manifest {manifest_path} does not exist")
-        record["phantom"] = _entry(None, False, note="not used: the run read its --manifest")
+    manifest_path, record["phantom"] = run_manifest(prof, manifest, cache_dir, since)
     offered = {
         **prof.parameters,
         "profile": prof.name,
@@ -265,6 +266,25 @@ def run_workbook(
     if prof.publish_figures and figures_dir.is_dir():
         publish_figures(run_dir, figures_dir, REPO_ROOT / "figures", record)
     return RunResult(run_dir=run_dir, notebooks=record["notebooks"], manifest=manifest_path)
+
+
+def run_manifest(
+    prof: Profile, manifest: str | os.PathLike | None, cache_dir: Path, since: float
+) -> tuple[Path, dict]:
+    """The manifest a run reads, resolved: ``manifest`` when given, else the profile's
+    phantom dataset (generated into ``cache_dir`` or reused); with its
+    ``phantom_generation`` timing entry (generated when written after ``since``)."""
+    if manifest is not None:
+        manifest_path = Path(manifest).resolve()
+        if not manifest_path.is_file():
+            raise CxrError(f"manifest {manifest_path} does not exist")
+        return manifest_path, _entry(None, False, note="not used: the run read its --manifest")
+    started = time.perf_counter()
+    manifest_path = profile_manifest(prof.name, cache_dir, workers=prof.workers).resolve()
+    built = (manifest_path.parent / "phantom.json").stat().st_mtime >= since
+    note = "generated" if built else "reused from the cache"
+    seconds = round(time.perf_counter() - started, 1)
+    return manifest_path, _entry(seconds, built, str(manifest_path.parent), note)
 
 
 def publish_figures(run_dir: Path, src: Path, dst: Path, record: dict) -> None:
@@ -345,7 +365,7 @@ def _encoder_folder(run_dir: Path, record: dict, cache_dir: Path | None) -> Path
     ``encoders/*/pretrain.json`` whose key has their manifest, encoder and settings."""
     if cache_dir is None:
         return None
-    configs = sorted((run_dir / "train").glob("*/config.json"))
+    configs = [run / "config.json" for run in training_runs(run_dir).values()]
     tree = (read_json_object(configs[0]) or {}).get("config", {}) if configs else {}
     model, settings = tree.get("model", {}), tree.get("pretrain", {})
     if not settings.get("enabled") or not isinstance(model.get("encoder"), dict):

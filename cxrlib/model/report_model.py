@@ -605,11 +605,15 @@ class ReportModel(nn.Module):
         """Beam search: each image keeps ``beams`` running hypotheses; a hypothesis that
         ends with EOS among the top ``beams`` candidates is finished with score
         sum(log p) / length ** length_penalty; an image is done when ``beams``
-        hypotheses are finished and no running one can beat the worst of them."""
-        batch, k, eos, pad = prefix.shape[0], beams, self.tokenizer.eos_id, self.tokenizer.pad_id
+        hypotheses are finished and no running one can beat the worst of them
+        (:meth:`_select_beams`). The result is the best hypothesis of each image
+        (:meth:`_best_hypotheses`)."""
+        batch, k = prefix.shape[0], beams
         rows = torch.arange(batch, device=self.device).repeat_interleave(k)  # (N,)
+        # All k beams of an image share its prefix and prior, and a beam only ever
+        # continues a beam of its own image: expanded once here, never reordered.
         prefix, tokens, text_mask = prefix[rows], tokens[rows], text_mask[rows]
-        prior = prior.select(rows)  # the priors travel with their beams
+        prior = prior.select(rows)
         n = batch * k
         cache = DynamicCache(config=self.decoder.config) if use_cache else None
         scores = torch.zeros(batch, k, dtype=torch.float64, device=self.device)
@@ -621,43 +625,90 @@ class ReportModel(nn.Module):
             logits = self._next_logits(prefix, tokens, text_mask, padded, prior, cache, step)
             logits = apply_repetition_penalty(logits, tokens, text_mask, penalty)
             logp = torch.log_softmax(logits.double(), dim=-1)  # (N, V)
-            vocab = logp.shape[-1]
-            cand = (scores.view(n, 1) + logp).view(batch, k * vocab)
-            top, idx = cand.topk(2 * k, dim=1)  # (B, 2k) best first
-            top_l, src_l, tok_l = top.tolist(), (idx // vocab).tolist(), (idx % vocab).tolist()
-            next_scores = scores.clone()
-            next_src = torch.arange(k, device=self.device).repeat(batch, 1)  # (B, k)
-            next_tok = torch.full((batch, k), pad, dtype=torch.long, device=self.device)
-            for b in range(batch):
-                if done[b]:
-                    continue
-                j = 0
-                for r in range(2 * k):
-                    s, src, tok = top_l[b][r], src_l[b][r], tok_l[b][r]
-                    if stop_at_eos and tok == eos:
-                        if r < k:
-                            seq = torch.cat([generated[b * k + src], generated.new_tensor([eos])])
-                            finished[b].append((s / len(seq) ** length_penalty, seq))
-                        continue
-                    next_scores[b, j], next_src[b, j], next_tok[b, j] = s, src, tok
-                    j += 1
-                    if j == k:
-                        break
-                finished[b] = sorted(finished[b], key=lambda h: -h[0])[:k]
-                if len(finished[b]) == k:
-                    best_running = next_scores[b, 0].item() / (step + 1) ** length_penalty
-                    done[b] = finished[b][-1][0] >= best_running
+            candidates = (scores.view(n, 1) + logp).view(batch, -1)  # (B, k * V)
+            scores, src, tok = self._select_beams(
+                candidates, scores, generated, finished, done, stop_at_eos, length_penalty
+            )
             if all(done):
                 break
-            beam_idx = (torch.arange(batch, device=self.device)[:, None] * k + next_src).view(n)
-            generated = torch.cat([generated[beam_idx], next_tok.view(n, 1)], dim=1)
-            tokens = torch.cat([tokens[beam_idx], next_tok.view(n, 1)], dim=1)
+            beam_idx = (torch.arange(batch, device=self.device)[:, None] * k + src).view(n)
+            generated = torch.cat([generated[beam_idx], tok.view(n, 1)], dim=1)
+            tokens = torch.cat([tokens[beam_idx], tok.view(n, 1)], dim=1)
             text_mask = torch.cat([text_mask[beam_idx], text_mask.new_ones(n, 1)], dim=1)
-            prefix = prefix[beam_idx]
-            prior = prior.select(beam_idx)
             if cache is not None:
                 cache.reorder_cache(beam_idx)
-            scores = next_scores
+        return self._best_hypotheses(finished, done, scores, generated, length_penalty)
+
+    def _select_beams(
+        self,
+        candidates: torch.Tensor,
+        scores: torch.Tensor,
+        generated: torch.Tensor,
+        finished: list[list[tuple[float, torch.Tensor]]],
+        done: list[bool],
+        stop_at_eos: bool,
+        length_penalty: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step of beam search over ``candidates`` (B, k * V): running score + log p.
+
+        For each image not yet done, of its 2k best candidates an EOS among the first k
+        finishes its hypothesis (``finished[b]`` keeps the k best, best first) and the k
+        best others continue. ``done[b]`` becomes True once k hypotheses are finished
+        and the worst of them scores at least the best running score / (generated
+        length) ** length_penalty: transformers' ``early_stopping=False``. ``finished``
+        and ``done`` are updated in place; an image already done keeps its ``scores``
+        (B, k) and continues every beam with PAD.
+
+        Returns
+        -------
+        next_scores : (B, k) float64, next_src : (B, k) int64 the beam each one extends,
+        next_tok : (B, k) int64 the token it appends.
+        """
+        batch, k = scores.shape
+        eos, pad = self.tokenizer.eos_id, self.tokenizer.pad_id
+        vocab = candidates.shape[1] // k
+        length = generated.shape[1] + 1  # of every hypothesis after this step
+        top, idx = candidates.topk(2 * k, dim=1)  # (B, 2k) best first
+        top_l, src_l, tok_l = top.tolist(), (idx // vocab).tolist(), (idx % vocab).tolist()
+        next_scores = scores.clone()
+        next_src = torch.arange(k, device=self.device).repeat(batch, 1)  # (B, k)
+        next_tok = torch.full((batch, k), pad, dtype=torch.long, device=self.device)
+        for b in range(batch):
+            if done[b]:
+                continue
+            j = 0
+            for r in range(2 * k):
+                s, src, tok = top_l[b][r], src_l[b][r], tok_l[b][r]
+                if stop_at_eos and tok == eos:
+                    if r < k:
+                        seq = torch.cat([generated[b * k + src], generated.new_tensor([eos])])
+                        finished[b].append((s / length**length_penalty, seq))
+                    continue
+                next_scores[b, j], next_src[b, j], next_tok[b, j] = s, src, tok
+                j += 1
+                if j == k:
+                    break
+            finished[b] = sorted(finished[b], key=lambda h: -h[0])[:k]
+            if len(finished[b]) == k:
+                best_running = next_scores[b, 0].item() / length**length_penalty
+                done[b] = finished[b][-1][0] >= best_running
+        return next_scores, next_src, next_tok
+
+    def _best_hypotheses(
+        self,
+        finished: list[list[tuple[float, torch.Tensor]]],
+        done: list[bool],
+        scores: torch.Tensor,
+        generated: torch.Tensor,
+        length_penalty: float,
+    ) -> torch.Tensor:
+        """(B, T_new) the best hypothesis of each image, padded with PAD.
+
+        An image not done when the search ended (``max_new_tokens`` reached) also
+        competes its k running beams, ``generated`` (B * k, T) scored ``scores`` (B, k)
+        / T ** length_penalty.
+        """
+        batch, k = scores.shape
         best = []
         for b in range(batch):
             hyps = list(finished[b])
@@ -669,7 +720,9 @@ class ReportModel(nn.Module):
                 ]
             best.append(max(hyps, key=lambda h: h[0])[1])
         width = max(len(seq) for seq in best)
-        out = torch.full((batch, width), pad, dtype=torch.long, device=self.device)
+        out = torch.full(
+            (batch, width), self.tokenizer.pad_id, dtype=torch.long, device=self.device
+        )
         for b, seq in enumerate(best):
             out[b, : len(seq)] = seq
         return out

@@ -8,7 +8,7 @@ so a typo never silently falls back to a default.
 
 Profiles are named presets (:data:`PROFILES`, :func:`profile_config`):
 
-- ``smoke``: seconds on a CPU: 48 phantom images at 64 px, a 2-layer model, 2 epochs
+- ``smoke``: seconds on a CPU: 64 phantom images drawn at 128 px, a 2-layer model, 2 epochs
   (1 epoch of encoder pretraining); what the tests and CI run;
 - ``default``: the phantom dataset (6,000 images drawn at 256 px) with
   :meth:`ModelConfig.cpu` (a small ResNet at 128 px, 8x8 patches), its encoder
@@ -267,7 +267,8 @@ def _smoke() -> RunConfig:
     )
     return RunConfig(
         profile="smoke",
-        data=DataConfig(phantom_n=48, phantom_size=64),
+        # the workbook's smoke data: 64 studies drawn at 128 px, read at the model's 64 px
+        data=DataConfig(phantom_n=64, phantom_size=128),
         model=model,
         train=TrainConfig(
             epochs=2,

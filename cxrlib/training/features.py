@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from cxrlib.base.cache import cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_pixels, preprocessing
 from cxrlib.base.io import write_atomic, write_json_atomic
@@ -185,8 +186,7 @@ class FeatureCache:
             "num_patches": self.num_patches,
             "encoder_width": self.width,
         }
-        text = json.dumps(self.settings, sort_keys=True, separators=(",", ":"), default=str)
-        self.key = hashlib.sha256(text.encode()).hexdigest()
+        self.key = cache_key(self.settings)
         self.folder = self.root / f"features-{self.key[:16]}"
         self.index_path = self.folder / INDEX_FILE
         self._shards: dict[str, list[str]] = {}  # shard file name -> its image ids (rows)

@@ -41,10 +41,10 @@ validation accuracy per target, ``recognition``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxrlib.base.cache import cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image, normalise, resize_gray
 from cxrlib.base.masks import load_mask, read_finding_mask
@@ -373,8 +374,6 @@ def pretrain_encoder(
     Returns the folder written (``config.json``, ``model.safetensors`` of the encoder,
     loadable with :func:`cxrlib.model.encoders.build_encoder`, and ``pretrain.json``).
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(model_config.encoder, dict):
         raise ValueError("pretraining needs a config-built encoder (ModelConfig.encoder dict)")
     data = read_manifest(manifest, check_files=False)
@@ -389,88 +388,17 @@ def pretrain_encoder(
     heads = TargetHeads(encoder_width(encoder), classes)
     train_imgs, keep = _load_images(data.subset(train_df), size, progress)
     train_y = encode_targets(train_df.iloc[keep], names, classes, kinds)
-    held_out = {}
-    for split in ("validate", "test"):
-        frame = df[df["split"] == split]
-        if len(frame):
-            imgs, rows = _load_images(data.subset(frame), size, progress)
-            held_out[split] = (imgs, encode_targets(frame.iloc[rows], names, classes, kinds))
-    masks = None
-    if config.dense_weight > 0:
-        masks = DenseTargets.load(data.subset(train_df.iloc[keep]), size, progress)
-        if masks is None:
-            log.warning("pretraining: no lung/heart masks for every train image; dense targets off")
-    dense_head = None
-    if masks is not None:
-        width = encoder_width(encoder)
-        dense_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, masks.channels))
-    modules = [encoder, heads] + ([dense_head] if dense_head is not None else [])
-    params = [p for m in modules for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * -(-len(train_imgs) // config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    history = []
+    held_out = _held_out_sets(data, names, classes, kinds, size, progress)
+    masks, dense_head = _dense_targets(
+        config, data.subset(train_df.iloc[keep]), encoder, size, progress
+    )
     started = time.perf_counter()
-
-    def patches(gray: torch.Tensor) -> torch.Tensor:
-        return encoder_patches(encoder, normalise(gray))
-
-    for epoch in range(config.epochs):
-        for m in modules:
-            m.train()
-        order = torch.randperm(len(train_imgs), generator=gen)
-        losses = []
-        bar = tqdm(
-            range(0, len(order), config.batch_size),
-            desc=f"encoder pretraining {epoch + 1}/{config.epochs}",
-            disable=not progress,
-        )
-        for start in bar:
-            idx = order[start : start + config.batch_size]
-            gray, shifted = _augment(train_imgs, masks, idx, config.max_shift, gen)
-            features = patches(gray)
-            logits = heads(features)
-            y = train_y[idx]
-            loss = torch.stack(
-                [nn.functional.cross_entropy(lg, y[:, k]) for k, lg in enumerate(logits)]
-            ).mean()
-            if shifted is not None:
-                target = shifted.batch(torch.arange(len(idx)), stride)  # (B, C, P)
-                dense = dense_head(features).transpose(1, 2)  # (B, C, P)
-                loss = loss + config.dense_weight * (
-                    nn.functional.binary_cross_entropy_with_logits(dense, target)
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        row = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5)}
-        if "validate" in held_out:
-            row.update(_validate(encoder, heads, patches, *held_out["validate"], names, config))
-        history.append(row)
-        log.info("encoder pretraining: %s", row)
+    dense = (masks, dense_head, stride)
+    history = _fit(
+        encoder, heads, dense, (train_imgs, train_y), held_out, names, config, seed, progress
+    )
     seconds = round(time.perf_counter() - started, 1)
-    prevalence = {
-        label: round(float((train_y[:, names.index(label)] > 0).float().mean()), 4)
-        for label in CHEXPERT_LABELS
-    }
-    measured = {"train_prevalence": prevalence}
-    for split, (imgs, y) in held_out.items():
-        probs = _probabilities(encoder, heads, patches, imgs, config.batch_size)
-        measured[split] = recognition(probs, y.numpy(), names, classes)
-    if "validate" in measured:
-        measured["targets_validate"] = targets_met(measured["validate"], prevalence)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    encoder.save_pretrained(tmp, safe_serialization=True)
+    measured = _measure(encoder, heads, train_y, held_out, names, classes, config)
     record = {
         "version": PRETRAIN_VERSION,
         "manifest": str(manifest),
@@ -495,10 +423,130 @@ def pretrain_encoder(
         "recognition": measured,
         "key": key,
     }
+    return _write_encoder(encoder, record, Path(out))
+
+
+def _held_out_sets(data: Manifest, names, classes, kinds, size, progress) -> dict:
+    """``{split: (images, targets)}`` for the non-empty validate/test splits of ``data``."""
+    held_out = {}
+    for split in ("validate", "test"):
+        rows = data.split(split)
+        frame = rows.frame
+        if len(frame):
+            imgs, rows = _load_images(rows, size, progress)
+            held_out[split] = (imgs, encode_targets(frame.iloc[rows], names, classes, kinds))
+    return held_out
+
+
+def _dense_targets(config, train_rows: Manifest, encoder, size, progress):
+    """The lung/heart mask targets and their head, or ``(None, None)`` when off or missing."""
+    if config.dense_weight <= 0:
+        return None, None
+    masks = DenseTargets.load(train_rows, size, progress)
+    if masks is None:
+        log.warning("pretraining: no lung/heart masks for every train image; dense targets off")
+        return None, None
+    width = encoder_width(encoder)
+    return masks, nn.Sequential(nn.LayerNorm(width), nn.Linear(width, masks.channels))
+
+
+def _fit(encoder, heads, dense, train, held_out, names, config, seed, progress):
+    """Run ``config.epochs`` epochs of AdamW + one-cycle; returns the per-epoch history rows.
+
+    ``dense`` is ``(masks, dense_head, stride)`` (masks and head ``None`` when off); ``train`` is
+    ``(images, targets)``.
+    """
+    masks, dense_head, stride = dense
+    train_imgs, train_y = train
+    modules = [encoder, heads] + ([dense_head] if dense_head is not None else [])
+    params = [p for m in modules for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * -(-len(train_imgs) // config.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+
+    def patches(gray: torch.Tensor) -> torch.Tensor:
+        return encoder_patches(encoder, normalise(gray))
+
+    def step(idx: torch.Tensor) -> float:
+        gray, shifted = _augment(train_imgs, masks, idx, config.max_shift, gen)
+        features = patches(gray)
+        y = train_y[idx]
+        loss = torch.stack(
+            [nn.functional.cross_entropy(lg, y[:, k]) for k, lg in enumerate(heads(features))]
+        ).mean()
+        if shifted is not None:
+            target = shifted.batch(torch.arange(len(idx)), stride)  # (B, C, P)
+            dense = dense_head(features).transpose(1, 2)  # (B, C, P)
+            loss = loss + config.dense_weight * (
+                nn.functional.binary_cross_entropy_with_logits(dense, target)
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        return loss.item()
+
+    for epoch in range(config.epochs):
+        for m in modules:
+            m.train()
+        losses = _epoch(
+            step, len(train_imgs), gen, f"{epoch + 1}/{config.epochs}", config, progress
+        )
+        row = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5)}
+        if "validate" in held_out:
+            row.update(_validate(encoder, heads, patches, *held_out["validate"], names, config))
+        history.append(row)
+        log.info("encoder pretraining: %s", row)
+    return history
+
+
+def _epoch(step, n_images, gen, label, config, progress) -> list[float]:
+    """One shuffled pass of ``step`` over mini-batches; returns the batch losses."""
+    from tqdm.auto import tqdm
+
+    order = torch.randperm(n_images, generator=gen)
+    losses = []
+    bar = tqdm(
+        range(0, len(order), config.batch_size),
+        desc=f"encoder pretraining {label}",
+        disable=not progress,
+    )
+    for start in bar:
+        losses.append(step(order[start : start + config.batch_size]))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return losses
+
+
+def _measure(encoder, heads, train_y, held_out, names, classes, config) -> dict:
+    """Train prevalence, held-out recognition and (with a validate split) the targets met."""
+    prevalence = {
+        label: round(float((train_y[:, names.index(label)] > 0).float().mean()), 4)
+        for label in CHEXPERT_LABELS
+    }
+
+    def patches(gray: torch.Tensor) -> torch.Tensor:
+        return encoder_patches(encoder, normalise(gray))
+
+    measured = {"train_prevalence": prevalence}
+    for split, (imgs, y) in held_out.items():
+        probs = _probabilities(encoder, heads, patches, imgs, config.batch_size)
+        measured[split] = recognition(probs, y.numpy(), names, classes)
+    if "validate" in measured:
+        measured["targets_validate"] = targets_met(measured["validate"], prevalence)
+    return measured
+
+
+def _write_encoder(encoder, record: dict, out: Path) -> Path:
+    """Save ``encoder`` and ``pretrain.json`` to ``out`` via a ``.tmp`` folder, renamed last."""
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    encoder.save_pretrained(tmp, safe_serialization=True)
     (tmp / "pretrain.json").write_text(json.dumps(record, indent=2))
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.rename(out)
     return out
@@ -552,7 +600,7 @@ def pretrained_encoder(
         "settings": asdict(config),
         "seed": seed,
     }
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
+    key = cache_key(key_data, compact=False)
     folder = Path(cache_dir) / "encoders" / f"encoder-{key[:16]}"
     if (folder / "pretrain.json").is_file():
         return folder

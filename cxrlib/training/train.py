@@ -528,328 +528,430 @@ def train(
         ``data.max_bad_images``, an ``out`` folder of another run, a changed config on
         resume.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list, gather_object, set_seed
-    from tqdm.auto import tqdm
+    from accelerate import Accelerator  # deferred: heavy, imported only when a run starts
 
-    out = Path(out)
-    tc = config.train
-    if val_metrics is None:
-        val_metrics = clinical_val_metrics
     # cpu=True without CUDA: also what makes torchrun / accelerate launch on CPUs
     # start a gloo process group instead of running W independent copies
     accelerator = Accelerator(
-        mixed_precision=_mixed_precision(tc.mixed_precision), cpu=not torch.cuda.is_available()
+        mixed_precision=_mixed_precision(config.train.mixed_precision),
+        cpu=not torch.cuda.is_available(),
     )
-    main = accelerator.is_main_process
-    rank, world = accelerator.process_index, accelerator.num_processes
-    ckpt_dir = out / CHECKPOINTS
+    trainer = Trainer(config, out, accelerator, progress=progress, val_metrics=val_metrics)
+    return trainer.fit(resume)
 
-    # --- run folder and config -----------------------------------------------------
-    config_path = out / "config.json"
-    tree = config.to_dict()
-    last = None
-    if main:
-        recover_checkpoints(ckpt_dir)
-    accelerator.wait_for_everyone()
-    if resume:
-        if not config_path.is_file():
-            log.warning("%s: nothing to resume (no config.json); starting a new run", out)
-            resume = False
-        else:
-            stored = json.loads(config_path.read_text())
-            if stored.get("config") != tree:
-                raise TrainingError(
-                    f"{config_path}: the run was started with another config; resume with "
-                    "the same profile, --config and options (or use a new --out)"
-                )
-            if (ckpt_dir / "last").is_dir():
-                last = ckpt_dir / "last"
-            else:
-                log.warning("%s: no checkpoint yet; starting from the beginning", out)
-    elif out.exists() and any(out.iterdir()):
-        raise TrainingError(f"{out}: not empty; give a new --out, or --resume to continue it")
-    if main and not resume:
-        out.mkdir(parents=True, exist_ok=True)
-        record = {"config": tree, "seed": config.seed, "world_size": world, **provenance()}
-        write_atomic(config_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
-    accelerator.wait_for_everyone()
 
-    # --- data and model ------------------------------------------------------------
-    set_seed(config.seed)
-    with accelerator.main_process_first():
-        manifest = resolve_manifest(config)
-    splits = load_splits(config, manifest)
-    train_texts = splits["train"].frame[config.data.text_column].map(text_cell).tolist()
-    if last is not None:
-        model = ReportModel.from_pretrained(last)
-    else:
-        with accelerator.main_process_first():
-            model_config = resolve_model_config(config, manifest, progress and main)
-        set_seed(config.seed)
-        model = ReportModel.from_config(model_config, texts=train_texts)
-    if tc.feature_cache and config.model.encoder_trainable != "frozen":
-        log.warning(
-            "train.feature_cache ignored: the encoder trains (%s)", config.model.encoder_trainable
+class Trainer:
+    """One training run of ``config`` into ``out`` under ``accelerator`` (see :func:`train`).
+
+    The run's state (step, epoch and batch position, best metric, bad epochs, unreadable
+    images) lives on the instance so that the epoch, validation and checkpoint methods share
+    it; a checkpoint holds exactly that state, so a resumed run continues bit-identically.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out: str | os.PathLike,
+        accelerator,
+        *,
+        progress: bool = True,
+        val_metrics: ValMetrics | None = None,
+    ):
+        self.config, self.tc, self.out = config, config.train, Path(out)
+        self.progress = progress
+        self.val_metrics = clinical_val_metrics if val_metrics is None else val_metrics
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.ckpt_dir = self.out / CHECKPOINTS
+        self.step, self.epoch, self.batch_pos = 0, 0, 0
+        self.best, self.bad_epochs, self.metrics_rows = None, 0, None
+        self.bad_images: list[tuple[str, str]] = []
+        self.stop_reason, self.done = "completed", False
+        self.saved_step: int | None = None  # the step of the last written ``last`` checkpoint
+        self.seen_first_epoch: list[str] = []
+        self._counter = [0]  # checkpoints written by this process (see write_checkpoint)
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Run (or with ``resume`` continue) the training; returns its :class:`TrainResult`."""
+        last = self._open_run_folder(resume)
+        splits = self._build_model(last)
+        self._build_data(splits)
+        self._build_optimizer()
+        if last is not None:
+            self.resume(last)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.raw_model: ReportModel = self.accelerator.unwrap_model(self.model)
+        self.metrics = MetricsLog(
+            self.out, self.main, self.metrics_rows, self.step + 1 if last else None
         )
+        self.saved_step = self.step if last is not None else None
+        self.started = time.perf_counter()
+        self.done = self.step >= self.total_steps
+        while not self.done and self.epoch < self.tc.epochs:
+            self.train_epoch()
+            self._end_epoch()
+        self.metrics.close()
+        return self._finish()
 
-    bad_images: list[tuple[str, str]] = []
-    datasets = {}
-    for split, frame in splits.items():
-        with accelerator.main_process_first():  # the caches are written by rank 0 first
-            datasets[split], bad = split_dataset(config, model, frame, progress and main)
-        bad_images += bad
-    _check_bad(bad_images, config)
+    def _open_run_folder(self, resume: bool) -> Path | None:
+        """Check ``out`` (new, or the same config on resume), write ``config.json``.
 
-    collate = Collate(model.tokenizer, model.config.max_text_tokens)
-    n_train = len(datasets["train"])
-    batches_per_epoch = len(epoch_batches(n_train, tc.batch_size, config.seed, 0, world, rank))
-    if batches_per_epoch == 0:
-        raise TrainingError(f"{n_train} training images cannot fill one batch on {world} processes")
-    steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum_steps)
-    total_steps = tc.epochs * steps_per_epoch
-    if tc.max_steps is not None:
-        total_steps = min(total_steps, tc.max_steps)
-    warmup = int(round(tc.warmup_ratio * total_steps))
+        Returns the checkpoint to resume from, or ``None`` to start from the beginning.
+        """
+        out, config_path, tree = self.out, self.out / "config.json", self.config.to_dict()
+        last = None
+        if self.main:
+            recover_checkpoints(self.ckpt_dir)
+        self.accelerator.wait_for_everyone()
+        if resume:
+            if not config_path.is_file():
+                log.warning("%s: nothing to resume (no config.json); starting a new run", out)
+                resume = False
+            else:
+                stored = json.loads(config_path.read_text())
+                if stored.get("config") != tree:
+                    raise TrainingError(
+                        f"{config_path}: the run was started with another config; resume with "
+                        "the same profile, --config and options (or use a new --out)"
+                    )
+                if (self.ckpt_dir / "last").is_dir():
+                    last = self.ckpt_dir / "last"
+                else:
+                    log.warning("%s: no checkpoint yet; starting from the beginning", out)
+        elif out.exists() and any(out.iterdir()):
+            raise TrainingError(f"{out}: not empty; give a new --out, or --resume to continue it")
+        if self.main and not resume:
+            out.mkdir(parents=True, exist_ok=True)
+            record = {
+                "config": tree, "seed": self.config.seed, "world_size": self.world, **provenance()
+            }  # fmt: skip
+            write_atomic(config_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+        self.accelerator.wait_for_everyone()
+        return last
 
-    optimizer = torch.optim.AdamW(
-        param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas)
-    )
-    schedule = WarmupCosine(warmup, total_steps, tc.min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    def _build_model(self, last: Path | None) -> dict[str, pd.DataFrame]:
+        """Seed, read the splits and build (or load from ``last``) the model; returns the splits."""
+        from accelerate.utils import set_seed  # deferred: heavy (see train)
 
-    # --- resume state ----------------------------------------------------------------
-    step, epoch, batch_pos, best, bad_epochs, metrics_rows = 0, 0, 0, None, 0, None
-    if last is not None:
-        state, opt_state, rng = read_checkpoint(last, rank)
-        optimizer.load_state_dict(opt_state)
+        config, accelerator = self.config, self.accelerator
+        set_seed(config.seed)
+        with accelerator.main_process_first():
+            manifest = resolve_manifest(config)
+        splits = load_splits(config, manifest)
+        train_texts = splits["train"].frame[config.data.text_column].map(text_cell).tolist()
+        if last is not None:
+            self.model = ReportModel.from_pretrained(last)
+        else:
+            with accelerator.main_process_first():
+                model_config = resolve_model_config(config, manifest, self.progress and self.main)
+            set_seed(config.seed)
+            self.model = ReportModel.from_config(model_config, texts=train_texts)
+        if self.tc.feature_cache and config.model.encoder_trainable != "frozen":
+            log.warning(
+                "train.feature_cache ignored: the encoder trains (%s)",
+                config.model.encoder_trainable,
+            )
+        return splits
+
+    def _build_data(self, splits: dict[str, pd.DataFrame]) -> None:
+        """The split datasets (caches written by rank 0 first), collate and step counts."""
+        tc = self.tc
+        self.datasets = {}
+        for split, frame in splits.items():
+            with self.accelerator.main_process_first():
+                self.datasets[split], bad = split_dataset(
+                    self.config, self.model, frame, self.progress and self.main
+                )
+            self.bad_images += bad
+        _check_bad(self.bad_images, self.config)
+        self.collate = Collate(self.model.tokenizer, self.model.config.max_text_tokens)
+        self.n_train = n_train = len(self.datasets["train"])
+        batches = epoch_batches(n_train, tc.batch_size, self.config.seed, 0, self.world, self.rank)
+        if len(batches) == 0:
+            raise TrainingError(
+                f"{n_train} training images cannot fill one batch on {self.world} processes"
+            )
+        steps_per_epoch = math.ceil(len(batches) / tc.grad_accum_steps)
+        self.total_steps = tc.epochs * steps_per_epoch
+        if tc.max_steps is not None:
+            self.total_steps = min(self.total_steps, tc.max_steps)
+
+    def _build_optimizer(self) -> None:
+        """AdamW over :func:`param_groups` with the warm-up + cosine schedule."""
+        tc = self.tc
+        warmup = int(round(tc.warmup_ratio * self.total_steps))
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas)
+        )
+        schedule = WarmupCosine(warmup, self.total_steps, tc.min_lr_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+
+    def resume(self, last: Path) -> None:
+        """Restore optimizer, scheduler, counters, unreadable images and RNGs from ``last``."""
+        state, opt_state, rng = read_checkpoint(last, self.rank)
+        self.optimizer.load_state_dict(opt_state)
         sched_state = dict(state["scheduler"])
-        sched_state["lr_lambdas"] = [None] * len(optimizer.param_groups)
-        scheduler.load_state_dict(sched_state)
-        step, epoch, batch_pos = state["step"], state["epoch"], state["batch_in_epoch"]
-        best, bad_epochs, metrics_rows = state["best"], state["bad_epochs"], state["metrics_rows"]
-        bad_images = [tuple(b) for b in state["bad_images"]] + [
-            b for b in bad_images if list(b) not in state["bad_images"]
+        sched_state["lr_lambdas"] = [None] * len(self.optimizer.param_groups)
+        self.scheduler.load_state_dict(sched_state)
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_pos = state["batch_in_epoch"]
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+        self.metrics_rows = state["metrics_rows"]
+        self.bad_images = [tuple(b) for b in state["bad_images"]] + [
+            b for b in self.bad_images if list(b) not in state["bad_images"]
         ]
         _set_rng_state(rng)
-        log.info("resuming %s at step %d (epoch %d, batch %d)", out, step, epoch + 1, batch_pos)
+        log.info(
+            "resuming %s at step %d (epoch %d, batch %d)",
+            self.out, self.step, self.epoch + 1, self.batch_pos,
+        )  # fmt: skip
 
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model: ReportModel = accelerator.unwrap_model(model)
-    metrics = MetricsLog(
-        out, main, metrics_rows if last is not None else None, step + 1 if last else None
-    )
-    counter = [0]
-    saved_step: list[int | None] = [step if last is not None else None]
-    seen_first_epoch: list[str] = []
+    def save_checkpoint(self, name: str, next_epoch: int, next_batch: int) -> None:
+        """Write checkpoint ``name`` (main process) holding every rank's RNG state."""
+        from accelerate.utils import gather_object  # deferred: heavy (see train)
 
-    def checkpoint(name: str, next_epoch: int, next_batch: int) -> None:
         rng_states = gather_object([_rng_state()])
-        if main:
-            counter[0] += 1
-            sched = scheduler.state_dict()
+        if self.main:
+            self._counter[0] += 1
+            sched = self.scheduler.state_dict()
             sched.pop("lr_lambdas", None)
             state = {
-                "step": step,
+                "step": self.step,
                 "epoch": next_epoch,
                 "batch_in_epoch": next_batch,
-                "best": best,
-                "bad_epochs": bad_epochs,
-                "bad_images": [list(b) for b in bad_images],
-                "metrics_rows": len(metrics.rows),
+                "best": self.best,
+                "bad_epochs": self.bad_epochs,
+                "bad_images": [list(b) for b in self.bad_images],
+                "metrics_rows": len(self.metrics.rows),
                 "scheduler": sched,
-                "world_size": world,
-                "seed": config.seed,
-                "train_images": n_train,  # for the model card (not read on resume)
-                "validate_images": len(datasets["validate"]),
+                "world_size": self.world,
+                "seed": self.config.seed,
+                "train_images": self.n_train,  # for the model card (not read on resume)
+                "validate_images": len(self.datasets["validate"]),
             }
             write_checkpoint(
-                ckpt_dir, name, raw_model, optimizer.optimizer, state, rng_states, counter
-            )
+                self.ckpt_dir, name, self.raw_model, self.optimizer.optimizer, state, rng_states,
+                self._counter,
+            )  # fmt: skip
         if name == "last":
-            saved_step[0] = step
-        accelerator.wait_for_everyone()
+            self.saved_step = self.step
+        self.accelerator.wait_for_everyone()
 
-    stop_reason = "completed"
-    started = time.perf_counter()
-    done = step >= total_steps
-    while not done and epoch < tc.epochs:
-        batches = epoch_batches(n_train, tc.batch_size, config.seed, epoch, world, rank)
+    def train_epoch(self) -> None:
+        """Train from ``batch_pos`` to the end of epoch ``epoch`` (or to the last step)."""
+        from tqdm.auto import tqdm  # deferred like the other run-time imports
+
+        tc, seed = self.tc, self.config.seed
+        batches = epoch_batches(
+            self.n_train, tc.batch_size, seed, self.epoch, self.world, self.rank
+        )
         loader = torch.utils.data.DataLoader(
-            datasets["train"],
-            batch_sampler=batches[batch_pos:],
-            collate_fn=collate,
+            self.datasets["train"],
+            batch_sampler=batches[self.batch_pos :],
+            collate_fn=self.collate,
             num_workers=tc.num_workers,
             # its own generator: creating the iterator must not draw from the global RNG
             # (it would shift dropout after a resume)
-            generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch),
+            generator=torch.Generator().manual_seed(seed * 100_003 + self.epoch),
         )
-        model.train()
+        self.model.train()
         bar = tqdm(
             total=len(batches),
-            initial=batch_pos,
-            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            initial=self.batch_pos,
+            desc=f"epoch {self.epoch + 1}/{tc.epochs}",
             unit="batch",
-            disable=not (progress and main),
+            disable=not (self.progress and self.main),
         )
-        window_loss, window_images, window_start = [], 0, time.perf_counter()
-        for i, batch in enumerate(loader, start=batch_pos):
-            if epoch == 0 and world > 1:
-                seen_first_epoch += batch["image_ids"]
-            if batch["bad"]:
-                bad_images += batch["bad"]
-                for image_id, message in batch["bad"]:
-                    log.warning("skipped unreadable image %s: %s", image_id, message)
-                _check_bad(bad_images, config)
+        self._reset_window()
+        for i, batch in enumerate(loader, start=self.batch_pos):
+            self._note_batch(batch)
             window_end = min(len(batches), (i // tc.grad_accum_steps + 1) * tc.grad_accum_steps)
             window_size = window_end - (i // tc.grad_accum_steps) * tc.grad_accum_steps
             sync = i + 1 == window_end
-            with nullcontext() if sync else accelerator.no_sync(model):
-                if batch["image_ids"]:
-                    out_ = model(**model_inputs(batch, accelerator.device))
-                    loss = out_.loss
-                else:  # every image of this batch was unreadable: keep the ranks in step
-                    loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-                finite = torch.tensor(
-                    float(torch.isfinite(loss.detach()).item()), device=accelerator.device
-                )
-                if accelerator.reduce(finite, "min").item() < 1:
-                    kept = (
-                        f"the last good checkpoint is {ckpt_dir / 'last'} (step {saved_step[0]})"
-                        if saved_step[0] is not None
-                        else "no checkpoint was written yet"
-                    )
-                    raise TrainingError(
-                        f"step {step + 1} (epoch {epoch + 1}, batch {i + 1}): the loss is "
-                        f"{loss.item()}; training stopped, {kept}. Lower train.lr or check "
-                        "the data"
-                    )
-                accelerator.backward(loss / window_size)
-            window_loss.append(loss.detach())
-            window_images += len(batch["image_ids"])
+            with nullcontext() if sync else self.accelerator.no_sync(self.model):
+                loss = self._backward(batch, i, window_size)
+            self.window_loss.append(loss.detach())
+            self.window_images += len(batch["image_ids"])
             bar.update(1)
             if not sync:
                 continue
-            grad_norm = None
-            if tc.grad_clip is not None:
-                grad_norm = accelerator.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], tc.grad_clip
-                )
-            lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % tc.log_every == 0 or step == total_steps:
-                mean_loss = accelerator.reduce(torch.stack(window_loss).mean(), "mean").item()
-                images = accelerator.reduce(
-                    torch.tensor(float(window_images), device=accelerator.device), "sum"
-                ).item()
-                rate = images / max(1e-9, time.perf_counter() - window_start)
-                metrics.add(
-                    {
-                        "step": step,
-                        "epoch": epoch + 1,
-                        "split": "train",
-                        "loss": round(mean_loss, 6),
-                        "lr": lr,
-                        "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
-                        "images_per_s": round(rate, 2),
-                        "elapsed_s": round(time.perf_counter() - started, 2),
-                    }
-                )
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
-                window_loss, window_images, window_start = [], 0, time.perf_counter()
+            self._optimizer_step(bar)
             epoch_end = i + 1 == len(batches)
-            if step >= total_steps:
-                done = True
-            if (
-                tc.checkpoint_every
-                and step % tc.checkpoint_every == 0
-                and not epoch_end
-                and not done
-            ):
-                checkpoint("last", epoch, i + 1)
-            if done and not epoch_end:
+            if self.step >= self.total_steps:
+                self.done = True
+            every = tc.checkpoint_every
+            if every and self.step % every == 0 and not epoch_end and not self.done:
+                self.save_checkpoint("last", self.epoch, i + 1)
+            if self.done and not epoch_end:
                 break
         bar.close()
-        # --- end of epoch: validation, best, early stopping, checkpoint -------------
-        finished_epoch = epoch
-        epoch, batch_pos = epoch + 1, 0
-        values = evaluate_split(model, datasets["validate"], collate, accelerator, tc.batch_size)
+
+    def _reset_window(self) -> None:
+        """Start a new logging window (losses, images and time since the last train row)."""
+        self.window_loss, self.window_images, self.window_start = [], 0, time.perf_counter()
+
+    def _note_batch(self, batch: dict) -> None:
+        """Record the first epoch's image ids (DDP) and the batch's unreadable images."""
+        if self.epoch == 0 and self.world > 1:
+            self.seen_first_epoch += batch["image_ids"]
+        if batch["bad"]:
+            self.bad_images += batch["bad"]
+            for image_id, message in batch["bad"]:
+                log.warning("skipped unreadable image %s: %s", image_id, message)
+            _check_bad(self.bad_images, self.config)
+
+    def _backward(self, batch: dict, i: int, window_size: int) -> torch.Tensor:
+        """Loss of ``batch`` (batch ``i``), checked finite on every rank, back-propagated."""
+        accelerator = self.accelerator
+        if batch["image_ids"]:
+            loss = self.model(**model_inputs(batch, accelerator.device)).loss
+        else:  # every image of this batch was unreadable: keep the ranks in step
+            loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+        finite = torch.tensor(
+            float(torch.isfinite(loss.detach()).item()), device=accelerator.device
+        )
+        if accelerator.reduce(finite, "min").item() < 1:
+            kept = (
+                f"the last good checkpoint is {self.ckpt_dir / 'last'} (step {self.saved_step})"
+                if self.saved_step is not None
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"step {self.step + 1} (epoch {self.epoch + 1}, batch {i + 1}): the loss is "
+                f"{loss.item()}; training stopped, {kept}. Lower train.lr or check the data"
+            )
+        accelerator.backward(loss / window_size)
+        return loss
+
+    def _optimizer_step(self, bar) -> None:
+        """Clip, step optimizer and schedule, and every ``log_every`` steps log a train row."""
+        tc, model = self.tc, self.model
+        grad_norm = None
+        if tc.grad_clip is not None:
+            grad_norm = self.accelerator.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], tc.grad_clip
+            )
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.step % tc.log_every == 0 or self.step == self.total_steps:
+            self._log_train(lr, grad_norm, bar)
+
+    def _log_train(self, lr: float, grad_norm, bar) -> None:
+        """Add the window's train row (mean loss and images/s over all ranks) to metrics."""
+        accelerator = self.accelerator
+        mean_loss = accelerator.reduce(torch.stack(self.window_loss).mean(), "mean").item()
+        images = accelerator.reduce(
+            torch.tensor(float(self.window_images), device=accelerator.device), "sum"
+        ).item()
+        rate = images / max(1e-9, time.perf_counter() - self.window_start)
+        self.metrics.add(
+            {
+                "step": self.step,
+                "epoch": self.epoch + 1,
+                "split": "train",
+                "loss": round(mean_loss, 6),
+                "lr": lr,
+                "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+                "images_per_s": round(rate, 2),
+                "elapsed_s": round(time.perf_counter() - self.started, 2),
+            }
+        )
+        bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+        self._reset_window()
+
+    def validate(self, finished_epoch: int) -> dict:
+        """Validation loss and generated-sample metrics (main's, for all) after an epoch."""
+        from accelerate.utils import broadcast_object_list  # deferred: heavy (see train)
+
+        tc, val = self.tc, self.datasets["validate"]
+        values = evaluate_split(self.model, val, self.collate, self.accelerator, tc.batch_size)
         values.update(
             _samples(
-                raw_model,
-                datasets["validate"],
-                tc.val_generate,
-                out,
-                step,
-                finished_epoch,
-                main,
-                val_metrics,
+                self.raw_model, val, tc.val_generate, self.out, self.step, finished_epoch,
+                self.main, self.val_metrics,
             )
+        )  # fmt: skip
+        values = broadcast_object_list([values])[0]
+        self.metrics.add(
+            {"step": self.step, "epoch": finished_epoch + 1, "split": "validate", **values}
         )
-        values = broadcast_object_list([values])[0]  # generated metrics: main's, for all
-        metrics.add({"step": step, "epoch": finished_epoch + 1, "split": "validate", **values})
+        return values
+
+    def _end_epoch(self) -> None:
+        """Validate, track the best metric and early stopping, write best/last checkpoints."""
+        tc = self.tc
+        finished_epoch = self.epoch
+        self.epoch, self.batch_pos = self.epoch + 1, 0
+        values = self.validate(finished_epoch)
         name = "loss" if tc.early_stopping_metric == "val_loss" else tc.early_stopping_metric
         metric = values.get(name)
-        improved = False
-        if metric is not None and math.isfinite(metric):
-            if best is None:
-                improved = True
-            else:
-                improved = metric < best if tc.early_stopping_mode == "min" else metric > best
+        improved = self._improves(metric)
         if improved:
-            best, bad_epochs = metric, 0
+            self.best, self.bad_epochs = metric, 0
         else:
-            bad_epochs += 1
-        if tc.patience is not None and bad_epochs >= tc.patience:
-            stop_reason = (
+            self.bad_epochs += 1
+        if tc.patience is not None and self.bad_epochs >= tc.patience:
+            self.stop_reason = (
                 f"early stopping: {tc.early_stopping_metric} did not improve for "
-                f"{bad_epochs} epochs"
+                f"{self.bad_epochs} epochs"
             )
-            done = True
+            self.done = True
         if improved:
-            checkpoint("best", epoch, 0)
-        checkpoint("last", epoch, 0)
-        if step >= total_steps and stop_reason == "completed" and epoch < tc.epochs:
-            stop_reason = f"max_steps={tc.max_steps} reached"
-    metrics.close()
+            self.save_checkpoint("best", self.epoch, 0)
+        self.save_checkpoint("last", self.epoch, 0)
+        reached = self.step >= self.total_steps and self.epoch < tc.epochs
+        if reached and self.stop_reason == "completed":
+            self.stop_reason = f"max_steps={tc.max_steps} reached"
 
-    if world > 1:
-        record = {
-            "rank": rank,
-            "world_size": world,
-            "first_epoch_image_ids": seen_first_epoch,
-            "weights_sha256": _sha256_params(raw_model),
-        }
-        (out / f"rank-{rank}.json").write_text(json.dumps(record))
-    result = TrainResult(
-        out=out,
-        global_step=step,
-        epochs_done=epoch,
-        stop_reason=stop_reason,
-        best_metric=best,
-        bad_images=list(bad_images),
-        metrics=pd.DataFrame(metrics.rows) if main else None,
-    )
-    if main:
-        summary = {
-            "global_step": step,
-            "epochs_done": epoch,
-            "stop_reason": stop_reason,
-            "best": {tc.early_stopping_metric: best},
-            "bad_images": [list(b) for b in bad_images],
-            "train_images": n_train,
-            "validate_images": len(datasets["validate"]),
-            "world_size": world,
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        write_atomic(
-            out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
+    def _improves(self, metric: float | None) -> bool:
+        """Whether ``metric`` (finite) beats the best so far in ``early_stopping_mode``."""
+        if metric is None or not math.isfinite(metric):
+            return False
+        if self.best is None:
+            return True
+        return metric < self.best if self.tc.early_stopping_mode == "min" else metric > self.best
+
+    def _finish(self) -> TrainResult:
+        """Write ``rank-R.json`` (DDP) and ``summary.json``; returns the result."""
+        out, main, step, epoch, best = self.out, self.main, self.step, self.epoch, self.best
+        if self.world > 1:
+            record = {
+                "rank": self.rank,
+                "world_size": self.world,
+                "first_epoch_image_ids": self.seen_first_epoch,
+                "weights_sha256": _sha256_params(self.raw_model),
+            }
+            (out / f"rank-{self.rank}.json").write_text(json.dumps(record))
+        result = TrainResult(
+            out=out,
+            global_step=step,
+            epochs_done=epoch,
+            stop_reason=self.stop_reason,
+            best_metric=best,
+            bad_images=list(self.bad_images),
+            metrics=pd.DataFrame(self.metrics.rows) if main else None,
         )
-    accelerator.wait_for_everyone()
-    return result
+        if main:
+            summary = {
+                "global_step": step,
+                "epochs_done": epoch,
+                "stop_reason": self.stop_reason,
+                "best": {self.tc.early_stopping_metric: best},
+                "bad_images": [list(b) for b in self.bad_images],
+                "train_images": self.n_train,
+                "validate_images": len(self.datasets["validate"]),
+                "world_size": self.world,
+                "seconds": round(time.perf_counter() - self.started, 1),
+            }
+            write_atomic(
+                out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
+            )
+        self.accelerator.wait_for_everyone()
+        return result
 
 
 def _unreadable(examples: list[Example]) -> dict[str, str]:
