@@ -232,31 +232,7 @@ def run_workbook(
     for src in tqdm(paths, desc=f"workbook {profile}", unit="notebook"):
         declared = {p for p in pm.inspect_notebook(str(src))}
         params = {k: v for k, v in offered.items() if k in declared}
-        dst = run_dir / "notebooks" / src.name
-        entry = {"notebook": src.name, "parameters": params, "executed": str(dst)}
-        record["notebooks"].append(entry)
-        started = time.perf_counter()
-        try:
-            pm.execute_notebook(
-                str(src),
-                str(dst),
-                parameters=params,
-                cwd=str(src.parent),
-                kernel_name="python3",
-                progress_bar=False,
-            )
-        except pm.PapermillExecutionError as err:
-            entry["status"] = "failed"
-            entry["seconds"] = round(time.perf_counter() - started, 1)
-            record["status"] = "failed"
-            write_json_atomic(run_dir / "run.json", record, default=str)
-            raise CxrError(
-                f"notebook {src.name} failed at cell {err.exec_count}: {err.ename}: "
-                f"{err.evalue.splitlines()[0] if err.evalue else ''} (executed copy: {dst})"
-            ) from None
-        entry["status"] = "ok"
-        entry["seconds"] = round(time.perf_counter() - started, 1)
-        write_json_atomic(run_dir / "run.json", record, default=str)
+        execute_notebook(src, run_dir / "notebooks" / src.name, params, record, run_dir)
 
     record["status"] = "complete"
     record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -266,6 +242,43 @@ def run_workbook(
     if prof.publish_figures and figures_dir.is_dir():
         publish_figures(run_dir, figures_dir, REPO_ROOT / "figures", record)
     return RunResult(run_dir=run_dir, notebooks=record["notebooks"], manifest=manifest_path)
+
+
+def execute_notebook(src: Path, dst: Path, params: dict, record: dict, run_dir: Path) -> None:
+    """Execute notebook ``src`` into ``dst`` with ``params`` (papermill), its entry in
+    ``record["notebooks"]`` (status, seconds) written to ``run_dir/run.json`` when it ends.
+
+    Raises
+    ------
+    CxrError
+        When a cell fails: the notebook, the failing cell, the error and the executed copy.
+    """
+    import papermill as pm
+
+    entry = {"notebook": src.name, "parameters": params, "executed": str(dst)}
+    record["notebooks"].append(entry)
+    started = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(src),
+            str(dst),
+            parameters=params,
+            cwd=str(src.parent),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    except pm.PapermillExecutionError as err:
+        entry["status"] = "failed"
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        record["status"] = "failed"
+        write_json_atomic(run_dir / "run.json", record, default=str)
+        raise CxrError(
+            f"notebook {src.name} failed at cell {err.exec_count}: {err.ename}: "
+            f"{err.evalue.splitlines()[0] if err.evalue else ''} (executed copy: {dst})"
+        ) from None
+    entry["status"] = "ok"
+    entry["seconds"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(run_dir / "run.json", record, default=str)
 
 
 def run_manifest(
