@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from cxrlib.base.errors import CxrError
-from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest
+from cxrlib.data.manifest import CHEXPERT_LABELS, Manifest, read_manifest
 from cxrlib.evaluate.attention_grounding import SUMMARY_COLUMNS, ablation_attention
 from cxrlib.evaluate.evaluate import evaluate_generations
 from cxrlib.experiment.ablation import (
@@ -177,7 +178,12 @@ def _results(generations: dict, ref: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (system, seed), frame in generations.items():
         ev = evaluate_generations(
-            frame, ref, ref_labels="manifest", n_bootstrap=0, meteor=False, progress=False
+            frame,
+            Manifest(ref, Path.cwd()),
+            ref_labels="manifest",
+            n_bootstrap=0,
+            meteor=False,
+            progress=False,
         )
         for key, r in ev.metrics.items():
             rows.append(
@@ -300,7 +306,7 @@ def test_attention_grounding_per_mode(ablation, tmp_path):
     # the smoke runs' texts rarely name a side: the same tables from texts that do
     manifest = whole["manifest"]
     ref = read_manifest(manifest, check_files=False)
-    test_ids = ref.loc[ref["split"] == "test", "image_id"].tolist()
+    test_ids = ref.split("test").frame["image_id"].tolist()
     text = "Small left pleural effusion. Right basilar atelectasis. Heart size is normal."
     runs = {
         f"{m}-seed{s}": (m, s, out / "train" / f"{m}-seed{s}")

@@ -176,8 +176,8 @@ def test_an_export_ships_the_segmenter_and_cxr_report_uses_it(run, tmp_path):
     card = (exported / CARD_FILE).read_text()
     assert "masks from the segmenter in FOLDER/segmenter" in card
     manifest = resolve_manifest(config)
-    df = read_manifest(manifest, check_files=False)
-    image = manifest.parent / df[df["split"] == "test"]["image_path"].iloc[0]
+    test = read_manifest(manifest, check_files=False).split("test")
+    image = test.resolve(test.frame["image_path"].iloc[0])
     summary = report_images([image], exported, tmp_path / "reports", progress=False)
     assert not summary.failures
     assert summary.reports[0].masks == f"segmenter {exported / 'segmenter'}"
