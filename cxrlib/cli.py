@@ -437,6 +437,15 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     )
     allow = "allow writing the manifest inside a git work tree (it must never be committed)"
 
+    _add_manifest_mimic(msub, private, allow)
+    _add_manifest_chexpert_plus(msub, private, allow)
+    _add_manifest_iu_xray(msub, private, allow)
+    _add_manifest_wingspan(msub)
+    _add_manifest_folder(msub)
+
+
+def _add_manifest_mimic(msub: argparse._SubParsersAction, private: str, allow: str) -> None:
+    """``cxr manifest`` for MIMIC-CXR-JPG."""
     m = msub.add_parser(
         "mimic-cxr",
         help="MIMIC-CXR-JPG 2.0.0 + report texts (credentialed)",
@@ -462,6 +471,9 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--allow-in-repo", action="store_true", help=allow)
     m.set_defaults(handler=_cmd_manifest_mimic)
 
+
+def _add_manifest_chexpert_plus(msub: argparse._SubParsersAction, private: str, allow: str) -> None:
+    """``cxr manifest`` for CheXpert Plus."""
     c = msub.add_parser(
         "chexpert-plus",
         help="CheXpert Plus (credentialed), validation split carved by patient",
@@ -496,6 +508,9 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--allow-in-repo", action="store_true", help=allow)
     c.set_defaults(handler=_cmd_manifest_chexpert_plus)
 
+
+def _add_manifest_iu_xray(msub: argparse._SubParsersAction, private: str, allow: str) -> None:
+    """``cxr manifest`` for IU X-ray (Open-i)."""
     iu = msub.add_parser(
         "iu-xray",
         help="IU X-ray (Open-i) reports, text-only or with images",
@@ -524,6 +539,9 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     iu.add_argument("--allow-in-repo", action="store_true", help=allow)
     iu.set_defaults(handler=_cmd_manifest_iu_xray)
 
+
+def _add_manifest_wingspan(msub: argparse._SubParsersAction) -> None:
+    """``cxr manifest`` for Wingspan."""
     w = msub.add_parser(
         "wingspan",
         help="Wingspan radiographs with lung/heart masks and CTR",
@@ -534,6 +552,9 @@ def _add_manifest(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--seed", type=_int, default=0, help="split seed (default 0)")
     w.set_defaults(handler=_cmd_manifest_wingspan)
 
+
+def _add_manifest_folder(msub: argparse._SubParsersAction) -> None:
+    """``cxr manifest`` for any image folder."""
     f = msub.add_parser(
         "folder",
         help="any folder of images, optional masks and reports CSV",

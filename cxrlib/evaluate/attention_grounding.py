@@ -650,27 +650,16 @@ def attention_grounding(
     by_id = {text_cell(item["image_id"]): item for item in items if "image_id" in item} or None
     if by_id is None and len(items) != len(selected):
         raise ValueError(f"{len(items)} model inputs for {len(selected)} selected rows")
-    frames, skipped, used = [], 0, 0
+    frames, skipped = [], 0
     for k, i in enumerate(tqdm(selected, desc="attention", unit="study", disable=not progress)):
         row = rows.iloc[i]
         item = by_id.get(text_cell(row["image_id"])) if by_id is not None else items[k]
-        if item is None or "error" in item:
+        shares = _study_shares(model, row, item, generated[i], found[i], manifest.root)
+        if shares is None:
             skipped += 1
-            continue
-        masks = read_study_masks(row, manifest.root)
-        tensors = {key: value.to(model.device) for key, value in image_inputs([item]).items()}
-        try:
-            attention = sentence_attention(model, generated[i], **tensors)
-        except ValueError as err:  # longer than the model reads
-            if str(err).startswith("text has"):
-                skipped += 1
-                continue
-            raise
-        shares = sentence_shares(attention, masks, found[i])
-        shares.insert(0, "image_id", text_cell(row["image_id"]))
-        shares.insert(0, "study_id", text_cell(row.get("study_id", row["image_id"])))
-        frames.append(shares)
-        used += 1
+        else:
+            frames.append(shares)
+    used = len(frames)
     sentences = (
         pd.concat(frames, ignore_index=True)
         if frames
@@ -700,6 +689,25 @@ def attention_grounding(
         and bool((rows[FINDING_MASK_COLUMN].map(text_cell) != "").any()),
     }
     return AttentionGrounding(sentences, summary, settings)
+
+
+def _study_shares(model, row, item, text: str, found, root) -> pd.DataFrame | None:
+    """One study's sentence shares (:func:`sentence_shares`) with its ids; None when it
+    has no usable model input or its text is longer than the model reads (skipped)."""
+    if item is None or "error" in item:
+        return None
+    masks = read_study_masks(row, root)
+    tensors = {key: value.to(model.device) for key, value in image_inputs([item]).items()}
+    try:
+        attention = sentence_attention(model, text, **tensors)
+    except ValueError as err:  # longer than the model reads
+        if str(err).startswith("text has"):
+            return None
+        raise
+    shares = sentence_shares(attention, masks, found)
+    shares.insert(0, "image_id", text_cell(row["image_id"]))
+    shares.insert(0, "study_id", text_cell(row.get("study_id", row["image_id"])))
+    return shares
 
 
 def attention_grounding_for_run(

@@ -476,92 +476,34 @@ def evaluate_generations(
         with ``run``: no lung masks, a missing or wrongly sized mask file.
     """
     ref_df = ref.frame
-    if ref_labels not in REF_LABEL_SOURCES:
-        raise CxrError(
-            f"ref_labels must be one of {', '.join(REF_LABEL_SOURCES)}, got {ref_labels!r}"
-        )
-    if split is not None and split not in SPLITS:
-        raise CxrError(f"split must be one of {', '.join(SPLITS)} (or None), got {split!r}")
-    if n_bootstrap < 0:
-        raise CxrError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    missing = [c for c in ("image_id", "study_id", "split", "findings") if c not in ref_df.columns]
-    if missing:
-        raise CxrError(f"{ref_name}: missing column(s): {', '.join(missing)}")
+    _check_options(ref_labels, split, n_bootstrap)
+    _check_references(ref_df, ref_name)
     pred = _check_predictions(pred_df, pred_name)
     rows, unmatched = _align(pred, ref_df, split, pred_name, ref_name)
     if run is not None and not has_lung_masks(rows):
-        raise CxrError(
-            f"{ref_name}: the attention grounding (--run) needs left_lung_mask_path and "
-            "right_lung_mask_path in every evaluated row (the phantom's manifest has them)"
-        )
+        raise CxrError(f"{ref_name}: {_NO_LUNG_MASKS}")
     generated = pred["generated"].tolist()
     references = rows["findings"].map(text_cell).tolist()
-    n = len(pred)
 
     label_fn, labeler_name = get_labeler(labeler, chexbert=chexbert)
     gen_labels = label_fn(generated).reset_index(drop=True)
-    if ref_labels == "manifest":
-        missing_labels = [c for c in CHEXPERT_LABELS if c not in rows.columns]
-        if missing_labels:
-            raise CxrError(f"{ref_name}: no label column(s) {', '.join(missing_labels)}")
-        ref_label_values = rows[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce")
-        if ref_label_values.isna().all().all():
-            raise CxrError(
-                f"{ref_name}: every label of the evaluated rows is blank; "
-                "use reference labels from the labeler (--ref-labels labeler)"
-            )
-        ref_source = "manifest"
-    else:
-        ref_label_values = label_fn(references).reset_index(drop=True)
-        ref_source = labeler_name
+    ref_label_values, ref_source = (
+        (_manifest_labels(rows, ref_name), "manifest")
+        if ref_labels == "manifest"
+        else (label_fn(references).reset_index(drop=True), labeler_name)
+    )
     clinical = ClinicalData.build(
         gen_labels, ref_label_values, labeler=labeler_name, reference_source=ref_source
     )
-
     unavailable: dict[str, str] = {}
-    radgraph: RadGraphScores | None = None
-    if radgraph_annotations is not None:
-        radgraph = radgraph_scores(*radgraph_annotations, model="given")
-    else:
-        reason = radgraph_unavailable_reason(radgraph_model)
-        if reason is None:
-            annotator = RadGraphAnnotator(radgraph_model)
-            radgraph = radgraph_scores(
-                annotator(generated), annotator(references), model=radgraph_model
-            )
-        else:
-            unavailable.update(dict.fromkeys(RADGRAPH_KEYS, reason))
-
-    grounding_data = None
-    if ref_labels == "manifest" and has_ground_truth_sides(rows):
-        grounding_data = GroundingData.build(gen_labels, rows)
-    else:
-        why = (
-            "needs drawn ground truth: manifest labels (--ref-labels manifest) and the "
-            "phantom's *_side columns"
-        )
-        unavailable.update(dict.fromkeys(GROUNDING_KEYS, why))
-
+    radgraph = _radgraph(radgraph_annotations, radgraph_model, generated, references, unavailable)
+    grounding_data = _grounding(ref_labels, rows, gen_labels, unavailable)
     groups = rows["study_id"].map(text_cell).to_numpy()
-    with LexicalCorpus.build(generated, references, meteor=meteor) as lexical:
-        if lexical.meteor_reason is not None:
-            unavailable["lexical.meteor"] = lexical.meteor_reason
-
-        def metric(idx: np.ndarray) -> Mapping[str, float]:
-            values = dict(clinical.scores(idx))
-            values.update({f"lexical.{k}": v for k, v in lexical.scores(idx).items()})
-            if radgraph is not None:
-                values.update(radgraph.scores(idx))
-            if grounding_data is not None:
-                values.update(grounding_data.scores(idx))
-            return values
-
-        results = metrics_with_intervals(
-            metric, n, n_bootstrap=n_bootstrap, seed=seed, groups=groups, progress=progress
-        )
-    metrics = {k: results[k] for k in METRIC_KEYS if k in results}
+    scorers = (clinical, radgraph, grounding_data)
+    options = {"n_bootstrap": n_bootstrap, "seed": seed, "groups": groups, "progress": progress}
+    results = _scores_with_intervals(scorers, generated, references, meteor, unavailable, options)
     evaluation = Evaluation(
-        metrics=metrics,
+        metrics={k: results[k] for k in METRIC_KEYS if k in results},
         unavailable={k: unavailable[k] for k in METRIC_KEYS if k in unavailable},
         per_observation=_per_observation(clinical),
         labels_generated=_label_frame(rows, gen_labels, labeler_name),
@@ -570,7 +512,7 @@ def evaluate_generations(
         reference_labels=ref_source,
         radgraph_model=None if radgraph is None else radgraph.model,
         counts={
-            "n": n,
+            "n": len(pred),
             "n_studies": len(set(groups)),
             "empty_generated": sum(1 for t in generated if not t),
             "empty_reference": sum(1 for t in references if not t),
@@ -593,6 +535,104 @@ def evaluate_generations(
     if out is not None:
         evaluation.write(out)
     return evaluation
+
+
+_NO_LUNG_MASKS = (
+    "the attention grounding (--run) needs left_lung_mask_path and right_lung_mask_path "
+    "in every evaluated row (the phantom's manifest has them)"
+)
+
+
+def _check_options(ref_labels: str, split: str | None, n_bootstrap: int) -> None:
+    if ref_labels not in REF_LABEL_SOURCES:
+        raise CxrError(
+            f"ref_labels must be one of {', '.join(REF_LABEL_SOURCES)}, got {ref_labels!r}"
+        )
+    if split is not None and split not in SPLITS:
+        raise CxrError(f"split must be one of {', '.join(SPLITS)} (or None), got {split!r}")
+    if n_bootstrap < 0:
+        raise CxrError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+
+
+def _check_references(ref_df: pd.DataFrame, ref_name: str) -> None:
+    missing = [c for c in ("image_id", "study_id", "split", "findings") if c not in ref_df.columns]
+    if missing:
+        raise CxrError(f"{ref_name}: missing column(s): {', '.join(missing)}")
+
+
+def _manifest_labels(rows: pd.DataFrame, ref_name: str) -> pd.DataFrame:
+    """The evaluated rows' 14 label columns as numbers (``--ref-labels manifest``)."""
+    missing_labels = [c for c in CHEXPERT_LABELS if c not in rows.columns]
+    if missing_labels:
+        raise CxrError(f"{ref_name}: no label column(s) {', '.join(missing_labels)}")
+    values = rows[list(CHEXPERT_LABELS)].apply(pd.to_numeric, errors="coerce")
+    if values.isna().all().all():
+        raise CxrError(
+            f"{ref_name}: every label of the evaluated rows is blank; "
+            "use reference labels from the labeler (--ref-labels labeler)"
+        )
+    return values
+
+
+def _grounding(
+    ref_labels: str, rows: pd.DataFrame, gen_labels: pd.DataFrame, unavailable: dict[str, str]
+) -> GroundingData | None:
+    """The finding-side grounding data when drawn ground truth is here (manifest labels
+    and the phantom's ``*_side`` columns), else None with the reason in ``unavailable``."""
+    if ref_labels == "manifest" and has_ground_truth_sides(rows):
+        return GroundingData.build(gen_labels, rows)
+    why = (
+        "needs drawn ground truth: manifest labels (--ref-labels manifest) and the "
+        "phantom's *_side columns"
+    )
+    unavailable.update(dict.fromkeys(GROUNDING_KEYS, why))
+    return None
+
+
+def _radgraph(
+    annotations: tuple[list, list] | None,
+    model: str,
+    generated: list[str],
+    references: list[str],
+    unavailable: dict[str, str],
+) -> RadGraphScores | None:
+    """RadGraph scores from given annotations or the installed model, else None with the
+    reason recorded in ``unavailable``."""
+    if annotations is not None:
+        return radgraph_scores(*annotations, model="given")
+    reason = radgraph_unavailable_reason(model)
+    if reason is not None:
+        unavailable.update(dict.fromkeys(RADGRAPH_KEYS, reason))
+        return None
+    annotator = RadGraphAnnotator(model)
+    return radgraph_scores(annotator(generated), annotator(references), model=model)
+
+
+def _scores_with_intervals(
+    scorers: tuple,
+    generated: list[str],
+    references: list[str],
+    meteor: bool,
+    unavailable: dict[str, str],
+    options: dict,
+) -> dict:
+    """Every metric with its study-level bootstrap interval (:func:`metrics_with_intervals`
+    with ``options``): clinical, lexical, and RadGraph / grounding when not None."""
+    clinical, radgraph, grounding_data = scorers
+    with LexicalCorpus.build(generated, references, meteor=meteor) as lexical:
+        if lexical.meteor_reason is not None:
+            unavailable["lexical.meteor"] = lexical.meteor_reason
+
+        def metric(idx: np.ndarray) -> Mapping[str, float]:
+            values = dict(clinical.scores(idx))
+            values.update({f"lexical.{k}": v for k, v in lexical.scores(idx).items()})
+            if radgraph is not None:
+                values.update(radgraph.scores(idx))
+            if grounding_data is not None:
+                values.update(grounding_data.scores(idx))
+            return values
+
+        return metrics_with_intervals(metric, len(generated), **options)
 
 
 def _per_observation(clinical: ClinicalData) -> pd.DataFrame:
