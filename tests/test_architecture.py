@@ -27,7 +27,6 @@ LONG_FUNCTIONS = {
     "cxrlib/evaluate/evaluate.py evaluate_generations": 139,
     "cxrlib/experiment/bench.py _bench_model": 160,
     "cxrlib/experiment/bench.py _bench_features": 122,
-    "cxrlib/experiment/results.py results_markdown": 85,
 }
 
 
