@@ -25,7 +25,6 @@ LONG_FUNCTIONS = {
     "cxrlib/data/mimic.py build_manifest": 123,
     "cxrlib/evaluate/attention_grounding.py attention_grounding": 85,
     "cxrlib/evaluate/evaluate.py evaluate_generations": 139,
-    "cxrlib/experiment/bench.py _bench_features": 122,
 }
 
 

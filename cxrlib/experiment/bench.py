@@ -677,6 +677,21 @@ def bench_features(
 
 
 def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed: int) -> dict:
+    model, cache, report, ids, paths, texts = _features_setup(tmp, n, batch, size, seed)
+    epochs = _FeatureEpochs(model, cache, _feature_batches(model, ids, paths, texts, batch))
+    max_diff = epochs.warm_up()
+    runs = _interleaved_runs({"uncached": epochs.uncached, "cached": epochs.cached}, repeats)
+    return {
+        **_features_settings(n, size, batch, repeats, model, epochs.batches),
+        **_features_times(report, cache, runs["uncached"], runs["cached"]),
+        "max_abs_diff_cached_vs_encoder": max_diff,
+        "provenance": provenance(),
+    }
+
+
+def _features_setup(tmp: Path, n: int, batch: int, size: int, seed: int) -> tuple:
+    """An ``n``-image phantom under ``tmp``, the tiny soft model and its built feature
+    cache: (model, cache, build report, image ids, image paths, Findings)."""
     import torch
 
     write_phantom(tmp / "phantom", n=n, seed=seed, size=size, workers=1, progress=False)
@@ -687,79 +702,93 @@ def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed
     texts = [str(t) for t in df["findings"]]
     torch.manual_seed(seed)
     model = ReportModel.from_config(ModelConfig.tiny(mode="soft"), texts=texts)
-    cfg = model.config
     cache = FeatureCache(tmp / "features", model)
     report = cache.build(ids, paths, batch_size=batch, progress=False)
     if report.bad or report.computed != n:
         raise RuntimeError(f"feature cache build failed: {report.describe()}")
+    return model, cache, report, ids, paths, texts
+
+
+def _feature_batches(model, ids: list, paths: list, texts: list, batch: int) -> list:
+    """The epoch's batches: (ids, paths, tokens, priors of ones (B, L, P))."""
+    import torch
 
     batches = []
-    for start in range(0, n, batch):
+    for start in range(0, len(ids), batch):
         rows = slice(start, start + batch)
-        tokens = model.tokenizer.batch(texts[rows], cfg.max_text_tokens)
+        tokens = model.tokenizer.batch(texts[rows], model.config.max_text_tokens)
         priors = torch.ones(len(ids[rows]), model.num_decoder_layers, model.num_patches)
         batches.append((ids[rows], paths[rows], tokens, priors))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    model.train()
+    return batches
 
-    def step(features, tokens, priors) -> None:
-        out = model(image_features=features, priors=priors, **tokens)
+
+class _FeatureEpochs:
+    """A training epoch over fixed batches, the image features computed by the encoder
+    (uncached) or loaded from the feature cache (cached); each returns its split, s."""
+
+    def __init__(self, model, cache: FeatureCache, batches: list):
+        import torch
+
+        self.model, self.cache, self.batches = model, cache, batches
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4)
+        model.train()
+
+    def step(self, features, tokens, priors) -> None:
+        out = self.model(image_features=features, priors=priors, **tokens)
         out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
-    def encode(paths_b) -> tuple[torch.Tensor, float, float]:
+    def encode(self, paths_b) -> tuple:
+        """(features (B, P, E), seconds loading the images, seconds in the encoder)."""
+        import torch
+
         t0 = time.perf_counter()
-        pixels = torch.stack([load_pixels(p, cfg.image_size) for p in paths_b])  # (B, 3, S, S)
+        size = self.model.config.image_size
+        pixels = torch.stack([load_pixels(p, size) for p in paths_b])  # (B, 3, S, S)
         t1 = time.perf_counter()
         with torch.no_grad():
-            features = model.encode_images(pixels)  # (B, P, E)
+            features = self.model.encode_images(pixels)  # (B, P, E)
         return features, t1 - t0, time.perf_counter() - t1
 
-    def uncached_epoch() -> dict[str, float]:
+    def uncached(self) -> dict[str, float]:
         split = {"image_loading": 0.0, "encoder": 0.0, "decoder_step": 0.0}
-        for _, paths_b, tokens, priors in batches:
-            features, load_s, enc_s = encode(paths_b)
+        for _, paths_b, tokens, priors in self.batches:
+            features, load_s, enc_s = self.encode(paths_b)
             t0 = time.perf_counter()
-            step(features, tokens, priors)
+            self.step(features, tokens, priors)
             split["image_loading"] += load_s
             split["encoder"] += enc_s
             split["decoder_step"] += time.perf_counter() - t0
         return split
 
-    def cached_epoch() -> dict[str, float]:
+    def cached(self) -> dict[str, float]:
         split = {"cache_load": 0.0, "decoder_step": 0.0}
-        for ids_b, _, tokens, priors in batches:
+        for ids_b, _, tokens, priors in self.batches:
             t0 = time.perf_counter()
-            features = cache.load(ids_b)  # (B, P, E) float16
+            features = self.cache.load(ids_b)  # (B, P, E) float16
             t1 = time.perf_counter()
-            step(features, tokens, priors)
+            self.step(features, tokens, priors)
             split["cache_load"] += t1 - t0
             split["decoder_step"] += time.perf_counter() - t1
         return split
 
-    # same features both ways (float16 rounding only), and a warm-up step each way
-    ids0, paths0, tokens0, priors0 = batches[0]
-    fresh, _, _ = encode(paths0)
-    max_diff = float((cache.load(ids0).float() - fresh).abs().max())
-    step(fresh, tokens0, priors0)
-    step(cache.load(ids0), tokens0, priors0)
+    def warm_up(self) -> float:
+        """A step each way on the first batch; the max abs difference of the cached
+        features and the encoder's (float16 rounding only)."""
+        ids0, paths0, tokens0, priors0 = self.batches[0]
+        fresh, _, _ = self.encode(paths0)
+        max_diff = float((self.cache.load(ids0).float() - fresh).abs().max())
+        self.step(fresh, tokens0, priors0)
+        self.step(self.cache.load(ids0), tokens0, priors0)
+        return max_diff
 
-    uncached_runs, cached_runs = [], []
-    for r in range(repeats):
-        order = (uncached_epoch, cached_epoch) if r % 2 == 0 else (cached_epoch, uncached_epoch)
-        for epoch in order:
-            t0 = time.perf_counter()
-            split = epoch()
-            total = time.perf_counter() - t0
-            runs = uncached_runs if epoch is uncached_epoch else cached_runs
-            runs.append((total, split))
-    uncached_s, uncached_split = min(uncached_runs, key=lambda run: run[0])
-    cached_s, cached_split = min(cached_runs, key=lambda run: run[0])
-    ratio = uncached_s / cached_s
-    r3 = lambda d: {k: round(v, 3) for k, v in d.items()}  # noqa: E731
-    share = {k: round(v / uncached_s, 3) for k, v in uncached_split.items()}
+
+def _features_settings(n: int, size: int, batch: int, repeats: int, model, batches) -> dict:
+    """What the feature-cache benchmark ran: sizes, model, threads, machine."""
+    import torch
+
     mean_tokens = sum(int(t["attention_mask"].sum()) for _, _, t, _ in batches) / n
     return {
         "benchmark": "features",
@@ -769,7 +798,7 @@ def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed
         "batches_per_epoch": len(batches),
         "repeats": repeats,
         "preset": "tiny",
-        "image_size": cfg.image_size,
+        "image_size": model.config.image_size,
         "num_patches": model.num_patches,
         "encoder_width": model.encoder_width,
         "decoder_layers": model.num_decoder_layers,
@@ -778,11 +807,21 @@ def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed
         "cpu_count": os.cpu_count(),
         "cpu": _cpu_name(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _features_times(report, cache: FeatureCache, uncached_runs: list, cached_runs: list) -> dict:
+    """The build, the fastest epoch each way and its split, every epoch, the ratios."""
+    uncached_s, uncached_split = min(uncached_runs, key=lambda run: run[0])
+    cached_s, cached_split = min(cached_runs, key=lambda run: run[0])
+    ratio = uncached_s / cached_s
+    r3 = lambda d: {k: round(v, 3) for k, v in d.items()}  # noqa: E731
+    return {
         "build_s": round(report.seconds, 3),
         "cache_bytes": sum(p.stat().st_size for p in cache.folder.iterdir()),
         "epoch_s": {"uncached": round(uncached_s, 3), "cached": round(cached_s, 3)},
         "uncached_split_s": r3(uncached_split),
-        "uncached_share": share,
+        "uncached_share": {k: round(v / uncached_s, 3) for k, v in uncached_split.items()},
         "cached_split_s": r3(cached_split),
         "all_epochs_s": {
             "uncached": [round(t, 3) for t, _ in uncached_runs],
@@ -796,8 +835,6 @@ def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed
         },
         "target": FEATURES_TARGET_SPEEDUP,
         "meets_target": ratio >= FEATURES_TARGET_SPEEDUP,
-        "max_abs_diff_cached_vs_encoder": max_diff,
-        "provenance": provenance(),
     }
 
 
