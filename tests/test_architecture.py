@@ -22,9 +22,6 @@ LONG_FUNCTIONS = {
     "cxrlib/data/folder.py build_manifest": 86,
     "cxrlib/data/iu_xray.py build_manifest": 95,
     "cxrlib/data/mimic.py build_manifest": 123,
-    "cxrlib/experiment/bench.py _bench_model": 160,
-    "cxrlib/experiment/bench.py _bench_features": 122,
-    "cxrlib/experiment/results.py results_markdown": 85,
 }
 
 

@@ -261,17 +261,9 @@ def _tests_markdown(tests: pd.DataFrame, n_bootstrap: object) -> list[str]:
     return lines
 
 
-def results_markdown(run_dir: str | os.PathLike) -> str:
-    """The README's results section for the run folder ``run_dir`` (module docstring).
-
-    Raises
-    ------
-    CxrError
-        A required file missing or unreadable, or a column missing (the file named).
-    """
-    run_dir = Path(run_dir).resolve()
-    if not run_dir.is_dir():
-        raise CxrError(f"{run_dir}: not a folder (a workbook run folder)")
+def _read_run(run_dir: Path) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, list]:
+    """What the section reads of the run folder: ``run.json``, the ablation's settings,
+    summary, per-run results and paired tests, and the labelers of its evaluations."""
     record = _read_json(run_dir / "run.json", "written by cxr workbook run")
     folder = run_dir / "ablation"
     settings = _read_json(folder / "ablation.json", _MADE_BY)
@@ -292,24 +284,34 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     )
     if not labelers:
         raise CxrError(f"{folder / 'evaluation'}: no */metrics.json ({_MADE_BY})")
+    return record, settings, summary, results, tests, labelers
 
+
+def _commit(record: dict) -> str:
+    """The run's git commit, 7 characters, and whether it had uncommitted changes."""
     commit = str(record.get("provenance", {}).get("git_commit", "unknown"))
     dirty = commit.endswith("+dirty")
-    commit = commit.removesuffix("+dirty")[:7] + (" (uncommitted changes)" if dirty else "")
-    profile = record.get("profile", {}).get("name", "?")
+    return commit.removesuffix("+dirty")[:7] + (" (uncommitted changes)" if dirty else "")
+
+
+def _reference(settings: dict) -> str:
+    """The reference labels the ablation scored against, in words."""
     reference = settings.get("reference_labels", "?")
-    reference = {"manifest": "the manifest's labels (the phantom's drawn ground truth)"}.get(
+    return {"manifest": "the manifest's labels (the phantom's drawn ground truth)"}.get(
         reference, f"the labeler's labels of the reference Findings ({reference})"
     )
-    modes = summary[summary["system"].isin(settings.get("modes", []))]
-    studies = int(summary["n_studies"].max())
-    seeds = int(modes["n_seeds"].max()) if len(modes) else 0
+
+
+def _interval_method(summary: pd.DataFrame) -> str:
+    """How the summary's intervals were drawn (its ``interval`` column)."""
     if "interval" in summary.columns:
         methods = [m for m in dict.fromkeys(summary["interval"].dropna()) if "bootstrap" in m]
-        method = "; ".join(methods) or interval_method(0)
-    else:
-        method = "Student-t 95% interval over seeds (a summary written before the bootstrap)"
+        return "; ".join(methods) or interval_method(0)
+    return "Student-t 95% interval over seeds (a summary written before the bootstrap)"
 
+
+def _data(record: dict) -> str:
+    """The manifest and the epochs of each decoder run, when recorded."""
     data = ""
     if record.get("manifest"):
         manifest = Path(record["manifest"])
@@ -317,7 +319,22 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     epochs = record.get("profile", {}).get("parameters", {}).get("epochs")
     if epochs is not None:
         data += f", {epochs} epoch{'s' if epochs != 1 else ''} per decoder run"
-    lines = [
+    return data
+
+
+def _head_markdown(
+    run_dir: Path, record: dict, settings: dict, summary: pd.DataFrame, labelers: list
+) -> list[str]:
+    """The section's opening: what was run, and the ablation table."""
+    commit = _commit(record)
+    profile = record.get("profile", {}).get("name", "?")
+    reference = _reference(settings)
+    modes = summary[summary["system"].isin(settings.get("modes", []))]
+    studies = int(summary["n_studies"].max())
+    seeds = int(modes["n_seeds"].max()) if len(modes) else 0
+    method = _interval_method(summary)
+    data = _data(record)
+    return [
         GENERATED,
         "",
         f"Run `{run_dir.name}` (profile `{profile}`) at commit `{commit}`, finished "
@@ -331,13 +348,35 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
         markdown_table(summary_table(summary), method).rstrip("\n"),
     ]
 
-    cache_dir = run_cache_dir(record)
-    timings = record.get("timings") or collect_timings(run_dir, record)
+
+def _recognition(timings: dict) -> dict | None:
+    """The encoder's ``recognition`` entry of its ``pretrain.json``, when there is one."""
     encoder = timings.get("encoder_pretraining", {}).get("source", "")
     recognition = None
     if encoder and Path(encoder).is_file():
         recognition = _read_json(Path(encoder), "the encoder pretraining").get("recognition")
         recognition = recognition if isinstance(recognition, dict) else None
+    return recognition
+
+
+def results_markdown(run_dir: str | os.PathLike) -> str:
+    """The README's results section for the run folder ``run_dir`` (module docstring).
+
+    Raises
+    ------
+    CxrError
+        A required file missing or unreadable, or a column missing (the file named).
+    """
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise CxrError(f"{run_dir}: not a folder (a workbook run folder)")
+    record, settings, summary, results, tests, labelers = _read_run(run_dir)
+    folder = run_dir / "ablation"
+    lines = _head_markdown(run_dir, record, settings, summary, labelers)
+
+    cache_dir = run_cache_dir(record)
+    timings = record.get("timings") or collect_timings(run_dir, record)
+    recognition = _recognition(timings)
     lines += targets_markdown(summary, list(settings.get("modes", [])), recognition, timings)
     lines += _per_seed_markdown(results)
     lines += _tests_markdown(tests, settings.get("n_bootstrap"))
