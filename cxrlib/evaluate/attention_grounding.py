@@ -32,7 +32,7 @@ sentence of a generated Findings text (:func:`cxrlib.model.explain.split_text`):
 
 Per layer group and target (:func:`summarise`): the mean share over sentences with a
 95 % percentile bootstrap interval over studies (all sentences of a drawn study
-together, :func:`cxrlib.metrics.stats.bootstrap_many`; every share lies in [0, 1], so
+together, :func:`cxrlib.base.stats.bootstrap_many`; every share lies in [0, 1], so
 do the bounds), the numbers of sentences and studies, and the mean chance level over the
 same sentences.
 
@@ -66,6 +66,7 @@ from cxrlib.anatomy.priors import downsample_to_grid
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
 from cxrlib.base.masks import load_mask, read_finding_mask
+from cxrlib.base.stats import bootstrap_many
 from cxrlib.data.dataset import image_inputs
 from cxrlib.data.manifest import (
     FINDING_MASK_COLUMN,
@@ -76,7 +77,6 @@ from cxrlib.data.manifest import (
 )
 from cxrlib.metrics.grounding import FINDINGS
 from cxrlib.metrics.labeler import LATERAL_OBSERVATIONS, label_reports, laterality_column
-from cxrlib.metrics.stats import bootstrap_many
 from cxrlib.model.explain import group_label, layer_groups, sentence_attention, split_text
 from cxrlib.training.generate import load_run
 from cxrlib.training.train import split_dataset

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrlib.anatomy.metrics import bootstrap_mean_ci, dice, hd95
+from cxrlib.anatomy.metrics import dice, hd95
 from cxrlib.anatomy.segmenter import (
     ORGANS,
     Segmenter,
@@ -24,6 +24,7 @@ from cxrlib.anatomy.segmenter import (
 )
 from cxrlib.base.errors import CxrError
 from cxrlib.base.masks import cardiothoracic_ratio
+from cxrlib.base.stats import bootstrap_mean_ci
 from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
