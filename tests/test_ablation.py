@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from cxrlib.base.errors import CxrError
+from cxrlib.base.stats import aggregate_seeds
 from cxrlib.data.manifest import CHEXPERT_LABELS, Manifest, read_manifest
 from cxrlib.evaluate.attention_grounding import SUMMARY_COLUMNS, ablation_attention
 from cxrlib.evaluate.evaluate import evaluate_generations
@@ -22,7 +23,6 @@ from cxrlib.experiment.ablation import (
     summarise,
     summary_table,
 )
-from cxrlib.metrics.stats import aggregate_seeds
 from tests import smoke_config
 
 

@@ -1,5 +1,6 @@
 """The workbook runner: order, parameters, run folders, failures, and the real notebooks."""
 
+import ast
 import json
 
 import nbformat
@@ -253,6 +254,52 @@ def test_profiles_offer_the_notebook_parameters():
         assert "seed" in profile.parameters
     assert PROFILES["default"].publish_figures
     assert not PROFILES["smoke"].publish_figures
+
+
+def _declared_parameters() -> dict[str, dict]:
+    import papermill as pm
+
+    return {p.name: pm.inspect_notebook(str(p)) for p in notebook_paths(ROOT_NOTEBOOKS)}
+
+
+def test_the_workbook_runs_every_numbered_notebook_in_order():
+    paths = notebook_paths(ROOT_NOTEBOOKS)
+    on_disk = sorted(p.name for p in ROOT_NOTEBOOKS.glob("*.ipynb"))
+    assert [p.name for p in paths] == on_disk  # every notebook, none left out
+    assert [int(p.name[:2]) for p in paths] == list(range(1, len(paths) + 1))
+    # the README's table of notebooks lists the same ones in the same order
+    readme = (ROOT_NOTEBOOKS.parent / "README.md").read_text()
+    listed = [
+        line.split("`")[1].removeprefix("notebooks/")
+        for line in readme.splitlines()
+        if line.startswith("| `notebooks/")
+    ]
+    assert listed == on_disk
+
+
+def test_every_offered_parameter_is_a_papermill_parameter_of_a_notebook():
+    declared = _declared_parameters()
+    # what run_workbook offers besides the profile's parameters
+    runner = (
+        "profile",
+        "manifest",
+        "figures_dir",
+        "run_dir",
+        "wingspan",
+        "segmenter_cache",
+        "cache_dir",
+    )
+    for name in sorted(runner):
+        assert any(name in d for d in declared.values()), name
+    for profile in PROFILES.values():
+        for key, value in profile.parameters.items():
+            takers = {nb: d[key] for nb, d in declared.items() if key in d}
+            assert takers, f"{profile.name}: no notebook declares {key!r}"
+            for nb, spec in takers.items():
+                default = ast.literal_eval(spec["default"])
+                if default is not None and value is not None:
+                    # papermill injects the value in place of the default: same kind
+                    assert type(value) is type(default), (profile.name, key, nb)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 Both take boolean masks of one organ on one image, shape (H, W), and are measured in
 pixels of the image they are given (the workbook evaluates at the original resolution).
+Their means and intervals over images: :func:`cxrlib.base.stats.bootstrap_mean_ci`.
 """
 
 from __future__ import annotations
@@ -50,24 +51,3 @@ def _check(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if pred.shape != true.shape or pred.ndim != 2:
         raise ValueError(f"masks must be 2-D and equal in shape, got {pred.shape} and {true.shape}")
     return pred, true
-
-
-def bootstrap_mean_ci(
-    values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float, float]:
-    """Mean of ``values`` (1-D, NaN ignored) and its percentile bootstrap interval.
-
-    Returns ``(mean, low, high)``; NaNs when there are no finite values.
-    """
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return (
-        float(x.mean()),
-        float(np.percentile(means, tail)),
-        float(np.percentile(means, 100 - tail)),
-    )

@@ -34,13 +34,14 @@ from skimage import measure
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrlib.anatomy.metrics import bootstrap_mean_ci, dice, hd95
+from cxrlib.anatomy.metrics import dice, hd95
 from cxrlib.base.cache import cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.io import write_atomic, write_json_atomic
 from cxrlib.base.masks import cardiothoracic_ratio, load_mask
 from cxrlib.base.provenance import provenance
+from cxrlib.base.stats import bootstrap_mean_ci
 from cxrlib.data.explore import sample_rows
 from cxrlib.data.manifest import Manifest, read_manifest, resolve
 from cxrlib.data.wingspan import build_manifest

@@ -1,4 +1,5 @@
-"""The base layer: errors, atomic writes, provenance, and image and mask files.
+"""The base layer: errors, atomic writes, provenance, image and mask files, and the
+statistics of every metric (bootstrap intervals, paired tests, seeds).
 
 Everything above imports it; it imports nothing of cxrlib.
 """

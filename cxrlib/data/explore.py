@@ -11,12 +11,12 @@ rows.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 
+from cxrlib.data import sections
 from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS
 
 TOTAL = "total"
@@ -24,11 +24,6 @@ TOTAL = "total"
 
 BLANK_VIEW = "(blank)"
 """View name shown for rows whose ``view`` cell is empty."""
-
-# A run of sentence-end marks ends a sentence unless it is a decimal point: a "." with
-# a digit on both sides ("1.5 cm") is kept inside the sentence.
-_SENTENCE_END = re.compile(r"(?<!\d)[.?!]+|[.?!]+(?!\d)")
-_WHITESPACE = re.compile(r"\s+")
 
 
 def _ordered_splits(values: pd.Series) -> list[str]:
@@ -219,11 +214,11 @@ def findings_lengths_by_split(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_sentences(text: object) -> list[str]:
-    """Normalised sentences of a report.
+    """Normalised sentences of a report, as :func:`sentence_frequencies` counts them.
 
-    Lower-cased, whitespace collapsed to single spaces, split after ``.``, ``?`` and
-    ``!`` (a run of them counts once) except for a decimal point between two digits
-    (``"1.5 cm"`` stays whole). Sentence-end marks are dropped; empty pieces skipped.
+    The sentences of :func:`cxrlib.data.sections.split_sentences` (which keeps
+    ``"1.5 cm"`` whole and ends a sentence at ``.``, ``!``, ``?``, ``;``, ``:``),
+    lower-cased, their end marks dropped; empty ones skipped.
 
     Parameters
     ----------
@@ -237,8 +232,8 @@ def split_sentences(text: object) -> list[str]:
     """
     if not isinstance(text, str):
         return []
-    text = _WHITESPACE.sub(" ", text.lower())
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+    pieces = (s.lower().rstrip(".!?;:").strip() for s in sections.split_sentences(text))
+    return [s for s in pieces if s]
 
 
 def sentence_frequencies(df: pd.DataFrame, top: int | None = 20) -> pd.DataFrame:

@@ -34,15 +34,32 @@ matters for Findings extraction); text is whitespace-collapsed; there is no
 ``last_paragraph`` pseudo-section (the official fallback for reports without
 findings and impression, never used as Findings); the official per-study manual
 overrides (``custom_mimic_cxr_rules``) are not applied.
+
+The **sentences** of a report's text (:func:`split_sentences`) are the one sentence
+rule of the package: the labeler, the data explorer and the sentence attention use it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 # A header: at a line start (optional spaces/tabs), upper-case name, colon, whitespace.
 _HEADER = re.compile(r"^[ \t]*(?P<name>[A-Z][A-Z ()/,-]*?)[ \t]*:(?=\s|$)", re.MULTILINE)
+
+SENTENCE_END = r"(?<!\bvs)(?<!\be\.g)(?<!\bi\.e)(?<!\bdr)[.!?]+(?=\s|$)|[;:\n]"
+"""Where a sentence ends in lower-cased text whose paragraph breaks are ``\\n`` and other
+whitespace single spaces: ``.``, ``!`` or ``?`` (a run counts once) before a space or the
+end (not inside ``1.5``, not after ``vs.``, ``e.g.``, ``i.e.``, ``dr.``), ``;``, ``:``
+and a paragraph break. The labeler's negation and uncertainty scopes stop here too."""
+
+# A missing space after a full stop ("apex.There"): needs the case of the text, so only
+# :func:`split_sentences` (case kept) applies it, not the labeler's lower-cased scopes.
+_MISSING_SPACE = r"(?<=[A-Za-z])[.!?]+(?=[A-Z][a-z])"
+_SPLIT = re.compile(rf"(?i:{SENTENCE_END})|{_MISSING_SPACE}")
+BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+"""A paragraph break: a line with nothing but whitespace on it."""
 
 SECTION_SYNONYMS: dict[str, str] = {
     # the frequent names and their canonical form
@@ -246,3 +263,33 @@ def extract_findings(text: str) -> str | None:
     Findings (that section counts as impression).
     """
     return extract_sections(text).get("findings")
+
+
+def split_sentences(text: object) -> list[str]:
+    """Sentences of a report text, whitespace collapsed, case and punctuation kept.
+
+    A sentence ends where :data:`SENTENCE_END` says (case ignored), at a blank line, and
+    at a full stop followed at once by a capitalised word (``"apex.There"``). Pieces
+    with no letter or digit are dropped; the end punctuation stays with its sentence.
+    None and NaN give no sentence.
+
+    Examples
+    --------
+    >>> split_sentences("Lungs are clear; no effusion.  Nodule 1.5 cm.No change")
+    ['Lungs are clear;', 'no effusion.', 'Nodule 1.5 cm.', 'No change']
+    """
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return []
+    text = str(text)
+    parts = BLANK_LINE.split(text) if "\n" in text else [text]
+    normal = "\n".join(" ".join(p.split()) for p in parts).strip()
+    out, start = [], 0
+    for m in _SPLIT.finditer(normal):
+        piece = normal[start : m.end()].strip()
+        if piece and piece.strip(".!?;:\n "):
+            out.append(piece.rstrip("\n").strip())
+        start = m.end()
+    tail = normal[start:].strip()
+    if tail:
+        out.append(tail)
+    return out

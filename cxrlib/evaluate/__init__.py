@@ -15,7 +15,7 @@
   the phantom, whose ground truth is drawn;
 - :mod:`cxrlib.evaluate.attention_grounding`: the share of each generated sentence's
   attention on the named side's lung and the finding's drawn region, against chance;
-- :mod:`cxrlib.metrics.stats`: bootstrap intervals over studies, paired tests, seeds;
+- :mod:`cxrlib.base.stats`: bootstrap intervals over studies, paired tests, seeds;
 - :mod:`cxrlib.evaluate.baselines`: most frequent report and nearest-image retrieval;
 - :mod:`cxrlib.evaluate.evaluate`: all of it for one predictions table
   (``cxr evaluate``; ``docs/evaluation.md``).

@@ -39,6 +39,7 @@ import pandas as pd
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic, write_json_atomic
 from cxrlib.base.provenance import provenance
+from cxrlib.base.stats import BootstrapResult
 from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS, read_manifest, text_cell
 from cxrlib.evaluate.evaluate import (
     CONVENTION_TEXT,
@@ -49,7 +50,6 @@ from cxrlib.evaluate.evaluate import (
     metrics_with_intervals,
 )
 from cxrlib.metrics.clinical import CLINICAL_KEYS, ClinicalData, get_labeler
-from cxrlib.metrics.stats import BootstrapResult
 
 __all__ = ["Agreement", "label_agreement", "agreement_files"]
 

@@ -3,7 +3,7 @@
 The phantom's geometry is exact: each study's lungs (``left_lung_mask_path``,
 ``right_lung_mask_path``, the patient's sides) and the region of every drawn finding
 (``finding_mask_path``; :data:`cxrlib.data.phantom.render.REGION_RULES`). For each
-sentence of a generated Findings text (:func:`cxrlib.model.explain.split_text`):
+sentence of a generated Findings text (:func:`cxrlib.data.sections.split_sentences`):
 
 1. **What it names** (:func:`named_findings`): the rule labeler
    (:func:`~cxrlib.metrics.labeler.label_reports`) reads the sentence alone; the
@@ -32,7 +32,7 @@ sentence of a generated Findings text (:func:`cxrlib.model.explain.split_text`):
 
 Per layer group and target (:func:`summarise`): the mean share over sentences with a
 95 % percentile bootstrap interval over studies (all sentences of a drawn study
-together, :func:`cxrlib.metrics.stats.bootstrap_many`; every share lies in [0, 1], so
+together, :func:`cxrlib.base.stats.bootstrap_many`; every share lies in [0, 1], so
 do the bounds), the numbers of sentences and studies, and the mean chance level over the
 same sentences.
 
@@ -66,6 +66,7 @@ from cxrlib.anatomy.priors import downsample_to_grid
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
 from cxrlib.base.masks import load_mask, read_finding_mask
+from cxrlib.base.stats import bootstrap_many
 from cxrlib.data.dataset import image_inputs
 from cxrlib.data.manifest import (
     FINDING_MASK_COLUMN,
@@ -75,10 +76,10 @@ from cxrlib.data.manifest import (
     resolve,
     text_cell,
 )
+from cxrlib.data.sections import split_sentences
 from cxrlib.metrics.grounding import FINDINGS
 from cxrlib.metrics.labeler import LATERAL_OBSERVATIONS, label_reports, laterality_column
-from cxrlib.metrics.stats import bootstrap_many
-from cxrlib.model.explain import group_label, layer_groups, sentence_attention, split_text
+from cxrlib.model.explain import group_label, layer_groups, sentence_attention
 from cxrlib.training.generate import load_run
 from cxrlib.training.train import split_dataset
 
@@ -217,7 +218,7 @@ def named_findings(
 
 def _sentence_findings(texts: Sequence[str]) -> list[list[Found]]:
     """Per text: (sentence, named findings, side) of each sentence, one labeler call."""
-    per_text = [split_text(t) if t else [] for t in texts]
+    per_text = [split_sentences(t) if t else [] for t in texts]
     flat = [s for sentences in per_text for s in sentences]
     labels = label_reports(flat).to_dict("records") if flat else []
     out, k = [], 0

@@ -23,7 +23,7 @@ Metrics (flat keys, :data:`METRIC_KEYS`):
 
 Every value has a 95 % percentile bootstrap interval over **studies** (all images of a
 drawn study enter the resample; corpus metrics recomputed on each resample,
-:mod:`cxrlib.metrics.stats`). A metric that cannot be computed here (METEOR without
+:mod:`cxrlib.base.stats`). A metric that cannot be computed here (METEOR without
 Java, RadGraph without its weights) is listed under ``unavailable`` with the reason.
 
 Outputs in ``DIR`` (:meth:`Evaluation.write`):
@@ -73,6 +73,7 @@ import pandas as pd
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic, write_json_atomic
 from cxrlib.base.provenance import provenance
+from cxrlib.base.stats import BootstrapResult, bootstrap_many
 from cxrlib.data.adapters import iter_csv
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
@@ -98,7 +99,6 @@ from cxrlib.metrics.radgraph import (
     radgraph_scores,
     radgraph_unavailable_reason,
 )
-from cxrlib.metrics.stats import BootstrapResult, bootstrap_many
 
 __all__ = [
     "CONVENTION_TEXT",

@@ -8,6 +8,8 @@ without one is negative for that observation. The labeler reads FINDINGS and
 IMPRESSION (joined by a blank line, so each ends its sentences) and a label of 1 **or
 -1** counts as positive (uncertain as positive; the "uncertain as negative" F1 is
 given too). ``No Finding`` is compared with the term ``normal`` ("normal studies").
+Precision, recall and F1 are 0 where their denominator is 0, as in clinical F1
+(:func:`cxrlib.metrics.rates.precision_recall_f1`).
 
 Reports are split by their number: **odd = development** (the only ones the lexicon
 was tuned on), **even = held-out** (measured, never tuned on). Reports without MeSH
@@ -39,6 +41,7 @@ from cxrlib.metrics.labeler import (
     default_labeler,
     laterality_column,
 )
+from cxrlib.metrics.rates import precision_recall_f1
 
 SHARED_REPORTS = (
     Path(__file__).resolve().parents[2].parent / "shared/data/iu-xray/NLMCXR_reports.tgz"
@@ -178,10 +181,9 @@ class Validation:
 
 
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-    p = tp / (tp + fp) if tp + fp else math.nan
-    r = tp / (tp + fn) if tp + fn else math.nan
-    f = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
-    return p, r, f
+    """Precision, recall, F1 as floats; 0 where a denominator is 0 (``metrics.rates``)."""
+    p, r, f = precision_recall_f1(tp, fp, fn)
+    return float(p), float(r), float(f)
 
 
 def truth_row(number: int, majors: list[str] | tuple[str, ...]) -> dict[str, object]:

@@ -24,7 +24,7 @@ Why a bootstrap and not a Student-t interval over the seeds: with 3 seeds of a r
 (F1, accuracy) that vary widely, ``mean +- t sd / sqrt(3)`` leaves [0, 1] (laterality
 accuracy [-1.25, 1.99] in an earlier run). The pooled bootstrap resamples the test
 studies; each resample scores every seed's Findings of those studies and averages over
-the seeds (:func:`cxrlib.metrics.stats.bootstrap_seed_mean`), so the interval holds the
+the seeds (:func:`cxrlib.base.stats.bootstrap_seed_mean`), so the interval holds the
 uncertainty of the test set, includes the seeds' spread, and stays within the metric's
 range.
 
@@ -53,6 +53,7 @@ import pandas as pd
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
+from cxrlib.base.stats import bootstrap_seed_mean, paired_bootstrap_test
 from cxrlib.data.manifest import CHEXPERT_LABELS, Manifest, read_manifest, text_cell
 from cxrlib.evaluate.attention_grounding import ablation_attention
 from cxrlib.evaluate.baselines import baseline_generations
@@ -61,7 +62,6 @@ from cxrlib.metrics.clinical import ClinicalData
 from cxrlib.metrics.grounding import GroundingData, has_ground_truth_sides
 from cxrlib.metrics.labeler import LABELER_NAME, label_reports
 from cxrlib.metrics.lexical import LexicalCorpus
-from cxrlib.metrics.stats import bootstrap_seed_mean, paired_bootstrap_test
 from cxrlib.model import ReportModel
 from cxrlib.training.config import PROFILES, RunConfig
 from cxrlib.training.generate import generate_split, split_frame
@@ -490,7 +490,7 @@ def summarise(
         ``mean`` and ``sd`` (ddof 1; NaN for one seed) over them, ``ci_low`` and
         ``ci_high`` the interval :func:`interval_method` names (``interval``): the
         clinical, lexical and grounding metrics are rescored on every resample of the
-        test studies for every seed (:func:`cxrlib.metrics.stats.bootstrap_seed_mean`);
+        test studies for every seed (:func:`cxrlib.base.stats.bootstrap_seed_mean`);
         a metric not rescored here (RadGraph) has no interval and says so (``none: not
         rescored``). A seed where a metric is undefined (NaN, e.g. laterality accuracy
         without sided findings) is left out of its mean; a metric undefined for every

@@ -14,7 +14,8 @@ Conventions (``docs/evaluation.md``; METHOD.md "Metric definitions"):
   Blank (NaN) and 0 are negative in both.
 - **Per observation**: TP, FP, FN over items; precision = TP / (TP + FP), recall =
   TP / (TP + FN), F1 = 2 TP / (2 TP + FP + FN); each is 0 when its denominator is 0
-  (scikit-learn's ``zero_division=0``, as f1chexbert's ``classification_report``).
+  (scikit-learn's ``zero_division=0``, as f1chexbert's ``classification_report``;
+  :func:`cxrlib.metrics.rates.precision_recall_f1`).
   Support = reference positives (TP + FN).
 - **Micro** F1 over a set of observations: TP, FP, FN pooled over them, then the F1
   formula (0 when nothing is positive anywhere). **Macro** F1: unweighted mean of the
@@ -47,6 +48,7 @@ import pandas as pd
 from cxrlib.base.errors import CxrError
 from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.metrics.labeler import LABELER_NAME, label_reports
+from cxrlib.metrics.rates import precision_recall_f1
 
 __all__ = [
     "CHEXBERT_ENV",
@@ -139,15 +141,6 @@ def binarize(labels: pd.DataFrame | np.ndarray, convention: str) -> np.ndarray:
     return values == 1.0
 
 
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    denom = 2 * tp + fp + fn
-    return np.divide(2 * tp, denom, out=np.zeros(np.shape(denom), float), where=denom > 0)
-
-
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.divide(a, b, out=np.zeros(np.shape(b), float), where=b > 0)
-
-
 @dataclass
 class ClinicalData:
     """Per-item TP/FP/FN of every observation under both conventions.
@@ -204,10 +197,10 @@ class ClinicalData:
         out = {}
         for convention in CONVENTIONS:
             tp, fp, fn = self.totals(convention, idx)
-            f1 = _f1(tp, fp, fn)
+            f1 = precision_recall_f1(tp, fp, fn)[2]
             for suffix, observations in SUBSETS.items():
                 cols = [CHEXPERT_LABELS.index(o) for o in observations]
-                micro = _f1(tp[cols].sum(), fp[cols].sum(), fn[cols].sum())
+                micro = precision_recall_f1(tp[cols].sum(), fp[cols].sum(), fn[cols].sum())[2]
                 out[f"clinical.{convention}.micro_{suffix}"] = float(micro)
                 out[f"clinical.{convention}.macro_{suffix}"] = float(f1[cols].mean())
         return out
@@ -221,7 +214,7 @@ class ClinicalData:
         rows = []
         for convention in CONVENTIONS:
             tp, fp, fn = self.totals(convention)
-            precision, recall, f1 = _ratio(tp, tp + fp), _ratio(tp, tp + fn), _f1(tp, fp, fn)
+            precision, recall, f1 = precision_recall_f1(tp, fp, fn)
             for j, obs in enumerate(CHEXPERT_LABELS):
                 rows.append(
                     {

@@ -55,7 +55,7 @@ def _positive(values: pd.Series, convention: str) -> np.ndarray:
 @dataclass
 class Grounding:
     """Per-observation table and overall rates, with the pair-level indicators kept for
-    bootstrap intervals (:mod:`cxrlib.metrics.stats`)."""
+    bootstrap intervals (:mod:`cxrlib.base.stats`)."""
 
     table: pd.DataFrame
     overall: dict

@@ -15,7 +15,8 @@ Steps, for one report:
    whitespace collapses to one space.
 2. **Sentences**: a sentence ends at ``.``, ``!`` or ``?`` followed by a space or the
    end of the text (not at ``1.5`` nor after ``vs.``/``e.g.``/``i.e.``), at ``;``,
-   ``:`` and at a paragraph break (:func:`split_sentences`).
+   ``:`` and at a paragraph break (:data:`cxrlib.data.sections.SENTENCE_END`; the
+   sentences themselves: :func:`cxrlib.data.sections.split_sentences`).
 3. **Mentions**: every observation's ``uncertain`` / ``negative`` / ``positive``
    phrases are searched, tried in that order at each position (different observations
    may overlap: "heart size and mediastinal contours are normal" is a negative mention
@@ -74,6 +75,7 @@ from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
 from cxrlib.data.adapters import iter_csv
 from cxrlib.data.manifest import CHEXPERT_LABELS, format_label
+from cxrlib.data.sections import BLANK_LINE, SENTENCE_END
 
 __all__ = [
     "LABELER_COLUMN",
@@ -90,7 +92,6 @@ __all__ = [
     "label_reports",
     "laterality_column",
     "load_lexicon",
-    "split_sentences",
 ]
 
 LABELER_NAME = "cxrlib-rule-v3"
@@ -132,11 +133,11 @@ _TRIGGER_KINDS = (
 )
 _MACRO = re.compile(r"<<(\w+)>>")
 _NOT_MACRO_NAME = re.compile(r"[^\w]")
-# sentence ends: . ! ? before a space or the end (not "1.5", not "vs." "e.g." "i.e."),
-# ; : and paragraph breaks (normalised to "\n")
-_SENTENCE_END = r"(?<!\bvs)(?<!\be\.g)(?<!\bi\.e)(?<!\bdr)[.!?]+(?=\s|$)|[;:\n]"
+# sentence ends (cxrlib.data.sections.SENTENCE_END): . ! ? before a space or the end
+# (not "1.5", not "vs." "e.g." "i.e."), ; : and paragraph breaks (normalised to "\n")
+_SENTENCE_END = SENTENCE_END
 _SENTENCE_END_RE = re.compile(_SENTENCE_END)
-_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_BLANK_LINE = BLANK_LINE
 
 
 # --------------------------------------------------------------------------- lexicon
@@ -246,30 +247,6 @@ def _normalise(text: object) -> str:
         parts = _BLANK_LINE.split(text)
         return "\n".join(" ".join(p.split()) for p in parts).strip().lower()
     return " ".join(text.split()).lower()
-
-
-def split_sentences(text: object) -> list[str]:
-    """Sentences of ``text`` as the labeler sees them (whitespace collapsed, case kept).
-
-    A sentence ends at ``.``, ``!`` or ``?`` followed by a space or the end (not inside
-    ``1.5``, not after ``vs.``, ``e.g.``, ``i.e.``, ``dr.``), at ``;`` or ``:``, and at
-    a blank line. Empty pieces are dropped; the end punctuation stays with its sentence.
-    """
-    if text is None or (isinstance(text, float) and math.isnan(text)):
-        return []
-    text = str(text)
-    parts = _BLANK_LINE.split(text) if "\n" in text else [text]
-    normal = "\n".join(" ".join(p.split()) for p in parts).strip()
-    out, start = [], 0
-    for m in re.finditer(_SENTENCE_END, normal, flags=re.IGNORECASE):
-        piece = normal[start : m.end()].strip()
-        if piece and piece.strip(".!?;:\n "):
-            out.append(piece.rstrip("\n").strip())
-        start = m.end()
-    tail = normal[start:].strip()
-    if tail:
-        out.append(tail)
-    return out
 
 
 # --------------------------------------------------------------------------- labeler

@@ -11,18 +11,12 @@ the sentence gave the image (the rest went to text tokens).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def split_text(text: str) -> list[str]:
-    """Sentences of a Findings text (split after ``.``, ``!``, ``?`` and spaces)."""
-    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+from cxrlib.data.sections import split_sentences
 
 
 def layer_groups(num_layers: int) -> list[list[int]]:
@@ -73,7 +67,7 @@ def sentence_attention(
         Layer groups (default :func:`layer_groups`).
     """
     tok = model.tokenizer
-    sentences = split_text(text)
+    sentences = split_sentences(text)
     if not sentences:
         raise ValueError("no sentence to explain (empty text)")
     ids: list[int] = [tok.bos_id]

@@ -3,11 +3,12 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from cxrlib.anatomy.metrics import bootstrap_mean_ci, dice, hd95
+from cxrlib.anatomy.metrics import dice, hd95
 from cxrlib.anatomy.segmenter import (
     ORGANS,
     Segmenter,
@@ -24,6 +25,7 @@ from cxrlib.anatomy.segmenter import (
 )
 from cxrlib.base.errors import CxrError
 from cxrlib.base.masks import cardiothoracic_ratio
+from cxrlib.base.stats import bootstrap_mean_ci
 from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
@@ -59,6 +61,58 @@ def test_bootstrap_interval_brackets_the_mean():
     assert mean == pytest.approx(0.955)
     assert lo <= mean <= hi
     assert bootstrap_mean_ci(np.array([np.nan]))[0] != bootstrap_mean_ci(np.array([np.nan]))[0]
+    # the exact numbers of seed 0, 2,000 resamples (the segmenter's summary): pinned
+    assert (mean, lo, hi) == (0.9550000000000001, 0.9175, 0.9875)
+
+
+def test_bootstrap_interval_exact_small_case():
+    # 12 resamples of the 3 finite values drawn by default_rng(5), each resample's mean,
+    # then the 2.5 % and 97.5 % quantiles (linear interpolation): written out here
+    values = np.array([0.2, np.nan, 0.5, np.inf, 0.8])
+    finite = np.array([0.2, 0.5, 0.8])
+    rng = np.random.default_rng(5)
+    means = np.sort([finite[rng.integers(0, 3, size=3)].mean() for _ in range(12)])
+    pos = 0.025 * 11, 0.975 * 11  # (n - 1) q
+    low = means[0] + (pos[0] - 0) * (means[1] - means[0])
+    high = means[10] + (pos[1] - 10) * (means[11] - means[10])
+    mean, lo, hi = bootstrap_mean_ci(values, n_boot=12, seed=5)
+    assert mean == pytest.approx(0.5)
+    assert (lo, hi) == (pytest.approx(low, abs=1e-15), pytest.approx(high, abs=1e-15))
+    assert lo < hi  # the resamples differ
+    # equal values: the interval is the value itself; inf and NaN are left out
+    assert bootstrap_mean_ci(np.array([0.7, 0.7, np.inf, np.nan])) == (0.7, 0.7, 0.7)
+
+
+def test_summary_exact_on_a_small_table():
+    # equal values per column: every interval is the value; an HD95 of inf (one empty
+    # mask) is left out of its mean
+    per_image = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"],
+            "dice_left_lung": [0.96, 0.96, 0.96],
+            "dice_right_lung": [0.94, 0.94, 0.94],
+            "dice_heart": [0.9, 0.9, 0.9],
+            "hd95_heart": [2.0, np.inf, 2.0],
+            "ctr_abs_error": [0.01, 0.01, np.nan],
+            "ctr_source": ["true masks", "true masks", "ctr column"],
+        }
+    )
+    summary = summarise(per_image)
+    assert summary["n"] == 3
+    assert summary["metrics"] == {
+        "dice_left_lung": {"mean": 0.96, "ci95": [0.96, 0.96]},
+        "dice_right_lung": {"mean": 0.94, "ci95": [0.94, 0.94]},
+        "dice_heart": {"mean": 0.9, "ci95": [0.9, 0.9]},
+        "hd95_heart": {"mean": 2.0, "ci95": [2.0, 2.0]},
+        "ctr_mae": {"mean": 0.01, "ci95": [0.01, 0.01]},
+    }
+    assert summary["targets_met"] == {
+        "dice_left_lung": True,
+        "dice_right_lung": False,
+        "dice_heart": True,
+        "ctr_mae": True,
+    }
+    assert summary["ctr_sources"] == {"true masks": 2, "ctr column": 1}
 
 
 def test_postprocess_keeps_largest_component_and_fills_holes():

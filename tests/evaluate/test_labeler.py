@@ -17,6 +17,7 @@ from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.data.phantom import phantom_study
 from cxrlib.data.phantom.findings import labels
 from cxrlib.data.phantom.text import findings_text
+from cxrlib.data.sections import split_sentences
 from cxrlib.evaluate import iu_validation as iu
 from cxrlib.metrics.labeler import (
     LABELER_NAME,
@@ -27,7 +28,6 @@ from cxrlib.metrics.labeler import (
     label_report,
     label_reports,
     load_lexicon,
-    split_sentences,
 )
 
 ROOT = Path(__file__).parents[2]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib.metrics.stats import (
+from cxrlib.base.stats import (
     aggregate_seeds,
     bootstrap,
     bootstrap_many,
