@@ -17,7 +17,6 @@ exactly where it stopped.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -145,10 +144,3 @@ def model_inputs(batch: dict, device: torch.device | str) -> dict:
     """The tensors of a collated batch that :class:`ReportModel` takes, on ``device``."""
     keys = ("input_ids", "attention_mask", "labels", "image_features", "pixel_values", "priors")
     return {k: batch[k].to(device) for k in keys if k in batch}
-
-
-def resolve_path(root: str | os.PathLike, path: str) -> str:
-    """A manifest path made absolute against ``root`` ("" stays "")."""
-    if not path:
-        return ""
-    return path if os.path.isabs(path) else os.path.join(str(root), path)

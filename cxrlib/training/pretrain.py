@@ -58,7 +58,6 @@ from cxrlib.base.cache import cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image, normalise, resize_gray
 from cxrlib.base.masks import load_mask, read_finding_mask
-from cxrlib.data.dataset import resolve_path
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
     FINDING_MASK_COLUMN,
@@ -203,11 +202,11 @@ def _load_images(manifest: Manifest, size: int, progress: bool) -> tuple[torch.T
     """uint8 (N, S, S) grayscale of the readable rows, and their row positions."""
     from tqdm.auto import tqdm
 
-    df, root = manifest.frame, manifest.root
+    df = manifest.frame
     images, keep = [], []
     for i, path in enumerate(tqdm(df["image_path"], desc="images", disable=not progress)):
         try:
-            gray = load_image(resolve_path(root, text_cell(path)))
+            gray = load_image(manifest.resolve(text_cell(path)))
         except CxrError as err:
             log.warning("pretraining: skipped %s", err)
             continue
@@ -273,7 +272,6 @@ class DenseTargets:
         cells = df[list(DENSE_ORGANS)].map(text_cell)
         if (cells == "").any().any():
             return None
-        root = manifest.root
         organs = np.zeros((len(df), 3, size, size), dtype=np.uint8)
         has_regions = (
             FINDING_MASK_COLUMN in df.columns
@@ -283,10 +281,10 @@ class DenseTargets:
         rows = tqdm(range(len(df)), desc="masks", disable=not progress)
         for i in rows:
             for c in range(len(DENSE_ORGANS)):
-                mask = load_mask(resolve_path(root, cells.iloc[i, c]))
+                mask = load_mask(manifest.resolve(cells.iloc[i, c]))
                 organs[i, c] = _grid_ready(mask, size)
             if regions is not None:
-                path = resolve_path(root, text_cell(df[FINDING_MASK_COLUMN].iloc[i]))
+                path = manifest.resolve(text_cell(df[FINDING_MASK_COLUMN].iloc[i]))
                 regions[i] = _grid_ready(read_finding_mask(path), size, bits=True)
         values = df[list(DENSE_FINDINGS)].apply(pd.to_numeric, errors="coerce").to_numpy()
         side_of = {finding: column for column, finding in SIDE_TARGETS.items()}

@@ -68,7 +68,6 @@ from cxrlib.data.dataset import (
     epoch_batches,
     image_inputs,
     model_inputs,
-    resolve_path,
 )
 from cxrlib.data.manifest import Manifest, read_manifest, text_cell
 from cxrlib.data.phantom import PhantomSpec, prepare_phantom
@@ -191,12 +190,12 @@ def split_dataset(
     config. Unreadable images are left out and returned as ``(image_id, message)``.
     Training and generation both build their inputs here.
     """
-    frame, root = manifest.frame, manifest.root
+    frame = manifest.frame
     examples = [
         Example(
             text_cell(r["image_id"]),
             text_cell(r.get(config.data.text_column, "")),
-            resolve_path(root, text_cell(r["image_path"])),
+            str(manifest.resolve(text_cell(r["image_path"]))),
         )
         for r in frame.to_dict("records")
     ]
