@@ -72,12 +72,50 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+class _LazyChoices:
+    """An argparse ``choices`` read when first used (parsing, or the subcommand's help),
+    so that building the parser (``cxr --help``) does not import the library."""
+
+    def __init__(self, load: Callable[[], Sequence[str]]):
+        self._load = load
+
+    def _values(self) -> list[str]:
+        return list(self._load())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def __iter__(self):
+        return iter(self._values())
+
+
+def _load_workbook_profiles() -> list[str]:
+    from cxrlib.experiment.workbook import PROFILES
+
+    return sorted(PROFILES)
+
+
+def _load_train_profiles() -> list[str]:
+    from cxrlib.training.config import PROFILES
+
+    return sorted(PROFILES)
+
+
+def _load_modes() -> Sequence[str]:
+    from cxrlib.model.config import MODES
+
+    return MODES
+
+
+_workbook_profiles = _LazyChoices(_load_workbook_profiles)
+_train_profiles = _LazyChoices(_load_train_profiles)
+_modes = _LazyChoices(_load_modes)
+
+
 # --- cxr workbook ----------------------------------------------------------------------
 
 
 def _add_workbook(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.experiment.workbook import PROFILES
-
     p = sub.add_parser("workbook", help="run the notebooks of the workbook")
     wsub = p.add_subparsers(dest="workbook_command", metavar="COMMAND", required=True)
     r = wsub.add_parser(
@@ -88,7 +126,13 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
             "profile's parameters; executed copies go into the run folder."
         ),
     )
-    r.add_argument("--profile", choices=sorted(PROFILES), default="default", help="settings preset")
+    r.add_argument(
+        "--profile",
+        choices=_workbook_profiles,
+        metavar="PROFILE",
+        default="default",
+        help="settings preset: %(choices)s (default %(default)s)",
+    )
     r.add_argument(
         "--out", type=Path, default=None, help="run folder (default runs/<profile>-<timestamp>/)"
     )
@@ -816,9 +860,6 @@ def _cmd_segment_eval(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.model.config import MODES
-    from cxrlib.training.config import PROFILES
-
     p = sub.add_parser(
         "train",
         help="train the report model (Accelerate: CPU, one or several GPUs)",
@@ -829,9 +870,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "-m cxrlib.cli train ...`."
         ),
     )
-    p.add_argument("--profile", choices=sorted(PROFILES), default="default", help="preset")
+    p.add_argument(
+        "--profile",
+        choices=_train_profiles,
+        metavar="PROFILE",
+        default="default",
+        help="preset: %(choices)s (default %(default)s)",
+    )
     p.add_argument("--config", type=Path, default=None, help="YAML or JSON (partial) tree")
-    p.add_argument("--mode", choices=MODES, default=None, help="anatomical attention mode")
+    p.add_argument(
+        "--mode", choices=_modes, metavar="MODE", help="anatomical attention mode: %(choices)s"
+    )
     p.add_argument("--seed", type=_int, default=None, help="run seed")
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")

@@ -67,7 +67,9 @@ from cxrlib.training.config import PROFILES, RunConfig
 from cxrlib.training.generate import generate_split, split_frame
 from cxrlib.training.model_card import write_card
 from cxrlib.training.runs import (
+    ablation_folder,
     ablation_metrics,
+    ablation_record,
     evaluation_folder,
     generations_path,
     run_checkpoint,
@@ -155,7 +157,7 @@ def train_runs(
     """
     from tqdm.auto import tqdm
 
-    configs = out / "ablation" / "configs"
+    configs = ablation_folder(out) / "configs"
     configs.mkdir(parents=True, exist_ok=True)
     todo, runs = [], {}
     for seed in seeds:
@@ -177,7 +179,7 @@ def train_runs(
         while pending and len(running) < parallel:
             mode, seed, path, run_dir = pending.pop(0)
             resume = (run_dir / "config.json").is_file()
-            log_path = out / "ablation" / f"{run_name(mode, seed)}.log"
+            log_path = ablation_folder(out) / f"{run_name(mode, seed)}.log"
             with open(log_path, "w") as log_file:
                 proc = subprocess.Popen(
                     _train_command(path, run_dir, resume, launcher, _known_profile(config)),
@@ -225,7 +227,7 @@ def run_ablation(
     """
     clock = _Stages()
     out = Path(out)
-    folder = out / "ablation"
+    folder = ablation_folder(out)
     folder.mkdir(parents=True, exist_ok=True)
     manifest = prepare_shared(config, split, progress)
     clock.lap("shared_inputs")
@@ -271,7 +273,7 @@ def run_ablation(
         "stages": clock.stages,
         "attention_grounding": attention,
     }
-    write_atomic(folder / "ablation.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+    write_atomic(ablation_record(out), lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     return AblationResult(folder, results, summary, tests_df, seconds)
 
 

@@ -25,7 +25,6 @@ the notebook shows the static views of :func:`show_view` for each mode.
 from __future__ import annotations
 
 import html
-import math
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -42,9 +41,9 @@ from cxrlib.data.manifest import resolve, text_cell
 from cxrlib.evaluate import attention_grounding as ag
 from cxrlib.experiment.figures import outline_masks, plot_prior_stack
 from cxrlib.experiment.report import (
-    _LABEL_NAMES,
     MASK_STRUCTURES,
     Reporter,
+    label_word,
     read_radiograph,
     run_segmenter,
 )
@@ -89,9 +88,7 @@ class StudyView:
 
 
 def _word(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return _LABEL_NAMES.get(float(value), str(value))
+    return label_word(value) or ""
 
 
 def compare_labels(generated: pd.Series | dict, truth: pd.Series | dict) -> pd.DataFrame:

@@ -77,7 +77,15 @@ class ReportSummary:
     out: Path | None = None
 
 
-_LABEL_NAMES = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
+LABEL_WORDS = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
+"""A label value's word (the manifest's 1 / 0 / -1)."""
+
+
+def label_word(value: object) -> str | None:
+    """:data:`LABEL_WORDS` of a label value; None for a blank one (None, NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return LABEL_WORDS.get(float(value), str(value))
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -332,11 +340,7 @@ def labels_and_sides(findings: str) -> tuple[dict[str, str | None], dict[str, st
         for column in LATERALITY_COLUMNS
         if labels.get(column)
     }
-    names = {
-        k: _LABEL_NAMES.get(v) if not (isinstance(v, float) and math.isnan(v)) else None
-        for k, v in labels.items()
-        if k not in LATERALITY_COLUMNS
-    }
+    names = {k: label_word(v) for k, v in labels.items() if k not in LATERALITY_COLUMNS}
     return names, sides
 
 

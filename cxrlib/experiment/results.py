@@ -47,6 +47,7 @@ from cxrlib.experiment.ablation import (
 )
 from cxrlib.experiment.workbook import collect_timings, run_cache_dir
 from cxrlib.metrics.recognition import markdown_table as recognition_table
+from cxrlib.training.runs import ablation_folder, ablation_record
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
@@ -265,8 +266,8 @@ def _read_run(run_dir: Path) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame, pd
     """What the section reads of the run folder: ``run.json``, the ablation's settings,
     summary, per-run results and paired tests, and the labelers of its evaluations."""
     record = _read_json(run_dir / "run.json", "written by cxr workbook run")
-    folder = run_dir / "ablation"
-    settings = _read_json(folder / "ablation.json", _MADE_BY)
+    folder = ablation_folder(run_dir)
+    settings = _read_json(ablation_record(run_dir), _MADE_BY)
     summary = _read_csv(
         folder / "ablation_summary.csv",
         ("system", "metric", "mean", "ci_low", "ci_high", "n_seeds", "n_studies"),
@@ -371,7 +372,7 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     if not run_dir.is_dir():
         raise CxrError(f"{run_dir}: not a folder (a workbook run folder)")
     record, settings, summary, results, tests, labelers = _read_run(run_dir)
-    folder = run_dir / "ablation"
+    folder = ablation_folder(run_dir)
     lines = _head_markdown(run_dir, record, settings, summary, labelers)
 
     cache_dir = run_cache_dir(record)

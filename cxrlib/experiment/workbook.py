@@ -33,7 +33,7 @@ from cxrlib.base.provenance import provenance
 from cxrlib.data.phantom import PhantomSpec
 from cxrlib.training.config import profile_config
 from cxrlib.training.profiles import phantom_spec, profile_manifest
-from cxrlib.training.runs import training_runs
+from cxrlib.training.runs import ablation_record, training_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """Root of the source checkout (where ``notebooks/``, ``runs/`` and ``cache/`` live)."""
@@ -497,7 +497,7 @@ def collect_timings(
         )
     out["decoder_runs"] = runs
 
-    ablation_json = read_json_object(run_dir / "ablation" / "ablation.json") or {}
+    ablation_json = read_json_object(ablation_record(run_dir)) or {}
     stages = dict(ablation_json.get("stages") or {})
     if "seconds" in ablation_json:
         stages["total"] = ablation_json["seconds"]

@@ -42,7 +42,12 @@ from cxrlib.base.io import read_json_object, write_atomic
 from cxrlib.model.report_model import CONFIG_FILE, WEIGHTS_FILE
 from cxrlib.model.tokenizer import SPECIALS_FILE, TOKENIZER_FILE
 from cxrlib.training.config import RunConfig
-from cxrlib.training.runs import ablation_metrics, run_checkpoint, run_config_path
+from cxrlib.training.runs import (
+    ablation_metrics,
+    ablation_of_evaluation,
+    run_checkpoint,
+    run_config_path,
+)
 
 CARD_FILE = "README.md"
 MODEL_FILES: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, SPECIALS_FILE)
@@ -226,10 +231,8 @@ def _test_manifest(path: Path, test: dict) -> str | None:
     ref = (test.get("inputs") or {}).get("ref")
     if ref and ref != "manifest":
         return str(ref)
-    ablation = path.resolve().parent.parent.parent / "ablation.json"
-    if path.resolve().parent.parent.name == "evaluation":
-        return (read_json_object(ablation) or {}).get("manifest")
-    return None
+    ablation = ablation_of_evaluation(path)
+    return None if ablation is None else (read_json_object(ablation) or {}).get("manifest")
 
 
 def training_dataset(config) -> tuple[str | None, str]:

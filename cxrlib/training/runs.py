@@ -61,14 +61,33 @@ def training_runs(run_dir: str | os.PathLike) -> dict[tuple[str, int], Path]:
     return runs
 
 
+def ablation_folder(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/ablation``: an ablation's tables, generations and evaluations."""
+    return Path(run_dir) / "ablation"
+
+
+def ablation_record(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/ablation/ablation.json``: an ablation's settings, manifest and stage times."""
+    return ablation_folder(run_dir) / "ablation.json"
+
+
 def generations_path(run_dir: str | os.PathLike, name: str) -> Path:
     """``run_dir/ablation/generations/<name>.csv``: the generated Findings of a run."""
-    return Path(run_dir) / "ablation" / "generations" / f"{name}.csv"
+    return ablation_folder(run_dir) / "generations" / f"{name}.csv"
 
 
 def evaluation_folder(run_dir: str | os.PathLike, name: str) -> Path:
     """``run_dir/ablation/evaluation/<name>``: a system's evaluation (``metrics.json``)."""
-    return Path(run_dir) / "ablation" / "evaluation" / name
+    return ablation_folder(run_dir) / "evaluation" / name
+
+
+def ablation_of_evaluation(metrics: str | os.PathLike) -> Path | None:
+    """The :func:`ablation_record` of the ablation whose :func:`evaluation_folder` holds
+    ``metrics`` (a ``metrics.json``), or None when it is not inside one."""
+    folder = Path(metrics).resolve().parent
+    if folder.parent.name != "evaluation" or folder.parent.parent.name != "ablation":
+        return None
+    return ablation_record(folder.parent.parent.parent)
 
 
 def ablation_metrics(run_dir: str | os.PathLike) -> Path | None:
