@@ -22,7 +22,6 @@ LONG_FUNCTIONS = {
     "cxrlib/data/chexpert_plus.py build_manifest": 127,
     "cxrlib/data/folder.py build_manifest": 86,
     "cxrlib/data/iu_xray.py build_manifest": 95,
-    "cxrlib/data/mimic.py build_manifest": 123,
     "cxrlib/evaluate/attention_grounding.py attention_grounding": 85,
     "cxrlib/evaluate/evaluate.py evaluate_generations": 139,
     "cxrlib/experiment/bench.py _bench_model": 160,
