@@ -46,7 +46,7 @@ PROTECTED_DATASETS: dict[str, str] = {
 }
 """Datasets whose manifests are never written inside a git work tree by default."""
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 MAX_EXAMPLES = 5
 """How many example rows a summary keeps per drop reason."""
@@ -158,8 +158,8 @@ class AdapterSummary:
 
 
 def collect_rows(
-    items: Iterable[T],
-    rows_of: Callable[[T], list[dict[str, object]]],
+    items: Iterable[_T],
+    rows_of: Callable[[_T], list[dict[str, object]]],
     *,
     desc: str,
     unit: str,
