@@ -11,6 +11,8 @@ Every adapter (``mimic``, ``chexpert_plus``, ``iu_xray``, ``wingspan``, ``folder
   inside a git work tree unless explicitly allowed, and default to the user's cache
   folder (``$XDG_CACHE_HOME/cxrlib/manifests/``, else ``~/.cache/cxrlib/manifests/``);
 - reading CSV and gzipped CSV with one-line errors that name the file and line;
+- the row loop every adapter runs (:func:`collect_rows`: one input item at a time,
+  each giving its manifest rows or being dropped with a reason);
 - small helpers: whitespace collapsing, view lists, relative paths, binary masks.
 """
 
@@ -24,13 +26,14 @@ import os
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from PIL import Image
+from tqdm import tqdm
 
 from cxrlib.base.errors import CxrError
 from cxrlib.data.manifest import CHEXPERT_LABELS, parse_label, write_manifest
@@ -42,6 +45,8 @@ PROTECTED_DATASETS: dict[str, str] = {
     "iu-xray": "CC BY-NC-ND 4.0: derived copies of the text must not be committed",
 }
 """Datasets whose manifests are never written inside a git work tree by default."""
+
+_T = TypeVar("_T")
 
 MAX_EXAMPLES = 5
 """How many example rows a summary keeps per drop reason."""
@@ -150,6 +155,31 @@ class AdapterSummary:
 
     def __str__(self) -> str:
         return self.describe()
+
+
+def collect_rows(
+    items: Iterable[_T],
+    rows_of: Callable[[_T], list[dict[str, object]]],
+    *,
+    desc: str,
+    unit: str,
+) -> list[dict[str, object]]:
+    """The manifest rows of every input item, in order, with a progress bar.
+
+    Parameters
+    ----------
+    items : iterable
+        The adapter's input units (metadata rows, images, reports), in manifest order.
+    rows_of : callable
+        The rows one item gives: ``[]`` when it is dropped (the reason already counted
+        in the run's :class:`AdapterSummary`), one row, or several (a report's images).
+    desc, unit : str
+        Progress bar label and unit (shown only on a terminal).
+    """
+    rows: list[dict[str, object]] = []
+    for item in tqdm(items, desc=desc, unit=unit, disable=None):
+        rows.extend(rows_of(item))
+    return rows
 
 
 def finish(df: pd.DataFrame, out: str | os.PathLike, summary: AdapterSummary) -> AdapterSummary:
@@ -322,6 +352,19 @@ def iter_csv(
                 yield start, dict(zip(header, fields, strict=True))
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error, csv.Error) as err:
         raise CxrError(f"{path}:{line}: unreadable ({type(err).__name__}: {err})") from None
+
+
+def note_first_line(seen: dict[Any, int], key: Any, line: int, where: str, column: str) -> None:
+    """Record that ``key`` (a ``column`` value) first appears on ``line``.
+
+    Raises
+    ------
+    CxrError
+        ``key`` was seen before: ``<where>: duplicate <column> <key> (first on line N)``.
+    """
+    if key in seen:
+        raise CxrError(f"{where}: duplicate {column} {key!r} (first on line {seen[key]})")
+    seen[key] = line
 
 
 def label_value(cell: object, where: str, column: str) -> float:

@@ -37,6 +37,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from cxrlib.base.errors import CxrError, ManifestError
@@ -51,7 +52,13 @@ from cxrlib.data.adapters import (
     relative_to,
     safe_relative_id,
 )
-from cxrlib.data.manifest import FINDING_MASK_COLUMN, MASK_COLUMNS, read_manifest, resolve
+from cxrlib.data.manifest import (
+    FINDING_MASK_COLUMN,
+    MASK_COLUMNS,
+    Manifest,
+    read_manifest,
+    resolve,
+)
 
 DATASET = "chexmask"
 ID_COLUMNS: tuple[str, ...] = ("dicom_id", "Path")
@@ -160,6 +167,144 @@ def _rebase(cell: object, old_root: Path, new_root: Path) -> object:
     return relative_to(old_root / cell, new_root)
 
 
+def _read_source(manifest: str | os.PathLike) -> Manifest:
+    """The input manifest; CxrError with its first problem (and how many more)."""
+    try:
+        return read_manifest(manifest)
+    except ManifestError as err:  # one line: the first problem and how many there are
+        more = f" (and {len(err.problems) - 1} more)" if len(err.problems) > 1 else ""
+        raise CxrError(f"invalid --manifest: {err.problems[0]}{more}") from None
+
+
+def _id_column(csv: Path, row: dict[str, str]) -> str:
+    """The CSV's id column (``dicom_id`` or ``Path``); CxrError when it has neither."""
+    id_column = next((c for c in ID_COLUMNS if c in row), None)
+    if id_column is None:
+        raise CxrError(f"{csv}:1: no id column (expected one of {', '.join(ID_COLUMNS)})")
+    return id_column
+
+
+def _decode_all(
+    csv: Path, df: pd.DataFrame, root: Path, out_dir: Path, min_dice: float
+) -> tuple[dict[int, dict[str, object]], dict[int, tuple[str, str]]]:
+    """Write the masks of every CheXmask row whose image is in the manifest.
+
+    Returns
+    -------
+    (dict, dict)
+        Manifest row number -> the mask cells of its attached masks, and manifest row
+        number -> ``(reason, where)`` for rows with a CheXmask row but no masks.
+    """
+    index = {image_id: i for i, image_id in enumerate(df["image_id"].astype(str))}
+    attached: dict[int, dict[str, object]] = {}
+    reasons: dict[int, tuple[str, str]] = {}
+    seen: dict[str, int] = {}
+    rows = iter_csv(csv, (QUALITY_COLUMN, *RLE_COLUMNS.values(), "Height", "Width"))
+    id_column: str | None = None
+    for line, row in tqdm(rows, desc="chexmask", unit="row", disable=None):
+        where = f"{csv}:{line}"
+        if id_column is None:
+            id_column = _id_column(csv, row)
+        key = chexmask_key(row[id_column])
+        if key in seen:
+            raise CxrError(f"{where}: duplicate {id_column} {row[id_column]!r} (line {seen[key]})")
+        seen[key] = line
+        i = index.get(key)
+        if i is None:
+            continue
+        image = str(df["image_path"].iloc[i]).strip()
+        outcome = _masks_of(
+            row, key, where, resolve(root, image) if image else None, out_dir, min_dice
+        )
+        if isinstance(outcome, tuple):
+            reasons[i] = outcome
+        else:
+            attached[i] = outcome
+    return attached, reasons
+
+
+def _masks_of(
+    row: dict[str, str],
+    key: str,
+    where: str,
+    image: Path | None,
+    out_dir: Path,
+    min_dice: float,
+) -> dict[str, object] | tuple[str, str]:
+    """Decode and write one CheXmask row's masks: their manifest cells (paths relative
+    to ``out_dir`` and ``chexmask_dice``), or ``(reason, where)`` when none are written."""
+    try:
+        height, width = int(row["Height"]), int(row["Width"])
+        dice = float(row[QUALITY_COLUMN])
+    except ValueError:
+        raise CxrError(f"{where}: Height/Width/{QUALITY_COLUMN} not numeric") from None
+    if not dice >= min_dice:
+        return ("below_quality_threshold", f"{where}: {QUALITY_COLUMN} {dice:.3f}")
+    if image is not None and image_size(image) != (height, width):
+        return ("size_mismatch", f"{where}: CheXmask {width}x{height}, image differs")
+    masks = {}
+    for column, rle_column in RLE_COLUMNS.items():
+        try:
+            masks[column] = decode_rle(row[rle_column], height, width)
+        except ValueError as err:
+            raise CxrError(f"{where}: column {rle_column!r}: {err}") from None
+    if not all(m.any() for m in masks.values()):
+        return ("empty_rle", f"{where}: an empty RLE mask")
+    masks["lung_mask_path"] = masks["left_lung_mask_path"] | masks["right_lung_mask_path"]
+    name = safe_relative_id(key) + ".png"
+    paths = {
+        column: write_binary_mask(masks[column], out_dir / "masks" / folder / name)
+        for column, folder in MASK_FOLDERS.items()
+    }
+    cells: dict[str, object] = {c: relative_to(p, out_dir) for c, p in paths.items()}
+    cells["chexmask_dice"] = dice
+    return cells
+
+
+def _rebased(df: pd.DataFrame, root: Path, out_dir: Path) -> pd.DataFrame:
+    """A copy of ``df`` with its paths rebased from ``root`` to ``out_dir`` and the mask
+    columns and ``chexmask_dice`` present (blank), as object columns."""
+    result = df.copy()
+    for column in ("image_path", *MASK_COLUMNS, FINDING_MASK_COLUMN):
+        if column in result.columns:
+            result[column] = [_rebase(c, root, out_dir) for c in result[column]]
+    for column in (*MASK_FOLDERS, "chexmask_dice"):
+        if column not in result.columns:
+            result[column] = ""
+        result[column] = result[column].astype(object)
+    return result
+
+
+def _fill_and_select(
+    result: pd.DataFrame,
+    attached: dict[int, dict[str, object]],
+    reasons: dict[int, tuple[str, str]],
+    manifest: str | os.PathLike,
+    drop_unmasked: bool,
+    summary: AdapterSummary,
+) -> pd.DataFrame:
+    """Fill in the attached masks; rows without are counted per reason, and dropped
+    when ``drop_unmasked``."""
+    keep = []
+    for i in range(len(result)):
+        if i in attached:
+            for column, value in attached[i].items():
+                result.at[result.index[i], column] = value
+            summary.count("masks_attached")
+            keep.append(True)
+            continue
+        reason, where = reasons.get(
+            i, ("no_chexmask_row", f"{manifest}:{i + 2}: {result['image_id'].iloc[i]}")
+        )
+        if drop_unmasked:
+            summary.drop(reason, where)
+            keep.append(False)
+        else:
+            summary.count(reason)
+            keep.append(True)
+    return result[keep].reset_index(drop=True)
+
+
 def attach_masks(
     csv: str | os.PathLike,
     manifest: str | os.PathLike,
@@ -202,13 +347,7 @@ def attach_masks(
     out_manifest = check_out_path(
         out_dir / "manifest.csv", dataset=DATASET, allow_in_repo=allow_in_repo
     )
-    try:
-        source = read_manifest(manifest)
-    except ManifestError as err:  # one line: the first problem and how many there are
-        more = f" (and {len(err.problems) - 1} more)" if len(err.problems) > 1 else ""
-        raise CxrError(f"invalid --manifest: {err.problems[0]}{more}") from None
-    df, root = source.frame, source.root
-    index = {image_id: i for i, image_id in enumerate(df["image_id"].astype(str))}
+    source = _read_source(manifest)
     summary = AdapterSummary(
         DATASET,
         unit="image",
@@ -219,78 +358,7 @@ def attach_masks(
             "drop_unmasked": drop_unmasked,
         },
     )
-    attached: dict[int, dict[str, object]] = {}
-    reasons: dict[int, tuple[str, str]] = {}
-    seen: dict[str, int] = {}
-    rows = iter_csv(csv, (QUALITY_COLUMN, *RLE_COLUMNS.values(), "Height", "Width"))
-    id_column: str | None = None
-    for line, row in tqdm(rows, desc="chexmask", unit="row", disable=None):
-        where = f"{csv}:{line}"
-        if id_column is None:
-            id_column = next((c for c in ID_COLUMNS if c in row), None)
-            if id_column is None:
-                raise CxrError(f"{csv}:1: no id column (expected one of {', '.join(ID_COLUMNS)})")
-        key = chexmask_key(row[id_column])
-        if key in seen:
-            raise CxrError(f"{where}: duplicate {id_column} {row[id_column]!r} (line {seen[key]})")
-        seen[key] = line
-        i = index.get(key)
-        if i is None:
-            continue
-        try:
-            height, width = int(row["Height"]), int(row["Width"])
-            dice = float(row[QUALITY_COLUMN])
-        except ValueError:
-            raise CxrError(f"{where}: Height/Width/{QUALITY_COLUMN} not numeric") from None
-        if not dice >= min_dice:
-            reasons[i] = ("below_quality_threshold", f"{where}: {QUALITY_COLUMN} {dice:.3f}")
-            continue
-        image_path = str(df["image_path"].iloc[i]).strip()
-        if image_path and image_size(resolve(root, image_path)) != (height, width):
-            reasons[i] = ("size_mismatch", f"{where}: CheXmask {width}x{height}, image differs")
-            continue
-        masks = {}
-        for column, rle_column in RLE_COLUMNS.items():
-            try:
-                masks[column] = decode_rle(row[rle_column], height, width)
-            except ValueError as err:
-                raise CxrError(f"{where}: column {rle_column!r}: {err}") from None
-        if not all(m.any() for m in masks.values()):
-            reasons[i] = ("empty_rle", f"{where}: an empty RLE mask")
-            continue
-        masks["lung_mask_path"] = masks["left_lung_mask_path"] | masks["right_lung_mask_path"]
-        name = safe_relative_id(key) + ".png"
-        paths = {
-            column: write_binary_mask(masks[column], out_dir / "masks" / folder / name)
-            for column, folder in MASK_FOLDERS.items()
-        }
-        attached[i] = {c: relative_to(p, out_dir) for c, p in paths.items()}
-        attached[i]["chexmask_dice"] = dice
-
-    result = df.copy()  # paths rebased from the input manifest's folder to out_dir
-    for column in ("image_path", *MASK_COLUMNS, FINDING_MASK_COLUMN):
-        if column in result.columns:
-            result[column] = [_rebase(c, root, out_dir) for c in result[column]]
-    for column in (*MASK_FOLDERS, "chexmask_dice"):
-        if column not in result.columns:
-            result[column] = ""
-        result[column] = result[column].astype(object)
-    keep = []
-    for i in range(len(result)):
-        if i in attached:
-            for column, value in attached[i].items():
-                result.at[result.index[i], column] = value
-            summary.count("masks_attached")
-            keep.append(True)
-            continue
-        reason, where = reasons.get(
-            i, ("no_chexmask_row", f"{manifest}:{i + 2}: {result['image_id'].iloc[i]}")
-        )
-        if drop_unmasked:
-            summary.drop(reason, where)
-            keep.append(False)
-        else:
-            summary.count(reason)
-            keep.append(True)
-    result = result[keep].reset_index(drop=True)
+    attached, reasons = _decode_all(csv, source.frame, source.root, out_dir, min_dice)
+    result = _rebased(source.frame, source.root, out_dir)
+    result = _fill_and_select(result, attached, reasons, manifest, drop_unmasked, summary)
     return finish(result, out_manifest, summary)

@@ -40,10 +40,10 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from tqdm import tqdm
 
 from cxrlib.base.errors import CxrError
 from cxrlib.data.adapters import (
@@ -51,9 +51,11 @@ from cxrlib.data.adapters import (
     blank_labels,
     check_out_path,
     collapse_whitespace,
+    collect_rows,
     finish,
     iter_csv,
     label_value,
+    note_first_line,
     parse_views,
     relative_to,
 )
@@ -118,6 +120,121 @@ def _find_image(path_to_image: str, folders: list[Path]) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
+
+
+_Record = tuple[str, str, str, str, str, str, str, int]
+"""One CSV image: ``(path_to_image, official split, patient, view, findings, impression,
+study_id, line)``."""
+
+
+def _record(row: dict[str, str], line: int, where: str, seen: dict[str, int]) -> _Record:
+    """One CSV row as a record; CxrError for a bad path, a path already ``seen``
+    or a bad split value."""
+    path = row["path_to_image"].strip()
+    parts = PurePosixPath(path).parts
+    if len(parts) < 3:
+        raise CxrError(f"{where}: column 'path_to_image': {path!r} is not split/patient/study/file")
+    note_first_line(seen, path, line, where, "path_to_image")
+    official = row["split"].strip().lower()
+    if official == "train":
+        pass
+    elif official not in OFFICIAL_TEST_SPLITS:
+        raise CxrError(f"{where}: column 'split': {row['split']!r} is not train or valid")
+    return (
+        path,
+        official,
+        row["deid_patient_id"].strip() or parts[-3],
+        _view(row["frontal_lateral"], row["ap_pa"]),
+        collapse_whitespace(row["section_findings"]),
+        collapse_whitespace(row["section_impression"]),
+        f"{parts[-3]}/{parts[-2]}",
+        line,
+    )
+
+
+def _read_records(csv_path: Path) -> tuple[list[_Record], int]:
+    """The CSV's images as sorted records, and the number of patients with
+    images in both official splits."""
+    records: list[_Record] = []
+    seen: dict[str, int] = {}
+    official_patients: dict[str, set[str]] = {}
+    for line, row in iter_csv(csv_path, REQUIRED_COLUMNS):
+        record = _record(row, line, f"{csv_path}:{line}", seen)
+        official_patients.setdefault(record[2], set()).add(record[1])
+        records.append(record)
+    records.sort()
+    return records, sum(1 for s in official_patients.values() if len(s) > 1)
+
+
+@dataclass
+class _Selection:
+    """One run's options and labels: decides each image's fate (kept or why not)."""
+
+    csv_path: Path
+    out_dir: Path
+    folders: list[Path]
+    views: tuple[str, ...]
+    label_table: dict[str, dict[str, float]] | None
+    val_fraction: float
+    seed: int
+    keep_missing_findings: bool
+    summary: AdapterSummary
+
+    def rows_of(self, record: _Record) -> list[dict[str, object]]:
+        """The manifest row of one image, or none (the drop reason counted)."""
+        path, official, patient, view, findings, impression, study, _line = record
+        image = self._image(record)
+        if image is None:
+            return []
+        row = {
+            "study_id": study,
+            "image_id": str(PurePosixPath(path).with_suffix("")),
+            "image_path": relative_to(image, self.out_dir),
+            "view": view,
+            "split": self._split(official, patient),
+            "findings": findings,
+            **self._labels(path),
+            "patient_id": patient,
+            "impression": impression,
+            "official_split": official,
+            "path_to_image": path,
+        }
+        return [row]
+
+    def _image(self, record: _Record) -> Path | None:
+        """The image file, or None after dropping for view, image or findings."""
+        path, _official, _patient, view, findings, _impression, _study, line = record
+        where = f"{self.csv_path}:{line}"
+        if view not in self.views:
+            self.summary.drop("view_not_selected", f"{where}: {path} view {view}")
+            return None
+        image = _find_image(path, self.folders)
+        if image is None:
+            self.summary.drop("missing_image", f"{where}: {path} (no .png or original file found)")
+            return None
+        if not findings:
+            if not self.keep_missing_findings:
+                self.summary.drop("no_findings", f"{where}: empty section_findings")
+                return None
+            self.summary.count("kept_without_findings")
+        return image
+
+    def _split(self, official: str, patient: str) -> str:
+        """Official valid/test -> ``test``; official train -> train/validate by patient."""
+        if official == "train":
+            return assign_split(
+                patient, self.seed, (1.0 - self.val_fraction, self.val_fraction, 0.0)
+            )
+        return "test"
+
+    def _labels(self, path: str) -> dict[str, float]:
+        """The image's CheXbert labels, blank when there are none (counted)."""
+        labels = self.label_table.get(path) if self.label_table is not None else None
+        if labels is None:
+            if self.label_table is not None:
+                self.summary.count("no_labels")
+            labels = blank_labels()
+        return labels
 
 
 def build_manifest(
@@ -192,89 +309,19 @@ def build_manifest(
     label_table = read_labels(labels) if labels is not None else None
     if label_table is None:
         summary.count("labels_file_absent")
-
-    records: list[tuple[str, str, str, str, str, str, str, int]] = []
-    seen: dict[str, int] = {}
-    official_patients: dict[str, set[str]] = {}
-    for line, row in iter_csv(csv_path, REQUIRED_COLUMNS):
-        where = f"{csv_path}:{line}"
-        path = row["path_to_image"].strip()
-        parts = PurePosixPath(path).parts
-        if len(parts) < 3:
-            raise CxrError(
-                f"{where}: column 'path_to_image': {path!r} is not split/patient/study/file"
-            )
-        if path in seen:
-            raise CxrError(
-                f"{where}: duplicate path_to_image {path!r} (first on line {seen[path]})"
-            )
-        seen[path] = line
-        official = row["split"].strip().lower()
-        if official == "train":
-            pass
-        elif official not in OFFICIAL_TEST_SPLITS:
-            raise CxrError(f"{where}: column 'split': {row['split']!r} is not train or valid")
-        patient = row["deid_patient_id"].strip() or parts[-3]
-        official_patients.setdefault(patient, set()).add(official)
-        records.append(
-            (
-                path,
-                official,
-                patient,
-                _view(row["frontal_lateral"], row["ap_pa"]),
-                collapse_whitespace(row["section_findings"]),
-                collapse_whitespace(row["section_impression"]),
-                f"{parts[-3]}/{parts[-2]}",
-                line,
-            )
-        )
-    records.sort()
+    records, in_both = _read_records(csv_path)
     summary.count("images_in_csv", len(records))
-    summary.count(
-        "patients_in_official_train_and_valid",
-        sum(1 for s in official_patients.values() if len(s) > 1),
+    summary.count("patients_in_official_train_and_valid", in_both)
+    selection = _Selection(
+        csv_path,
+        out.parent,
+        folders,
+        views,
+        label_table,
+        val_fraction,
+        seed,
+        keep_missing_findings,
+        summary,
     )
-
-    out_dir = out.parent
-    rows: list[dict[str, object]] = []
-    for path, official, patient, view, findings, impression, study, line in tqdm(
-        records, desc="chexpert-plus", unit="image", disable=None
-    ):
-        where = f"{csv_path}:{line}"
-        if view not in views:
-            summary.drop("view_not_selected", f"{where}: {path} view {view}")
-            continue
-        image = _find_image(path, folders)
-        if image is None:
-            summary.drop("missing_image", f"{where}: {path} (no .png or original file found)")
-            continue
-        if not findings:
-            if not keep_missing_findings:
-                summary.drop("no_findings", f"{where}: empty section_findings")
-                continue
-            summary.count("kept_without_findings")
-        if official == "train":
-            split = assign_split(patient, seed, (1.0 - val_fraction, val_fraction, 0.0))
-        else:
-            split = "test"
-        image_labels = label_table.get(path) if label_table is not None else None
-        if image_labels is None:
-            if label_table is not None:
-                summary.count("no_labels")
-            image_labels = blank_labels()
-        rows.append(
-            {
-                "study_id": study,
-                "image_id": str(PurePosixPath(path).with_suffix("")),
-                "image_path": relative_to(image, out_dir),
-                "view": view,
-                "split": split,
-                "findings": findings,
-                **image_labels,
-                "patient_id": patient,
-                "impression": impression,
-                "official_split": official,
-                "path_to_image": path,
-            }
-        )
+    rows = collect_rows(records, selection.rows_of, desc="chexpert-plus", unit="image")
     return finish(pd.DataFrame(rows), out, summary)

@@ -31,10 +31,10 @@ Dropped images are counted under the first reason that applies:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from tqdm import tqdm
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.masks import load_mask, write_binary_mask
@@ -44,11 +44,13 @@ from cxrlib.data.adapters import (
     blank_labels,
     check_out_path,
     collapse_whitespace,
+    collect_rows,
     finish,
     image_readable,
     image_size,
     iter_csv,
     label_value,
+    note_first_line,
     relative_to,
     safe_relative_id,
 )
@@ -81,10 +83,7 @@ def read_reports(path: str | os.PathLike) -> dict[str, dict[str, object]]:
         image_id = row["image_id"].strip()
         if not image_id:
             raise CxrError(f"{where}: empty image_id")
-        if image_id in table:
-            raise CxrError(
-                f"{where}: duplicate image_id {image_id!r} (first on line {lines[image_id]})"
-            )
+        note_first_line(lines, image_id, line, where, "image_id")
         record: dict[str, object] = {}
         for column, cell in row.items():
             if column in CHEXPERT_LABELS:
@@ -97,7 +96,6 @@ def read_reports(path: str | os.PathLike) -> dict[str, dict[str, object]]:
         if split and split not in SPLITS:
             raise CxrError(f"{where}: column 'split': {split!r} is not one of {SPLITS}")
         table[image_id] = record
-        lines[image_id] = line
     return table
 
 
@@ -108,6 +106,78 @@ def _find_mask(masks: Path, folder: str, image_id: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+@dataclass
+class _Selection:
+    """One run's folders, reports and options: decides each image's fate."""
+
+    images: Path
+    out_dir: Path
+    lung_dir: Path
+    mask_root: Path | None
+    report_table: dict[str, dict[str, object]] | None
+    seed: int
+    view: str
+    summary: AdapterSummary
+    seen: dict[str, Path] = field(default_factory=dict)
+
+    def rows_of(self, image: Path) -> list[dict[str, object]]:
+        """The manifest row of one image file, or none (the drop reason counted)."""
+        image_id = str(PurePosixPath(image.relative_to(self.images).as_posix()).with_suffix(""))
+        if image_id in self.seen:
+            self.summary.drop(
+                "duplicate_image_id", f"{image}: same image_id as {self.seen[image_id]}"
+            )
+            return []
+        self.seen[image_id] = image
+        problem = image_readable(image)
+        if problem is not None:
+            self.summary.drop("unreadable_image", f"{image}: {problem}")
+            return []
+        row: dict[str, object] = {"image_id": image_id, **blank_labels()}
+        if self.mask_root is not None:
+            mismatch = self._add_masks(row, image, image_id, self.mask_root)
+            if mismatch is not None:
+                self.summary.drop("mask_size_mismatch", mismatch)
+                return []
+        if self.report_table is not None:
+            report = self.report_table.get(image_id)
+            if report is None:
+                self.summary.count("images_without_report")
+            else:
+                row.update(report)
+        study_id = str(row.get("study_id") or image_id)
+        row["study_id"] = study_id
+        row["image_path"] = relative_to(image, self.out_dir)
+        row["view"] = str(row.get("view") or self.view)
+        row["split"] = str(row.get("split") or assign_split(study_id, self.seed))
+        row["findings"] = str(row.get("findings") or "")
+        return [row]
+
+    def _add_masks(
+        self, row: dict[str, object], image: Path, image_id: str, mask_root: Path
+    ) -> str | None:
+        """Put the image's mask paths in ``row`` (the lung union written when needed);
+        a mask whose size differs from the image's instead gives the drop's reason."""
+        shape = image_size(image)
+        found = {c: _find_mask(mask_root, f, image_id) for c, f in MASK_FOLDERS.items()}
+        for path in found.values():
+            if path is not None and image_size(path) != shape:
+                return f"{path}: size differs from {image}"
+        left, right = found["left_lung_mask_path"], found["right_lung_mask_path"]
+        if found["lung_mask_path"] is None and left is not None and right is not None:
+            union = load_mask(left, MASK_THRESHOLD) | load_mask(right, MASK_THRESHOLD)
+            target = self.lung_dir / f"{safe_relative_id(image_id)}.png"
+            found["lung_mask_path"] = write_binary_mask(union, target)
+            self.summary.count("lung_mask_from_union")
+        for column, path in found.items():
+            if path is None:
+                self.summary.count(f"no_{MASK_FOLDERS[column]}_mask")
+                row[column] = ""
+            else:
+                row[column] = relative_to(path, self.out_dir)
+        return None
 
 
 def build_manifest(
@@ -163,58 +233,13 @@ def build_manifest(
     files = sorted(
         p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
-    out_dir = out.parent
-    lung_dir = out_dir / f"{out.stem}_masks" / "lungs"
-    rows: list[dict[str, object]] = []
-    seen: dict[str, Path] = {}
-    for image in tqdm(files, desc="folder", unit="image", disable=None):
-        image_id = str(PurePosixPath(image.relative_to(images).as_posix()).with_suffix(""))
-        if image_id in seen:
-            summary.drop("duplicate_image_id", f"{image}: same image_id as {seen[image_id]}")
-            continue
-        seen[image_id] = image
-        problem = image_readable(image)
-        if problem is not None:
-            summary.drop("unreadable_image", f"{image}: {problem}")
-            continue
-        row: dict[str, object] = {"image_id": image_id, **blank_labels()}
-        mismatch = None
-        if mask_root is not None:
-            shape = image_size(image)
-            found = {c: _find_mask(mask_root, f, image_id) for c, f in MASK_FOLDERS.items()}
-            for path in found.values():
-                if path is not None and image_size(path) != shape:
-                    mismatch = f"{path}: size differs from {image}"
-                    break
-            if mismatch is None:
-                left, right = found["left_lung_mask_path"], found["right_lung_mask_path"]
-                if found["lung_mask_path"] is None and left is not None and right is not None:
-                    union = load_mask(left, MASK_THRESHOLD) | load_mask(right, MASK_THRESHOLD)
-                    target = lung_dir / f"{safe_relative_id(image_id)}.png"
-                    found["lung_mask_path"] = write_binary_mask(union, target)
-                    summary.count("lung_mask_from_union")
-                for column, path in found.items():
-                    if path is None:
-                        summary.count(f"no_{MASK_FOLDERS[column]}_mask")
-                        row[column] = ""
-                    else:
-                        row[column] = relative_to(path, out_dir)
-        if mismatch is not None:
-            summary.drop("mask_size_mismatch", mismatch)
-            continue
-        if report_table is not None:
-            report = report_table.get(image_id)
-            if report is None:
-                summary.count("images_without_report")
-            else:
-                row.update(report)
-        study_id = str(row.get("study_id") or image_id)
-        row["study_id"] = study_id
-        row["image_path"] = relative_to(image, out_dir)
-        row["view"] = str(row.get("view") or view)
-        row["split"] = str(row.get("split") or assign_split(study_id, seed))
-        row["findings"] = str(row.get("findings") or "")
-        rows.append(row)
+    lung_dir = out.parent / f"{out.stem}_masks" / "lungs"
+    selection = _Selection(
+        images, out.parent, lung_dir, mask_root, report_table, seed, view, summary
+    )
+    rows = collect_rows(files, selection.rows_of, desc="folder", unit="image")
     if report_table is not None:
-        summary.count("reports_without_image", sum(1 for k in report_table if k not in seen))
+        summary.count(
+            "reports_without_image", sum(1 for k in report_table if k not in selection.seen)
+        )
     return finish(pd.DataFrame(rows), out, summary)

@@ -60,7 +60,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from cxrlib.base.errors import CxrError
 from cxrlib.data.adapters import (
@@ -68,6 +67,7 @@ from cxrlib.data.adapters import (
     blank_labels,
     check_out_path,
     collapse_whitespace,
+    collect_rows,
     finish,
     index_images,
     iter_csv,
@@ -204,6 +204,93 @@ def _view_of(image_id: str, views: dict[str, str]) -> str:
     return view or "UNKNOWN"
 
 
+@dataclass
+class _Selection:
+    """One run's options (and, in image mode, images and views): each report's rows."""
+
+    out_dir: Path
+    images: str | os.PathLike | None
+    image_index: dict[str, Path] | None
+    view_table: dict[str, str]
+    views: tuple[str, ...]
+    seed: int
+    drop_empty_findings: bool
+    summary: AdapterSummary
+
+    def rows_of(self, report: Report) -> list[dict[str, object]]:
+        """The report's rows: itself (text-only) or its selected images; counts its tokens."""
+        findings = report.findings
+        xxxx = self._count(report, findings)
+        if not findings:
+            self.summary.count("empty_findings")
+            if self.drop_empty_findings:
+                n = 1 if self.images is None else len(report.image_ids)  # rows it gives
+                if n:
+                    self.summary.drop("empty_findings", f"{report.source}: empty FINDINGS", n=n)
+                return []
+        base = {
+            "study_id": report.study_id,
+            "split": assign_split(report.study_id, self.seed),
+            "findings": findings,
+            **blank_labels(),
+            "impression": collapse_whitespace(report.sections.get("IMPRESSION", "")),
+            "indication": collapse_whitespace(report.sections.get("INDICATION", "")),
+            "comparison": collapse_whitespace(report.sections.get("COMPARISON", "")),
+            "mesh_major": ";".join(report.mesh_major),
+            "image_ids": ";".join(report.image_ids),
+            "xxxx_count": xxxx,
+        }
+        if self.image_index is None:
+            return [{**base, "image_id": report.study_id, "image_path": "", "view": ""}]
+        return self._image_rows(report, base, self.image_index)
+
+    def _count(self, report: Report, findings: str) -> int:
+        """Count the report and its ``XXXX`` tokens; the number in its Findings."""
+        summary = self.summary
+        summary.count("reports")
+        xxxx = findings.count(DEID_TOKEN)
+        summary.count("xxxx_tokens_in_findings", xxxx)
+        summary.count("reports_with_xxxx_in_findings", int(xxxx > 0))
+        summary.count(
+            "xxxx_tokens_in_all_sections",
+            sum(report.sections.get(s, "").count(DEID_TOKEN) for s in SECTION_LABELS),
+        )
+        if "FINDINGS" not in report.sections:
+            summary.count("no_findings_element")
+        if self.images is not None:
+            summary.count("reports_without_images", int(not report.image_ids))
+        return xxxx
+
+    def _image_rows(
+        self, report: Report, base: dict[str, object], image_index: dict[str, Path]
+    ) -> list[dict[str, object]]:
+        """One row per image of the report with a selected view and a file."""
+        rows: list[dict[str, object]] = []
+        for image_id in report.image_ids:
+            view = _view_of(image_id, self.view_table)
+            if view not in self.views:
+                self.summary.drop("view_not_selected", f"{report.source}: {image_id} view {view}")
+                continue
+            path = image_index.get(image_id)
+            if path is None:
+                self.summary.drop(
+                    "missing_image", f"{report.source}: {image_id} not in {self.images}"
+                )
+                continue
+            rows.append(
+                {
+                    **base,
+                    "image_id": image_id,
+                    "image_path": relative_to(path, self.out_dir),
+                    "view": view,
+                }
+            )
+        self.summary.count("reports_without_selected_image", int(not rows))
+        # several "frontal" images: usually PA + lateral both labelled PA (module docstring)
+        self.summary.count("reports_with_several_selected_images", int(len(rows) > 1))
+        return rows
+
+
 def build_manifest(
     reports: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -268,64 +355,8 @@ def build_manifest(
             "text_only": images is None,
         },
     )
-    out_dir = out.parent
-    rows: list[dict[str, object]] = []
-    for report in tqdm(iter_reports(reports), desc="iu-xray", unit="report", disable=None):
-        summary.count("reports")
-        findings = report.findings
-        xxxx = findings.count(DEID_TOKEN)
-        summary.count("xxxx_tokens_in_findings", xxxx)
-        summary.count("reports_with_xxxx_in_findings", int(xxxx > 0))
-        summary.count(
-            "xxxx_tokens_in_all_sections",
-            sum(report.sections.get(s, "").count(DEID_TOKEN) for s in SECTION_LABELS),
-        )
-        if "FINDINGS" not in report.sections:
-            summary.count("no_findings_element")
-        if images is not None:
-            summary.count("reports_without_images", int(not report.image_ids))
-        if not findings:
-            summary.count("empty_findings")
-            if drop_empty_findings:
-                n = 1 if images is None else len(report.image_ids)  # rows this report gives
-                if n:
-                    summary.drop("empty_findings", f"{report.source}: empty FINDINGS", n=n)
-                continue
-        base = {
-            "study_id": report.study_id,
-            "split": assign_split(report.study_id, seed),
-            "findings": findings,
-            **blank_labels(),
-            "impression": collapse_whitespace(report.sections.get("IMPRESSION", "")),
-            "indication": collapse_whitespace(report.sections.get("INDICATION", "")),
-            "comparison": collapse_whitespace(report.sections.get("COMPARISON", "")),
-            "mesh_major": ";".join(report.mesh_major),
-            "image_ids": ";".join(report.image_ids),
-            "xxxx_count": xxxx,
-        }
-        if image_index is None:
-            rows.append({**base, "image_id": report.study_id, "image_path": "", "view": ""})
-            continue
-        kept_here = 0
-        for image_id in report.image_ids:
-            view = _view_of(image_id, view_table)
-            if view not in views:
-                summary.drop("view_not_selected", f"{report.source}: {image_id} view {view}")
-                continue
-            path = image_index.get(image_id)
-            if path is None:
-                summary.drop("missing_image", f"{report.source}: {image_id} not in {images}")
-                continue
-            rows.append(
-                {
-                    **base,
-                    "image_id": image_id,
-                    "image_path": relative_to(path, out_dir),
-                    "view": view,
-                }
-            )
-            kept_here += 1
-        summary.count("reports_without_selected_image", int(kept_here == 0))
-        # several "frontal" images: usually PA + lateral both labelled PA (module docstring)
-        summary.count("reports_with_several_selected_images", int(kept_here > 1))
+    selection = _Selection(
+        out.parent, images, image_index, view_table, views, seed, drop_empty_findings, summary
+    )
+    rows = collect_rows(iter_reports(reports), selection.rows_of, desc="iu-xray", unit="report")
     return finish(pd.DataFrame(rows), out, summary)

@@ -34,20 +34,22 @@ from __future__ import annotations
 
 import os
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from cxrlib.base.errors import CxrError
 from cxrlib.data.adapters import (
     AdapterSummary,
     blank_labels,
     check_out_path,
+    collect_rows,
     find_file,
     finish,
     iter_csv,
     label_value,
+    note_first_line,
     parse_views,
     relative_to,
 )
@@ -137,6 +139,7 @@ class _Reports:
 def _read_split(path: Path) -> dict[str, tuple[str, str, str, int]]:
     """``{dicom_id: (split, study_id, subject_id, line)}`` from the split file."""
     table: dict[str, tuple[str, str, str, int]] = {}
+    seen: dict[str, int] = {}
     for line, row in iter_csv(path, ("dicom_id", "study_id", "subject_id", "split")):
         where = f"{path}:{line}"
         dicom = _check_id(row["dicom_id"], where, "dicom_id", digits=False)
@@ -145,10 +148,7 @@ def _read_split(path: Path) -> dict[str, tuple[str, str, str, int]]:
         split = row["split"].strip()
         if split not in SPLITS:
             raise CxrError(f"{where}: column 'split': {split!r} is not one of {SPLITS}")
-        if dicom in table:
-            raise CxrError(
-                f"{where}: duplicate dicom_id {dicom!r} (first on line {table[dicom][3]})"
-            )
+        note_first_line(seen, dicom, line, where, "dicom_id")
         table[dicom] = (split, study, subject, line)
     return table
 
@@ -168,6 +168,133 @@ def _read_labels(path: Path) -> dict[tuple[str, str], dict[str, float]]:
         table[key] = {c: label_value(row[c], where, c) for c in CHEXPERT_LABELS}
         lines[key] = line
     return table
+
+
+def _read_metadata(path: Path) -> list[tuple[str, str, str, str, int]]:
+    """``(subject_id, study_id, dicom_id, view, line)`` per metadata row, sorted.
+
+    ``view`` is ``ViewPosition`` upper-cased, ``"UNKNOWN"`` when blank.
+    """
+    metadata: list[tuple[str, str, str, str, int]] = []
+    seen: dict[str, int] = {}
+    for line, row in iter_csv(path, ("dicom_id", "subject_id", "study_id", "ViewPosition")):
+        where = f"{path}:{line}"
+        dicom = _check_id(row["dicom_id"], where, "dicom_id", digits=False)
+        subject = _check_id(row["subject_id"], where, "subject_id", digits=True)
+        study = _check_id(row["study_id"], where, "study_id", digits=True)
+        note_first_line(seen, dicom, line, where, "dicom_id")
+        view = row["ViewPosition"].strip().upper() or "UNKNOWN"
+        metadata.append((subject, study, dicom, view, line))
+    metadata.sort()
+    return metadata
+
+
+@dataclass
+class _Selection:
+    """One run's tables and options: decides each metadata row's fate (kept or why not)."""
+
+    root: Path
+    out_dir: Path
+    views: tuple[str, ...]
+    keep_missing_findings: bool
+    metadata_path: Path
+    split_path: Path
+    splits: dict[str, tuple[str, str, str, int]]
+    labels: dict[tuple[str, str], dict[str, float]]
+    source: _Reports
+    summary: AdapterSummary
+    parsed: dict[tuple[str, str], tuple[str, dict[str, str]] | None] = field(default_factory=dict)
+
+    def rows_of(self, record: tuple[str, str, str, str, int]) -> list[dict[str, object]]:
+        """The manifest row of one metadata row, or none (the drop reason counted)."""
+        subject, study, dicom, view, line = record
+        placed = self._split_and_image(record)
+        if placed is None:
+            return []
+        sections = self._sections(subject, study, f"{self.metadata_path}:{line}")
+        if sections is None:
+            return []
+        split, image = placed
+        study_labels = self.labels.get((subject, study))
+        if study_labels is None:
+            self.summary.count("no_labels")
+            study_labels = blank_labels()
+        row = {
+            "study_id": study,
+            "image_id": dicom,
+            "image_path": relative_to(image, self.out_dir),
+            "view": view,
+            "split": split,
+            "findings": sections.get("findings") or "",
+            **study_labels,
+            "patient_id": subject,
+            "impression": sections.get("impression", ""),
+        }
+        return [row]
+
+    def _split_and_image(self, record: tuple[str, str, str, str, int]) -> tuple[str, Path] | None:
+        """``(split, image file)``, or None after dropping for view, split or image."""
+        subject, study, dicom, view, line = record
+        where = f"{self.metadata_path}:{line}"
+        if view not in self.views:
+            self.summary.drop("view_not_selected", f"{where}: dicom_id {dicom} view {view}")
+            return None
+        if dicom not in self.splits:
+            self.summary.drop(
+                "no_split", f"{where}: dicom_id {dicom} not in {self.split_path.name}"
+            )
+            return None
+        split, split_study, split_subject, split_line = self.splits[dicom]
+        if (split_study, split_subject) != (study, subject):
+            self.summary.drop(
+                "split_mismatch",
+                f"{self.split_path}:{split_line}: dicom_id {dicom} has study {split_study} "
+                f"subject {split_subject}, metadata line {line} says {study} {subject}",
+            )
+            return None
+        image = self.root / image_relpath(subject, study, dicom)
+        if not image.is_file():
+            self.summary.drop("missing_image", f"{where}: {image} does not exist")
+            return None
+        return split, image
+
+    def _sections(self, subject: str, study: str, where: str) -> dict[str, str] | None:
+        """The study's report sections, or None after dropping for its report.
+
+        A study without Findings is dropped unless ``keep_missing_findings``.
+        """
+        key = (subject, study)
+        if key not in self.parsed:
+            self.parsed[key] = self._parse(subject, study)
+        report = self.parsed[key]
+        if report is None:
+            self.summary.drop(
+                "missing_report", f"{where}: no report {report_relpath(subject, study)}"
+            )
+            return None
+        report_where, sections = report
+        if not sections:
+            self.summary.drop("empty_report", f"{report_where}: empty report")
+            return None
+        if sections.get("findings") is None:
+            if not self.keep_missing_findings:
+                self.summary.drop("no_findings", f"{report_where}: no FINDINGS section")
+                return None
+            self.summary.count("kept_without_findings")
+        return sections
+
+    def _parse(self, subject: str, study: str) -> tuple[str, dict[str, str]] | None:
+        """``(where, sections)`` of a study's report (None when absent), counted once."""
+        text, report_where = self.source.get(subject, study)
+        if text is None:
+            self.summary.count("studies_without_report")
+            return None
+        report = (report_where, extract_sections(text) if text.strip() else {})
+        if not text.strip():
+            self.summary.count("studies_with_empty_report")
+        elif "findings" not in report[1]:
+            self.summary.count("studies_without_findings")
+        return report
 
 
 def build_manifest(
@@ -223,96 +350,23 @@ def build_manifest(
     )
     splits = _read_split(split_path)
     labels = _read_labels(labels_path)
-
-    metadata: list[tuple[str, str, str, str, int]] = []
-    seen: dict[str, int] = {}
-    for line, row in iter_csv(
-        metadata_path, ("dicom_id", "subject_id", "study_id", "ViewPosition")
-    ):
-        where = f"{metadata_path}:{line}"
-        dicom = _check_id(row["dicom_id"], where, "dicom_id", digits=False)
-        subject = _check_id(row["subject_id"], where, "subject_id", digits=True)
-        study = _check_id(row["study_id"], where, "study_id", digits=True)
-        if dicom in seen:
-            raise CxrError(f"{where}: duplicate dicom_id {dicom!r} (first on line {seen[dicom]})")
-        seen[dicom] = line
-        view = row["ViewPosition"].strip().upper() or "UNKNOWN"
-        metadata.append((subject, study, dicom, view, line))
-    metadata.sort()
+    metadata = _read_metadata(metadata_path)
     summary.count("images_in_metadata", len(metadata))
-
     source = _Reports(Path(reports) if reports is not None else root)
-    out_dir = out.parent
-    rows: list[dict[str, object]] = []
-    parsed: dict[tuple[str, str], tuple[str, dict[str, str]] | None] = {}
+    selection = _Selection(
+        root,
+        out.parent,
+        views,
+        keep_missing_findings,
+        metadata_path,
+        split_path,
+        splits,
+        labels,
+        source,
+        summary,
+    )
     try:
-        for subject, study, dicom, view, line in tqdm(
-            metadata, desc="mimic-cxr", unit="image", disable=None
-        ):
-            where = f"{metadata_path}:{line}"
-            if view not in views:
-                summary.drop("view_not_selected", f"{where}: dicom_id {dicom} view {view}")
-                continue
-            if dicom not in splits:
-                summary.drop("no_split", f"{where}: dicom_id {dicom} not in {split_path.name}")
-                continue
-            split, split_study, split_subject, split_line = splits[dicom]
-            if (split_study, split_subject) != (study, subject):
-                summary.drop(
-                    "split_mismatch",
-                    f"{split_path}:{split_line}: dicom_id {dicom} has study {split_study} "
-                    f"subject {split_subject}, metadata line {line} says {study} {subject}",
-                )
-                continue
-            image = root / image_relpath(subject, study, dicom)
-            if not image.is_file():
-                summary.drop("missing_image", f"{where}: {image} does not exist")
-                continue
-            key = (subject, study)
-            if key not in parsed:
-                text, report_where = source.get(subject, study)
-                if text is None:
-                    parsed[key] = None
-                    summary.count("studies_without_report")
-                else:
-                    parsed[key] = (report_where, extract_sections(text) if text.strip() else {})
-                    if not text.strip():
-                        summary.count("studies_with_empty_report")
-                    elif "findings" not in parsed[key][1]:
-                        summary.count("studies_without_findings")
-            report = parsed[key]
-            if report is None:
-                summary.drop(
-                    "missing_report", f"{where}: no report {report_relpath(subject, study)}"
-                )
-                continue
-            report_where, sections = report
-            if not sections:
-                summary.drop("empty_report", f"{report_where}: empty report")
-                continue
-            findings = sections.get("findings")
-            if findings is None:
-                if not keep_missing_findings:
-                    summary.drop("no_findings", f"{report_where}: no FINDINGS section")
-                    continue
-                summary.count("kept_without_findings")
-            study_labels = labels.get(key)
-            if study_labels is None:
-                summary.count("no_labels")
-                study_labels = blank_labels()
-            rows.append(
-                {
-                    "study_id": study,
-                    "image_id": dicom,
-                    "image_path": relative_to(image, out_dir),
-                    "view": view,
-                    "split": split,
-                    "findings": findings or "",
-                    **study_labels,
-                    "patient_id": subject,
-                    "impression": sections.get("impression", ""),
-                }
-            )
+        rows = collect_rows(metadata, selection.rows_of, desc="mimic-cxr", unit="image")
     finally:
         source.close()
     summary.count("studies_kept", len({(r["patient_id"], r["study_id"]) for r in rows}))
