@@ -93,3 +93,25 @@ def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as code:
         main([])
     assert code.value.code == 2
+
+
+def test_building_the_parser_imports_neither_torch_nor_the_library():
+    """`cxr --help` stays fast: the profile and mode choices are read only when used."""
+    code = (
+        "import sys; from cxrlib.cli import build_parser; build_parser().format_help(); "
+        "heavy = [m for m in ('torch', 'transformers', 'cxrlib.training.config', "
+        "'cxrlib.experiment.workbook') if m in sys.modules]; print(heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_lazy_choices_still_refuse_an_unknown_profile_and_list_the_known_ones(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--profile", "nope", "--out", "x"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in err and "'smoke'" in err and "'default'" in err
+    args = build_parser().parse_args(
+        ["train", "--profile", "smoke", "--mode", "strict", "--out", "x"]
+    )
+    assert (args.profile, args.mode) == ("smoke", "strict")
