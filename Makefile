@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 workbook: $(STAMP)
-	$(BIN)/cxr workbook run --profile $(PROFILE)
+	$(BIN)/cxr workbook run $(if $(RESUME),--resume $(RESUME),--profile $(PROFILE))
 
 # JupyterLab (the lab extra, part of dev) on the numbered notebooks; 07 is the explorer
 lab: $(STAMP)

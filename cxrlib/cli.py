@@ -154,6 +154,16 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="Wingspan folder for the segmenter (default ../shared/data/wingspan if present)",
     )
+    r.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help=(
+            "continue the killed or failed run in folder RUN from its first unfinished "
+            "notebook, with the settings it was started with (the other options are ignored)"
+        ),
+    )
     r.set_defaults(handler=_cmd_workbook_run)
     rep = wsub.add_parser(
         "report",
@@ -189,8 +199,12 @@ def _cmd_workbook_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_workbook_run(args: argparse.Namespace) -> int:
-    from cxrlib.experiment.workbook import run_workbook
+    from cxrlib.experiment.workbook import resume_workbook, run_workbook
 
+    if args.resume is not None:
+        result = resume_workbook(args.resume)
+        print(f"workbook run complete: {result.run_dir}")
+        return 0
     result = run_workbook(
         args.profile,
         out=args.out,

@@ -1,7 +1,16 @@
 """The workbook runner: order, parameters, run folders, failures, and the real notebooks."""
 
 import ast
+import contextlib
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -14,6 +23,7 @@ from cxrlib.experiment.workbook import (
     PROFILES,
     collect_timings,
     notebook_paths,
+    resume_workbook,
     run_workbook,
 )
 from cxrlib.training.config import profile_config
@@ -105,6 +115,80 @@ def test_first_failure_stops_the_run_naming_notebook_and_cell(tmp_path, manifest
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "failed"
     assert [n["status"] for n in record["notebooks"]] == ["ok", "failed"]
+
+
+def test_resume_continues_a_failed_run_from_its_first_unfinished_notebook(tmp_path, manifest):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    body = (
+        "from pathlib import Path\n"
+        "p = Path(run_dir) / 'order.txt'\n"
+        "p.write_text(p.read_text() + NAME if p.exists() else NAME)\n"
+    )
+    _notebook(nbs / "01_a.ipynb", "run_dir = ''\nNAME = 'a'", body)
+    _notebook(nbs / "02_b.ipynb", "run_dir = ''\nNAME = 'b'", body + "raise RuntimeError('lid')")
+    _notebook(nbs / "03_c.ipynb", "run_dir = ''\nNAME = 'c'", body)
+    run = tmp_path / "run"
+    with pytest.raises(CxrError, match="02_b.ipynb failed"):
+        run_workbook("smoke", out=run, notebooks=nbs, manifest=manifest)
+    assert (run / "order.txt").read_text() == "ab"
+    _notebook(nbs / "02_b.ipynb", "run_dir = ''\nNAME = 'b'", body)  # the cause mended
+    with pytest.raises(CxrError, match="not empty.*--resume"):
+        run_workbook("smoke", out=run, notebooks=nbs, manifest=manifest)
+    result = resume_workbook(run)
+    assert (run / "order.txt").read_text() == "abbc"  # 01 kept, 02 and 03 ran
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "complete"
+    assert [n["notebook"] for n in record["notebooks"]] == [
+        "01_a.ipynb",
+        "02_b.ipynb",
+        "03_c.ipynb",
+    ]
+    assert [n["status"] for n in record["notebooks"]] == ["ok", "ok", "ok"]
+    attempts = record["attempts"]
+    assert [(a["from"], a["kept"], a["status"]) for a in attempts] == [
+        ("01_a.ipynb", [], "failed"),
+        ("02_b.ipynb", ["01_a.ipynb"], "complete"),
+    ]
+    assert list(record["timings"]["notebooks"]) == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"]
+    assert record["timings"]["total"]["seconds"] >= sum(a["seconds"] for a in attempts)
+    assert result.run_dir == run.resolve()
+    assert resume_workbook(run).notebooks == result.notebooks  # complete: nothing runs
+    assert (run / "order.txt").read_text() == "abbc"
+    assert len(json.loads((run / "run.json").read_text())["attempts"]) == 2
+
+
+def test_resume_reruns_a_notebook_whose_executed_copy_is_gone(tmp_path, manifest):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "01_a.ipynb", "run_dir = ''", "open(run_dir + '/a', 'a').write('a')")
+    _notebook(nbs / "02_b.ipynb", "run_dir = ''", "raise RuntimeError('oom')")
+    run = tmp_path / "run"
+    with pytest.raises(CxrError):
+        run_workbook("smoke", out=run, notebooks=nbs, manifest=manifest)
+    (run / "notebooks" / "01_a.ipynb").unlink()
+    _notebook(nbs / "02_b.ipynb", "run_dir = ''", "x = 1")
+    resume_workbook(run)
+    assert (run / "a").read_text() == "aa"
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path):
+    with pytest.raises(CxrError, match="no readable run.json"):
+        resume_workbook(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"status": "failed", "notebooks": []}))
+    with pytest.raises(CxrError, match="made before --resume existed"):
+        resume_workbook(tmp_path)
+    live = {
+        "status": "running",
+        "notebooks": [],
+        "parameters": {},
+        "notebooks_dir": str(tmp_path),
+        "profile": {"name": "smoke"},
+        "attempts": [{"pid": os.getpid(), "host": socket.gethostname()}],
+    }
+    (tmp_path / "run.json").write_text(json.dumps(live))
+    with pytest.raises(CxrError, match=f"still running in process {os.getpid()}"):
+        resume_workbook(tmp_path)
 
 
 def test_phantom_generation_is_timed_and_marked_reused(tmp_path):
@@ -302,8 +386,76 @@ def test_every_offered_parameter_is_a_papermill_parameter_of_a_notebook():
                     assert type(value) is type(default), (profile.name, key, nb)
 
 
+HF_TOKEN = "hf_dummyTokenThatMustNeverBeWritten0123456789"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc): the papermill kernel, the ablation's
+    training processes."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 of the workbook and everything it started (the lid closes, the OOM killer).
+
+    The tree is frozen first (SIGSTOP until no new process appears), so that nothing it
+    starts in the meantime escapes, then killed."""
+    frozen: set[int] = set()
+    while True:
+        tree = {proc.pid, *_descendants(proc.pid)}
+        if tree <= frozen:
+            break
+        for pid in tree - frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen |= tree
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _killed_during_the_ablation_then_resumed(tmp_path: Path, cache: Path) -> Path:
+    """A workbook of notebook 05 alone, kill -9'd once its first training run finished
+    (others in flight), then ``cxr workbook run --resume``; returns the run folder."""
+    nbs = tmp_path / "nbs05"
+    nbs.mkdir()
+    shutil.copy(ROOT_NOTEBOOKS / "05_ablations.ipynb", nbs)
+    run = tmp_path / "killed"
+    cxr = [sys.executable, "-m", "cxrlib.cli", "workbook", "run"]
+    env = {**os.environ, "CXR_CACHE": str(cache)}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    proc = subprocess.Popen(
+        [*cxr, "--profile", "smoke", "--out", str(run), "--notebooks", str(nbs)], **quiet
+    )
+    deadline = time.monotonic() + 900
+    while not list(run.glob("train/*/summary.json")):
+        assert proc.poll() is None, "the workbook ended before it could be killed"
+        assert time.monotonic() < deadline, "no training run finished in 15 minutes"
+        time.sleep(0.5)
+    _kill_tree(proc)
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "running"  # killed: nothing marked it
+    assert not (run / "ablation" / "ablation_summary.csv").exists()
+    subprocess.run([*cxr, "--resume", str(run)], check=True, timeout=900, **quiet)
+    return run
+
+
 @pytest.mark.slow
-def test_smoke_profile_runs_the_real_notebooks_on_a_phantom_set(tmp_path):
+def test_smoke_profile_runs_the_real_notebooks_on_a_phantom_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)  # a user's token: never written anywhere
     run = tmp_path / "run"
     result = run_workbook("smoke", out=run, cache=tmp_path / "cache")
     record = json.loads((run / "run.json").read_text())
@@ -359,6 +511,24 @@ def test_smoke_profile_runs_the_real_notebooks_on_a_phantom_set(tmp_path):
     assert set(timings["decoder_runs"]) == runs
     for stage in ("segmenter_training", "encoder_pretraining", "evaluation", "figures"):
         assert timings[stage]["seconds"] is not None, stage
+    # the token was in every notebook's environment: in no log, record, config or notebook
+    leaks = [
+        str(path)
+        for folder in (run, tmp_path / "cache")
+        for path in folder.rglob("*")
+        if path.is_file() and HF_TOKEN.encode() in path.read_bytes()
+    ]
+    assert not leaks
+    # killed during notebook 05 and resumed: the same tables as the run above
+    resumed = _killed_during_the_ablation_then_resumed(tmp_path, tmp_path / "cache")
+    record = json.loads((resumed / "run.json").read_text())
+    assert record["status"] == "complete"
+    assert [a["from"] for a in record["attempts"]] == ["05_ablations.ipynb"] * 2
+    assert [a["status"] for a in record["attempts"]] == ["interrupted", "complete"]
+    for name in ("ablation.csv", "ablation_summary.csv", "paired_tests.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(resumed / "ablation" / name), pd.read_csv(ablation / name), obj=name
+        )
 
 
 def test_full_profile_needs_a_manifest(tmp_path):

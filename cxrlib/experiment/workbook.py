@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -187,26 +188,23 @@ def run_workbook(
         Unknown profile, a non-empty run folder, or a notebook that failed (its name,
         the failing cell and the error, and where the executed copy is).
     """
-    import papermill as pm
-
     if profile not in PROFILES:
         raise CxrError(f"unknown profile {profile!r} (choose from {', '.join(sorted(PROFILES))})")
     prof = PROFILES[profile]
     if manifest is None and prof.needs_manifest:
         raise CxrError(f"profile {profile} runs on your data: give --manifest FILE")
     nb_dir = Path(notebooks) if notebooks is not None else REPO_ROOT / "notebooks"
-    paths = notebook_paths(nb_dir)
+    notebook_paths(nb_dir)  # refuses an empty folder before anything is written
     run_dir = Path(out) if out is not None else default_run_dir(profile)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise CxrError(
             f"run folder {run_dir} exists and is not empty: a run never overwrites another"
+            " (continue a killed or failed run with --resume RUN)"
         )
     run_dir = run_dir.resolve()
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    figures_dir = run_dir / "figures"
     cache_dir = Path(cache or os.environ.get("CXR_CACHE") or REPO_ROOT / "cache")
-
-    run_started, since = time.perf_counter(), time.time()
+    since, setup_started = time.time(), time.perf_counter()
     record: dict = {
         "profile": prof.to_dict(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -214,34 +212,126 @@ def run_workbook(
         "notebooks": [],
         "status": "running",
         "cache_dir": str(cache_dir.resolve()),
+        "notebooks_dir": str(nb_dir.resolve()),
+        "since": since,
+        "attempts": [],
     }
     write_json_atomic(run_dir / "run.json", record, default=str)
     manifest_path, record["phantom"] = run_manifest(prof, manifest, cache_dir, since)
-    offered = {
+    record["manifest"] = str(manifest_path)
+    record["parameters"] = {
         **prof.parameters,
         "profile": prof.name,
         "manifest": str(manifest_path),
-        "figures_dir": str(figures_dir),
+        "figures_dir": str(run_dir / "figures"),
         "run_dir": str(run_dir),
         "wingspan": str(Path(wingspan).resolve()) if wingspan else str(SHARED_WINGSPAN),
         "segmenter_cache": str((cache_dir / "segmenters").resolve()),
         "cache_dir": str(cache_dir.resolve()),
     }
-    record["manifest"] = str(manifest_path)
+    record["setup_seconds"] = round(time.perf_counter() - setup_started, 1)
+    return _run_notebooks(run_dir, record, prof)
 
-    for src in tqdm(paths, desc=f"workbook {profile}", unit="notebook"):
-        declared = {p for p in pm.inspect_notebook(str(src))}
-        params = {k: v for k, v in offered.items() if k in declared}
-        execute_notebook(src, run_dir / "notebooks" / src.name, params, record, run_dir)
 
+def resume_workbook(run: str | os.PathLike) -> RunResult:
+    """Continue the workbook run in folder ``run`` (killed or failed) where it stopped.
+
+    Notebooks that finished (``ok`` in ``run.json`` with their executed copy present) are
+    kept; the first one that did not finish and every one after it run again, with the
+    parameters the run was started with. ``run.json`` records each attempt (``attempts``:
+    when, from which notebook, the notebooks kept, how it ended: ``complete``, ``failed``,
+    or ``interrupted`` for one whose process was killed). A complete run is returned as
+    it is.
+
+    Raises
+    ------
+    CxrError
+        No ``run.json`` (not a workbook run), one without the parameters of a resumable
+        run, a run still executing in a live process, or a notebook that failed again.
+    """
+    run_dir = Path(run).resolve()
+    record = read_json_object(run_dir / "run.json")
+    if record is None:
+        raise CxrError(f"{run_dir}: no readable run.json: not a workbook run folder")
+    if record.get("status") == "complete":
+        return RunResult(run_dir, record["notebooks"], Path(record["manifest"]))
+    if "parameters" not in record or "notebooks_dir" not in record:
+        raise CxrError(f"{run_dir}/run.json: made before --resume existed; start a new run")
+    _refuse_live_run(record, run_dir)
+    for attempt in record.get("attempts", []):
+        if attempt.get("status") == "running":  # its process is gone: killed
+            attempt["status"] = "interrupted"
+    prof = PROFILES[record["profile"]["name"]]
+    return _run_notebooks(run_dir, record, prof)
+
+
+def _refuse_live_run(record: dict, run_dir: Path) -> None:
+    """A CxrError when the run's last attempt is still executing in a live process here."""
+    last = (record.get("attempts") or [{}])[-1]
+    pid, host = last.get("pid"), last.get("host")
+    if record.get("status") != "running" or pid is None or host != socket.gethostname():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    raise CxrError(f"{run_dir}: still running in process {pid}; resume only a stopped run")
+
+
+def _run_notebooks(run_dir: Path, record: dict, prof: Profile) -> RunResult:
+    """Execute the notebooks of ``record`` not yet finished, in order; one attempt."""
+    import papermill as pm
+
+    paths = notebook_paths(Path(record["notebooks_dir"]))
+    done = {
+        e["notebook"]
+        for e in record["notebooks"]
+        if e.get("status") == "ok" and Path(e["executed"]).is_file()
+    }
+    first = next((i for i, src in enumerate(paths) if src.name not in done), len(paths))
+    kept = {src.name for src in paths[:first]}
+    record["notebooks"] = [e for e in record["notebooks"] if e["notebook"] in kept]
+    attempt = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "from": paths[first].name if first < len(paths) else None,
+        "kept": sorted(kept),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "status": "running",
+    }
+    record.setdefault("attempts", []).append(attempt)
+    record["status"] = "running"
+    started = time.perf_counter()
+    write_json_atomic(run_dir / "run.json", record, default=str)
+    offered = record["parameters"]
+    try:
+        for src in tqdm(paths[first:], desc=f"workbook {prof.name}", unit="notebook"):
+            declared = {p for p in pm.inspect_notebook(str(src))}
+            params = {k: v for k, v in offered.items() if k in declared}
+            execute_notebook(src, run_dir / "notebooks" / src.name, params, record, run_dir)
+    except CxrError:
+        attempt.update(status="failed", seconds=round(time.perf_counter() - started, 1))
+        write_json_atomic(run_dir / "run.json", record, default=str)
+        raise
+    attempt.update(status="complete", seconds=round(time.perf_counter() - started, 1))
+    return _finish_run(run_dir, record, prof)
+
+
+def _finish_run(run_dir: Path, record: dict, prof: Profile) -> RunResult:
+    """Mark the run complete, collect its timings, publish the figures."""
     record["status"] = "complete"
     record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    total = round(time.perf_counter() - run_started, 1)
+    since = record.get("since") or datetime.fromisoformat(record["started"]).timestamp()
+    spent = [record.get("setup_seconds") or 0.0] + [a["seconds"] for a in record["attempts"]]
+    total = round(sum(spent), 1)
     record["timings"] = collect_timings(run_dir, record, since=since, total=total)
     write_json_atomic(run_dir / "run.json", record, default=str)
+    figures_dir = Path(record["parameters"]["figures_dir"])
     if prof.publish_figures and figures_dir.is_dir():
         publish_figures(run_dir, figures_dir, REPO_ROOT / "figures", record)
-    return RunResult(run_dir=run_dir, notebooks=record["notebooks"], manifest=manifest_path)
+    return RunResult(run_dir, record["notebooks"], Path(record["manifest"]))
 
 
 def execute_notebook(src: Path, dst: Path, params: dict, record: dict, run_dir: Path) -> None:
