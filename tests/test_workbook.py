@@ -449,7 +449,10 @@ def _killed_during_the_ablation_then_resumed(tmp_path: Path, cache: Path) -> Pat
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "running"  # killed: nothing marked it
     assert not (run / "ablation" / "ablation_summary.csv").exists()
-    subprocess.run([*cxr, "--resume", str(run)], check=True, timeout=900, **quiet)
+    done = subprocess.run(
+        [*cxr, "--resume", str(run)], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     return run
 
 

@@ -310,6 +310,7 @@ def _run_notebooks(run_dir: Path, record: dict, prof: Profile) -> RunResult:
         for src in tqdm(paths[first:], desc=f"workbook {prof.name}", unit="notebook"):
             declared = {p for p in pm.inspect_notebook(str(src))}
             params = {k: v for k, v in offered.items() if k in declared}
+            attempt["seconds"] = round(time.perf_counter() - started, 1)  # so far
             execute_notebook(src, run_dir / "notebooks" / src.name, params, record, run_dir)
     except CxrError:
         attempt.update(status="failed", seconds=round(time.perf_counter() - started, 1))
@@ -324,7 +325,9 @@ def _finish_run(run_dir: Path, record: dict, prof: Profile) -> RunResult:
     record["status"] = "complete"
     record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     since = record.get("since") or datetime.fromisoformat(record["started"]).timestamp()
-    spent = [record.get("setup_seconds") or 0.0] + [a["seconds"] for a in record["attempts"]]
+    # an interrupted attempt counts up to the start of the notebook it was killed in
+    spent = [record.get("setup_seconds") or 0.0]
+    spent += [a.get("seconds") or 0.0 for a in record["attempts"]]
     total = round(sum(spent), 1)
     record["timings"] = collect_timings(run_dir, record, since=since, total=total)
     write_json_atomic(run_dir / "run.json", record, default=str)
