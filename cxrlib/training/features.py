@@ -471,9 +471,10 @@ class FeatureCache:
                 todo = [i for i in unique if i not in self._where]
                 report.reused = len(unique) - len(todo)
                 if todo:
+                    started = time.perf_counter()  # encoder time, without the wait
                     self._clean_orphans()
                     self._encode(todo, first, batch_size, shard_size, progress, report)
-                    self.build_seconds += time.perf_counter() - t0
+                    self.build_seconds += time.perf_counter() - started
                     self._write_index()
         report.seconds = time.perf_counter() - t0
         return report
