@@ -18,7 +18,10 @@ identity and the storage dtype. The file holds:
 Per image, a fingerprint of its mask inputs (source, resolved mask or image paths,
 their sizes and modification times) is stored; :func:`cached_priors_for_manifest`
 recomputes every image whose fingerprint changed, so an edited mask is never served
-from the cache. Files are written whole to a temporary name, then renamed.
+from the cache. Files are written whole to a temporary name, then renamed, under the
+file's lock (:func:`cxrlib.base.cache.entry_lock`, ``priors-<key[:16]>.safetensors.lock``
+beside it): a second process computing the same images waits, then reuses them, and
+two processes adding different images both keep theirs.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from cxrlib.anatomy.priors import (
     priors_for_manifest,
     row_sources,
 )
-from cxrlib.base.cache import cache_key
+from cxrlib.base.cache import cache_key, entry_lock
 from cxrlib.base.io import write_atomic
 from cxrlib.data.manifest import Manifest, resolve
 
@@ -403,37 +406,49 @@ def cached_priors_for_manifest(
     )
     cache = PriorCache(folder, config, source=source, segmenter_id=segmenter_id, dtype=dtype)
     stored = cache.load()
-    index = stored.index() if stored is not None else {}
-    hit = [
-        i
-        for i, (image_id, fp) in enumerate(zip(ids, fps, strict=True))
-        if image_id in index and stored.fingerprints[index[image_id]] == fp
-    ]
-    miss = sorted(set(range(len(ids))) - set(hit))
+    hit, miss = _hits(stored, ids, fps)
     g, n_layers = config.grid, config.num_layers
     priors = torch.empty(len(ids), n_layers, g * g)
     grid_masks = torch.empty(len(ids), g, g)
     empty: set[str] = set()
+    if miss:
+        with entry_lock(cache.path):  # one writer: another process's images are reused
+            stored = cache.load()
+            hit, miss = _hits(stored, ids, fps)
+            if miss:
+                sub = manifest.subset(manifest.frame.iloc[miss])
+                _, new_priors, new_info = priors_for_manifest(
+                    sub, config, source=source, segmenter=segmenter, progress=progress
+                )
+                priors[miss] = new_priors
+                grid_masks[miss] = new_info.grid_masks
+                empty |= set(new_info.empty)
+                cache.put(
+                    [ids[i] for i in miss],
+                    new_priors,
+                    new_info.grid_masks,
+                    sources=new_info.sources,
+                    fingerprints=[fps[i] for i in miss],
+                )
     if hit:
+        index = stored.index()
         rows = torch.tensor([index[ids[i]] for i in hit], dtype=torch.long)
         priors[hit] = stored.priors[rows].to(torch.float32)
         grid_masks[hit] = stored.grid_masks[rows]
         flat_max = stored.grid_masks[rows].flatten(1).amax(dim=1)
         empty |= {ids[i] for j, i in enumerate(hit) if flat_max[j] <= 0 and sources[i] != "none"}
-    if miss:
-        sub = manifest.subset(manifest.frame.iloc[miss])
-        _, new_priors, new_info = priors_for_manifest(
-            sub, config, source=source, segmenter=segmenter, progress=progress
-        )
-        priors[miss] = new_priors
-        grid_masks[miss] = new_info.grid_masks
-        empty |= set(new_info.empty)
-        cache.put(
-            [ids[i] for i in miss],
-            new_priors,
-            new_info.grid_masks,
-            sources=new_info.sources,
-            fingerprints=[fps[i] for i in miss],
-        )
     info = PriorInfo(sources=sources, grid_masks=grid_masks, empty=[i for i in ids if i in empty])
     return CachedPriors(ids, priors, info, cache.path, reused=len(hit), computed=len(miss))
+
+
+def _hits(
+    stored: CacheContents | None, ids: list[str], fingerprints: list[str]
+) -> tuple[list[int], list[int]]:
+    """Rows of ``ids`` that ``stored`` holds with the same fingerprint, and the rest."""
+    index = stored.index() if stored is not None else {}
+    hit = [
+        i
+        for i, (image_id, fp) in enumerate(zip(ids, fingerprints, strict=True))
+        if image_id in index and stored.fingerprints[index[image_id]] == fp
+    ]
+    return hit, sorted(set(range(len(ids))) - set(hit))

@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cxrlib.anatomy.metrics import dice, hd95
-from cxrlib.base.cache import cache_key
+from cxrlib.base.cache import build_once, cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
 from cxrlib.base.io import write_atomic, write_json_atomic
@@ -647,20 +647,23 @@ def train_or_load(
 ) -> tuple[Segmenter, Path]:
     """A segmenter for these settings and data: from ``cache`` if trained before, else
     trained now and stored there (``cache/segmenter-<key>/``, complete or absent: trained
-    into a temporary folder, then renamed). Returns the segmenter and its folder."""
+    into a temporary folder, then renamed). Two processes asking at once train it once
+    (:func:`~cxrlib.base.cache.build_once`: the other waits, then loads it). Returns the
+    segmenter and its folder."""
     held_ids = [] if held_out is None else list(held_out.frame["image_id"])
     key = training_key(config, list(train.frame["image_id"]), held_ids)
     folder = Path(cache) / f"segmenter-{key[:16]}"
-    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
-        return Segmenter.from_pretrained(folder), folder
-    tmp = Path(cache) / f".segmenter-{key[:16]}.tmp"
-    if tmp.exists():
-        import shutil
+    trained: list[Segmenter] = []
 
-        shutil.rmtree(tmp)
-    seg = train_segmenter(train, tmp, config, held_out=held_out, progress=progress)
-    os.replace(tmp, folder)
-    return seg, folder
+    def build(tmp: Path) -> None:
+        trained.append(train_segmenter(train, tmp, config, held_out=held_out, progress=progress))
+
+    build_once(folder, _segmenter_is_complete, build)
+    return (trained[0] if trained else Segmenter.from_pretrained(folder)), folder
+
+
+def _segmenter_is_complete(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 
 
 def split_held_out(data: Manifest) -> tuple[Manifest, Manifest]:

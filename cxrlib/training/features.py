@@ -24,7 +24,10 @@ at most the shard in progress and never leaves an index that names a missing or
 half-written shard. Both the index and every shard header carry the key, checked again
 on reading: a folder copied under another key is ignored with a warning (and rebuilt).
 Shards are read with :func:`safetensors.safe_open` (memory-mapped, no pickle). One
-writer per folder at a time; readers may run beside it (they see whole shards only).
+writer per folder at a time: :meth:`FeatureCache.build` holds the folder's lock
+(:func:`cxrlib.base.cache.entry_lock`, ``features-<key[:16]>.lock`` beside it) while it
+encodes, so a second process building the same images waits and then reuses them;
+readers may run beside a writer (they see whole shards only).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cxrlib.base.cache import cache_key
+from cxrlib.base.cache import cache_key, entry_lock
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_pixels, preprocessing
 from cxrlib.base.io import write_atomic, write_json_atomic
@@ -463,10 +466,16 @@ class FeatureCache:
         if shard_size <= 0:
             raise ValueError(f"shard_size: expected > 0 (got {shard_size})")
         if todo:
-            self._clean_orphans()
-            self._encode(todo, first, batch_size, shard_size, progress, report)
-            self.build_seconds += time.perf_counter() - t0
-            self._write_index()
+            with entry_lock(self.folder):  # one writer at a time: others wait, then reuse
+                self._refresh()  # what another process wrote while this one waited
+                todo = [i for i in unique if i not in self._where]
+                report.reused = len(unique) - len(todo)
+                if todo:
+                    started = time.perf_counter()  # encoder time, without the wait
+                    self._clean_orphans()
+                    self._encode(todo, first, batch_size, shard_size, progress, report)
+                    self.build_seconds += time.perf_counter() - started
+                    self._write_index()
         report.seconds = time.perf_counter() - t0
         return report
 

@@ -54,7 +54,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrlib.base.cache import cache_key
+from cxrlib.base.cache import build_once, cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image, normalise, resize_gray
 from cxrlib.base.masks import load_mask, read_finding_mask
@@ -585,7 +585,8 @@ def pretrained_encoder(
 
     The folder ``cache_dir/encoders/encoder-<key16>`` is keyed by the manifest (path,
     size, modification time), the encoder config, image and patch size, the settings,
-    the seed and :data:`PRETRAIN_VERSION`.
+    the seed and :data:`PRETRAIN_VERSION`. Two processes asking at once train it once
+    (:func:`~cxrlib.base.cache.build_once`: the other waits, then reuses it).
     """
     manifest = Path(manifest).resolve()
     st = manifest.stat()
@@ -600,10 +601,11 @@ def pretrained_encoder(
     }
     key = cache_key(key_data, compact=False)
     folder = Path(cache_dir) / "encoders" / f"encoder-{key[:16]}"
-    if (folder / "pretrain.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    pretrain_encoder(model_config, manifest, folder, config, seed, progress, key=key_data)
+
+    def build(tmp: Path) -> None:
+        pretrain_encoder(model_config, manifest, tmp, config, seed, progress, key=key_data)
+
+    build_once(folder, lambda f: (f / "pretrain.json").is_file(), build)
     return folder
 
 

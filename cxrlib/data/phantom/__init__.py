@@ -24,7 +24,6 @@ output is byte-identical for the same arguments, whatever the number of workers.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -37,7 +36,8 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cxrlib.base.io import write_json_atomic
+from cxrlib.base.cache import build_once
+from cxrlib.base.io import read_json_object, write_json_atomic
 from cxrlib.base.provenance import provenance
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
@@ -272,14 +272,23 @@ def prepare_phantom(spec: PhantomSpec, cache: Path, workers: int = 1) -> Path:
     """The phantom manifest for ``spec``, generated once and reused from ``cache``.
 
     The cache folder is named by every argument and the generator version; it is reused
-    only when its ``phantom.json`` records the same arguments.
+    only when its ``phantom.json`` records the same arguments. Two processes asking at
+    once generate it once (:func:`~cxrlib.base.cache.build_once`: the other waits, then
+    reuses it); the folder appears complete or not at all.
     """
     folder = Path(cache) / spec.name
-    meta_path = folder / "phantom.json"
-    if meta_path.is_file() and (folder / "manifest.csv").is_file():
-        meta = json.loads(meta_path.read_text())
-        same = (meta.get("n"), meta.get("seed"), meta.get("size"), meta.get("phantom_version"))
-        if same == (spec.n, spec.seed, spec.size, PHANTOM_VERSION):
-            return folder / "manifest.csv"
-    write_phantom(folder, n=spec.n, seed=spec.seed, size=spec.size, workers=workers)
+
+    def build(tmp: Path) -> None:
+        write_phantom(tmp, n=spec.n, seed=spec.seed, size=spec.size, workers=workers)
+
+    build_once(folder, lambda f: _phantom_is_complete(f, spec), build)
     return folder / "manifest.csv"
+
+
+def _phantom_is_complete(folder: Path, spec: PhantomSpec) -> bool:
+    meta_path = folder / "phantom.json"
+    if not (meta_path.is_file() and (folder / "manifest.csv").is_file()):
+        return False
+    meta = read_json_object(meta_path) or {}
+    same = (meta.get("n"), meta.get("seed"), meta.get("size"), meta.get("phantom_version"))
+    return same == (spec.n, spec.seed, spec.size, PHANTOM_VERSION)
