@@ -18,7 +18,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,10 +39,10 @@ from cxrlib.base.io import WriteError, os_error, write_atomic, write_json_atomic
 from cxrlib.data.phantom import write_phantom
 from cxrlib.model import ReportModel
 from cxrlib.training.features import FeatureCache
-from cxrlib.training.train import read_checkpoint, train, write_checkpoint
+from cxrlib.training.train import CRASH_ENV, read_checkpoint, train, write_checkpoint
 from tests.model import TEXTS, one_thread, small_config  # noqa: F401  (one_thread: fixture)
 from tests.test_features import ids_paths, make_model, manifest
-from tests.test_train import _smoke
+from tests.test_train import ENV, _args, _smoke
 
 ROOT_WRITES_ANYWHERE = pytest.mark.skipif(
     hasattr(os, "geteuid") and os.geteuid() == 0,
@@ -291,6 +294,34 @@ def test_training_stops_on_a_full_disk_and_keeps_the_last_checkpoint(
     ReportModel.from_pretrained(last)
     assert leftovers(out) == []
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_two_processes_stop_together_on_a_full_disk(data_cache, tmp_path):
+    """DDP: the main process cannot write its 2nd checkpoint (ENOSPC raised by the
+    test hook of ``CXR_CRASH_AT`` while writing its files); both processes stop with the
+    reason (no rank left waiting at a barrier), and the 1st checkpoint (``last``) stays
+    loadable."""
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    env = {**ENV, CRASH_ENV: "files:2:enospc"}
+    proc = subprocess.run(
+        [*torchrun, *_args(out, data_cache)[1:]],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    # rank 1 says why (torchrun may stop rank 0 before it prints its own line)
+    folder = out / "checkpoints"
+    said = re.search(
+        rf"cxr: error: {re.escape(str(folder))}/(last|best): cannot write the checkpoint: "
+        rf"{NO_SPACE} \(on the main process\)\n",
+        proc.stderr,
+    )
+    assert said, proc.stderr[-3000:]
+    last = folder / "last"
+    state, _, _ = read_checkpoint(last, 1)
+    assert state["step"] >= 1 and state["world_size"] == 2
+    ReportModel.from_pretrained(last)
+    assert leftovers(out) == []
 
 
 # --- the encoder feature cache ----------------------------------------------------------

@@ -34,12 +34,14 @@ continues with the same batches, learning rate and random numbers as an uninterr
 run (bit-identical weights on the same machine and thread count).
 A checkpoint the system refuses to write (disk full, read-only, no permission) leaves
 the previous one in place and loadable, removes ``.tmp-<name>`` and stops the run with a
-:class:`~cxrlib.base.io.WriteError` naming the checkpoint and the cause.
+:class:`~cxrlib.base.io.WriteError` naming the checkpoint and the cause (the other
+processes of a multi-process run stop too, with the same words).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
@@ -96,7 +98,9 @@ published sizes on MIMIC-CXR: ~300 GB) are read from the shards per item."""
 CRASH_ENV = "CXR_CRASH_AT"
 """Test hook: ``"<stage>:<n>"`` kills the process with SIGKILL at the n-th checkpoint
 write when it reaches ``stage`` (``files``: model written, state not yet; ``swap``: old
-checkpoint renamed away, new one not yet in place). Used by the kill -9 tests."""
+checkpoint renamed away, new one not yet in place). Used by the kill -9 tests;
+``"<stage>:<n>:enospc"`` raises a full disk's OSError there instead (the write-fault
+tests of several processes)."""
 
 ValMetrics = Callable[[list[str], list[str], list[str]], dict]
 """``val_metrics(image_ids, references, generated) -> {name: value}`` on validation."""
@@ -289,8 +293,11 @@ def _crash_point(stage: str, counter: list[int]) -> None:
     spec = os.environ.get(CRASH_ENV)
     if not spec:
         return
-    want, _, nth = spec.partition(":")
+    want, _, rest = spec.partition(":")
+    nth, _, how = rest.partition(":")
     if want == stage and counter[0] == int(nth or 1):
+        if how == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -405,8 +412,8 @@ def _swap_in(tmp: Path, final: Path, counter: list[int]) -> None:
         if old.exists():
             shutil.rmtree(old)
         final.rename(old)
-    _crash_point("swap", counter)
     try:
+        _crash_point("swap", counter)
         tmp.rename(final)
     except OSError:
         if old.exists() and not final.exists():
@@ -749,6 +756,7 @@ class Trainer:
         from accelerate.utils import gather_object  # deferred: heavy (see train)
 
         rng_states = gather_object([_rng_state()])
+        failure: WriteError | None = None
         if self.main:
             self._counter[0] += 1
             sched = self.scheduler.state_dict()
@@ -767,13 +775,22 @@ class Trainer:
                 "train_images": self.n_train,  # for the model card (not read on resume)
                 "validate_images": len(self.datasets["validate"]),
             }
-            write_checkpoint(
-                self.ckpt_dir, name, self.raw_model, self.optimizer.optimizer, state, rng_states,
-                self._counter,
-            )  # fmt: skip
+            try:
+                write_checkpoint(
+                    self.ckpt_dir, name, self.raw_model, self.optimizer.optimizer, state,
+                    rng_states, self._counter,
+                )  # fmt: skip
+            except WriteError as err:
+                failure = err
+        # every process learns whether the write failed (a barrier as well): else the
+        # others would wait forever for a main process that stopped
+        failed = [m for m in gather_object([str(failure or "")]) if m]
+        if failure is not None:
+            raise failure
+        if failed:
+            raise TrainingError(f"{failed[0]} (on the main process)")
         if name == "last":
             self.saved_step = self.step
-        self.accelerator.wait_for_everyone()
 
     def train_epoch(self) -> None:
         """Train from ``batch_pos`` to the end of epoch ``epoch`` (or to the last step)."""
