@@ -21,10 +21,13 @@ folder is never read under new settings.
 Each shard is written whole to a temporary name, then renamed; ``index.json`` is
 rewritten the same way after every shard. A build killed at any point therefore loses
 at most the shard in progress and never leaves an index that names a missing or
-half-written shard. Both the index and every shard header carry the key, checked again
-on reading: a folder copied under another key is ignored with a warning (and rebuilt).
-Shards are read with :func:`safetensors.safe_open` (memory-mapped, no pickle). One
-writer per folder at a time: :meth:`FeatureCache.build` holds the folder's lock
+half-written shard. A write the system refuses (disk full, read-only) raises
+:class:`~cxrlib.base.io.WriteError` and leaves the previous index and its shards
+loadable: a shard written before a failed index write is deleted again. Both the index
+and every shard header carry the key, checked again on reading: a folder copied under
+another key is ignored with a warning (and rebuilt). Shards are read with
+:func:`safetensors.safe_open` (memory-mapped, no pickle). One writer per folder at a
+time: :meth:`FeatureCache.build` holds the folder's lock
 (:func:`cxrlib.base.cache.entry_lock`, ``features-<key[:16]>.lock`` beside it) while it
 encodes, so a second process building the same images waits and then reuses them;
 readers may run beside a writer (they see whole shards only).
@@ -48,7 +51,7 @@ from tqdm.auto import tqdm
 from cxrlib.base.cache import cache_key, entry_lock
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_pixels, preprocessing
-from cxrlib.base.io import write_atomic, write_json_atomic
+from cxrlib.base.io import remove_quietly, write_atomic, write_json_atomic
 from cxrlib.data.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -401,10 +404,16 @@ class FeatureCache:
             self.folder / name,
             lambda tmp: save_file({"features": tensor}, str(tmp), metadata=meta),
         )
+        shards, where = dict(self._shards), dict(self._where)
         self._shards[name] = list(ids)
         for row, image_id in enumerate(ids):
             self._where[image_id] = (name, row)
-        self._write_index()
+        try:
+            self._write_index()
+        except BaseException:  # the index on disk is the previous one: forget the shard
+            self._shards, self._where = shards, where
+            remove_quietly(self.folder / name)
+            raise
 
     def build(
         self,

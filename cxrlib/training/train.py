@@ -32,11 +32,16 @@ one is renamed to ``.old-<name>``, the new one renamed into place and the old de
 at any moment loses at most the steps since the last checkpoint, and ``--resume``
 continues with the same batches, learning rate and random numbers as an uninterrupted
 run (bit-identical weights on the same machine and thread count).
+A checkpoint the system refuses to write (disk full, read-only, no permission) leaves
+the previous one in place and loadable, removes ``.tmp-<name>`` and stops the run with a
+:class:`~cxrlib.base.io.WriteError` naming the checkpoint and the cause (the other
+processes of a multi-process run stop too, with the same words).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
@@ -47,7 +52,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +64,7 @@ from safetensors.torch import load_file, save_file
 from cxrlib.anatomy.cache import cached_priors_for_manifest, checkpoint_fingerprint
 from cxrlib.anatomy.segmenter import Segmenter
 from cxrlib.base.errors import CxrError
-from cxrlib.base.io import write_atomic
+from cxrlib.base.io import WriteError, os_error, write_atomic
 from cxrlib.base.provenance import provenance
 from cxrlib.data.dataset import (
     Collate,
@@ -93,7 +98,9 @@ published sizes on MIMIC-CXR: ~300 GB) are read from the shards per item."""
 CRASH_ENV = "CXR_CRASH_AT"
 """Test hook: ``"<stage>:<n>"`` kills the process with SIGKILL at the n-th checkpoint
 write when it reaches ``stage`` (``files``: model written, state not yet; ``swap``: old
-checkpoint renamed away, new one not yet in place). Used by the kill -9 tests."""
+checkpoint renamed away, new one not yet in place). Used by the kill -9 tests;
+``"<stage>:<n>:enospc"`` raises a full disk's OSError there instead (the write-fault
+tests of several processes)."""
 
 ValMetrics = Callable[[list[str], list[str], list[str]], dict]
 """``val_metrics(image_ids, references, generated) -> {name: value}`` on validation."""
@@ -286,8 +293,11 @@ def _crash_point(stage: str, counter: list[int]) -> None:
     spec = os.environ.get(CRASH_ENV)
     if not spec:
         return
-    want, _, nth = spec.partition(":")
+    want, _, rest = spec.partition(":")
+    nth, _, how = rest.partition(":")
     if want == stage and counter[0] == int(nth or 1):
+        if how == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -363,20 +373,16 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def write_checkpoint(
-    folder: Path,
+def _write_checkpoint_files(
+    tmp: Path,
     name: str,
     model: ReportModel,
     optimizer: torch.optim.Optimizer,
     state: dict,
     rng_states: list[dict],
     counter: list[int],
-) -> Path:
-    """Write checkpoint ``folder/name`` atomically (main process only; see module doc),
-    with its model card ``README.md`` (:mod:`cxrlib.training.model_card`; ``folder`` is the run's
-    ``checkpoints`` folder)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{name}"
+) -> None:
+    """Every file of checkpoint ``name`` into the fresh folder ``tmp``, synced to disk."""
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
@@ -394,17 +400,56 @@ def write_checkpoint(
     save_file(rng_tensors, str(tmp / RNG_FILE))
     full_state = {**state, "optimizer": opt_meta, "rng": rng_meta}
     (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1))
-    write_card(tmp, folder.parent, tmp, name=name)  # part of the atomic checkpoint
+    write_card(tmp, tmp.parent.parent, tmp, name=name)  # part of the atomic checkpoint
     _fsync_tree(tmp)
-    final, old = folder / name, folder / f".old-{name}"
+
+
+def _swap_in(tmp: Path, final: Path, counter: list[int]) -> None:
+    """Rename ``tmp`` to ``final`` by way of ``.old-<name>``; when the second rename
+    fails, the old checkpoint is put back (else :func:`recover_checkpoints` does)."""
+    old = final.with_name(f".old-{final.name}")
     if final.exists():
         if old.exists():
             shutil.rmtree(old)
         final.rename(old)
-    _crash_point("swap", counter)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+    try:
+        _crash_point("swap", counter)
+        tmp.rename(final)
+    except OSError:
+        if old.exists() and not final.exists():
+            with suppress(OSError):
+                old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_checkpoint(
+    folder: Path,
+    name: str,
+    model: ReportModel,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    rng_states: list[dict],
+    counter: list[int],
+) -> Path:
+    """Write checkpoint ``folder/name`` atomically (main process only; see module doc),
+    with its model card ``README.md`` (:mod:`cxrlib.training.model_card`; ``folder`` is the run's
+    ``checkpoints`` folder).
+
+    A write the system refuses (disk full, read-only, no permission) leaves the previous
+    ``folder/name`` in place, removes ``.tmp-<name>`` and raises :class:`WriteError`.
+    """
+    tmp, final = folder / f".tmp-{name}", folder / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_checkpoint_files(tmp, name, model, optimizer, state, rng_states, counter)
+        _swap_in(tmp, final, counter)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = os_error(err)
+        if cause is None:
+            raise
+        raise WriteError(final, cause, "the checkpoint") from err
     return final
 
 
@@ -711,6 +756,7 @@ class Trainer:
         from accelerate.utils import gather_object  # deferred: heavy (see train)
 
         rng_states = gather_object([_rng_state()])
+        failure: WriteError | None = None
         if self.main:
             self._counter[0] += 1
             sched = self.scheduler.state_dict()
@@ -729,13 +775,22 @@ class Trainer:
                 "train_images": self.n_train,  # for the model card (not read on resume)
                 "validate_images": len(self.datasets["validate"]),
             }
-            write_checkpoint(
-                self.ckpt_dir, name, self.raw_model, self.optimizer.optimizer, state, rng_states,
-                self._counter,
-            )  # fmt: skip
+            try:
+                write_checkpoint(
+                    self.ckpt_dir, name, self.raw_model, self.optimizer.optimizer, state,
+                    rng_states, self._counter,
+                )  # fmt: skip
+            except WriteError as err:
+                failure = err
+        # every process learns whether the write failed (a barrier as well): else the
+        # others would wait forever for a main process that stopped
+        failed = [m for m in gather_object([str(failure or "")]) if m]
+        if failure is not None:
+            raise failure
+        if failed:
+            raise TrainingError(f"{failed[0]} (on the main process)")
         if name == "last":
             self.saved_step = self.step
-        self.accelerator.wait_for_everyone()
 
     def train_epoch(self) -> None:
         """Train from ``batch_pos`` to the end of epoch ``epoch`` (or to the last step)."""
