@@ -372,6 +372,7 @@ def test_every_offered_parameter_is_a_papermill_parameter_of_a_notebook():
         "wingspan",
         "segmenter_cache",
         "cache_dir",
+        "interactive",
     )
     for name in sorted(runner):
         assert any(name in d for d in declared.values()), name

@@ -228,6 +228,7 @@ def run_workbook(
         "wingspan": str(Path(wingspan).resolve()) if wingspan else str(SHARED_WINGSPAN),
         "segmenter_cache": str((cache_dir / "segmenters").resolve()),
         "cache_dir": str(cache_dir.resolve()),
+        "interactive": False,  # headless: no live widgets (notebook 07)
     }
     record["setup_seconds"] = round(time.perf_counter() - setup_started, 1)
     return _run_notebooks(run_dir, record, prof)
