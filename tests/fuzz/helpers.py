@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import settings
+
 from cxrlib.base.errors import CxrError, ManifestError
 
 
@@ -24,3 +26,10 @@ def assert_one_line(err: BaseException, *names: str) -> None:
         assert "\n" not in message and "\r" not in message, repr(message)
     assert first.strip(), repr(message)
     assert any(name in first for name in names), message
+
+
+def fewer(divisor: int) -> settings:
+    """The loaded profile with ``divisor`` times fewer examples: for the end-to-end tests
+    (a whole adapter run per example), so ``make test`` stays quick."""
+    current = settings()
+    return settings(current, max_examples=max(20, current.max_examples // divisor))

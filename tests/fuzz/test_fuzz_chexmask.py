@@ -16,7 +16,7 @@ from cxrlib.data import mimic
 from cxrlib.data.chexmask import attach_masks, decode_rle
 from tests.data.test_chexmask import COLUMNS_MIMIC, _chexmask_row
 from tests.data.test_mimic import build_mimic_tree
-from tests.fuzz.helpers import assert_one_line
+from tests.fuzz.helpers import assert_one_line, fewer
 
 NUMBERS = st.one_of(
     st.integers(-5, 80),
@@ -67,6 +67,7 @@ def manifest(tmp_path_factory) -> Path:
 CELLS = st.one_of(st.text(max_size=12), NUMBERS.map(str), rle_strings())
 
 
+@fewer(4)
 @given(
     cells=st.dictionaries(st.sampled_from(range(1, len(COLUMNS_MIMIC))), CELLS, max_size=4),
     size=st.sampled_from([8, 7, 9]),

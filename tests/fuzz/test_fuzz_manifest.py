@@ -23,7 +23,7 @@ from cxrlib.data.manifest import (
     read_manifest,
     validate,
 )
-from tests.fuzz.helpers import assert_one_line
+from tests.fuzz.helpers import assert_one_line, fewer
 
 CELL_VALUES = {
     "split": st.sampled_from([*SPLITS, "", "TRAIN", "dev"]),
@@ -63,6 +63,7 @@ def folder(tmp_path_factory) -> Path:
     return folder
 
 
+@fewer(2)
 @given(data=st.one_of(st.binary(max_size=300), manifest_csv()), check_files=st.booleans())
 def test_read_manifest_any_bytes(folder, data, check_files):
     path = folder / "manifest.csv"

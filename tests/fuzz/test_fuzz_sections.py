@@ -21,7 +21,7 @@ from cxrlib.data.sections import (
     split_sentences,
 )
 from tests.data.test_mimic import REPORTS, build_mimic_tree
-from tests.fuzz.helpers import assert_one_line
+from tests.fuzz.helpers import assert_one_line, fewer
 
 HEADERS = st.one_of(
     st.sampled_from(["FINDINGS", "IMPRESSION", "FINDINGS AND IMPRESSION", "COMPARISON"]),
@@ -68,6 +68,7 @@ def mimic(tmp_path_factory) -> Path:
 STUDY = ("10000032", "50414267")
 
 
+@fewer(4)
 @given(data=st.one_of(st.binary(max_size=300), near_reports().map(str.encode)))
 def test_mimic_report_of_any_bytes(mimic, data):
     report = mimic / report_relpath(*STUDY)
@@ -91,6 +92,7 @@ def _reports_zip() -> bytes:
 ZIP = _reports_zip()
 
 
+@fewer(2)
 @given(
     edits=st.lists(st.tuples(st.integers(0, len(ZIP) - 1), st.integers(0, 255)), max_size=6),
     cut=st.integers(0, len(ZIP)),
