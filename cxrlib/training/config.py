@@ -278,8 +278,7 @@ class RunConfig:
                 continue
             if not isinstance(data[name], dict):
                 raise ValueError(f"config.{name}: expected a mapping")
-            if node is not ModelConfig:  # ModelConfig.from_dict names its unknown keys
-                _check_unknown(node, data[name], f"config.{name}")
+            _check_unknown(node, data[name], f"config.{name}")
             _check_types(node, data[name], f"config.{name}")
             try:
                 parts[name] = (
