@@ -90,7 +90,13 @@ def read_finding_mask(path: str | os.PathLike) -> np.ndarray:
             img.load()
             mode = img.mode
             bits = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CxrError(f"{path}: not a readable finding mask ({reason})") from None
     if bits.ndim != 2 or bits.dtype.kind not in "ui":
