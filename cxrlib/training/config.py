@@ -286,6 +286,10 @@ class RunConfig:
                 )
             except (TypeError, OverflowError) as err:  # a value the node's checks cannot take
                 raise ValueError(f"config.{name}: {one_line(err)}") from None
+            except ValueError as err:  # a nested check (priors -> PriorConfig) names no node
+                if str(err).startswith((name, "config")):
+                    raise
+                raise ValueError(f"config.{name}: {one_line(err)}") from None
         return cls(**parts)
 
     def replace(self, **changes: Any) -> RunConfig:

@@ -75,6 +75,7 @@ def _dump(tree: object, suffix: str) -> str:
 @example(content=b"{1: 2, a: 3}", suffix=".yaml")  # was a TypeError (sorting the keys)
 @example(content=b"[" * 600 + b"]" * 600, suffix=".yaml")  # was a RecursionError
 @example(content=b"[" * 3000 + b"]" * 3000, suffix=".json")  # was a RecursionError
+@example(content=b"priors:\n sigma: 0", suffix=".yaml")  # was a message naming no node
 @example(content=b"model:\n ? ''", suffix=".yaml")  # was "ModelConfig: unknown field(s) "
 def test_load_config_any_file(folder, content, suffix):
     path = folder / f"config{suffix}"
