@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= default
 
-.PHONY: workbook test lab lint format bench clean-venv
+.PHONY: workbook test fuzz lab lint format bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ lab: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2
+
+# the parsers of outside input under thousands of random inputs each (tests/fuzz; make
+# test runs the same tests with a few hundred derandomized examples, the ci profile)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/fuzz -q
 
 # ruff, and the import layers of pyproject.toml's [tool.importlinter] (docs/architecture.md)
 lint: $(STAMP)

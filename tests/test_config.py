@@ -72,7 +72,7 @@ def test_errors_name_the_key(tmp_path):
         load_config("smoke", overrides=[{"train": {"epoch": 3}}])
     with pytest.raises(ValueError, match="config: unknown key"):
         load_config("smoke", overrides=[{"trian": {}}])
-    with pytest.raises(ValueError, match="ModelConfig: unknown field"):
+    with pytest.raises(ValueError, match=r"config.model: unknown key\(s\) moed"):
         load_config("smoke", overrides=[{"model": {"moed": "soft"}}])
     with pytest.raises(ValueError, match="train.lr"):
         TrainConfig(lr=-1)

@@ -23,3 +23,9 @@ class ManifestError(CxrError):
         tail = f"\n  ... and {more} more" if more > 0 else ""
         n = len(self.problems)
         super().__init__(f"{path}: {n} problem{'s' * (n != 1)} in manifest\n{shown}{tail}")
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message with its whitespace collapsed to one line (its type name
+    when it has none): how a library's error text goes inside a :class:`CxrError`."""
+    return " ".join(str(err).split()) or type(err).__name__

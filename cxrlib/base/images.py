@@ -85,6 +85,20 @@ def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8)
 
 
+MAX_PIXELS = 2**26
+"""The most pixels an image file may declare (8192 x 8192; radiographs are a few
+thousand pixels a side): a file declaring more is refused before it is decoded, so a
+small corrupt header cannot make a reader allocate gigabytes or decode for minutes
+(Pillow itself warns at 89M pixels and refuses only at 179M)."""
+
+
+def check_pixels(img: Image.Image, path: str | os.PathLike, what: str) -> None:
+    """CxrError naming ``path`` when an opened (not yet loaded) image is too large."""
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise CxrError(f"{path}: {what} of {width}x{height} pixels is over {MAX_PIXELS} pixels")
+
+
 def open_gray(path: str | os.PathLike, what: str) -> np.ndarray:
     """``path`` as a uint8 (H, W) grayscale array (16-bit stretched, colour to luminance);
     a :class:`CxrError` naming the file and ``what`` it should be otherwise."""
@@ -93,6 +107,7 @@ def open_gray(path: str | os.PathLike, what: str) -> np.ndarray:
         raise CxrError(f"{path}: {what} file does not exist")
     try:
         with Image.open(path) as img:
+            check_pixels(img, path, what)
             img.load()
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
                 # High bit depth (e.g. 12/16-bit radiographs): stretch min..max to 0..255.

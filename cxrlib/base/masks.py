@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrlib.base.errors import CxrError
-from cxrlib.base.images import open_gray
+from cxrlib.base.images import check_pixels, open_gray
 
 
 def cardiothoracic_ratio(lungs: np.ndarray, heart: np.ndarray) -> float:
@@ -86,10 +86,17 @@ def read_finding_mask(path: str | os.PathLike) -> np.ndarray:
         raise CxrError(f"{path}: finding mask file does not exist")
     try:
         with Image.open(path) as img:
+            check_pixels(img, path, "finding mask")
             img.load()
             mode = img.mode
             bits = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CxrError(f"{path}: not a readable finding mask ({reason})") from None
     if bits.ndim != 2 or bits.dtype.kind not in "ui":

@@ -61,6 +61,9 @@ from cxrlib.data.manifest import (
 )
 
 DATASET = "chexmask"
+MAX_MASK_PIXELS = 2**26
+"""The largest mask :func:`decode_rle` decodes (8192 x 8192; CheXmask's largest images are
+about 4k x 4k): a bigger Height x Width is refused rather than allocated."""
 ID_COLUMNS: tuple[str, ...] = ("dicom_id", "Path")
 RLE_COLUMNS: dict[str, str] = {
     "left_lung_mask_path": "Left Lung",
@@ -97,12 +100,14 @@ def decode_rle(rle: str, height: int, width: int) -> np.ndarray:
     Raises
     ------
     ValueError
-        Non-integer tokens, an odd count, a start below 1, a length below 1, or a run
-        past the end of the mask.
+        Non-integer tokens, an odd count, a start below 1, a length below 1, a run
+        past the end of the mask, or a mask over :data:`MAX_MASK_PIXELS`.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"mask size must be positive, got {height}x{width}")
     size = height * width
+    if size > MAX_MASK_PIXELS:
+        raise ValueError(f"mask size {height}x{width} is over {MAX_MASK_PIXELS} pixels")
     tokens = rle.split()
     if not tokens:
         return np.zeros((height, width), dtype=bool)
@@ -112,9 +117,13 @@ def decode_rle(rle: str, height: int, width: int) -> np.ndarray:
         runs = np.array(tokens, dtype=np.int64).reshape(-1, 2)  # (n_runs, 2): start, length
     except ValueError:
         raise ValueError("RLE has a non-integer value") from None
+    except OverflowError:
+        raise ValueError("RLE has a value past the 64-bit integer range") from None
     starts, lengths = runs[:, 0] - 1, runs[:, 1]
     if (starts < 0).any() or (lengths < 1).any():
         raise ValueError("RLE starts must be >= 1 and lengths >= 1")
+    if (starts >= size).any() or (lengths > size).any():  # also keeps starts + lengths exact
+        raise ValueError(f"RLE run starts or runs past the end of the {height}x{width} mask")
     ends = starts + lengths
     if ends.max() > size:
         raise ValueError(f"RLE run ends at pixel {int(ends.max())}, past {height}x{width}")

@@ -61,7 +61,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlib.base.errors import CxrError
+from cxrlib.base.errors import CxrError, one_line
 from cxrlib.data.adapters import (
     AdapterSummary,
     blank_labels,
@@ -127,7 +127,7 @@ def parse_report(data: bytes, number: int, source: str) -> Report:
         root = ET.fromstring(data)
     except ET.ParseError as err:
         line = err.position[0] if err.position else "?"
-        raise CxrError(f"{source}:{line}: malformed XML ({err})") from None
+        raise CxrError(f"{source}:{line}: malformed XML ({one_line(err)})") from None
     sections: dict[str, str] = {}
     for node in root.iter("AbstractText"):
         label = (node.get("Label") or "").strip().upper()
@@ -174,7 +174,7 @@ def iter_reports(reports: str | os.PathLike) -> Iterator[Report]:
                     data = handle.read() if handle is not None else b""
                     found.append((int(m.group(1)), f"{reports}:{member.name}", data))
         except (tarfile.TarError, OSError, EOFError) as err:
-            raise CxrError(f"{reports}: not a readable tar archive ({err})") from None
+            raise CxrError(f"{reports}: not a readable tar archive ({one_line(err)})") from None
     else:
         raise CxrError(f"{reports}: reports archive or folder does not exist")
     if not found:

@@ -178,6 +178,15 @@ def text_cell(value: object) -> str:
     return str(value).strip()
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; False also for a path the system refuses to look up
+    (a name too long, a loop of links): a cell naming it does not name a file."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def is_text_only(df: pd.DataFrame) -> bool:
     """True when no row has an image: a text-only manifest (reports without images)."""
     return len(df) > 0 and bool((df["image_path"].map(text_cell) == "").all())
@@ -244,11 +253,11 @@ def validate(
             found.append((i, "empty image_path in a manifest with images"))
     if check_files:
         for i, cell in enumerate(paths):
-            if cell and not resolve(root, cell).is_file():
+            if cell and not _is_file(resolve(root, cell)):
                 found.append((i, f"image_path {cell!r} does not exist"))
         for col in (c for c in (*MASK_COLUMNS, FINDING_MASK_COLUMN) if c in df.columns):
             for i, cell in enumerate(df[col].map(text_cell)):
-                if cell and not resolve(root, cell).is_file():
+                if cell and not _is_file(resolve(root, cell)):
                     found.append((i, f"{col} {cell!r} does not exist"))
     for label in CHEXPERT_LABELS:
         column = df[label]

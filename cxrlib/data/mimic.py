@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from cxrlib.base.errors import CxrError
+from cxrlib.base.errors import CxrError, one_line
 from cxrlib.data.adapters import (
     AdapterSummary,
     blank_labels,
@@ -103,7 +104,7 @@ class _Reports:
         try:
             self.zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as err:
-            raise CxrError(f"{path}: not a readable zip ({err})") from None
+            raise CxrError(f"{path}: not a readable zip ({one_line(err)})") from None
         self.zip_path = path
         for name in self.zip.namelist():  # index by "pSUBJECT/sSTUDY.txt", any prefix
             parts = name.split("/")
@@ -121,8 +122,16 @@ class _Reports:
             member = self.members.get(f"p{subject_id}/s{study_id}.txt")
             if member is not None:
                 where = f"{self.zip_path}:{member}"
-                return self._decode(self.zip.read(member), where), where
+                return self._decode(self._read_member(member, where), where), where
         return None, str((self.folder or self.zip_path or Path(".")) / rel)
+
+    def _read_member(self, member: str, where: str) -> bytes:
+        """A member's bytes; CxrError naming it when the zip is corrupt there."""
+        assert self.zip is not None
+        try:
+            return self.zip.read(member)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as err:
+            raise CxrError(f"{where}: cannot read it from the zip ({one_line(err)})") from None
 
     @staticmethod
     def _decode(data: bytes, where: str) -> str:

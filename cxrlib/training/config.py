@@ -28,6 +28,8 @@ import dataclasses
 import json
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from typing import Any
 import yaml
 
 from cxrlib.anatomy.priors import PriorConfig
+from cxrlib.base.errors import one_line
 from cxrlib.model.config import ModelConfig
 from cxrlib.model.encoders import DEFAULT_TYPE
 from cxrlib.training.pretrain import PretrainConfig
@@ -44,11 +47,47 @@ MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 EARLY_STOPPING_MODES = ("min", "max")
 
 
+def _key_text(key: object) -> str:
+    """A key as an error message shows it: as written when printable text, else repr."""
+    return key if isinstance(key, str) and key.isprintable() and key else repr(key)
+
+
 def _check_unknown(cls: type, data: dict, where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(_key_text(k) for k in data if k not in known)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _matches(value: object, hint: object) -> bool:
+    """Whether a config value is of a field's annotated type (an int is a float too;
+    a bool is neither; lists stand for tuples); annotations not known here pass."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint in (bool, str):
+        return isinstance(value, hint)
+    if hint in (int, float):
+        kinds = (int,) if hint is int else (int, float)
+        return isinstance(value, kinds) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        return isinstance(value, list | tuple) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return True
+
+
+def _check_types(cls: type, data: dict, where: str) -> None:
+    """ValueError naming the first key of ``data`` whose value is not of its field's type."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key in hints and not _matches(value, hints[key]):
+            hint = str(hints[key]).replace("<class '", "").replace("'>", "")
+            shown = " ".join(repr(value).split())
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise ValueError(f"{where}.{key}: expected {hint}, got {shown}")
 
 
 @dataclass
@@ -225,21 +264,32 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`; missing keys take defaults, unknown keys are errors."""
         _check_unknown(cls, data, "config")
+        _check_types(cls, {k: data[k] for k in ("seed", "profile") if k in data}, "config")
         parts: dict[str, Any] = {k: data[k] for k in ("seed", "profile") if k in data}
         nodes = (
             ("data", DataConfig),
             ("priors", PriorsConfig),
             ("train", TrainConfig),
             ("pretrain", PretrainConfig),
+            ("model", ModelConfig),
         )
         for name, node in nodes:
-            if name in data:
-                if not isinstance(data[name], dict):
-                    raise ValueError(f"config.{name}: expected a mapping")
-                _check_unknown(node, data[name], f"config.{name}")
-                parts[name] = node(**data[name])
-        if "model" in data:
-            parts["model"] = ModelConfig.from_dict(data["model"])
+            if name not in data:
+                continue
+            if not isinstance(data[name], dict):
+                raise ValueError(f"config.{name}: expected a mapping")
+            _check_unknown(node, data[name], f"config.{name}")
+            _check_types(node, data[name], f"config.{name}")
+            try:
+                parts[name] = (
+                    node.from_dict(data[name]) if node is ModelConfig else node(**data[name])
+                )
+            except (TypeError, OverflowError) as err:  # a value the node's checks cannot take
+                raise ValueError(f"config.{name}: {one_line(err)}") from None
+            except ValueError as err:  # a nested check (priors -> PriorConfig) names no node
+                if str(err).startswith((name, "config")):
+                    raise
+                raise ValueError(f"config.{name}: {one_line(err)}") from None
         return cls(**parts)
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -367,11 +417,14 @@ def read_config_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({one_line(err)})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        first = str(err).strip().splitlines()[0]
+    except (json.JSONDecodeError, yaml.YAMLError, RecursionError) as err:
+        first = one_line(str(err).strip().splitlines()[0]) if str(err).strip() else one_line(err)
         raise ValueError(
             f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'} ({first})"
         ) from None
@@ -387,7 +440,11 @@ def parse_assignment(text: str) -> dict:
     if "=" not in text:
         raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except (yaml.YAMLError, RecursionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--set {text!r}: the value is not valid YAML ({first})") from None
     node: dict = {}
     cursor = node
     parts = key.strip().split(".")
