@@ -313,7 +313,7 @@ def test_two_processes_stop_together_on_a_full_disk(data_cache, tmp_path):
     folder = out / "checkpoints"
     said = re.search(
         rf"cxr: error: {re.escape(str(folder))}/(last|best): cannot write the checkpoint: "
-        rf"{NO_SPACE} \(on the main process\)\n",
+        rf"{NO_SPACE} \(on the main process\)",  # the two ranks' lines may interleave
         proc.stderr,
     )
     assert said, proc.stderr[-3000:]
