@@ -45,6 +45,14 @@ def _notebook(path, params: str, body: str) -> None:
     nbformat.write(nb, path)
 
 
+# a test notebook's body: appends its NAME to run_dir/order.txt (which notebooks ran, in order)
+_APPEND_NAME = (
+    "from pathlib import Path\n"
+    "p = Path(run_dir) / 'order.txt'\n"
+    "p.write_text(p.read_text() + NAME if p.exists() else NAME)\n"
+)
+
+
 @pytest.fixture
 def manifest(tmp_path):
     path = tmp_path / "m.csv"
@@ -55,11 +63,7 @@ def manifest(tmp_path):
 def test_runs_in_order_with_declared_parameters_only(tmp_path, manifest):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    body = (
-        "from pathlib import Path\n"
-        "p = Path(run_dir) / 'order.txt'\n"
-        "p.write_text(p.read_text() + NAME if p.exists() else NAME)\n"
-    )
+    body = _APPEND_NAME
     _notebook(nbs / "02_b.ipynb", "run_dir = ''\nNAME = 'b'", body)
     _notebook(nbs / "01_a.ipynb", "run_dir = ''\nmanifest = ''\nNAME = 'a'", body)
     (nbs / "notes.ipynb").write_text("not a numbered notebook, ignored")
@@ -120,11 +124,7 @@ def test_first_failure_stops_the_run_naming_notebook_and_cell(tmp_path, manifest
 def test_resume_continues_a_failed_run_from_its_first_unfinished_notebook(tmp_path, manifest):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    body = (
-        "from pathlib import Path\n"
-        "p = Path(run_dir) / 'order.txt'\n"
-        "p.write_text(p.read_text() + NAME if p.exists() else NAME)\n"
-    )
+    body = _APPEND_NAME
     _notebook(nbs / "01_a.ipynb", "run_dir = ''\nNAME = 'a'", body)
     _notebook(nbs / "02_b.ipynb", "run_dir = ''\nNAME = 'b'", body + "raise RuntimeError('lid')")
     _notebook(nbs / "03_c.ipynb", "run_dir = ''\nNAME = 'c'", body)

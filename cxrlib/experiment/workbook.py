@@ -302,7 +302,7 @@ def _run_notebooks(run_dir: Path, record: dict, prof: Profile) -> RunResult:
         "host": socket.gethostname(),
         "status": "running",
     }
-    record.setdefault("attempts", []).append(attempt)
+    record["attempts"].append(attempt)
     record["status"] = "running"
     started = time.perf_counter()
     write_json_atomic(run_dir / "run.json", record, default=str)
@@ -325,7 +325,7 @@ def _finish_run(run_dir: Path, record: dict, prof: Profile) -> RunResult:
     """Mark the run complete, collect its timings, publish the figures."""
     record["status"] = "complete"
     record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    since = record.get("since") or datetime.fromisoformat(record["started"]).timestamp()
+    since = record["since"]  # every run record that gets here has it (with its parameters)
     # an interrupted attempt counts up to the start of the notebook it was killed in
     spent = [record.get("setup_seconds") or 0.0]
     spent += [a.get("seconds") or 0.0 for a in record["attempts"]]
