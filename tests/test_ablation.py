@@ -34,6 +34,7 @@ def ablation(tmp_path_factory):
     return config, out, result
 
 
+@pytest.mark.slow  # trains every mode and seed (the module fixture)
 def test_every_mode_and_seed_is_trained_and_tabled(ablation):
     _, out, result = ablation
     for mode in ("none", "soft", "strict"):
@@ -84,6 +85,7 @@ def test_every_mode_and_seed_is_trained_and_tabled(ablation):
     assert "\\toprule" in (folder / "ablation.tex").read_text()
 
 
+@pytest.mark.slow  # trains every mode and seed (the module fixture)
 def test_runs_differ_only_in_mode_and_seed(ablation):
     import json
 
@@ -104,6 +106,7 @@ def test_runs_differ_only_in_mode_and_seed(ablation):
     assert a == b  # same encoder, data, priors and budget
 
 
+@pytest.mark.slow  # trains every mode and seed (the module fixture)
 def test_finished_runs_are_reused(ablation):
     config, out, result = ablation
     stamp = (out / "train" / "soft-seed0" / "summary.json").stat().st_mtime_ns
@@ -289,6 +292,7 @@ def test_summary_refuses_runs_of_different_images():
         summarise(results, generations, ref, "manifest", n_bootstrap=10)
 
 
+@pytest.mark.slow  # trains every mode and seed (the module fixture)
 def test_attention_grounding_per_mode(ablation, tmp_path):
     _, out, _ = ablation
     folder = out / "ablation"
@@ -329,6 +333,7 @@ def test_attention_grounding_per_mode(ablation, tmp_path):
     assert result["seconds_per_run"] is not None
 
 
+@pytest.mark.slow  # trains every mode and seed (the module fixture)
 def test_each_runs_model_card_carries_the_test_metrics_the_ablation_measured(ablation):
     import yaml
 

@@ -358,7 +358,8 @@ def test_mask_overlays_refuse_text_only(text_only):
 
 
 def _run_notebook(manifest: Path, tmp_path: Path) -> tuple[Path, Path]:
-    papermill = pytest.importorskip("papermill")
+    import papermill
+
     figures_dir = tmp_path / "figures"
     out = tmp_path / "01_out.ipynb"
     papermill.execute_notebook(

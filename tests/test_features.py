@@ -23,6 +23,7 @@ from cxrlib.training.features import (
     features_for_manifest,
 )
 from tests.model import TEXTS, one_thread, small_config  # noqa: F401  (one_thread: fixture)
+from tests.numerics import assert_rounding_close
 
 # float16 storage: relative rounding 2**-11 (~5e-4) on features of magnitude up to ~3
 ATOL, RTOL = 2e-3, 1e-3
@@ -131,7 +132,8 @@ def test_second_build_reuses_everything(phantom, tmp_path):
     assert fresh.missing(ids) == ids[2:]
     part = fresh.build(ids, paths, progress=False)
     assert (part.computed, part.reused) == (4, 2)
-    assert torch.equal(fresh.load(ids), cache.load(ids))
+    # computed in other batches (2 + 4 against 4 + 2): equal up to float32 rounding
+    assert_rounding_close(fresh.load(ids), cache.load(ids))
 
 
 def test_changing_one_encoder_weight_changes_the_key(phantom, tmp_path):

@@ -31,7 +31,7 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_metrics(run, tmp_path_factory):
+def evaluation_file(run, tmp_path_factory):
     """A ``cxr evaluate`` metrics.json of the run on the phantom's test split."""
     out, config = run
     manifest = resolve_manifest(config)
@@ -86,22 +86,22 @@ def test_every_checkpoint_carries_a_card_without_test_metrics(run):
         assert record["git_commit"] in card
 
 
-def test_card_is_deterministic(run, test_metrics):
+def test_card_is_deterministic(run, evaluation_file):
     out, _ = run
     assert model_card(out) == model_card(out)
-    assert model_card(out, metrics=test_metrics) == model_card(out, metrics=test_metrics)
+    assert model_card(out, metrics=evaluation_file) == model_card(out, metrics=evaluation_file)
 
 
-def test_export_with_metrics_loads_and_generates_the_same(run, test_metrics, tmp_path):
+def test_export_with_metrics_loads_and_generates_the_same(run, evaluation_file, tmp_path):
     out, config = run
-    exported = export_run(out, tmp_path / "model", metrics=test_metrics)
+    exported = export_run(out, tmp_path / "model", metrics=evaluation_file)
     files = sorted(p.name for p in exported.iterdir())
     assert files == sorted([*MODEL_FILES, "run_config.json", CARD_FILE])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
     card = (exported / CARD_FILE).read_text()
     header = _header(card)
-    measured = json.loads(test_metrics.read_text())["metrics"]
+    measured = json.loads(evaluation_file.read_text())["metrics"]
     key = "clinical.uncertain_as_negative.micro_14"
     m = measured[key]
     assert key in header["metrics"]
@@ -122,13 +122,13 @@ def test_export_with_metrics_loads_and_generates_the_same(run, test_metrics, tmp
     assert checkpoint == exported and loaded_config.to_dict() == config.to_dict()
 
 
-def test_export_finds_the_ablation_evaluation(run, test_metrics, tmp_path):
+def test_export_finds_the_ablation_evaluation(run, evaluation_file, tmp_path):
     out, _ = run
     workbook = tmp_path / "workbook"
     shutil.copytree(out, workbook / "train" / "soft-seed0")
     evaluation = workbook / "ablation" / "evaluation" / "soft-seed0"
     evaluation.mkdir(parents=True)
-    shutil.copyfile(test_metrics, evaluation / "metrics.json")
+    shutil.copyfile(evaluation_file, evaluation / "metrics.json")
     exported = export_run(workbook / "train" / "soft-seed0", tmp_path / "model")
     card = (exported / CARD_FILE).read_text()
     assert "model-index" in _header(card) and NOT_MEASURED not in card

@@ -1,5 +1,6 @@
 """Every committed notebook is clean, thin and parameterised the papermill way."""
 
+import ast
 from pathlib import Path
 
 import nbformat
@@ -30,10 +31,47 @@ def test_one_parameters_cell_first_and_python3_kernel(path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and tagged[0] is code[0]
-    for line in tagged[0].source.splitlines():
-        # every knob a plain literal: name = literal  # comment
-        if line.strip() and not line.lstrip().startswith("#"):
-            assert " = " in line, line
+    assert not plain_literal_problems(tagged[0].source), path.name
+
+
+def plain_literal_problems(source: str) -> list[str]:
+    """What keeps a parameters cell from being "every knob a plain literal": each statement
+    must be ``name = literal`` (a number, string, bool, None, or a list/tuple/dict of
+    them), one name per line, each name once; returns the offending lines."""
+    problems, seen = [], set()
+    for node in ast.parse(source).body:
+        line = ast.get_source_segment(source, node) or ""
+        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if not isinstance(target, ast.Name) or len(node.targets) != 1:
+            problems.append(line)
+            continue
+        try:
+            ast.literal_eval(node.value)
+        except ValueError:
+            problems.append(line)
+            continue
+        if target.id in seen or node.lineno != node.end_lineno:
+            problems.append(line)
+        seen.add(target.id)
+    return problems
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'manifest = profile_manifest("smoke")',
+        "seeds = list(range(3))",
+        "a = b = 1",
+        "x, y = 1, 2",
+        "import os",
+        "n = 1\nn = 2",
+        "epochs = 1 if True else 2",
+        "size += 1",
+    ],
+)
+def test_the_literal_check_catches_what_is_not_a_plain_literal(source):
+    assert plain_literal_problems(source)
+    assert not plain_literal_problems("seeds = [0, 1, 2]  # ok\nmanifest = None\nx = -1.5")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -164,7 +164,7 @@ def test_dicom_without_pydicom_says_how_to_read_it(tmp_path, monkeypatch):
 
 
 def test_dicom_windowing_and_monochrome1(tmp_path):
-    pydicom = pytest.importorskip("pydicom", reason="pydicom not installed (optional)")
+    import pydicom  # the dev extra installs it (cxr report's dicom extra for users)
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

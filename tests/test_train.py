@@ -133,6 +133,7 @@ def test_smoke_run_writes_checkpoints_config_metrics(reference):
     assert lrs[0] < max(lrs) and lrs[-1] < 0.05 * max(lrs)
 
 
+@pytest.mark.slow  # kill -9 and resume
 @pytest.mark.parametrize("crash", ["files:2", "swap:3", "swap:5"])
 def test_kill_during_checkpoint_then_resume_is_exact(reference, cache, tmp_path, crash):
     out = tmp_path / "run"
@@ -146,6 +147,7 @@ def test_kill_during_checkpoint_then_resume_is_exact(reference, cache, tmp_path,
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # kill -9 and resume
 def test_kill_at_a_random_moment_then_resume(reference, cache, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
@@ -184,6 +186,7 @@ def test_resume_refuses_another_config(reference, cache, tmp_path):
     assert proc.returncode == 1 and "not empty" in proc.stderr
 
 
+@pytest.mark.slow  # two training processes
 def test_ddp_two_processes_disjoint_data_identical_weights(cache, tmp_path):
     out = tmp_path / "ddp"
     args = _args(out, cache, "--set", "train.epochs=1")

@@ -296,6 +296,7 @@ def test_training_stops_on_a_full_disk_and_keeps_the_last_checkpoint(
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # two training processes
 def test_two_processes_stop_together_on_a_full_disk(data_cache, tmp_path):
     """DDP: the main process cannot write its 2nd checkpoint (ENOSPC raised by the
     test hook of ``CXR_CRASH_AT`` while writing its files); both processes stop with the

@@ -11,7 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cxrlib import cli
-from cxrlib.anatomy import priors
+from cxrlib.anatomy import priors, segmenter
 from cxrlib.anatomy.priors import (
     PRIORS_VERSION,
     PriorConfig,
@@ -29,6 +29,7 @@ from cxrlib.base.masks import load_mask
 from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
+from tests.numerics import assert_rounding_close, tolerance
 
 
 def _disc(g: int, cy: float, cx: float, r: float) -> torch.Tensor:
@@ -235,7 +236,7 @@ def test_blur_equals_reflect_padded_convolution():
         conv = F.conv2d(
             F.pad(x[:, None], (pad,) * 4, mode="reflect"), torch.outer(w, w)[None, None]
         )
-        torch.testing.assert_close(m[layer] @ x @ m[layer].T, conv[:, 0], atol=1e-6, rtol=0)
+        assert_rounding_close(m[layer] @ x @ m[layer].T, conv[:, 0])
 
 
 def test_reflect_padding_wider_than_the_grid_repeats_the_mirror():
@@ -264,7 +265,7 @@ def test_centred_dot_spreads_symmetrically(padding, schedule_name):
     p = layer_priors(dot, config)[0].reshape(-1, g, g)
     for layer in p:
         for same in (layer.T, layer.flip(0), layer.flip(1), layer.flip(0, 1)):
-            torch.testing.assert_close(same, layer, atol=1e-6, rtol=0)
+            assert_rounding_close(same, layer)
         assert layer[g // 2, g // 2] == 1.0  # the peak stays at the dot
     assert p.shape == (12, g, g)
 
@@ -280,7 +281,16 @@ def test_priors_narrow_with_depth(schedule_name):
     grids = torch.stack([_disc(32, 16, 16, 5), _blobs(32)[0]])
     p = layer_priors(grids, config)
     mass = p.sum(dim=-1)  # (B, L)
-    assert (mass[:, :-1] > mass[:, 1:]).all()  # broad layers spread more mass
+    # Broad layers spread more mass; the narrowest blurs are near the identity, so the
+    # last layers settle on the mask's own area and differ there only by rounding (which
+    # way depends on the CPU's kernels): strictly decreasing until settled, never rising.
+    area = grids.flatten(1).sum(-1, keepdim=True)  # (B, 1)
+    tol = tolerance(mass)
+    settled = (mass - area).abs() <= tol
+    assert settled[:, -1].all() and not settled[:, 0].any()
+    step = mass[:, :-1] - mass[:, 1:]
+    assert (step >= -tol).all()
+    assert ((step > tol) | settled[:, :-1]).all()
     h = _entropy(p)
     assert (h[:, :-1] > h[:, 1:]).all()  # entropy decreases with depth
 
@@ -297,7 +307,7 @@ def test_batched_equals_one_image_at_a_time():
     grids = torch.cat([_blobs(32), torch.rand(5, 32, 32)])
     batched = layer_priors(grids, config)
     single = torch.cat([layer_priors(grids[i : i + 1], config) for i in range(len(grids))])
-    torch.testing.assert_close(batched, single, atol=1e-6, rtol=0)
+    assert_rounding_close(batched, single)
 
 
 def test_schedule_none_repeats_the_grid_mask():
@@ -511,10 +521,9 @@ def test_cli_choices_equal_the_library_constants():
 
 
 def test_cli_priors_with_a_segmenter(phantom, tmp_path, capsys):
-    seg_module = pytest.importorskip("cxrlib.anatomy.segmenter")
     torch.manual_seed(0)
-    config = seg_module.SegmenterConfig(image_size=32, base_channels=2, depth=2)
-    ckpt = seg_module.Segmenter(config).save_pretrained(tmp_path / "ckpt")
+    config = segmenter.SegmenterConfig(image_size=32, base_channels=2, depth=2)
+    ckpt = segmenter.Segmenter(config).save_pretrained(tmp_path / "ckpt")
     args = ["priors", "--manifest", str(phantom / "manifest.csv"), "--out", str(tmp_path / "o"),
             "--image-size", "64", "--patch-size", "8", "--source", "segmenter",
             "--segmenter", str(ckpt)]  # fmt: skip

@@ -180,8 +180,8 @@ def test_meteor_unavailable_is_reported_not_raised(monkeypatch):
     assert "pycocoevalcap" in lexical.meteor_unavailable_reason()
 
 
-@pytest.mark.skipif(
-    lexical.meteor_unavailable_reason() is not None, reason="METEOR needs java + pycocoevalcap"
+@pytest.mark.needs_tool(
+    lexical.meteor_unavailable_reason() is None, "METEOR needs java + pycocoevalcap"
 )
 def test_meteor_matches_pycocoevalcap():
     with LexicalCorpus.build(HYPS, REFS) as c:
@@ -191,8 +191,8 @@ def test_meteor_matches_pycocoevalcap():
         )
 
 
-@pytest.mark.skipif(
-    lexical.meteor_unavailable_reason() is not None, reason="METEOR needs java + pycocoevalcap"
+@pytest.mark.needs_tool(
+    lexical.meteor_unavailable_reason() is None, "METEOR needs java + pycocoevalcap"
 )
 def test_one_meteor_process_serves_every_corpus_and_restarts_when_it_died():
     with LexicalCorpus.build(HYPS, REFS) as first:

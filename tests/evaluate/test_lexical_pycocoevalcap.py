@@ -2,9 +2,9 @@
 
 ``test_lexical.py`` checks literals that pycocoevalcap once produced; this module runs
 pycocoevalcap's own ``PTBTokenizer``, ``Bleu(4)``, ``Rouge()``, ``Cider()`` and ``Meteor()``
-beside ours on phantom reports, so a change on either side shows. Skipped, with the reason,
-where Java or pycocoevalcap is missing (``pip install -e '.[dev]'`` installs it; Java is
-on the CI machines).
+beside ours on phantom reports, so a change on either side shows. Where Java or
+pycocoevalcap is missing it skips with the reason, and fails under ``CI=true``
+(``pip install -e '.[dev]'`` installs pycocoevalcap, ``.ci/run`` Java).
 """
 
 import numpy as np
@@ -15,9 +15,8 @@ from cxrlib.data.phantom.text import findings_text
 from cxrlib.metrics import lexical
 from cxrlib.metrics.lexical import LexicalCorpus, ptb_tokenize
 
-pytestmark = pytest.mark.skipif(
-    lexical.meteor_unavailable_reason() is not None,
-    reason=str(lexical.meteor_unavailable_reason()),
+pytestmark = pytest.mark.needs_tool(
+    lexical.meteor_unavailable_reason() is None, str(lexical.meteor_unavailable_reason())
 )
 
 

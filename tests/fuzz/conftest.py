@@ -1,9 +1,9 @@
 """Hypothesis profiles of the fuzz tests (tests/fuzz).
 
-``ci`` (the default, part of ``make test``): a couple of hundred examples per test,
-derandomized so every run tries the same inputs. ``fuzz`` (``make fuzz``, or
-``HYPOTHESIS_PROFILE=fuzz``): thousands of random examples per test. Neither keeps an
-example database, so nothing is written into the repository.
+``ci`` (the default, part of ``make test-all``: each fuzz module is marked ``slow``): a
+couple of hundred examples per test, derandomized so every run tries the same inputs.
+``fuzz`` (``make fuzz``, or ``HYPOTHESIS_PROFILE=fuzz``): thousands of random examples per
+test. Neither keeps an example database, so nothing is written into the repository.
 """
 
 from __future__ import annotations

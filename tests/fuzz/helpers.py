@@ -30,6 +30,6 @@ def assert_one_line(err: BaseException, *names: str) -> None:
 
 def fewer(divisor: int) -> settings:
     """The loaded profile with ``divisor`` times fewer examples: for the end-to-end tests
-    (a whole adapter run per example), so ``make test`` stays quick."""
+    (a whole adapter run per example), so ``make test-all`` stays within its time."""
     current = settings()
     return settings(current, max_examples=max(20, current.max_examples // divisor))

@@ -18,6 +18,8 @@ from tests.data.test_chexmask import COLUMNS_MIMIC, _chexmask_row
 from tests.data.test_mimic import build_mimic_tree
 from tests.fuzz.helpers import assert_one_line, fewer
 
+pytestmark = pytest.mark.slow  # the fuzz ci profile runs in make test-all
+
 NUMBERS = st.one_of(
     st.integers(-5, 80),
     st.integers(-(2**70), 2**70),

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from cxrlib.training.config import RunConfig, load_config, parse_assignment, profile_config
 
+pytestmark = pytest.mark.slow  # the fuzz ci profile runs in make test-all
+
 TREE = profile_config("smoke").to_dict()
 KEYS = sorted(
     {f"{node}.{key}" for node, sub in TREE.items() if isinstance(sub, dict) for key in sub}

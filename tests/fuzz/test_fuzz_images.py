@@ -19,6 +19,8 @@ from cxrlib.base.images import load_image, open_gray
 from cxrlib.base.masks import load_mask, read_finding_mask
 from tests.fuzz.helpers import assert_one_line
 
+pytestmark = pytest.mark.slow  # the fuzz ci profile runs in make test-all
+
 MODES = {"L": np.uint8, "I;16": np.uint16, "RGB": np.uint8, "I": np.int32, "F": np.float32}
 FORMATS = {"L": ["PNG", "JPEG", "TIFF", "BMP", "GIF"], "I;16": ["PNG", "TIFF"],
            "RGB": ["PNG", "JPEG", "TIFF", "BMP"], "I": ["TIFF"], "F": ["TIFF"]}  # fmt: skip

@@ -16,6 +16,8 @@ from cxrlib.base.errors import CxrError
 from cxrlib.data.iu_xray import SECTION_LABELS, iter_reports, parse_report
 from tests.fuzz.helpers import assert_one_line
 
+pytestmark = pytest.mark.slow  # the fuzz ci profile runs in make test-all
+
 SOURCE = "NLMCXR_reports.tgz:ecgen-radiology/7.xml"
 # XML 1.0 characters (the others cannot be written in a well-formed file at all)
 XML_TEXT = st.text(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.metrics.labeler import LATERALITY_COLUMNS, label_report, label_reports
+
+pytestmark = pytest.mark.slow  # the fuzz ci profile runs in make test-all
 
 SIDES = ("left", "right", "bilateral", "unspecified")
 

@@ -25,6 +25,8 @@ from cxrlib.data.manifest import (
 )
 from tests.fuzz.helpers import assert_one_line, fewer
 
+pytestmark = pytest.mark.slow  # the fuzz ci profile runs in make test-all
+
 CELL_VALUES = {
     "split": st.sampled_from([*SPLITS, "", "TRAIN", "dev"]),
     "image_path": st.sampled_from(["img.png", "", "missing.png", "/abs.png", "a" * 300]),

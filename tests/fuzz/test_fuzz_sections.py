@@ -23,6 +23,8 @@ from cxrlib.data.sections import (
 from tests.data.test_mimic import REPORTS, build_mimic_tree
 from tests.fuzz.helpers import assert_one_line, fewer
 
+pytestmark = pytest.mark.slow  # the fuzz ci profile runs in make test-all
+
 HEADERS = st.one_of(
     st.sampled_from(["FINDINGS", "IMPRESSION", "FINDINGS AND IMPRESSION", "COMPARISON"]),
     st.from_regex(r"[A-Z][A-Z ()/,-]{0,20}", fullmatch=True),
