@@ -530,10 +530,9 @@ def model_ratios(train: dict, cached: dict, full: dict) -> tuple[dict, bool | No
     for mode in MODEL_MODES:
         ratios[f"cache_speedup_{mode}"] = _ratio(full[mode], cached[mode], 2)
     checked = [
-        (ratios[f"train_step_{m}_vs_none"], MODEL_TARGETS["train_step_vs_none"])
+        (ratios[f"{kind}_{m}_vs_none"], MODEL_TARGETS[f"{kind}_vs_none"])
+        for kind in ("train_step", "decode")
         for m in ("soft", "strict")
-    ] + [
-        (ratios[f"decode_{m}_vs_none"], MODEL_TARGETS["decode_vs_none"]) for m in ("soft", "strict")
     ]
     if any(ratio is None for ratio, _ in checked):
         return ratios, None
