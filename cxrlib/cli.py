@@ -155,6 +155,13 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
         help="Wingspan folder for the segmenter (default ../shared/data/wingspan if present)",
     )
     r.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        metavar="S,S,...",
+        help="the ablation's seeds instead of the profile's, e.g. 100,101,102,103,104",
+    )
+    r.add_argument(
         "--resume",
         type=Path,
         default=None,
@@ -185,6 +192,20 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
     rep.set_defaults(handler=_cmd_workbook_report)
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, e.g. 0,1,2, got {text!r}"
+        ) from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected at least two different seeds >= 0, e.g. 0,1,2, got {text!r}"
+        )
+    return seeds
+
+
 def _cmd_workbook_report(args: argparse.Namespace) -> int:
     from cxrlib.experiment.results import update_readme
 
@@ -211,6 +232,7 @@ def _cmd_workbook_run(args: argparse.Namespace) -> int:
         notebooks=args.notebooks,
         manifest=args.manifest,
         wingspan=args.wingspan,
+        seeds=args.seeds,
     )
     print(f"workbook run complete: {result.run_dir}")
     return 0
@@ -259,9 +281,21 @@ def _add_priors(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=_positive_int, help="encoder input px (default 224)")
     p.add_argument("--patch-size", type=_positive_int, help="patch px (default 16)")
     p.add_argument("--layers", type=_positive_int, help="decoder layers (default 12)")
-    p.add_argument("--sigma-start", type=_positive_float, help="linear: layer 0 (default 13/3)")
-    p.add_argument("--sigma-end", type=_positive_float, help="linear: last layer (default 2/3)")
-    p.add_argument("--sigma", type=_positive_float, help="constant: every layer (default 2)")
+    p.add_argument(
+        "--sigma-start",
+        type=_positive_float,
+        help="linear: layer 0, a fraction of the image side (default 13/96)",
+    )
+    p.add_argument(
+        "--sigma-end",
+        type=_positive_float,
+        help="linear: last layer, a fraction of the image side (default 1/48)",
+    )
+    p.add_argument(
+        "--sigma",
+        type=_positive_float,
+        help="constant: every layer, a fraction of the image side (default 1/16)",
+    )
     p.add_argument("--padding", choices=_PRIOR_PADDINGS, help="blur border (default reflect)")
     p.add_argument("--source", choices=_PRIOR_SOURCES, default="auto", help="default auto")
     p.add_argument("--segmenter", type=Path, default=None, help="segmenter checkpoint folder")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.stats import aggregate_seeds
@@ -148,8 +149,9 @@ def test_tables_render():
     note = interval_method(1000)
     assert markdown_table(table, note).splitlines()[-2:] == ["", f"Intervals: {note}."]
     assert (
-        r"\multicolumn{2}{l}{\footnotesize Intervals: 95\% percentile bootstrap over studies, "
-        r"seeds pooled, 1000 resamples.} \\"
+        r"\multicolumn{2}{l}{\footnotesize Intervals: 95\% t interval over seeds and studies "
+        r"(between-seed variance / seeds + variance of the seed mean over 1000 study "
+        r"resamples; Welch-Satterthwaite df; clipped to the metric's range).} \\"
     ) in latex_table(table, note).splitlines()
     one_seed = summary.assign(ci_low=[0.4, 0.1], ci_high=[0.6, 0.3])
     assert summary_table(one_seed).loc["retrieval (1 seed)", "CIDEr"] == "0.200 [0.100, 0.300]"
@@ -226,7 +228,14 @@ def test_summary_intervals_exact_small_case():
     assert json.loads(row["seed_values"]) == [1.0, pytest.approx(2 / 3)]
     assert row["mean"] == pytest.approx(5 / 6)
     assert row["sd"] == pytest.approx(np.std([1.0, 2 / 3], ddof=1))
-    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(0.5), 1.0)
+    # between seeds: sd / sqrt(2); test set: the seed mean over the resamples is 1, 5/6
+    # or 1/2 with probabilities 1/4, 1/2, 1/4 (SD 0.1818)
+    assert row["se_runs"] == pytest.approx(row["sd"] / np.sqrt(2))
+    assert row["se_studies"] == pytest.approx(0.1818, rel=0.1)
+    se = np.hypot(row["se_runs"], row["se_studies"])
+    assert row["df"] == pytest.approx(se**4 / row["se_runs"] ** 4)
+    q = scipy_stats.t.ppf(0.975, row["df"])
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(5 / 6 - q * se), 1.0)
     assert (row["n_seeds"], row["n_studies"], row["system"]) == (2, 2, "soft")
     assert row["interval"] == interval_method(1000)
     # CIDEr has an interval too (not a rate); every row is named the same way

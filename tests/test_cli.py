@@ -89,6 +89,14 @@ def test_workbook_missing_manifest_one_line(tmp_path, capsys):
     assert len(err) == 1 and "absent.csv does not exist" in err[0]
 
 
+@pytest.mark.parametrize("seeds", ["1", "1,1", "a,b", "-1,2"])
+def test_workbook_seeds_must_be_two_or_more_different_seeds(seeds, capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["workbook", "run", "--profile", "smoke", "--seeds", seeds])
+    assert code.value.code == 2
+    assert "--seeds" in capsys.readouterr().err
+
+
 def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as code:
         main([])

@@ -186,9 +186,10 @@ def test_section_lines(run):
         "| soft (2 seeds) | 0.350 [0.300, 0.400] |",
         "| retrieval (1 seed) | 0.400 [0.350, 0.450] |",
         f"Intervals: {METHOD}.",
-        "| metric | system | seed 0 | seed 1 |",
-        "| micro-F1 14 (unc. neg.) | soft | 0.300 | 0.400 |",
-        "| soft - none | micro-F1 14 (unc. neg.) | +0.100 | [0.050, 0.150] | 0.002 | 12 | 2 |",
+        "| metric | system | seed 0 | seed 1 | between-seed SD |",
+        "| micro-F1 14 (unc. neg.) | soft | 0.300 | 0.400 | 0.071 |",
+        "| soft - none | micro-F1 14 (unc. neg.) | +0.100 | [0.050, 0.150] | 0.002 | 12 | 2 "
+        "| n/a | n/a |",
         "Tests: paired bootstrap over studies, seeds pooled, 100 resamples.",
         "| finding | train prevalence | validate AUROC | test AUROC | validate side acc. | "
         "test side acc. | target |",

@@ -19,6 +19,7 @@ import pytest
 from cxrlib.base.errors import CxrError
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import PhantomSpec, prepare_phantom
+from cxrlib.experiment.ablation import interval_method
 from cxrlib.experiment.workbook import (
     PROFILES,
     collect_timings,
@@ -58,6 +59,20 @@ def manifest(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text("placeholder\n")
     return path
+
+
+def test_another_seed_set_reaches_the_notebooks_and_run_json(tmp_path, manifest):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    body = "from pathlib import Path\nPath(run_dir, 'seeds.txt').write_text(repr(seeds))\n"
+    _notebook(nbs / "01_a.ipynb", "run_dir = ''\nseeds = [0, 1, 2]", body)
+    run = tmp_path / "run"
+    run_workbook("smoke", out=run, notebooks=nbs, manifest=manifest, seeds=[100, 101, 102])
+    assert (run / "seeds.txt").read_text() == "[100, 101, 102]"
+    record = json.loads((run / "run.json").read_text())
+    assert record["parameters"]["seeds"] == [100, 101, 102]
+    with pytest.raises(CxrError, match="at least two different seeds"):
+        run_workbook("smoke", out=tmp_path / "r2", notebooks=nbs, manifest=manifest, seeds=[1, 1])
 
 
 def test_runs_in_order_with_declared_parameters_only(tmp_path, manifest):
@@ -498,9 +513,10 @@ def test_smoke_profile_runs_the_real_notebooks_on_a_phantom_set(tmp_path, monkey
     summary = pd.read_csv(ablation / "ablation_summary.csv")
     assert set(summary["system"]) == {"none", "soft", "strict", "retrieval", "most_frequent"}
     assert summary[summary["system"] == "soft"]["n_seeds"].max() == 3
-    assert set(summary["interval"]) == {
-        "95% percentile bootstrap over studies, seeds pooled, 50 resamples"
-    }
+    trained = summary[summary["system"].isin(["none", "soft", "strict"])]
+    assert set(trained["interval"]) == {interval_method(50)}
+    baselines = summary[summary["system"].isin(["retrieval", "most_frequent"])]
+    assert set(baselines["interval"]) == {"95% percentile bootstrap over studies, 50 resamples"}
     # the explorer, headless: one static view per mode of the same study
     explorer = nbformat.read(run / "notebooks" / "07_explorer.ipynb", as_version=4)
     html = [

@@ -12,19 +12,27 @@ broadest prior and layer ``L - 1`` the most focused one. Priors cross into the m
 as ``(B, L, P)`` with ``P = g * g`` patches in row-major order (row ``i``, column ``j``
 is patch ``i * g + j``), the order of the encoder's patch tokens.
 
-Schedules (:func:`schedule`), all in patch units:
+Schedules (:func:`schedule`). Sigmas are set as fractions of the image side, so that a
+grid of any size gets the same priors in image space: the published ones were chosen
+in patches of the published 32 x 32 grid (512 px, 16 px patches), and on the CPU
+preset's 8 x 8 grid the same numbers in patch units would make layer 0's blur wider
+than half the image, nearly flat, and its min-max normalisation would turn the rest
+into a gradient peaking on the top row, above the lungs. On a grid of ``g`` patches a
+fraction ``f`` is ``f g`` patches; the kernel is ``2 ceil(3 sigma) + 1`` patches.
 
 - ``"thesis"``: the published one (the project's METHOD.md): for layer ``l`` of
-  ``L``, kernel ``k = 3 + 2 (L - l)`` and ``sigma = (k - 1) / 6``, i.e. a radius of
-  exactly 3 sigma; for ``L = 12`` layer 0 has ``k = 27, sigma = 13/3`` and layer 11
-  ``k = 5, sigma = 2/3``.
+  ``L``, kernel ``k = 3 + 2 (L - l)`` and ``sigma = (k - 1) / 6`` patches of the
+  32-patch grid, i.e. a radius of exactly 3 sigma; for ``L = 12`` layer 0 has
+  ``k = 27, sigma = 13/3`` and layer 11 ``k = 5, sigma = 2/3`` on that grid
+  (fractions 13/96 and 1/48 of the side), scaled to ``g / 32`` on other grids.
 - ``"linear"`` (default): sigma linear in the layer index from ``sigma_start``
-  (layer 0) to ``sigma_end`` (last layer), kernel ``2 ceil(3 sigma) + 1``. The
-  defaults (13/3 -> 2/3) span the thesis range; with ``L = 12`` the two presets give
-  the same kernels and sigmas (to float rounding, 1e-15); with other ``L`` "linear"
-  keeps the end points fixed while "thesis" moves them (its layer-0 sigma is
-  ``(L + 1) / 3``).
-- ``"constant"``: the same ``sigma`` for every layer.
+  (layer 0) to ``sigma_end`` (last layer). The defaults (13/96 -> 1/48 of the side)
+  span the thesis range; with ``L = 12`` the two presets give the same kernels and
+  sigmas on any grid (to float rounding, 1e-15); with other ``L`` "linear" keeps the
+  end points fixed while "thesis" moves them (its layer-0 sigma is ``(L + 1) / 3``
+  patches of the 32-patch grid).
+- ``"constant"``: the same ``sigma`` for every layer (default 1/16 of the side: 2
+  patches of the 32-patch grid).
 - ``"none"``: no smoothing and no renormalisation: the grid mask (patch coverage
   fractions) repeated for every layer.
 
@@ -76,8 +84,13 @@ from cxrlib.data.manifest import Manifest, resolve, text_cell
 
 log = logging.getLogger(__name__)
 
-PRIORS_VERSION = 1
-"""Bumped whenever the computation changes, so caches written before are not read."""
+PRIORS_VERSION = 2
+"""Bumped whenever the computation changes, so caches written before are not read
+(2: sigmas as fractions of the image side, issue 25)."""
+
+PUBLISHED_GRID = 32
+"""Patches per side of the published model (512 px, 16 px patches): the grid the
+thesis schedule's kernels were stated in."""
 
 STRUCTURES: tuple[str, ...] = ("left_lung", "right_lung", "lungs", "heart")
 """Structures a prior can be built from; ``lungs`` is the union of both lungs."""
@@ -123,7 +136,8 @@ def patch_grid(image_size: int, patch_size: int) -> int:
 class PriorConfig:
     """Every setting that decides the priors' values (see the module docstring).
 
-    Sigmas are in patch units (1 = one encoder patch).
+    Sigmas are fractions of the image side (1 = the whole side), the same priors in
+    image space on any patch grid; :func:`schedule` gives them in patches.
     """
 
     structures: tuple[str, ...] = ("lungs", "heart")  # union of these, from STRUCTURES
@@ -131,9 +145,11 @@ class PriorConfig:
     num_layers: int = 12  # decoder layers L: one prior per layer (GPT-2 small: 12)
     image_size: int = 224  # encoder input side in px (published: 512)
     patch_size: int = 16  # encoder patch side in px (DINOv3 ViT-S/16)
-    sigma_start: float = 13 / 3  # linear: sigma of layer 0 (= thesis layer 0 for L=12)
-    sigma_end: float = 2 / 3  # linear: sigma of the last layer (= thesis layer 11)
-    sigma: float = 2.0  # constant: sigma of every layer
+    # linear: sigma of layer 0 and of the last layer, as fractions of the image side
+    # (= thesis layers 0 and 11 for L=12: 13/3 and 2/3 patches of the 32-patch grid)
+    sigma_start: float = 13 / 96
+    sigma_end: float = 1 / 48
+    sigma: float = 1 / 16  # constant: every layer's sigma, a fraction of the image side
     padding: str = "reflect"  # reflect | replicate | zeros (blur border handling)
 
     def __post_init__(self) -> None:
@@ -165,6 +181,12 @@ class PriorConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            if value > 1:
+                raise ValueError(
+                    f"{name} is a fraction of the image side (in (0, 1]; the published "
+                    f"layer 0 is 13/96 = 0.135), got {value!r}: sigmas in patches are "
+                    f"{name} x the grid (before priors version 2 they were in patches)"
+                )
 
     @property
     def grid(self) -> int:
@@ -232,7 +254,8 @@ def _kernel_size(sigma: float) -> int:
 
 
 def schedule(config: PriorConfig) -> list[tuple[int, float]]:
-    """Gaussian kernel size and sigma of every decoder layer.
+    """Gaussian kernel size and sigma of every decoder layer, in patches of the
+    config's grid (sigma = fraction of the side x grid; module docstring).
 
     Parameters
     ----------
@@ -247,28 +270,27 @@ def schedule(config: PriorConfig) -> list[tuple[int, float]]:
 
     Examples
     --------
-    >>> schedule(PriorConfig(schedule="thesis"))[0]
+    >>> schedule(PriorConfig(schedule="thesis", image_size=512))[0]
     (27, 4.333333333333333)
-    >>> schedule(PriorConfig(schedule="thesis"))[-1]
+    >>> schedule(PriorConfig(schedule="thesis", image_size=512))[-1]
     (5, 0.6666666666666666)
+    >>> schedule(PriorConfig(schedule="thesis", image_size=128))[0]  # 8 x 8 grid
+    (9, 1.0833333333333333)
     """
-    n = config.num_layers
+    n, grid = config.num_layers, config.grid
     if config.schedule == "none":
         return [(1, 0.0)] * n
     if config.schedule == "thesis":
-        out = []
-        for layer in range(n):
-            k = 3 + 2 * (n - layer)
-            out.append((k, (k - 1) / 6))
-        return out
-    if config.schedule == "constant":
-        return [(_kernel_size(config.sigma), float(config.sigma))] * n
-    # linear
-    if n == 1:
-        sigmas = [float(config.sigma_start)]
+        # (k - 1) / 6 patches of the 32-patch grid, as a fraction: (k - 1) / (6 * 32)
+        fractions = [(2 + 2 * (n - layer)) / (6 * PUBLISHED_GRID) for layer in range(n)]
+    elif config.schedule == "constant":
+        fractions = [float(config.sigma)] * n
+    elif n == 1:
+        fractions = [float(config.sigma_start)]
     else:
         a, z = config.sigma_start, config.sigma_end
-        sigmas = [float((a * (n - 1 - layer) + z * layer) / (n - 1)) for layer in range(n)]
+        fractions = [float((a * (n - 1 - layer) + z * layer) / (n - 1)) for layer in range(n)]
+    sigmas = [f * grid for f in fractions]
     return [(_kernel_size(s), s) for s in sigmas]
 
 
@@ -634,6 +656,52 @@ def masks_to_priors(
     union = combine_structures(masks, config.structures)
     grid_masks = downsample_to_grid(union, config.grid)
     return layer_priors(grid_masks, config, image_ids=image_ids, return_empty=return_empty)
+
+
+def prior_placement(priors: torch.Tensor, grid_masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where each layer's prior points, against the anatomy it was made from.
+
+    Parameters
+    ----------
+    priors : Tensor (B, L, g*g)
+        :func:`layer_priors` of ``grid_masks``.
+    grid_masks : Tensor (B, g, g)
+        The patch coverage of the structures (:func:`downsample_to_grid`).
+
+    Returns
+    -------
+    dict of str to Tensor
+        ``peak_on_anatomy`` (B, L) bool: every patch where the layer reaches its
+        maximum is covered by the structures; ``centroid_in_box`` (B, L) bool: the
+        layer's mass centroid (patch units, ``sum(p * (row, col)) / sum(p)``) lies in
+        the bounding box of the covered patches; ``centroid`` (B, L, 2). Images without
+        anatomy count as placed (their priors are all ones, i.e. unbiased).
+    """
+    b, n_layers, p = priors.shape
+    g = grid_masks.shape[-1]
+    if p != g * g:
+        raise ValueError(f"priors have {p} patches per layer but the grid masks are {g} x {g}")
+    covered = (grid_masks > 0).reshape(b, 1, p)
+    peak = priors >= priors.amax(dim=-1, keepdim=True) - _CONSTANT_EPS
+    on = ~(peak & ~covered).any(dim=-1)
+    rows = torch.arange(g, dtype=torch.float64).repeat_interleave(g)
+    cols = torch.arange(g, dtype=torch.float64).repeat(g)
+    weights = priors.double()
+    mass = weights.sum(-1).clamp_min(1e-12)
+    centroid = (
+        torch.stack([(weights * rows).sum(-1), (weights * cols).sum(-1)], -1) / mass[..., None]
+    )
+    inside = torch.ones(b, n_layers, dtype=torch.bool)
+    for i in range(b):
+        cells = torch.nonzero(grid_masks[i] > 0)
+        if len(cells) == 0:
+            continue
+        (r0, c0), (r1, c1) = cells.amin(0).double(), cells.amax(0).double()
+        cy, cx = centroid[i, :, 0], centroid[i, :, 1]
+        inside[i] = (cy >= r0) & (cy <= r1) & (cx >= c0) & (cx <= c1)
+    empty = ~covered.reshape(b, p).any(-1)
+    on[empty] = True
+    return {"peak_on_anatomy": on, "centroid_in_box": inside, "centroid": centroid}
 
 
 # --- priors for a manifest ---------------------------------------------------------------

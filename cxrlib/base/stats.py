@@ -22,15 +22,18 @@ Conventions:
   the two systems' outputs of every item with probability 1/2 (approximate randomisation,
   Noreen 1989); ``p = (1 + #{|d*| >= |d|}) / (B + 1)``, two-sided; identical systems
   give ``p = 1``.
-- **Seeds pooled** (:func:`bootstrap_seed_mean`): the mean of a metric over ``k`` runs
-  (seeds) scored on the same items, with a percentile bootstrap interval whose resamples
-  draw the items (studies) once and score every run on them; each resampled value is
-  the mean over the runs, so a metric bounded in [0, 1] keeps its interval in [0, 1].
+- **Runs and studies** (:func:`resample_runs`, :class:`RunSamples`): a mean over ``k``
+  training runs (seeds), or a difference of two such means paired by seed, with an
+  interval that counts the variance between runs as well as the test set's:
+  ``value +- t(df) sqrt(sd_runs^2 / k + se_studies^2)``, ``se_studies`` the SD of the
+  seed mean over study resamples (every run rescored on each), Welch-Satterthwaite df,
+  clipped to the metric's range; the ablation's intervals and tests (``docs/evaluation.md``,
+  "Intervals of the ablation").
 - **Mean of finite values** (:func:`bootstrap_mean_ci`): the mean of the finite entries
   of a 1-D array (per-image Dice, HD95) with :func:`bootstrap`'s interval.
 - **Seeds** (:func:`aggregate_seeds`): mean, sample standard deviation (ddof 1) and the
   Student-t interval ``mean +- t_{(1+c)/2, k-1} sd / sqrt(k)`` over ``k`` runs (with
-  3 runs of a rate it can leave [0, 1]; the ablation reports :func:`bootstrap_seed_mean`).
+  3 runs of a rate it can leave [0, 1]).
 
 Every result records ``n`` (items, or runs for seeds) and its interval.
 """
@@ -52,10 +55,13 @@ __all__ = [
     "bootstrap",
     "bootstrap_many",
     "bootstrap_mean_ci",
-    "bootstrap_seed_mean",
+    "RunSamples",
+    "RunStudyResult",
     "paired_bootstrap_test",
     "paired_permutation_test",
     "resample_indices",
+    "resample_runs",
+    "runs_and_studies_interval",
 ]
 
 Metric = Callable[[np.ndarray], float]
@@ -279,72 +285,6 @@ def bootstrap_many(
     return out
 
 
-def bootstrap_seed_mean(
-    metrics: Sequence[MultiMetric],
-    n: int,
-    *,
-    n_resamples: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
-    groups: Sequence[object] | np.ndarray | None = None,
-    progress: bool = False,
-    desc: str = "bootstrap, seeds pooled",
-) -> dict[str, BootstrapResult]:
-    """Mean of metrics over runs (seeds) with a bootstrap over items, the runs pooled.
-
-    Every run scored the same ``n`` items in the same order. Each resample draws the
-    items (or ``groups``, e.g. studies) once, computes every run's metrics on them and
-    averages over the runs; the interval is the percentile interval of those averages
-    (:func:`bootstrap_many` draws the resamples). Runs where a metric is NaN on a
-    resample are left out of that resample's average (NaN when all are). The value is
-    the mean over runs on all items, so a metric in [0, 1] keeps value and interval
-    in [0, 1], however few runs and however different.
-
-    Parameters
-    ----------
-    metrics : sequence of callables
-        One ``metric(idx) -> {name: value}`` per run (see the module docstring); every
-        call of every run must give the same names.
-    n, n_resamples, seed, confidence, groups, progress
-        As for :func:`bootstrap_many`.
-
-    Returns
-    -------
-    dict of str to BootstrapResult
-        One result per metric name (``n``: items per run).
-
-    Examples
-    --------
-    >>> x = [np.array([0.0, 1.0]), np.array([1.0, 1.0])]
-    >>> runs = [lambda idx, v=v: {"acc": float(v[idx].mean())} for v in x]
-    >>> r = bootstrap_seed_mean(runs, 2, n_resamples=1000, seed=0)["acc"]
-    >>> r.value, r.ci_low, r.ci_high
-    (0.75, 0.5, 1.0)
-    """
-    if not metrics:
-        raise ValueError("bootstrap_seed_mean needs at least one run")
-
-    def mean_over_runs(idx: np.ndarray) -> dict[str, float]:
-        per_run = [run(idx) for run in metrics]
-        out = {}
-        for key in per_run[0]:
-            values = np.array([float(v[key]) for v in per_run])
-            finite = values[~np.isnan(values)]
-            out[key] = float(finite.mean()) if finite.size else math.nan
-        return out
-
-    return bootstrap_many(
-        mean_over_runs,
-        n,
-        n_resamples=n_resamples,
-        seed=seed,
-        confidence=confidence,
-        groups=groups,
-        progress=progress,
-        desc=desc,
-    )
-
-
 def bootstrap(
     metric: Metric,
     n: int,
@@ -541,3 +481,297 @@ def aggregate_seeds(values: Sequence[float], confidence: float = 0.95) -> SeedSu
     return SeedSummary(
         mean, sd, mean - half, mean + half, int(arr.size), tuple(arr.tolist()), confidence
     )
+
+
+# --- runs and studies: intervals that count training variance ------------------------
+
+RUNS_AND_STUDIES = "runs and studies"
+"""Name of :func:`runs_and_studies`' method, as the ablation's tables and docs name it."""
+
+
+@dataclass(frozen=True)
+class RunStudyResult:
+    """A mean over training runs (or a difference of two such means) with an interval
+    that counts both the variance between runs and the test set's.
+
+    Attributes
+    ----------
+    value : float
+        The mean over runs of the metric on all items (a difference: of the two means).
+    ci_low, ci_high : float
+        ``value +- t_{(1+c)/2, df} se``, clipped to the metric's bounds (clipping loses
+        no coverage: the true value lies within them). NaN with fewer than two finite runs.
+    p_value : float
+        Two-sided p-value of "the true value is 0" (differences; NaN for a mean).
+    sd_runs : float
+        Sample SD (ddof 1) between runs: of the per-run values, or of the per-seed paired
+        differences.
+    sd_independent : float
+        A difference only: ``sqrt(sd_a^2 + sd_b^2)``, the SD a difference of two
+        independent runs would have; compare with ``sd_runs`` to see what pairing by
+        seed saves. NaN for a mean.
+    se_runs, se_studies, se : float
+        Standard errors: between runs (``sd_runs / sqrt(k)``, Welch's for unpaired
+        differences), of the test set (SD of the resampled means over runs, runs held
+        fixed) and combined, ``sqrt(se_runs^2 + se_studies^2)``.
+    df : float
+        Welch-Satterthwaite degrees of freedom of ``se`` (the study part counted as
+        known: ``se^4 / sum(se_part^4 / df_part)``).
+    n_runs : int
+        Runs per system (paired: pairs) with a finite value.
+    n, n_resamples, seed : int
+        Items per run, study resamples and the generator seed.
+    """
+
+    value: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    sd_runs: float
+    sd_independent: float
+    se_runs: float
+    se_studies: float
+    se: float
+    df: float
+    n_runs: int
+    n: int
+    n_resamples: int
+    seed: int
+    confidence: float = 0.95
+    method: str = RUNS_AND_STUDIES
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+def runs_and_studies_interval(
+    estimate: float,
+    run_parts: Sequence[tuple[np.ndarray, float]],
+    resampled: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+    difference: bool = False,
+) -> tuple[float, float, float, float, float, float, float]:
+    """The interval arithmetic of :func:`runs_and_studies`.
+
+    ``run_parts``: ``(values, sign)`` per group of runs whose spread counts (one group for
+    a mean or a paired difference, two for an unpaired difference); ``resampled``: the
+    estimate on study resamples with the runs held fixed. Returns ``(ci_low, ci_high,
+    p_value, se_runs, se_studies, se, df)``.
+    """
+    from scipy import stats as sps
+
+    nan7 = (math.nan,) * 7
+    terms = []
+    for values, _ in run_parts:
+        v = np.asarray(values, dtype=float)
+        v = v[np.isfinite(v)]
+        if v.size < 2 or not math.isfinite(estimate):
+            return nan7
+        terms.append((float(v.var(ddof=1)) / v.size, v.size - 1))
+    finite = resampled[np.isfinite(resampled)]
+    var_studies = float(finite.var(ddof=1)) if finite.size > 1 else 0.0
+    var_runs = sum(t for t, _ in terms)
+    var = var_runs + var_studies
+    se = math.sqrt(var)
+    denominator = sum(t * t / d for t, d in terms)
+    df = var * var / denominator if denominator > 0 else math.inf
+    if se == 0:
+        low = high = estimate
+        p = (1.0 if estimate == 0 else 0.0) if difference else math.nan
+    else:
+        q = (
+            float(sps.t.ppf((1 + confidence) / 2, df))
+            if math.isfinite(df)
+            else float(sps.norm.ppf((1 + confidence) / 2))
+        )
+        low, high = estimate - q * se, estimate + q * se
+        p = float(2 * sps.t.sf(abs(estimate) / se, df)) if difference else math.nan
+    low, high = max(low, bounds[0]), min(high, bounds[1])
+    return low, high, p, math.sqrt(var_runs), math.sqrt(var_studies), se, df
+
+
+class RunSamples:
+    """Every run of every system scored on the same study resamples
+    (:func:`resample_runs`); :meth:`mean` and :meth:`difference` give the
+    :class:`RunStudyResult` of a system or of a comparison, for any metric key."""
+
+    def __init__(self, observed, samples, n: int, n_resamples: int, seed: int, groups):
+        self.observed = observed  # system -> key -> (k,) per-run values on all items
+        self.samples = samples  # system -> key -> (B, k) per-run values on each resample
+        self.n, self.n_resamples, self.seed = n, n_resamples, seed
+        self.n_groups = groups
+
+    def keys(self, system: str) -> list[str]:
+        """The metric names of ``system``."""
+        return list(self.observed[system])
+
+    def mean(
+        self,
+        system: str,
+        key: str,
+        *,
+        confidence: float = 0.95,
+        bounds: tuple[float, float] = (-math.inf, math.inf),
+    ) -> RunStudyResult:
+        """The mean over ``system``'s runs of ``key`` (runs where it is NaN left out)."""
+        runs = self.observed[system][key]
+        ok = np.isfinite(runs)
+        value = float(runs[ok].mean()) if ok.any() else math.nan
+        resampled = _nanmean_rows(self.samples[system][key][:, ok])
+        low, high, _, se_r, se_s, se, df = runs_and_studies_interval(
+            value, [(runs[ok], 1.0)], resampled, confidence=confidence, bounds=bounds
+        )
+        sd = float(runs[ok].std(ddof=1)) if ok.sum() > 1 else math.nan
+        return RunStudyResult(
+            value,
+            low,
+            high,
+            math.nan,
+            sd,
+            math.nan,
+            se_r,
+            se_s,
+            se,
+            df,
+            int(ok.sum()),
+            self.n,
+            self.n_resamples,
+            self.seed,
+            confidence,
+        )
+
+    def percentile(self, system: str, key: str, confidence: float = 0.95) -> BootstrapResult:
+        """The percentile bootstrap interval over studies of a deterministic system (one
+        run: nothing varies between runs)."""
+        runs = self.observed[system][key]
+        if runs.size != 1:
+            raise ValueError(f"{system} has {runs.size} runs; a deterministic system has one")
+        low, high = _interval(self.samples[system][key][:, 0], confidence)
+        return BootstrapResult(
+            float(runs[0]),
+            low,
+            high,
+            self.n,
+            self.n_resamples,
+            self.seed,
+            confidence,
+            int(np.isnan(self.samples[system][key][:, 0]).sum()),
+            self.n_groups,
+        )
+
+    def difference(
+        self,
+        a: str,
+        b: str,
+        key: str,
+        *,
+        paired: bool = True,
+        confidence: float = 0.95,
+        bounds: tuple[float, float] = (-math.inf, math.inf),
+    ) -> RunStudyResult:
+        """Mean of ``a`` minus mean of ``b`` on ``key``. ``paired``: run ``i`` of ``a``
+        and run ``i`` of ``b`` share a seed (initialisation, batch order), so the
+        per-seed differences are the runs' unit; else Welch's two groups."""
+        ra, rb = self.observed[a][key], self.observed[b][key]
+        sa, sb = self.samples[a][key], self.samples[b][key]
+        sd_a = float(ra[np.isfinite(ra)].std(ddof=1)) if np.isfinite(ra).sum() > 1 else math.nan
+        sd_b = float(rb[np.isfinite(rb)].std(ddof=1)) if np.isfinite(rb).sum() > 1 else math.nan
+        if paired:
+            if ra.size != rb.size:
+                raise ValueError(f"paired runs: {a} has {ra.size} runs and {b} {rb.size}")
+            ok = np.isfinite(ra) & np.isfinite(rb)
+            d = ra[ok] - rb[ok]
+            value = float(d.mean()) if d.size else math.nan
+            resampled = _nanmean_rows(sa[:, ok] - sb[:, ok])
+            parts = [(d, 1.0)]
+            sd = float(d.std(ddof=1)) if d.size > 1 else math.nan
+            k = int(ok.sum())
+        else:
+            oka, okb = np.isfinite(ra), np.isfinite(rb)
+            value = float(ra[oka].mean() - rb[okb].mean()) if oka.any() and okb.any() else math.nan
+            resampled = _nanmean_rows(sa[:, oka]) - _nanmean_rows(sb[:, okb])
+            parts = [(ra[oka], 1.0), (rb[okb], -1.0)]
+            sd = math.nan
+            k = int(min(oka.sum(), okb.sum()))
+        low, high, p, se_r, se_s, se, df = runs_and_studies_interval(
+            value, parts, resampled, confidence=confidence, bounds=bounds, difference=True
+        )
+        return RunStudyResult(
+            value,
+            low,
+            high,
+            p,
+            sd,
+            math.hypot(sd_a, sd_b),
+            se_r,
+            se_s,
+            se,
+            df,
+            k,
+            self.n,
+            self.n_resamples,
+            self.seed,
+            confidence,
+        )
+
+
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    """Row means of a (B, k) array over its finite entries (NaN where a row has none)."""
+    ok = np.isfinite(values)
+    counts = ok.sum(1)
+    totals = np.where(ok, values, 0.0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, totals / np.maximum(counts, 1), math.nan)
+
+
+def resample_runs(
+    systems: Mapping[str, Sequence[MultiMetric]],
+    n: int,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    groups: Sequence[object] | np.ndarray | None = None,
+    progress: bool = False,
+    desc: str = "bootstrap over studies",
+) -> RunSamples:
+    """Score every run of every system on all items and on the same study resamples.
+
+    Parameters
+    ----------
+    systems : mapping
+        System name -> one ``metric(idx) -> {name: value}`` per run (seed), every run
+        scored on the same ``n`` items in the same order (see the module docstring).
+    n, n_resamples, seed, groups, progress
+        As for :func:`bootstrap_many`; every system and run sees the same resamples.
+
+    Returns
+    -------
+    RunSamples
+        Ask it for a system's :meth:`~RunSamples.mean` or a comparison's
+        :meth:`~RunSamples.difference`.
+    """
+    _check(n, max(n_resamples, 1), 0.95)
+    if not systems or any(len(runs) == 0 for runs in systems.values()):
+        raise ValueError("resample_runs needs at least one run per system")
+    full = np.arange(n)
+    per_run = {name: [run(full) for run in runs] for name, runs in systems.items()}
+    observed = {
+        name: {key: np.array([float(v[key]) for v in values]) for key in values[0]}
+        for name, values in per_run.items()
+    }
+    samples = {
+        name: {key: np.full((n_resamples, len(systems[name])), math.nan) for key in obs}
+        for name, obs in observed.items()
+    }
+    indices = resample_indices(n, n_resamples, seed, groups)
+    for b, idx in enumerate(_progress(indices, n_resamples, progress, desc)):
+        for name, runs in systems.items():
+            for r, run in enumerate(runs):
+                for key, value in run(idx).items():
+                    if key in samples[name]:
+                        samples[name][key][b, r] = float(value)
+    n_groups = None if groups is None else int(pd.Series(list(groups), dtype=object).nunique())
+    return RunSamples(observed, samples, n, n_resamples, seed, n_groups)

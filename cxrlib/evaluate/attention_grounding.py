@@ -66,7 +66,7 @@ from cxrlib.anatomy.priors import downsample_to_grid
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
 from cxrlib.base.masks import load_mask, read_finding_mask
-from cxrlib.base.stats import bootstrap_many
+from cxrlib.base.stats import bootstrap_many, resample_runs
 from cxrlib.data.dataset import image_inputs
 from cxrlib.data.manifest import (
     FINDING_MASK_COLUMN,
@@ -516,6 +516,82 @@ def summarise(
     return pd.DataFrame(rows + empty, columns=[*by, *SUMMARY_COLUMNS])
 
 
+def _share_metric(values: np.ndarray, code: np.ndarray, n_studies: int):
+    """``metric(idx) -> {target: mean share}`` of one run's sentences (``values``, one
+    row per sentence, study ``code``) when the studies ``idx`` are drawn (with repeats)."""
+
+    def metric(idx: np.ndarray) -> dict[str, float]:
+        weight = np.bincount(idx, minlength=n_studies)[code].astype(float)
+        ok = ~np.isnan(values)
+        total = (np.where(ok, values, 0.0) * weight[:, None]).sum(0)
+        n = (ok * weight[:, None]).sum(0)
+        return {t: total[k] / n[k] if n[k] else math.nan for k, t in enumerate(TARGETS)}
+
+    return metric
+
+
+def summarise_modes(
+    sentences: pd.DataFrame,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    expected: Sequence[tuple[str, str]] = (),
+) -> pd.DataFrame:
+    """Per mode, layer group and target: the mean over the mode's runs (seeds) of each
+    run's mean share, with the runs-and-studies interval
+    (:meth:`cxrlib.base.stats.RunSamples.mean`: between-seed and test-set variance,
+    studies resampled together across runs; clipped to [0, 1]).
+
+    ``sentences`` holds :data:`SENTENCE_COLUMNS` plus ``mode`` and ``seed``; ``expected``
+    lists ``(mode, layer group)`` pairs that must have rows without any sentence.
+    Returns ``mode``, then :data:`SUMMARY_COLUMNS` (``n_sentences`` pooled over runs).
+    """
+    rows = []
+    seen = set()
+    for (mode, group), part in sentences.groupby(["mode", "layer_group"], sort=False):
+        seen.add((mode, group))
+        codes, studies = pd.factorize(part["study_id"].map(str))
+        n_studies = len(studies)
+        runs = []
+        for _, run in part.assign(code=codes).groupby("seed", sort=True):
+            values = run[list(TARGETS)].to_numpy(dtype=np.float64)
+
+            runs.append(_share_metric(values, run["code"].to_numpy(), n_studies))
+        samples = resample_runs({mode: runs}, n_studies, n_resamples=max(n_bootstrap, 1), seed=seed)
+        chance = part[[f"{t}_chance" for t in TARGETS]].to_numpy(dtype=np.float64)
+        have = ~np.isnan(part[list(TARGETS)].to_numpy(dtype=np.float64))
+        for k, target in enumerate(TARGETS):
+            r = samples.mean(mode, target, bounds=(0.0, 1.0))
+            n = int(have[:, k].sum())
+            rows.append(
+                {
+                    "mode": mode,
+                    "layer_group": group,
+                    "target": target,
+                    "mean": r.value,
+                    "ci_low": r.ci_low if n_bootstrap > 0 else math.nan,
+                    "ci_high": r.ci_high if n_bootstrap > 0 else math.nan,
+                    "n_sentences": n,
+                    "n_studies": int(pd.unique(codes[have[:, k]]).size),
+                    "chance": float(chance[have[:, k], k].mean()) if n else math.nan,
+                }
+            )
+    empty = [
+        {
+            "mode": mode,
+            "layer_group": group,
+            "target": target,
+            **dict.fromkeys(("mean", "ci_low", "ci_high", "chance"), math.nan),
+            "n_sentences": 0,
+            "n_studies": 0,
+        }
+        for mode, group in expected
+        if (mode, group) not in seen
+        for target in TARGETS
+    ]
+    return pd.DataFrame(rows + empty, columns=["mode", *SUMMARY_COLUMNS])
+
+
 @dataclass
 class AttentionGrounding:
     """Per-sentence shares, their summary and how they were obtained.
@@ -791,9 +867,9 @@ def ablation_attention(
         The manifest; without lung masks nothing is computed.
     folder : path-like
         The ablation folder: each run's two files go to ``evaluation/<run>/``, the
-        pooled table to :data:`ABLATION_FILE` (``mode``, then :data:`SUMMARY_COLUMNS`,
-        then ``n_runs``, ``max_studies``, ``capped``); the seeds of a mode are pooled,
-        resampled by study (all seeds' sentences of a study together).
+        per-mode table to :data:`ABLATION_FILE` (``mode``, then :data:`SUMMARY_COLUMNS`,
+        then ``n_runs``, ``max_studies``, ``capped``; :func:`summarise_modes`: the mean
+        over seeds with an interval counting the seeds' spread and the studies').
 
     Returns
     -------
@@ -826,8 +902,8 @@ def ablation_attention(
         if r[0] == m
         for g in settings[name]["layer_groups"]
     ]
-    table = summarise(
-        sentences, by=("mode",), n_bootstrap=n_bootstrap, expected=list(dict.fromkeys(expected))
+    table = summarise_modes(
+        sentences, n_bootstrap=n_bootstrap, expected=list(dict.fromkeys(expected))
     )
     order = {m: i for i, m in enumerate(modes)}
     table = table.sort_values("mode", key=lambda c: c.map(order), kind="stable")

@@ -232,12 +232,14 @@ def _per_seed_markdown(results: pd.DataFrame) -> list[str]:
         return []
     part["seed"] = part["seed"].astype(float).astype(int)
     wide = part.pivot_table(index=["metric", "system"], columns="seed", values="value", sort=False)
-    lines = ["", "**Per seed**:", ""]
-    lines += [f"| metric | system | {' | '.join(f'seed {s}' for s in wide.columns)} |"]
-    lines += ["| --- | --- |" + " ---: |" * len(wide.columns)]
+    lines = ["", "**Per seed** (and the between-seed SD, ddof 1):", ""]
+    seeds = " | ".join(f"seed {s}" for s in wide.columns)
+    lines += [f"| metric | system | {seeds} | between-seed SD |"]
+    lines += ["| --- | --- |" + " ---: |" * (len(wide.columns) + 1)]
     for (metric, system), row in wide.iterrows():
         values = " | ".join(_cell(v) for v in row.tolist())
-        lines.append(f"| {SHORT_NAMES.get(metric, metric)} | {system} | {values} |")
+        sd = row.dropna().std(ddof=1) if row.notna().sum() > 1 else math.nan
+        lines.append(f"| {SHORT_NAMES.get(metric, metric)} | {system} | {values} | {_cell(sd)} |")
     return lines
 
 
@@ -249,16 +251,21 @@ def _tests_markdown(tests: pd.DataFrame, n_bootstrap: object) -> list[str]:
         "",
         "**Paired tests against `none`** (delta of the metric, 95% interval, two-sided p):",
         "",
-        "| comparison | metric | delta | 95% interval | p | studies | seeds |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
+        "| comparison | metric | delta | 95% interval | p | studies | seeds "
+        "| SD of paired differences | SD if independent |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for t in tests.itertuples(False):
+        sds = (getattr(t, "sd_paired", math.nan), getattr(t, "sd_independent", math.nan))
         lines.append(
             f"| {t.comparison} | {SHORT_NAMES.get(t.metric, t.metric)} | {t.delta:+.3f} | "
-            f"[{t.ci_low:.3f}, {t.ci_high:.3f}] | {t.p_value:.3f} | {t.n_studies} | {t.seeds} |"
+            f"[{t.ci_low:.3f}, {t.ci_high:.3f}] | {t.p_value:.3f} | {t.n_studies} | {t.seeds} "
+            f"| {_cell(sds[0])} | {_cell(sds[1])} |"
         )
     if "test" in tests.columns:
-        lines += ["", f"Tests: {'; '.join(dict.fromkeys(tests['test']))}, {n_bootstrap} resamples."]
+        named = "; ".join(dict.fromkeys(tests["test"]))
+        resamples = "" if "resamples" in named else f", {n_bootstrap} resamples"
+        lines += ["", f"Tests: {named}{resamples}."]
     return lines
 
 
@@ -306,18 +313,22 @@ def _reference(settings: dict) -> str:
 def _interval_method(summary: pd.DataFrame) -> str:
     """How the summary's intervals were drawn (its ``interval`` column)."""
     if "interval" in summary.columns:
-        methods = [m for m in dict.fromkeys(summary["interval"].dropna()) if "bootstrap" in m]
+        named = dict.fromkeys(summary["interval"].dropna())
+        methods = [m for m in named if not m.startswith(("none", "no intervals"))]
         return "; ".join(methods) or interval_method(0)
     return "Student-t 95% interval over seeds (a summary written before the bootstrap)"
 
 
-def _data(record: dict) -> str:
-    """The manifest and the epochs of each decoder run, when recorded."""
+def _data(record: dict, settings: dict | None = None) -> str:
+    """The manifest and the epochs of each decoder run, when recorded (the profile's
+    parameter, else the ablation's run config)."""
     data = ""
     if record.get("manifest"):
         manifest = Path(record["manifest"])
         data += f" on `{manifest.parent.name}/{manifest.name}`"
     epochs = record.get("profile", {}).get("parameters", {}).get("epochs")
+    if epochs is None:
+        epochs = ((settings or {}).get("config") or {}).get("train", {}).get("epochs")
     if epochs is not None:
         data += f", {epochs} epoch{'s' if epochs != 1 else ''} per decoder run"
     return data
@@ -334,7 +345,7 @@ def _head_markdown(
     studies = int(summary["n_studies"].max())
     seeds = int(modes["n_seeds"].max()) if len(modes) else 0
     method = _interval_method(summary)
-    data = _data(record)
+    data = _data(record, settings)
     return [
         GENERATED,
         "",

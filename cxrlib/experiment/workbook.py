@@ -22,6 +22,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,9 +99,10 @@ PROFILES: dict[str, Profile] = {
             "segmenter_image_size": 192,
             "n_examples": 4,
             "n_bootstrap": 1000,
-            # 9 decoder runs (3 modes x 3 seeds) must fit the 30-minute budget on 2
-            # cores: one epoch each (cxr train --profile default trains 4)
-            "epochs": 1,
+            # None: the training profile's epochs (4, ending at learning rate 0): one
+            # epoch per run left the decoders far from what they learn (issue 25,
+            # README "Choosing the decoder budget")
+            "epochs": None,
             "seeds": [0, 1, 2],
         },
         publish_figures=True,
@@ -158,6 +160,7 @@ def run_workbook(
     cache: str | os.PathLike | None = None,
     manifest: str | os.PathLike | None = None,
     wingspan: str | os.PathLike | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> RunResult:
     """Execute the workbook's notebooks in order under ``profile``.
 
@@ -177,6 +180,9 @@ def run_workbook(
     wingspan : path-like, optional
         The Wingspan folder the segmenter trains on; default ``../shared/data/wingspan``
         beside the checkout when present, else the notebook falls back to the manifest.
+    seeds : sequence of int, optional
+        The ablation's seeds instead of the profile's (e.g. a disjoint set, to see
+        whether its verdict survives other training runs); recorded in ``run.json``.
 
     Returns
     -------
@@ -219,8 +225,13 @@ def run_workbook(
     write_json_atomic(run_dir / "run.json", record, default=str)
     manifest_path, record["phantom"] = run_manifest(prof, manifest, cache_dir, since)
     record["manifest"] = str(manifest_path)
+    if seeds is not None:
+        seeds = [int(s) for s in seeds]
+        if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+            raise CxrError(f"--seeds: give at least two different seeds (got {seeds})")
     record["parameters"] = {
         **prof.parameters,
+        **({"seeds": seeds} if seeds is not None else {}),
         "profile": prof.name,
         "manifest": str(manifest_path),
         "figures_dir": str(run_dir / "figures"),

@@ -135,9 +135,12 @@ class PriorsConfig:
     structures: list[str] = field(default_factory=lambda: ["lungs", "heart"])
     # thesis | linear | constant | none (see cxrlib.anatomy.priors)
     schedule: str = "linear"
-    sigma_start: float = 13 / 3
-    sigma_end: float = 2 / 3
-    sigma: float = 2.0
+    # sigmas as fractions of the image side (any grid gets the published priors in
+    # image space): linear from sigma_start (layer 0) to sigma_end (last layer), 13/3
+    # and 2/3 patches of the published 32-patch grid; constant: sigma, 2 patches of it
+    sigma_start: float = 13 / 96
+    sigma_end: float = 1 / 48
+    sigma: float = 1 / 16
     padding: str = "reflect"
     # where masks come from: auto (manifest masks, else segmenter, else uniform),
     # manifest, segmenter or none (uniform priors)

@@ -2,6 +2,7 @@
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from cxrlib import cli
 from cxrlib.anatomy import priors, segmenter
 from cxrlib.anatomy.priors import (
     PRIORS_VERSION,
+    PUBLISHED_GRID,
     PriorConfig,
     blur_matrices,
     combine_structures,
@@ -22,6 +24,7 @@ from cxrlib.anatomy.priors import (
     layer_priors,
     masks_to_priors,
     patch_grid,
+    prior_placement,
     priors_for_manifest,
     schedule,
 )
@@ -64,7 +67,8 @@ def test_patch_grid():
 
 
 def test_thesis_schedule_is_the_published_one_for_12_layers():
-    sched = schedule(PriorConfig(schedule="thesis", num_layers=12))
+    # the published 32 x 32 grid (512 px, 16 px patches): the published numbers
+    sched = schedule(PriorConfig(schedule="thesis", num_layers=12, image_size=512))
     assert len(sched) == 12
     assert sched[0] == (27, 26 / 6)
     assert sched[0][1] == pytest.approx(4.3333333333)
@@ -76,23 +80,39 @@ def test_thesis_schedule_is_the_published_one_for_12_layers():
     assert [k for k, _ in sched] == [27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5]
 
 
+@pytest.mark.parametrize("grid", [8, 14, 32, 64])
+def test_sigmas_are_the_same_fraction_of_the_image_on_every_grid(grid):
+    # the published sigmas in image space: sigma / grid is the same on every grid
+    for name in ("thesis", "linear", "constant"):
+        config = PriorConfig(schedule=name, image_size=16 * grid)
+        published = PriorConfig(schedule=name, image_size=16 * PUBLISHED_GRID)
+        fractions = [s / grid for _, s in schedule(config)]
+        expected = [s / PUBLISHED_GRID for _, s in schedule(published)]
+        assert fractions == pytest.approx(expected, rel=1e-12)
+        for k, sigma in schedule(config):
+            assert k == 2 * math.ceil(3 * sigma - 1e-9) + 1  # radius 3 sigma, rounded up
+
+
 def test_thesis_schedule_scales_with_the_number_of_layers():
-    sched = schedule(PriorConfig(schedule="thesis", num_layers=4))
+    sched = schedule(PriorConfig(schedule="thesis", num_layers=4, image_size=512))
     assert [k for k, _ in sched] == [11, 9, 7, 5]
     assert sched[0][1] == pytest.approx(5 / 3)
 
 
 def test_linear_default_spans_the_thesis_range_and_equals_it_for_12_layers():
-    linear = schedule(PriorConfig())
-    thesis = schedule(PriorConfig(schedule="thesis"))
-    assert [k for k, _ in linear] == [k for k, _ in thesis]
-    assert [s for _, s in linear] == pytest.approx([s for _, s in thesis], abs=1e-12)
-    custom = schedule(PriorConfig(sigma_start=3.0, sigma_end=1.0, num_layers=3))
-    assert custom == [(19, 3.0), (13, 2.0), (7, 1.0)]
+    for image_size in (128, 224, 512):
+        linear = schedule(PriorConfig(image_size=image_size))
+        thesis = schedule(PriorConfig(schedule="thesis", image_size=image_size))
+        assert [k for k, _ in linear] == [k for k, _ in thesis]
+        assert [s for _, s in linear] == pytest.approx([s for _, s in thesis], abs=1e-12)
+    # fractions 3/32, 2/32, 1/32 of a 32-patch grid: 3, 2 and 1 patches
+    custom = PriorConfig(sigma_start=3 / 32, sigma_end=1 / 32, num_layers=3, image_size=512)
+    assert schedule(custom) == [(19, 3.0), (13, 2.0), (7, 1.0)]
 
 
 def test_constant_and_none_schedules():
-    assert schedule(PriorConfig(schedule="constant", sigma=1.5, num_layers=3)) == [(11, 1.5)] * 3
+    constant = PriorConfig(schedule="constant", sigma=1.5 / 32, num_layers=3, image_size=512)
+    assert schedule(constant) == [(11, 1.5)] * 3
     assert schedule(PriorConfig(schedule="none", num_layers=2)) == [(1, 0.0), (1, 0.0)]
 
 
@@ -115,6 +135,7 @@ def test_gaussian_kernel():
         ({"num_layers": 0}, "num_layers must be a positive integer"),
         ({"image_size": 100}, "not a multiple of patch_size"),
         ({"sigma_end": 0.0}, "sigma_end must be a positive finite number"),
+        ({"sigma_start": 13 / 3}, "sigma_start is a fraction of the image side"),
         ({"padding": "circular"}, "padding must be one of"),
     ],
 )
@@ -133,7 +154,7 @@ def test_config_dict_round_trip_and_cache_key():
     # union order and unused sigmas do not change the values, so not the key either
     assert (
         PriorConfig(
-            structures=("lungs", "heart"), schedule="thesis", image_size=512, sigma_start=9.0
+            structures=("lungs", "heart"), schedule="thesis", image_size=512, sigma_start=0.3
         ).cache_key()
         == key
     )
@@ -227,7 +248,7 @@ def test_thesis_prior_stack_matches_the_published_schedule(g):
 
 
 def test_blur_equals_reflect_padded_convolution():
-    config = PriorConfig(schedule="linear", image_size=512, sigma_start=2.5, num_layers=4)
+    config = PriorConfig(schedule="linear", image_size=512, sigma_start=2.5 / 32, num_layers=4)
     x = _blobs(32)
     m = blur_matrices(config)
     for layer, (k, sigma) in enumerate(schedule(config)):
@@ -516,8 +537,8 @@ def test_cli_choices_equal_the_library_constants():
     assert cli._PRIOR_SOURCES == priors.SOURCES
     d = PriorConfig()
     assert (d.schedule, d.image_size, d.patch_size, d.num_layers) == ("linear", 224, 16, 12)
-    assert (d.sigma_start, d.sigma_end, d.sigma) == (13 / 3, 2 / 3, 2.0)
-    assert math.isclose(d.sigma_start, 4.333333, abs_tol=1e-6)
+    assert (d.sigma_start, d.sigma_end, d.sigma) == (13 / 96, 1 / 48, 1 / 16)
+    assert math.isclose(d.sigma_start * 32, 4.333333, abs_tol=1e-6)
 
 
 def test_cli_priors_with_a_segmenter(phantom, tmp_path, capsys):
@@ -531,3 +552,70 @@ def test_cli_priors_with_a_segmenter(phantom, tmp_path, capsys):
     assert "mask sources: manifest 0, segmenter 4, none 0" in capsys.readouterr().out
     assert main(args) == 0
     assert "(4 reused, 0 computed)" in capsys.readouterr().out
+
+
+# --- priors at the image's scale (issue 25) -------------------------------------------------
+
+WINGSPAN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wingspan"
+
+
+def _phantom_masks(root: Path) -> dict[str, np.ndarray]:
+    write_phantom(root, n=12, seed=3, size=256, progress=False)
+    frame = read_manifest(root / "manifest.csv").frame
+    lungs = np.stack([load_mask(root / p) for p in frame["lung_mask_path"]])
+    heart = np.stack([load_mask(root / p) for p in frame["heart_mask_path"]])
+    return {"lungs": lungs, "heart": heart}
+
+
+def _wingspan_masks(n: int = 12) -> dict[str, np.ndarray]:
+    names = sorted(p.name for p in (WINGSPAN / "mask" / "heart").glob("*.png"))[:n]
+
+    def read(structure):
+        return [load_mask(WINGSPAN / "mask" / structure / name) for name in names]
+
+    size = min(m.shape[0] for m in read("heart"))  # crop-free: resize each to one size
+    out = {}
+    for structure in ("left_lung", "right_lung", "heart"):
+        masks = read(structure)
+        out[structure] = np.stack(
+            [np.asarray(Image.fromarray(m).resize((size, size), Image.NEAREST)) for m in masks]
+        )
+    return out
+
+
+@pytest.mark.parametrize("source", ["phantom", "wingspan"])
+def test_every_layer_peaks_on_the_anatomy_at_any_grid(source, tmp_path):
+    """Issue 25: at grids 8, 14 and 32, with the default (linear) and thesis schedules
+    and the CPU (4) and published (12) decoder depths, every layer's maximum lies on a
+    patch the lungs or heart cover and its mass centroid inside their bounding box."""
+    if source == "wingspan" and not (WINGSPAN / "mask").is_dir():
+        pytest.skip(f"real Wingspan masks not found at {WINGSPAN} (../shared/data)")
+    masks = _phantom_masks(tmp_path) if source == "phantom" else _wingspan_masks()
+    if source == "wingspan":
+        masks = {"lungs": masks["left_lung"] | masks["right_lung"], "heart": masks["heart"]}
+    for grid in (8, 14, 32):
+        for name in ("linear", "thesis"):
+            for layers in (4, 12):
+                config = PriorConfig(schedule=name, num_layers=layers, image_size=16 * grid)
+                union = combine_structures(
+                    {k: torch.from_numpy(v.astype(np.float32)) for k, v in masks.items()},
+                    config.structures,
+                )
+                grids = downsample_to_grid(union, grid)
+                placed = prior_placement(layer_priors(grids, config), grids)
+                where = f"{source}, grid {grid}, {name}, {layers} layers"
+                assert placed["peak_on_anatomy"].all(), where
+                assert placed["centroid_in_box"].all(), where
+
+
+def test_sigmas_in_patches_peaked_above_the_lungs_on_the_cpu_grid(tmp_path):
+    # the defect this version mends: the published sigmas taken as patches of an 8 x 8
+    # grid (what priors version 1 did) put broad layers' maxima off the anatomy
+    masks = _phantom_masks(tmp_path)
+    union = combine_structures(
+        {k: torch.from_numpy(v.astype(np.float32)) for k, v in masks.items()}, ("lungs", "heart")
+    )
+    grids = downsample_to_grid(union, 8)
+    as_patches = PriorConfig(image_size=128, sigma_start=13 / 3 / 8, sigma_end=2 / 3 / 8)
+    placed = prior_placement(layer_priors(grids, as_patches), grids)
+    assert not placed["peak_on_anatomy"].all()

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from scipy import stats as scipy_stats
 
 from cxrlib.anatomy.priors import downsample_to_grid
 from cxrlib.base.errors import CxrError
@@ -26,6 +27,7 @@ from cxrlib.evaluate.attention_grounding import (
     sentence_captions,
     sentence_shares,
     summarise,
+    summarise_modes,
 )
 from cxrlib.experiment import figures
 from cxrlib.metrics.labeler import label_report
@@ -153,6 +155,36 @@ def test_summary_means_intervals_and_counts():
     pooled = summarise(frame.assign(mode=["soft", "soft", "none", "none"]), by=("mode",))
     assert pooled["mode"].tolist() == ["soft", "soft", "none", "none"]
     assert pooled["n_sentences"].tolist() == [2, 1, 2, 2]
+
+
+def test_mode_summary_is_a_mean_over_seeds_with_their_spread():
+    # soft: seed 0 puts share 0.8 on the side lung in both studies, seed 1 0.6; none:
+    # one seed only (its training variance unknown: no interval)
+    rows = [("a", 0.8, 0.2), ("b", 0.8, 0.2)]
+    soft0 = _sentences(rows).assign(mode="soft", seed=0)
+    soft1 = _sentences([(s, 0.6, r) for s, _, r in rows]).assign(mode="soft", seed=1)
+    soft1 = pd.concat([soft1, soft1.iloc[:1]])  # a second sentence of study a: same mean
+    none = _sentences(rows).assign(mode="none", seed=0)
+    table = summarise_modes(
+        pd.concat([soft0, soft1, none]), n_bootstrap=100, expected=[("strict", "layers 1-2")]
+    )
+    assert list(table.columns) == ["mode", *SUMMARY_COLUMNS]
+    side = table[(table["mode"] == "soft") & (table["target"] == "side_lung")].iloc[0]
+    assert side["mean"] == pytest.approx(0.7) and side["n_sentences"] == 5
+    # the studies agree within each seed: only the seeds' spread (sd 0.141) is left
+    half = scipy_stats.t.ppf(0.975, 1) * np.std([0.8, 0.6], ddof=1) / np.sqrt(2)
+    assert side["ci_low"] == 0.0 and 0.7 + half > 1  # clipped to [0, 1]
+    assert side["ci_high"] == 1.0
+    region = table[(table["mode"] == "soft") & (table["target"] == "region")].iloc[0]
+    assert (region["mean"], region["ci_low"], region["ci_high"]) == (
+        pytest.approx(0.2),
+        pytest.approx(0.2),
+        pytest.approx(0.2),
+    )
+    single = table[table["mode"] == "none"]
+    assert single["ci_low"].isna().all() and single["mean"].notna().all()
+    strict = table[table["mode"] == "strict"]
+    assert strict["n_sentences"].tolist() == [0, 0] and strict["mean"].isna().all()
 
 
 def _write_masks(folder, size=8, finding_size=8):

@@ -5,15 +5,16 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from cxrlib.base.stats import (
     aggregate_seeds,
     bootstrap,
     bootstrap_many,
-    bootstrap_seed_mean,
     paired_bootstrap_test,
     paired_permutation_test,
     resample_indices,
+    resample_runs,
 )
 
 
@@ -129,44 +130,105 @@ def test_permutation_test_is_seeded():
     assert 0 < one.p_value <= 1
 
 
-def test_seed_mean_bootstrap_exact_small_case():
-    # two items; run 0 scores 0 and 1, run 1 scores 1 and 1. Resamples {0,0}, {0,1} and
-    # {1,1} give run means (0, 1), (0.5, 1), (1, 1): averages 0.5, 0.75, 1.0
+def test_runs_and_studies_exact_small_case():
+    # two runs of one system; run 0 scores 0 and 1 on two items, run 1 scores 1 and 1
     x = [np.array([0.0, 1.0]), np.array([1.0, 1.0])]
     runs = [lambda idx, v=v: {"acc": float(v[idx].mean())} for v in x]
-    r = bootstrap_seed_mean(runs, 2, n_resamples=1000, seed=0)["acc"]
-    assert (r.value, r.ci_low, r.ci_high) == (0.75, 0.5, 1.0)
-    assert (r.n, r.n_resamples, r.seed, r.n_nan, r.method) == (2, 1000, 0, 0, "percentile")
+    samples = resample_runs({"soft": runs}, 2, n_resamples=400, seed=0)
+    r = samples.mean("soft", "acc", bounds=(0.0, 1.0))
+    # mean 0.75; between runs: values 0.5 and 1, sd sqrt(1/8), se_runs sd / sqrt(2)
+    assert r.value == 0.75 and r.n_runs == 2
+    assert r.sd_runs == pytest.approx(math.sqrt(0.125))
+    assert r.se_runs == pytest.approx(0.25)
+    # the test set's part is the SD of the seed mean over the study resamples
+    drawn = np.array([[x[0][i].mean(), x[1][i].mean()] for i in resample_indices(2, 400, 0)])
+    assert r.se_studies == pytest.approx(drawn.mean(1).std(ddof=1))
+    assert r.se == pytest.approx(math.hypot(r.se_runs, r.se_studies))
+    # Welch-Satterthwaite: the run part has 1 degree of freedom
+    assert r.df == pytest.approx(r.se**4 / r.se_runs**4)
+    q = scipy_stats.t.ppf(0.975, r.df)
+    assert r.ci_low == pytest.approx(max(0.0, 0.75 - q * r.se))
+    assert r.ci_high == 1.0  # clipped to the metric's range
+    assert math.isnan(r.p_value)
 
 
-def test_seed_mean_bootstrap_draws_the_same_resamples_for_every_run():
-    x = np.random.default_rng(1).random(9)
-    groups = ["a", "a", "b", "c", "c", "c", "d", "e", "e"]
+def test_runs_and_studies_paired_difference_and_its_test():
+    # three seeds; mode a = mode b + 0.1 + a seed-specific shift; per-item noise shared
+    rng = np.random.default_rng(4)
+    base = rng.random(50)
+    shifts = [0.0, 0.02, -0.02]
+    a = [lambda idx, s=s: {"m": float((base[idx] + 0.1 + s).mean())} for s in shifts]
+    b = [lambda idx: {"m": float(base[idx].mean())} for _ in shifts]
+    samples = resample_runs({"a": a, "b": b}, 50, n_resamples=200, seed=1)
+    d = samples.difference("a", "b", "m")
+    assert d.value == pytest.approx(0.1)
+    # the items cancel in every paired resample: only the seeds' spread is left
+    assert d.se_studies == pytest.approx(0.0, abs=1e-12)
+    assert d.sd_runs == pytest.approx(0.02)
+    assert d.df == pytest.approx(2)
+    half = scipy_stats.t.ppf(0.975, 2) * 0.02 / math.sqrt(3)
+    assert (d.ci_low, d.ci_high) == (pytest.approx(0.1 - half), pytest.approx(0.1 + half))
+    assert d.p_value == pytest.approx(2 * scipy_stats.t.sf(0.1 / (0.02 / math.sqrt(3)), 2))
+    # unpaired, Welch: the two groups' SDs (0.02 and 0) and no pairing
+    w = samples.difference("a", "b", "m", paired=False)
+    assert w.value == pytest.approx(0.1) and w.se_runs == pytest.approx(0.02 / math.sqrt(3))
+    # identical systems: nothing to tell apart
+    same = samples.difference("b", "b", "m")
+    assert (same.value, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
 
-    def metric(idx):
-        return {"m": float(x[idx].mean())}
 
-    pooled = bootstrap_seed_mean([metric, metric, metric], 9, n_resamples=40, seed=2, groups=groups)
-    single = bootstrap_many(metric, 9, n_resamples=40, seed=2, groups=groups)
-    assert pooled == single  # identical runs: the pooled bootstrap is the plain one
-
-
-def test_seed_mean_bootstrap_leaves_out_undefined_runs():
-    # run 1 is undefined (NaN) wherever item 0 is drawn alone; run 0 always 0.2
-    def run0(idx):
-        return {"m": 0.2}
-
-    def run1(idx):
-        return {"m": math.nan if np.all(idx == 0) else 0.6}
-
-    r = bootstrap_seed_mean([run0, run1], 2, n_resamples=500, seed=0)["m"]
-    assert r.value == pytest.approx(0.4)
-    assert (r.ci_low, r.ci_high) == (pytest.approx(0.2), pytest.approx(0.4))
-    assert r.n_nan == 0
-    none = bootstrap_seed_mean([lambda idx: {"m": math.nan}], 2, n_resamples=5)["m"]
-    assert math.isnan(none.value) and none.n_nan == 5 and math.isnan(none.ci_low)
+def test_runs_and_studies_leave_out_undefined_runs_and_need_two():
+    runs = [lambda idx: {"m": 0.2}, lambda idx: {"m": math.nan}, lambda idx: {"m": 0.6}]
+    r = resample_runs({"s": runs}, 3, n_resamples=20).mean("s", "m")
+    assert r.value == pytest.approx(0.4) and r.n_runs == 2
+    one = resample_runs({"s": runs[:1]}, 3, n_resamples=20)
+    assert math.isnan(one.mean("s", "m").ci_low)  # one run: training variance unknown
+    assert one.percentile("s", "m").ci_low == pytest.approx(0.2)  # deterministic system
     with pytest.raises(ValueError, match="at least one run"):
-        bootstrap_seed_mean([], 2)
+        resample_runs({"s": []}, 2)
+
+
+def _simulated_ablation(seed: int, k: int = 5, n: int = 200, n_resamples: int = 100):
+    """Per-study scores of two modes x k runs with a known truth: a mode mean, a run
+    effect (SD 0.03, the measured between-seed SD of micro-F1), a study effect shared by
+    the modes, a study-by-mode effect and per-run noise. True soft - none: 0.02."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0, 0.15, n)
+    systems = {}
+    for mode, mu in (("none", 0.60), ("soft", 0.62)):
+        study_by_mode = rng.normal(0, 0.10, n)
+        scores = [
+            mu + rng.normal(0, 0.03) + shared + study_by_mode + rng.normal(0, 0.10, n)
+            for _ in range(k)
+        ]
+        systems[mode] = [lambda idx, y=y: {"m": float(y[idx].mean())} for y in scores]
+    return systems, n, n_resamples
+
+
+def test_runs_and_studies_interval_covers_the_true_difference_95_percent():
+    # 600 simulated ablations (5 seeds per mode, 200 studies): the runs-and-studies
+    # interval covers the true difference in 93-97% of them; the bootstrap over studies
+    # with the seeds pooled (the ablation's method before issue 25) in far fewer
+    covered, covered_before, width = [], [], []
+    for seed in range(600):
+        systems, n, b = _simulated_ablation(seed)
+        d = resample_runs(systems, n, n_resamples=b, seed=seed).difference("soft", "none", "m")
+        covered.append(d.ci_low <= 0.02 <= d.ci_high)
+        width.append(d.ci_high - d.ci_low)
+        if seed < 200:
+
+            def pooled(runs):
+                return lambda idx: float(np.mean([r(idx)["m"] for r in runs]))
+
+            t = paired_bootstrap_test(
+                pooled(systems["soft"]), pooled(systems["none"]), n, n_resamples=b, seed=seed
+            )
+            covered_before.append(t.ci_low <= 0.02 <= t.ci_high)
+    coverage, before = float(np.mean(covered)), float(np.mean(covered_before))
+    print(f"coverage: runs and studies {coverage:.3f}, studies only {before:.3f}")
+    assert 0.93 <= coverage <= 0.97
+    assert before < 0.80
+    assert np.median(width) < 0.12  # informative, not [-1, 1]
 
 
 def test_aggregate_seeds_t_interval():
