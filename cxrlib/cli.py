@@ -189,6 +189,13 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
     rep.add_argument(
         "--check", action="store_true", help="fail if the section differs; write nothing"
     )
+    rep.add_argument(
+        "--replicate",
+        type=Path,
+        default=None,
+        metavar="RUN2",
+        help="a run of the same profile on a disjoint seed set (--seeds): both runs' verdicts",
+    )
     rep.set_defaults(handler=_cmd_workbook_report)
 
 
@@ -209,7 +216,7 @@ def _seed_list(text: str) -> list[int]:
 def _cmd_workbook_report(args: argparse.Namespace) -> int:
     from cxrlib.experiment.results import update_readme
 
-    changed = update_readme(args.run, args.readme, check=args.check)
+    changed = update_readme(args.run, args.readme, check=args.check, replicate=args.replicate)
     if args.check:
         print(f"{args.readme}: the results section matches {args.run}")
     elif changed:

@@ -17,10 +17,13 @@ from cxrlib.data.manifest import CHEXPERT_LABELS, Manifest, read_manifest
 from cxrlib.evaluate.attention_grounding import SUMMARY_COLUMNS, ablation_attention
 from cxrlib.evaluate.evaluate import evaluate_generations
 from cxrlib.experiment.ablation import (
+    NLL_KEY,
     interval_method,
     latex_table,
     markdown_table,
+    paired_tests,
     run_ablation,
+    score_runs,
     summarise,
     summary_table,
 )
@@ -288,6 +291,46 @@ def test_rate_intervals_stay_in_0_1_where_the_t_interval_does_not():
     row = summary[(summary["system"] == "soft") & (summary["metric"] == key)].iloc[0]
     assert row["mean"] == pytest.approx(t.mean) and row["n_seeds"] == 3
     assert summary[summary["system"] == "retrieval"]["n_seeds"].eq(1).all()
+
+
+def test_reference_nll_is_summarised_and_tested_paired_by_seed():
+    ref = _manifest(
+        [
+            {"findings": "The heart is enlarged.", "Cardiomegaly": 1.0},
+            {"findings": "Small pleural effusion.", "Pleural Effusion": 1.0},
+            {"findings": "No acute process.", "No Finding": 1.0},
+        ]
+    )
+    texts = ["The heart is enlarged.", "Small pleural effusion.", "No acute process."]
+    # per-image NLL; soft is none - 0.1 at every seed and image, the seeds differ
+    none = {0: [1.0, 1.2, 0.8], 1: [1.1, 1.3, 0.9], 2: [0.9, 1.1, 0.7]}
+    generations = {}
+    for seed, values in none.items():
+        for mode, shift in (("none", 0.0), ("soft", -0.1)):
+            generations[(mode, seed)] = _generated(texts).assign(
+                nll=[str(v + shift) for v in values]
+            )
+    results = pd.DataFrame(
+        [
+            {"system": m, "seed": s, "metric": NLL_KEY, "value": np.mean(none[s]) + d,
+             "n_studies": 3}
+            for s in none
+            for m, d in (("none", 0.0), ("soft", -0.1))
+        ]
+    )  # fmt: skip
+    samples = score_runs(generations, ref, "manifest", 200)
+    summary = summarise(results, generations, ref, "manifest", 200, samples=samples)
+    row = summary[(summary["system"] == "soft") & (summary["metric"] == NLL_KEY)].iloc[0]
+    assert row["mean"] == pytest.approx(0.9) and row["sd"] == pytest.approx(0.1)
+    assert 0 <= row["ci_low"] < 0.9 < row["ci_high"]
+    tests = pd.DataFrame(paired_tests(samples, ("none", "soft"), (0, 1, 2), 200, 3))
+    nll = tests[tests["metric"] == NLL_KEY].iloc[0]
+    # paired by seed and study the difference is exactly -0.1 everywhere: no spread left
+    assert nll["delta"] == pytest.approx(-0.1)
+    assert nll["sd_paired"] == pytest.approx(0.0, abs=1e-12)
+    assert nll["sd_independent"] == pytest.approx(np.sqrt(2) * 0.1)
+    assert (nll["ci_low"], nll["ci_high"]) == (pytest.approx(-0.1), pytest.approx(-0.1))
+    assert nll["p_value"] < 1e-6
 
 
 def test_summary_refuses_runs_of_different_images():

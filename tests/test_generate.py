@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -10,15 +11,22 @@ import torch
 
 from cxrlib.base.errors import CxrError
 from cxrlib.cli import main
+from cxrlib.data.dataset import Collate, model_inputs
 from cxrlib.data.manifest import read_manifest
 from cxrlib.evaluate.attention_grounding import SUMMARY_COLUMNS
 from cxrlib.evaluate.baselines import baseline_generations
 from cxrlib.evaluate.evaluate import compare, evaluate_generations, format_compare
 from cxrlib.model import ReportModel
-from cxrlib.training.generate import generate_split, split_frame
+from cxrlib.training.generate import (
+    generate_split,
+    reference_nll,
+    reference_nll_split,
+    split_frame,
+)
 from cxrlib.training.runs import run_checkpoint, run_config
 from cxrlib.training.train import resolve_manifest, split_dataset
 from tests import trained_smoke_run
+from tests.numerics import assert_rounding_close
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +54,31 @@ def test_generate_split_matches_the_model(run):
     assert result.frame["generated"].iloc[0] == text[0]
 
 
+def test_reference_nll_is_the_models_loss_per_image(run):
+    out, manifest, _ = run
+    model = ReportModel.from_pretrained(run_checkpoint(out))
+    model.eval()
+    dataset, _ = split_dataset(run_config(out), model, split_frame(manifest, "test"))
+    items = [dataset[i] for i in range(3)]
+    nll = reference_nll(model, items)
+    # the token-weighted mean of the per-image values is the batch's loss
+    collate = Collate(model.tokenizer, model.config.max_text_tokens)
+    batch = model_inputs(collate(items), "cpu")
+    with torch.no_grad():
+        loss = model(**batch).loss.item()
+    tokens = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+    weighted = sum(v * t for v, t in zip(nll, tokens, strict=True)) / sum(tokens)
+    assert_rounding_close(torch.tensor(weighted), torch.tensor(loss))
+    # one image alone gives its own value (nothing leaks between rows), and no text: NaN
+    assert_rounding_close(torch.tensor(reference_nll(model, items[1:2])), torch.tensor(nll[1:2]))
+    assert math.isnan(reference_nll(model, [{**items[0], "text": ""}])[0])
+    # the split's NLL without generating is the generations' nll column
+    scores = reference_nll_split(out, manifest, "test", progress=False)
+    generated = generate_split(out, manifest, "test", progress=False).frame
+    assert scores["image_id"].tolist() == generated["image_id"].tolist()
+    assert_rounding_close(torch.tensor(scores["nll"]), torch.tensor(generated["nll"]))
+
+
 def test_cli_generate_writes_csv(run, tmp_path, capsys):
     out, manifest, _ = run
     csv = tmp_path / "gen.csv"
@@ -55,7 +88,7 @@ def test_cli_generate_writes_csv(run, tmp_path, capsys):
     )
     assert code == 0
     frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    assert list(frame.columns) == ["image_id", "generated"] and len(frame) == 2
+    assert list(frame.columns) == ["image_id", "generated", "nll"] and len(frame) == 2
     assert "2 Findings generated" in capsys.readouterr().out
 
 

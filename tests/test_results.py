@@ -13,7 +13,9 @@ from cxrlib.experiment.results import (
     GENERATED,
     START,
     replace_section,
+    replicate_markdown,
     results_markdown,
+    seed_set_agreement,
     targets_markdown,
     update_readme,
 )
@@ -362,3 +364,44 @@ def test_targets_name_the_best_mode_and_each_gap():
     ):
         assert line in lines, line
     assert targets_markdown(summary, ["strict"], None, {}) == []
+
+
+def _replicate(run, tmp_path, seeds, delta, low, high):
+    """A copy of ``run`` on other seeds, with another soft - none test."""
+    import shutil
+
+    other = tmp_path / f"replicate-{seeds[0]}"
+    shutil.copytree(run, other)
+    settings = json.loads((other / "ablation" / "ablation.json").read_text())
+    (other / "ablation" / "ablation.json").write_text(json.dumps({**settings, "seeds": seeds}))
+    tests = pd.read_csv(other / "ablation" / "paired_tests.csv")
+    tests.loc[0, ["delta", "ci_low", "ci_high"]] = [delta, low, high]
+    tests.to_csv(other / "ablation" / "paired_tests.csv", index=False)
+    return other
+
+
+def test_disjoint_seed_sets_agree_or_say_where_not(run, tmp_path):
+    # run: soft - none +0.100 [0.050, 0.150], higher
+    same = _replicate(run, tmp_path, [100, 101], 0.08, 0.02, 0.14)
+    table = seed_set_agreement(run, same)
+    row = table.iloc[0]
+    assert (row["verdict_a"], row["verdict_b"]) == ("higher", "higher")
+    assert row["verdicts_agree"] and row["a_inside_b"] and row["b_inside_a"]
+    lines = replicate_markdown(run, same)
+    assert "Every verdict agrees and each estimate lies inside the other run's interval." in lines
+    assert (
+        "Between-seed SD of micro-F1 14 (unc. neg.): none 0.100 (A), 0.100 (B); soft "
+        in (lines[-1])
+    )
+    # an interval that crosses 0 is "no difference", and the run's +0.100 lies outside it
+    other = _replicate(run, tmp_path, [200, 201], -0.01, -0.04, 0.02)
+    row = seed_set_agreement(run, other).iloc[0]
+    assert row["verdict_b"] == "no difference" and not row["verdicts_agree"]
+    assert not row["a_inside_b"] and not row["b_inside_a"]
+    text = results_markdown(run, replicate=other)
+    assert "**The two seed sets disagree** where a row says no." in text
+    assert "| soft - none | micro-F1 14 (unc. neg.) | +0.100 [0.050, 0.150] | higher | " in text
+    # a replicate must not reuse the run's seeds
+    overlapping = _replicate(run, tmp_path, [1, 2], 0.1, 0.05, 0.15)
+    with pytest.raises(CxrError, match="overlap"):
+        seed_set_agreement(run, overlapping)

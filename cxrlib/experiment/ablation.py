@@ -61,6 +61,7 @@ import pandas as pd
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
+from cxrlib.base.provenance import provenance
 from cxrlib.base.stats import RunSamples, resample_runs
 from cxrlib.data.manifest import CHEXPERT_LABELS, Manifest, read_manifest, text_cell
 from cxrlib.evaluate.attention_grounding import ablation_attention
@@ -72,7 +73,7 @@ from cxrlib.metrics.labeler import LABELER_NAME, label_reports
 from cxrlib.metrics.lexical import LexicalCorpus
 from cxrlib.model import ReportModel
 from cxrlib.training.config import PROFILES, RunConfig
-from cxrlib.training.generate import generate_split, split_frame
+from cxrlib.training.generate import generate_split, reference_nll_split, split_frame
 from cxrlib.training.model_card import write_card
 from cxrlib.training.runs import (
     ablation_folder,
@@ -90,12 +91,17 @@ log = logging.getLogger(__name__)
 
 MODES = ("none", "soft", "strict")
 BASELINES = ("retrieval", "most_frequent")
-ABLATION_KEYS = HEADLINE_KEYS
-"""Metrics the ablation tables report (any key of ``metrics.json``)."""
+NLL_KEY = "likelihood.nll"
+"""The teacher-forced negative log-likelihood of the reference Findings per token, mean
+over the test images (:func:`cxrlib.training.generate.reference_nll`; lower is better)."""
+ABLATION_KEYS = (*HEADLINE_KEYS, NLL_KEY)
+"""Metrics the ablation tables report (any key of ``metrics.json``, and the NLL)."""
 TESTED_KEYS: tuple[str, ...] = (
     "clinical.uncertain_as_negative.micro_14",
     "clinical.uncertain_as_negative.macro_14",
     "lexical.cider",
+    "grounding.uncertain_as_negative.laterality_accuracy",
+    NLL_KEY,
 )
 """Metrics of the paired tests against ``none``."""
 
@@ -284,6 +290,7 @@ def run_ablation(
         "seconds": seconds,
         "stages": clock.stages,
         "attention_grounding": attention,
+        "provenance": provenance(),
     }
     write_atomic(ablation_record(out), lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     return AblationResult(folder, results, summary, tests_df, seconds)
@@ -318,7 +325,12 @@ def generate_all(
     for (mode, seed), run_dir in runs.items():
         path = generations_path(out, run_name(mode, seed))
         if path.is_file():
-            generations[(mode, seed)] = pd.read_csv(path, dtype=str, keep_default_na=False)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            if "nll" not in frame.columns:  # written before the reference NLL existed
+                scores = reference_nll_split(run_dir, manifest, split, progress=progress)
+                frame = frame.merge(scores.astype({"image_id": str}), on="image_id", how="left")
+                write_atomic(path, lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
+            generations[(mode, seed)] = frame
             continue
         result = generate_split(run_dir, manifest, split, out=path, progress=progress)
         generations[(mode, seed)] = result.frame
@@ -363,6 +375,18 @@ def evaluate_all(
                     "n_studies": ev.counts["n_studies"],
                 }
             )
+        if "nll" in frame.columns:
+            rows.append(
+                {
+                    "system": system,
+                    "seed": seed if seed >= 0 else "",
+                    "metric": NLL_KEY,
+                    "value": float(pd.to_numeric(frame["nll"], errors="coerce").mean()),
+                    "ci_low": math.nan,
+                    "ci_high": math.nan,
+                    "n_studies": ev.counts["n_studies"],
+                }
+            )
         per_obs.append(ev.per_observation.assign(system=system, seed=seed))
     return pd.DataFrame(rows), pd.concat(per_obs)
 
@@ -390,8 +414,11 @@ def write_tables(
 
 
 def metric_bounds(key: str) -> tuple[float, float]:
-    """The range of a metric of ``ablation.csv``: CIDEr in [0, 10], every other metric
-    (F1, BLEU, ROUGE, rates, accuracies) in [0, 1]; intervals are clipped to it."""
+    """The range of a metric of ``ablation.csv``: CIDEr in [0, 10], the NLL in [0, inf),
+    every other metric (F1, BLEU, ROUGE, rates, accuracies) in [0, 1]; intervals are
+    clipped to it."""
+    if key == NLL_KEY:
+        return (0.0, math.inf)
     return (0.0, 10.0) if key == "lexical.cider" else (0.0, 1.0)
 
 
@@ -615,12 +642,19 @@ def _run_scorer(
     if ref_labels == "manifest" and has_ground_truth_sides(truth):
         grounding = GroundingData.build(labels, truth)
     lexical = stack.enter_context(LexicalCorpus.build(generated, refs))
+    nll = None
+    if "nll" in by_id.columns:
+        nll = pd.to_numeric(by_id.loc[ids, "nll"], errors="coerce").to_numpy(dtype=float)
 
     def metric(idx: np.ndarray) -> dict[str, float]:
         values = dict(clinical.scores(idx))
         values.update({f"lexical.{k}": v for k, v in lexical.scores(idx).items()})
         if grounding is not None:
             values.update(grounding.scores(idx))
+        if nll is not None:
+            drawn = nll[idx]
+            drawn = drawn[np.isfinite(drawn)]
+            values[NLL_KEY] = float(drawn.mean()) if drawn.size else math.nan
         return values
 
     return metric
@@ -637,6 +671,7 @@ SHORT_NAMES = {
     "grounding.uncertain_as_negative.hallucination_rate": "hallucination rate",
     "grounding.uncertain_as_negative.omission_rate": "omission rate",
     "grounding.uncertain_as_negative.laterality_accuracy": "laterality accuracy",
+    NLL_KEY: "NLL of the reference (per token)",
 }
 
 

@@ -1,7 +1,7 @@
 """The README's results section, generated from a workbook run folder (never pasted).
 
-``cxr workbook report RUN [--readme README.md] [--check]`` replaces the text between the
-two marker lines :data:`START` and :data:`END` of the README with
+``cxr workbook report RUN [--replicate RUN2] [--readme README.md] [--check]`` replaces
+the text between the two marker lines :data:`START` and :data:`END` of the README with
 :func:`results_markdown` of the run folder, and leaves every other byte of the README
 as it was; ``--check`` only compares and fails when they differ.
 
@@ -15,7 +15,10 @@ What the section says, and the file of the run folder it comes from:
 - the ablation table, modes and baselines, with its intervals and the line naming how
   they were drawn (``ablation_summary.csv``: its ``interval`` column), and the per-seed
   values of the tested metrics (``ablation/ablation.csv``);
-- the paired tests against ``none`` (``ablation/paired_tests.csv``);
+- the paired tests against ``none`` (``ablation/paired_tests.csv``), and with
+  ``--replicate RUN2`` (the same profile run on a disjoint seed set) both runs' tests
+  side by side, whether their verdicts agree and each mode's between-seed SD
+  (:func:`replicate_markdown`);
 - the encoder's recognition of the findings (AUROC, side and zone accuracy on the
   validation and test splits), when its ``pretrain.json`` has a ``recognition`` entry;
   the attention grounding, when the ablation wrote ``ablation/grounding_attention.csv``;
@@ -338,7 +341,10 @@ def _head_markdown(
     run_dir: Path, record: dict, settings: dict, summary: pd.DataFrame, labelers: list
 ) -> list[str]:
     """The section's opening: what was run, and the ablation table."""
-    commit = _commit(record)
+    commit = f"`{_commit(record)}`"
+    tables = settings.get("provenance")
+    if isinstance(tables, dict) and _commit(tables) != _commit(record):
+        commit += f" (its ablation tables written again at `{_commit(tables)}`)"
     profile = record.get("profile", {}).get("name", "?")
     reference = _reference(settings)
     modes = summary[summary["system"].isin(settings.get("modes", []))]
@@ -349,7 +355,7 @@ def _head_markdown(
     return [
         GENERATED,
         "",
-        f"Run `{run_dir.name}` (profile `{profile}`) at commit `{commit}`, finished "
+        f"Run `{run_dir.name}` (profile `{profile}`) at commit {commit}, finished "
         f"{record.get('finished', 'n/a')}{data}. Split `{settings.get('split', '?')}`, {studies} "
         f"studies, {seeds} seeds per mode; reference labels: {reference}; generated Findings "
         f"labelled by {', '.join(f'`{name}`' for name in labelers)}.",
@@ -371,8 +377,122 @@ def _recognition(timings: dict) -> dict | None:
     return recognition
 
 
-def results_markdown(run_dir: str | os.PathLike) -> str:
-    """The README's results section for the run folder ``run_dir`` (module docstring).
+def _verdict(low: float, high: float) -> str:
+    """What a 95% interval of ``mode - none`` says: higher, lower or no difference."""
+    if low > 0:
+        return "higher"
+    if high < 0:
+        return "lower"
+    return "no difference"
+
+
+def seed_set_agreement(run_a: str | os.PathLike, run_b: str | os.PathLike) -> pd.DataFrame:
+    """Do two runs of the ablation on disjoint seed sets reach the same verdict?
+
+    For every comparison and metric both ``paired_tests.csv`` hold: each run's delta,
+    interval and p-value, its verdict (``higher`` / ``lower`` when the 95% interval
+    excludes 0, else ``no difference``), whether the verdicts agree, and whether each
+    run's delta lies inside the other's interval.
+
+    Raises
+    ------
+    CxrError
+        A run folder incomplete, or the two seed sets not disjoint.
+    """
+    parts = []
+    for run in (Path(run_a), Path(run_b)):
+        _, settings, _, _, tests, _ = _read_run(run.resolve())
+        parts.append((set(settings.get("seeds", [])), tests.set_index(["comparison", "metric"])))
+    (seeds_a, a), (seeds_b, b) = parts
+    if seeds_a & seeds_b:
+        raise CxrError(
+            f"{run_b}: its seeds {sorted(seeds_b)} overlap those of {run_a} {sorted(seeds_a)}:"
+            " a replicate needs a disjoint seed set (cxr workbook run --seeds ...)"
+        )
+    rows = []
+    for key in [k for k in a.index if k in b.index]:
+        ra, rb = a.loc[key], b.loc[key]
+        va, vb = _verdict(ra["ci_low"], ra["ci_high"]), _verdict(rb["ci_low"], rb["ci_high"])
+        rows.append(
+            {
+                "comparison": key[0],
+                "metric": key[1],
+                "delta_a": ra["delta"],
+                "ci_a": (ra["ci_low"], ra["ci_high"]),
+                "p_a": ra["p_value"],
+                "verdict_a": va,
+                "delta_b": rb["delta"],
+                "ci_b": (rb["ci_low"], rb["ci_high"]),
+                "p_b": rb["p_value"],
+                "verdict_b": vb,
+                "verdicts_agree": va == vb,
+                "a_inside_b": bool(rb["ci_low"] <= ra["delta"] <= rb["ci_high"]),
+                "b_inside_a": bool(ra["ci_low"] <= rb["delta"] <= ra["ci_high"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _seed_sds(run: Path) -> dict[str, float]:
+    """Between-seed SD of micro-F1-14 per mode (``ablation_summary.csv``'s ``sd``)."""
+    _, settings, summary, _, _, _ = _read_run(run)
+    key = "clinical.uncertain_as_negative.micro_14"
+    part = summary[(summary["metric"] == key) & summary["system"].isin(settings.get("modes", []))]
+    return dict(zip(part["system"], part["sd"], strict=True)) if "sd" in part else {}
+
+
+def replicate_markdown(run_a: str | os.PathLike, run_b: str | os.PathLike) -> list[str]:
+    """The README's robustness check: the ablation again on a disjoint seed set, its
+    paired tests beside the main run's, whether they agree, and each mode's between-seed
+    SD in both (:func:`seed_set_agreement`)."""
+    run_a, run_b = Path(run_a).resolve(), Path(run_b).resolve()
+    table = seed_set_agreement(run_a, run_b)
+    seeds = [sorted(_read_run(r)[1].get("seeds", [])) for r in (run_a, run_b)]
+    record_b = _read_json(run_b / "run.json", "written by cxr workbook run")
+    lines = [
+        "",
+        f"**The same ablation on a disjoint seed set** (run `{run_b.name}` at commit "
+        f"`{_commit(record_b)}`, seeds {', '.join(map(str, seeds[1]))}; above: seeds "
+        f"{', '.join(map(str, seeds[0]))}). A verdict is `higher` or `lower` when the 95% "
+        "interval of mode - none excludes 0, else `no difference`:",
+        "",
+        "| comparison | metric | seeds A: delta [95% interval] | verdict A | seeds B: delta "
+        "[95% interval] | verdict B | verdicts agree | A inside B's interval | B inside A's |",
+        "| --- | --- | ---: | --- | ---: | --- | --- | --- | --- |",
+    ]
+    for r in table.itertuples(False):
+        lines.append(
+            f"| {r.comparison} | {SHORT_NAMES.get(r.metric, r.metric)} | {r.delta_a:+.3f} "
+            f"[{r.ci_a[0]:.3f}, {r.ci_a[1]:.3f}] | {r.verdict_a} | {r.delta_b:+.3f} "
+            f"[{r.ci_b[0]:.3f}, {r.ci_b[1]:.3f}] | {r.verdict_b} | "
+            f"{'yes' if r.verdicts_agree else '**no**'} | {'yes' if r.a_inside_b else '**no**'} "
+            f"| {'yes' if r.b_inside_a else '**no**'} |"
+        )
+    agree = bool(len(table)) and bool(
+        (table["verdicts_agree"] & table["a_inside_b"] & table["b_inside_a"]).all()
+    )
+    lines += [
+        "",
+        "Every verdict agrees and each estimate lies inside the other run's interval."
+        if agree
+        else "**The two seed sets disagree** where a row says no.",
+    ]
+    sds = [_seed_sds(r) for r in (run_a, run_b)]
+    modes = [m for m in sds[0] if m in sds[1]]
+    if modes:
+        lines += [
+            "",
+            "Between-seed SD of micro-F1 14 (unc. neg.): "
+            + "; ".join(f"{m} {sds[0][m]:.3f} (A), {sds[1][m]:.3f} (B)" for m in modes)
+            + ".",
+        ]
+    return lines
+
+
+def results_markdown(run_dir: str | os.PathLike, replicate: str | os.PathLike | None = None) -> str:
+    """The README's results section for the run folder ``run_dir`` (module docstring),
+    with :func:`replicate_markdown` of ``replicate`` (the same profile on a disjoint
+    seed set) after the paired tests when given.
 
     Raises
     ------
@@ -392,6 +512,8 @@ def results_markdown(run_dir: str | os.PathLike) -> str:
     lines += targets_markdown(summary, list(settings.get("modes", [])), recognition, timings)
     lines += _per_seed_markdown(results)
     lines += _tests_markdown(tests, settings.get("n_bootstrap"))
+    if replicate is not None:
+        lines += replicate_markdown(run_dir, replicate)
     if recognition is not None:
         lines += ["", "**Encoder recognition** (the frozen encoder's heads, `pretrain.json`):"]
         lines += ["", recognition_table(recognition)]
@@ -428,7 +550,10 @@ def replace_section(text: str, body: str, name: str = "README.md") -> str:
 
 
 def update_readme(
-    run_dir: str | os.PathLike, readme: str | os.PathLike = "README.md", check: bool = False
+    run_dir: str | os.PathLike,
+    readme: str | os.PathLike = "README.md",
+    check: bool = False,
+    replicate: str | os.PathLike | None = None,
 ) -> bool:
     """Regenerate the results section of ``readme`` from ``run_dir``; with ``check``,
     only compare. Returns whether the section was (``check``: would be) changed.
@@ -443,13 +568,14 @@ def update_readme(
     if not readme.is_file():
         raise CxrError(f"{readme}: file does not exist")
     text = readme.read_text()
-    new = replace_section(text, results_markdown(run_dir), str(readme))
+    new = replace_section(text, results_markdown(run_dir, replicate), str(readme))
     if new == text:
         return False
     if check:
         raise CxrError(
             f"{readme}: the results section differs from {Path(run_dir).name} "
-            f"(regenerate it: cxr workbook report {run_dir} --readme {readme})"
+            f"(regenerate it: cxr workbook report {run_dir} --readme {readme}"
+            + (f" --replicate {replicate})" if replicate is not None else ")")
         )
     write_atomic(readme, lambda tmp: tmp.write_text(new))
     return True
