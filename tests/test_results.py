@@ -405,3 +405,15 @@ def test_disjoint_seed_sets_agree_or_say_where_not(run, tmp_path):
     overlapping = _replicate(run, tmp_path, [1, 2], 0.1, 0.05, 0.15)
     with pytest.raises(CxrError, match="overlap"):
         seed_set_agreement(run, overlapping)
+
+
+def test_the_paired_tests_say_how_many_seeds_a_tight_interval_needs(run):
+    tests = pd.read_csv(run / "ablation" / "paired_tests.csv")
+    tests = tests.assign(sd_paired=0.03, se_studies=0.005, sd_independent=0.04)
+    tests.to_csv(run / "ablation" / "paired_tests.csv", index=False)
+    text = results_markdown(run)
+    assert (
+        "soft - none, micro-F1 14: half-width +-0.050 with 2 seeds; +-0.025 would need 10 seed "
+        "pairs at this run's SD of paired differences (0.030) and test-set error (0.005)."
+    ) in text
+    assert "| 0.030 | 0.040 |" in text

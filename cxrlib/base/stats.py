@@ -62,6 +62,7 @@ __all__ = [
     "resample_indices",
     "resample_runs",
     "runs_and_studies_interval",
+    "seeds_needed",
 ]
 
 Metric = Callable[[np.ndarray], float]
@@ -775,3 +776,34 @@ def resample_runs(
                         samples[name][key][b, r] = float(value)
     n_groups = None if groups is None else int(pd.Series(list(groups), dtype=object).nunique())
     return RunSamples(observed, samples, n, n_resamples, seed, n_groups)
+
+
+def seeds_needed(
+    sd_runs: float,
+    se_studies: float,
+    half_width: float,
+    *,
+    confidence: float = 0.95,
+    max_seeds: int = 1000,
+) -> int | None:
+    """The fewest runs per system (or seed pairs) whose runs-and-studies interval is at
+    most ``+-half_width``, at a between-run SD ``sd_runs`` and a test-set standard error
+    ``se_studies`` (both as measured): the smallest ``k >= 2`` with
+    ``t_{(1+c)/2, k-1} sqrt(sd_runs^2 / k + se_studies^2) <= half_width``. None when no
+    ``k`` up to ``max_seeds`` reaches it (the test set alone is too noisy, or the SDs
+    are not finite).
+
+    Examples
+    --------
+    >>> seeds_needed(0.033 * math.sqrt(2), 0.0, 0.025)  # two modes' independent runs
+    16
+    """
+    from scipy import stats as sps
+
+    if not (math.isfinite(sd_runs) and math.isfinite(se_studies)) or half_width <= 0:
+        return None
+    for k in range(2, max_seeds + 1):
+        q = float(sps.t.ppf((1 + confidence) / 2, k - 1))
+        if q * math.sqrt(sd_runs**2 / k + se_studies**2) <= half_width:
+            return k
+    return None

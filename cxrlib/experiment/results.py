@@ -41,6 +41,7 @@ import pandas as pd
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
+from cxrlib.base.stats import seeds_needed
 from cxrlib.experiment.ablation import (
     SHORT_NAMES,
     TESTED_KEYS,
@@ -246,6 +247,28 @@ def _per_seed_markdown(results: pd.DataFrame) -> list[str]:
     return lines
 
 
+HALF_WIDTH_GOAL = 0.025
+"""The half-width issue 25 aims for on soft - none micro-F1."""
+
+
+def _precision_lines(tests: pd.DataFrame) -> list[str]:
+    """For micro-F1 14: the interval's half-width reached, and the seed pairs a
+    +-0.025 interval would need at this run's SDs (:func:`cxrlib.base.stats.seeds_needed`)."""
+    if not {"sd_paired", "se_studies"} <= set(tests.columns):
+        return []
+    part = tests[tests["metric"] == "clinical.uncertain_as_negative.micro_14"]
+    out = []
+    for t in part.itertuples(False):
+        need = seeds_needed(float(t.sd_paired), float(t.se_studies), HALF_WIDTH_GOAL)
+        needed = f"{need} seed pairs" if need else "over 1,000 seed pairs (too few studies)"
+        out.append(
+            f"{t.comparison}, micro-F1 14: half-width +-{(t.ci_high - t.ci_low) / 2:.3f} with "
+            f"{t.seeds} seeds; +-{HALF_WIDTH_GOAL} would need {needed} at this run's SD of "
+            f"paired differences ({t.sd_paired:.3f}) and test-set error ({t.se_studies:.3f})."
+        )
+    return ["", *out] if out else []
+
+
 def _tests_markdown(tests: pd.DataFrame, n_bootstrap: object) -> list[str]:
     """The paired tests against ``none`` (``paired_tests.csv``)."""
     if tests.empty:
@@ -265,6 +288,7 @@ def _tests_markdown(tests: pd.DataFrame, n_bootstrap: object) -> list[str]:
             f"[{t.ci_low:.3f}, {t.ci_high:.3f}] | {t.p_value:.3f} | {t.n_studies} | {t.seeds} "
             f"| {_cell(sds[0])} | {_cell(sds[1])} |"
         )
+    lines += _precision_lines(tests)
     if "test" in tests.columns:
         named = "; ".join(dict.fromkeys(tests["test"]))
         resamples = "" if "resamples" in named else f", {n_bootstrap} resamples"

@@ -15,6 +15,7 @@ from cxrlib.base.stats import (
     paired_permutation_test,
     resample_indices,
     resample_runs,
+    seeds_needed,
 )
 
 
@@ -249,3 +250,14 @@ def test_bad_arguments():
         bootstrap(lambda idx: 0.0, 3, n_resamples=0)
     with pytest.raises(ValueError):
         paired_permutation_test(np.mean, [1.0], [1.0, 2.0])
+
+
+def test_seeds_needed_is_the_fewest_seeds_whose_interval_is_narrow_enough():
+    k = seeds_needed(0.03, 0.005, 0.025)
+    half = [
+        scipy_stats.t.ppf(0.975, n - 1) * math.sqrt(0.03**2 / n + 0.005**2) for n in (k - 1, k)
+    ]
+    assert half[0] > 0.025 >= half[1]
+    assert seeds_needed(0.0, 0.0, 0.025) == 2
+    assert seeds_needed(0.03, 0.02, 0.025) is None  # 1.96 x 0.02 > 0.025: seeds cannot help
+    assert seeds_needed(math.nan, 0.0, 0.025) is None
