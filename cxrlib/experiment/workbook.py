@@ -99,7 +99,7 @@ PROFILES: dict[str, Profile] = {
             "segmenter_image_size": 192,
             "n_examples": 4,
             "n_bootstrap": 1000,
-            # None: the training profile's epochs (4, ending at learning rate 0): one
+            # None: the training profile's epochs (6, ending at learning rate 0): one
             # epoch per run left the decoders far from what they learn (issue 25,
             # README "Choosing the decoder budget")
             "epochs": None,
