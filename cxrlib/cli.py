@@ -172,6 +172,10 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
         ),
     )
     r.set_defaults(handler=_cmd_workbook_run)
+    _add_workbook_report(wsub)
+
+
+def _add_workbook_report(wsub: argparse._SubParsersAction) -> None:
     rep = wsub.add_parser(
         "report",
         help="regenerate the README's results section from a run folder",
