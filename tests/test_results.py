@@ -357,10 +357,10 @@ def test_targets_name_the_best_mode_and_each_gap():
         "| macro-F1 14 (unc. neg.) | n/a | >= 0.600 | not measured |",
         "| hallucination rate | 0.250 | <= 0.200 | **missed** by 0.050 |",
         "| omission rate | 0.125 | <= 0.200 | met |",
-        "| micro-F1 over retrieval | 0.100 | >= 0.150 | **missed** by 0.050 |",
+        "| micro-F1 over retrieval | 0.100 | >= 0.080 | met |",
         "| encoder recognition (validate) | 1 of 2 | all "
         "| **missed**: Fracture 0.800 (goal 0.90) |",
-        "| wall time of the run (venv not included) | 25 min 0 s | <= 30 min 0 s | met |",
+        "| wall time of the run (venv not included) | 25 min 0 s | <= 45 min 0 s | met |",
     ):
         assert line in lines, line
     assert targets_markdown(summary, ["strict"], None, {}) == []

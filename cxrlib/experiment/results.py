@@ -156,7 +156,8 @@ def _timings_markdown(timings: dict, run_dir: Path, cache_dir: Path | None) -> l
     return lines
 
 
-# The targets of issue 14 for the best mode's Findings: (metric, label, direction, goal)
+# The targets of issues 14 and 25 for the best mode's Findings: (metric, label, direction,
+# goal)
 FINDINGS_TARGETS = (
     ("clinical.uncertain_as_negative.micro_14", "micro-F1 14 (unc. neg.)", ">=", 0.85),
     ("clinical.uncertain_as_negative.macro_14", "macro-F1 14 (unc. neg.)", ">=", 0.60),
@@ -164,10 +165,11 @@ FINDINGS_TARGETS = (
     ("grounding.uncertain_as_negative.hallucination_rate", "hallucination rate", "<=", 0.20),
     ("grounding.uncertain_as_negative.omission_rate", "omission rate", "<=", 0.20),
 )
-# the best mode's micro-F1 over the retrieval baseline's, at least
-OVER_RETRIEVAL = 0.15
-# make workbook on a fresh clone, venv included (the run's total leaves the venv out)
-BUDGET_SECONDS = 30 * 60
+# the best mode's micro-F1 over the retrieval baseline's, at least (issue 25)
+OVER_RETRIEVAL = 0.08
+# make workbook on a fresh clone, venv included (issue 25; the run's total leaves the venv
+# out)
+BUDGET_SECONDS = 45 * 60
 
 
 def _target_row(what: str, value: float | None, direction: str, goal: float, fmt=_cell) -> str:
@@ -367,7 +369,7 @@ def _head_markdown(
     """The section's opening: what was run, and the ablation table."""
     commit = f"`{_commit(record)}`"
     tables = settings.get("provenance")
-    if isinstance(tables, dict) and _commit(tables) != _commit(record):
+    if isinstance(tables, dict) and _commit(tables) not in (_commit(record), "unknown"):
         commit += f" (its ablation tables written again at `{_commit(tables)}`)"
     profile = record.get("profile", {}).get("name", "?")
     reference = _reference(settings)
