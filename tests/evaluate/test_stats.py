@@ -254,9 +254,7 @@ def test_bad_arguments():
 
 def test_seeds_needed_is_the_fewest_seeds_whose_interval_is_narrow_enough():
     k = seeds_needed(0.03, 0.005, 0.025)
-    half = [
-        scipy_stats.t.ppf(0.975, n - 1) * math.sqrt(0.03**2 / n + 0.005**2) for n in (k - 1, k)
-    ]
+    half = [scipy_stats.t.ppf(0.975, n - 1) * math.sqrt(0.03**2 / n + 0.005**2) for n in (k - 1, k)]
     assert half[0] > 0.025 >= half[1]
     assert seeds_needed(0.0, 0.0, 0.025) == 2
     assert seeds_needed(0.03, 0.02, 0.025) is None  # 1.96 x 0.02 > 0.025: seeds cannot help
