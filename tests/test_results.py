@@ -417,3 +417,14 @@ def test_the_paired_tests_say_how_many_seeds_a_tight_interval_needs(run):
         "pairs at this run's SD of paired differences (0.030) and test-set error (0.005)."
     ) in text
     assert "| 0.030 | 0.040 |" in text
+
+
+def test_the_commit_at_which_the_tables_were_written_is_named_when_it_differs(run):
+    path = run / "ablation" / "ablation.json"
+    settings = json.loads(path.read_text())
+    path.write_text(json.dumps({**settings, "provenance": {"git_commit": "fedcba9876543210"}}))
+    assert "at commit `0123456` (git HEAD at `fedcba9` when its ablation tables were written)" in (
+        results_markdown(run)
+    )
+    path.write_text(json.dumps({**settings, "provenance": {"git_commit": "0123456789abcdef"}}))
+    assert "when its ablation tables were written" not in results_markdown(run)

@@ -369,8 +369,10 @@ def _head_markdown(
     """The section's opening: what was run, and the ablation table."""
     commit = f"`{_commit(record)}`"
     tables = settings.get("provenance")
-    if isinstance(tables, dict) and _commit(tables) not in (_commit(record), "unknown"):
-        commit += f" (its ablation tables written again at `{_commit(tables)}`)"
+    if isinstance(tables, dict):
+        written = _commit({"provenance": tables})
+        if written not in (_commit(record), "unknown"):
+            commit += f" (git HEAD at `{written}` when its ablation tables were written)"
     profile = record.get("profile", {}).get("name", "?")
     reference = _reference(settings)
     modes = summary[summary["system"].isin(settings.get("modes", []))]
