@@ -1,7 +1,7 @@
 """The README's explorer screenshot: notebook 07 in JupyterLab on a workbook run.
 
     .venv/bin/python docs/explorer_screenshot.py RUN [--out docs/figures/07_explorer.png]
-        [--finding "Pleural Effusion"] [--mode soft]
+        [--finding "Pleural Effusion"] [--mode soft] [--seed 0]
 
 Starts JupyterLab on a free loopback port with a token over a copy of the explorer set
 to RUN, runs every cell in headless Chromium (Debian's ``chromium`` and
@@ -36,12 +36,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/figures/07_explorer.png"))
     parser.add_argument("--finding", default="Pleural Effusion")
     parser.add_argument("--mode", default="soft")
+    parser.add_argument("--seed", type=int, default=0, help="which seed's run of each mode")
     args = parser.parse_args()
     from selenium.webdriver.common.by import By
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prepare_explorer(work / "notebooks", {"run_dir": str(args.run.resolve())})
+        prepare_explorer(
+            work / "notebooks", {"run_dir": str(args.run.resolve()), "seed": args.seed}
+        )
         with jupyterlab(work / "notebooks", work) as url, chromium(work / "chromium") as driver:
             run_all_cells(driver, url, timeout=600)
             chosen = pick(driver, "finding", option_starting(driver, "finding", args.finding))
