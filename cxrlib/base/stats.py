@@ -548,7 +548,7 @@ class RunStudyResult:
 
 def runs_and_studies_interval(
     estimate: float,
-    run_parts: Sequence[tuple[np.ndarray, float]],
+    run_parts: Sequence[np.ndarray],
     resampled: np.ndarray,
     *,
     confidence: float = 0.95,
@@ -557,8 +557,8 @@ def runs_and_studies_interval(
 ) -> tuple[float, float, float, float, float, float, float]:
     """The interval arithmetic of :func:`runs_and_studies`.
 
-    ``run_parts``: ``(values, sign)`` per group of runs whose spread counts (one group for
-    a mean or a paired difference, two for an unpaired difference); ``resampled``: the
+    ``run_parts``: the values of each group of runs whose spread counts (one group for a
+    mean or a paired difference, two for an unpaired difference); ``resampled``: the
     estimate on study resamples with the runs held fixed. Returns ``(ci_low, ci_high,
     p_value, se_runs, se_studies, se, df)``.
     """
@@ -566,7 +566,7 @@ def runs_and_studies_interval(
 
     nan7 = (math.nan,) * 7
     terms = []
-    for values, _ in run_parts:
+    for values in run_parts:
         v = np.asarray(values, dtype=float)
         v = v[np.isfinite(v)]
         if v.size < 2 or not math.isfinite(estimate):
@@ -599,11 +599,11 @@ class RunSamples:
     (:func:`resample_runs`); :meth:`mean` and :meth:`difference` give the
     :class:`RunStudyResult` of a system or of a comparison, for any metric key."""
 
-    def __init__(self, observed, samples, n: int, n_resamples: int, seed: int, groups):
+    def __init__(self, observed, samples, n: int, n_resamples: int, seed: int, n_groups):
         self.observed = observed  # system -> key -> (k,) per-run values on all items
         self.samples = samples  # system -> key -> (B, k) per-run values on each resample
         self.n, self.n_resamples, self.seed = n, n_resamples, seed
-        self.n_groups = groups
+        self.n_groups = n_groups
 
     def keys(self, system: str) -> list[str]:
         """The metric names of ``system``."""
@@ -623,15 +623,14 @@ class RunSamples:
         value = float(runs[ok].mean()) if ok.any() else math.nan
         resampled = _nanmean_rows(self.samples[system][key][:, ok])
         low, high, _, se_r, se_s, se, df = runs_and_studies_interval(
-            value, [(runs[ok], 1.0)], resampled, confidence=confidence, bounds=bounds
+            value, [runs[ok]], resampled, confidence=confidence, bounds=bounds
         )
-        sd = float(runs[ok].std(ddof=1)) if ok.sum() > 1 else math.nan
         return RunStudyResult(
             value,
             low,
             high,
             math.nan,
-            sd,
+            _finite_sd(runs),
             math.nan,
             se_r,
             se_s,
@@ -678,8 +677,6 @@ class RunSamples:
         per-seed differences are the runs' unit; else Welch's two groups."""
         ra, rb = self.observed[a][key], self.observed[b][key]
         sa, sb = self.samples[a][key], self.samples[b][key]
-        sd_a = float(ra[np.isfinite(ra)].std(ddof=1)) if np.isfinite(ra).sum() > 1 else math.nan
-        sd_b = float(rb[np.isfinite(rb)].std(ddof=1)) if np.isfinite(rb).sum() > 1 else math.nan
         if paired:
             if ra.size != rb.size:
                 raise ValueError(f"paired runs: {a} has {ra.size} runs and {b} {rb.size}")
@@ -687,14 +684,14 @@ class RunSamples:
             d = ra[ok] - rb[ok]
             value = float(d.mean()) if d.size else math.nan
             resampled = _nanmean_rows(sa[:, ok] - sb[:, ok])
-            parts = [(d, 1.0)]
-            sd = float(d.std(ddof=1)) if d.size > 1 else math.nan
+            parts = [d]
+            sd = _finite_sd(d)
             k = int(ok.sum())
         else:
             oka, okb = np.isfinite(ra), np.isfinite(rb)
             value = float(ra[oka].mean() - rb[okb].mean()) if oka.any() and okb.any() else math.nan
             resampled = _nanmean_rows(sa[:, oka]) - _nanmean_rows(sb[:, okb])
-            parts = [(ra[oka], 1.0), (rb[okb], -1.0)]
+            parts = [ra[oka], rb[okb]]
             sd = math.nan
             k = int(min(oka.sum(), okb.sum()))
         low, high, p, se_r, se_s, se, df = runs_and_studies_interval(
@@ -706,7 +703,7 @@ class RunSamples:
             high,
             p,
             sd,
-            math.hypot(sd_a, sd_b),
+            math.hypot(_finite_sd(ra), _finite_sd(rb)),
             se_r,
             se_s,
             se,
@@ -717,6 +714,12 @@ class RunSamples:
             self.seed,
             confidence,
         )
+
+
+def _finite_sd(values: np.ndarray) -> float:
+    """Sample SD (ddof 1) of the finite entries; NaN with fewer than two."""
+    v = values[np.isfinite(values)]
+    return float(v.std(ddof=1)) if v.size > 1 else math.nan
 
 
 def _nanmean_rows(values: np.ndarray) -> np.ndarray:
