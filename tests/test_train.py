@@ -280,3 +280,44 @@ def test_features_read_per_item_train_the_same(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "FEATURES_IN_MEMORY_BYTES", 0)
     train(config, tmp_path / "lazy", progress=False)
     assert _same_weights(_weights(tmp_path / "memory"), _weights(tmp_path / "lazy"))
+
+
+def test_ema_average_is_written_and_resumes_exactly(cache, tmp_path, monkeypatch):
+    """train.ema_decay: checkpoints/ema holds the averaged weights (different from the
+    last weights, a model folder), every checkpoint carries the average, and a run
+    stopped after a checkpoint and resumed writes the same average."""
+    config = _smoke(cache, "train.ema_decay=0.9")
+    whole = tmp_path / "whole"
+    train(config, whole, progress=False)
+    ema = _weights(whole, "ema")
+    last = _weights(whole)
+    assert set(ema) <= set(last) and ema
+    assert not _same_weights(ema, {k: last[k] for k in ema})
+    assert (whole / "checkpoints" / "last" / train_module.EMA_FILE).is_file()
+    ReportModel.from_pretrained(whole / "checkpoints" / "ema")
+
+    step = train_module.Trainer._optimizer_step
+
+    def stop_at_5(self, bar):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        step(self, bar)
+
+    monkeypatch.setattr(train_module.Trainer, "_optimizer_step", stop_at_5)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, cut, progress=False)
+    monkeypatch.setattr(train_module.Trainer, "_optimizer_step", step)
+    state = json.loads((cut / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert state["step"] == 4
+    train(config, cut, resume=True, progress=False)
+    assert _same_weights(_weights(cut, "ema"), ema)
+    assert _same_weights(_weights(cut), last)
+
+
+def test_ema_with_a_tiny_decay_follows_the_weights(cache, tmp_path):
+    out = tmp_path / "run"
+    train(_smoke(cache, "train.ema_decay=0.000000001"), out, progress=False)
+    ema, last = _weights(out, "ema"), _weights(out)
+    for name, value in ema.items():
+        torch.testing.assert_close(value, last[name], rtol=0, atol=1e-6)

@@ -208,6 +208,10 @@ class TrainConfig:
     val_generate: int = 8
     # stop after this many optimizer steps in all (None: run every epoch)
     max_steps: int | None = None
+    # exponential moving average of the trainable weights, updated after every optimizer
+    # step with decay min(ema_decay, (1 + step) / (10 + step)); the run then also writes
+    # checkpoints/ema, a model folder with the averaged weights (None: off)
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every"):
@@ -235,6 +239,10 @@ class TrainConfig:
             raise ValueError("train.max_steps: expected a positive integer or null")
         if len(self.betas) != 2:
             raise ValueError("train.betas: expected two numbers")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(
+                f"train.ema_decay: expected a number in (0, 1) or null (got {self.ema_decay!r})"
+            )
 
 
 @dataclass

@@ -90,6 +90,8 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
+EMA_FILE = "ema.safetensors"
+EMA_CHECKPOINT = "ema"
 METRICS_FILE = "metrics.csv"
 SAMPLES_FILE = "samples.csv"
 FEATURES_IN_MEMORY_BYTES = 4 * 1024**3
@@ -381,6 +383,7 @@ def _write_checkpoint_files(
     state: dict,
     rng_states: list[dict],
     counter: list[int],
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Every file of checkpoint ``name`` into the fresh folder ``tmp``, synced to disk."""
     if tmp.exists():
@@ -398,6 +401,8 @@ def _write_checkpoint_files(
             {"python": rs["python"], "numpy": rs["numpy"], "cuda": len(rs.get("cuda", []))}
         )
     save_file(rng_tensors, str(tmp / RNG_FILE))
+    if ema is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / EMA_FILE))
     full_state = {**state, "optimizer": opt_meta, "rng": rng_meta}
     (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1))
     write_card(tmp, tmp.parent.parent, tmp, name=name)  # part of the atomic checkpoint
@@ -431,10 +436,12 @@ def write_checkpoint(
     state: dict,
     rng_states: list[dict],
     counter: list[int],
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint ``folder/name`` atomically (main process only; see module doc),
     with its model card ``README.md`` (:mod:`cxrlib.training.model_card`; ``folder`` is the run's
-    ``checkpoints`` folder).
+    ``checkpoints`` folder). ``ema``: the moving average of the trainable weights
+    (``train.ema_decay``), kept in ``ema.safetensors`` for an exact resume.
 
     A write the system refuses (disk full, read-only, no permission) leaves the previous
     ``folder/name`` in place, removes ``.tmp-<name>`` and raises :class:`WriteError`.
@@ -442,7 +449,7 @@ def write_checkpoint(
     tmp, final = folder / f".tmp-{name}", folder / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_checkpoint_files(tmp, name, model, optimizer, state, rng_states, counter)
+        _write_checkpoint_files(tmp, name, model, optimizer, state, rng_states, counter, ema)
         _swap_in(tmp, final, counter)
     except Exception as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -520,6 +527,15 @@ class MetricsLog:
 
 
 # --- the loop ---------------------------------------------------------------------------
+
+
+def _normalised(tree: dict | None) -> dict | None:
+    """A recorded config tree with the fields added since it was written at their
+    defaults (so a run of an older version resumes); None when it no longer parses."""
+    try:
+        return RunConfig.from_dict(tree).to_dict()
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def _mixed_precision(setting: str) -> str:
@@ -626,6 +642,7 @@ class Trainer:
             self.resume(last)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.raw_model: ReportModel = self.accelerator.unwrap_model(self.model)
+        self.ema = self._start_ema(last)
         self.metrics = MetricsLog(
             self.out, self.main, self.metrics_rows, self.step + 1 if last else None
         )
@@ -636,6 +653,7 @@ class Trainer:
             self.train_epoch()
             self._end_epoch()
         self.metrics.close()
+        self.write_ema_model()
         return self._finish()
 
     def _open_run_folder(self, resume: bool) -> Path | None:
@@ -654,7 +672,7 @@ class Trainer:
                 resume = False
             else:
                 stored = json.loads(config_path.read_text())
-                if stored.get("config") != tree:
+                if _normalised(stored.get("config")) != tree:
                     raise TrainingError(
                         f"{config_path}: the run was started with another config; resume with "
                         "the same profile, --config and options (or use a new --out)"
@@ -778,7 +796,7 @@ class Trainer:
             try:
                 write_checkpoint(
                     self.ckpt_dir, name, self.raw_model, self.optimizer.optimizer, state,
-                    rng_states, self._counter,
+                    rng_states, self._counter, self.ema,
                 )  # fmt: skip
             except WriteError as err:
                 failure = err
@@ -791,6 +809,59 @@ class Trainer:
             raise TrainingError(f"{failed[0]} (on the main process)")
         if name == "last":
             self.saved_step = self.step
+
+    def _start_ema(self, last: Path | None) -> dict[str, torch.Tensor] | None:
+        """The moving average of the trainable weights (``train.ema_decay``): a copy of
+        them at the start, or what checkpoint ``last`` holds; None when off."""
+        if self.tc.ema_decay is None:
+            return None
+        params = {n: p for n, p in self.raw_model.named_parameters() if p.requires_grad}
+        if last is None:
+            return {n: p.detach().clone() for n, p in params.items()}
+        path = last / EMA_FILE
+        if not path.is_file():
+            raise TrainingError(f"{path}: missing; the run was not started with train.ema_decay")
+        saved = load_file(str(path))
+        if saved.keys() != params.keys():
+            raise TrainingError(f"{path}: holds other parameters than the model trains")
+        return {n: saved[n].to(params[n].device, params[n].dtype) for n in params}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Move the average towards the weights of the step just taken."""
+        if self.ema is None:
+            return
+        decay = min(self.tc.ema_decay, (1 + self.step) / (10 + self.step))
+        params = dict(self.raw_model.named_parameters())
+        for name, avg in self.ema.items():
+            avg.lerp_(params[name].detach(), 1.0 - decay)
+
+    def write_ema_model(self) -> Path | None:
+        """``checkpoints/ema``: the model folder with the averaged weights (main process),
+        written atomically; None when the average is off."""
+        if self.ema is None or not self.main:
+            return None
+        params = dict(self.raw_model.named_parameters())
+        kept = {n: params[n].detach().clone() for n in self.ema}
+        final = self.ckpt_dir / EMA_CHECKPOINT
+        try:
+            with torch.no_grad():
+                for name, avg in self.ema.items():
+                    params[name].copy_(avg)
+
+            def save(tmp: Path) -> None:
+                self.raw_model.save_pretrained(tmp)
+                _fsync_tree(tmp)
+
+            tmp = self.ckpt_dir / f".tmp-{EMA_CHECKPOINT}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save(tmp)
+            _swap_in(tmp, final, self._counter)
+        finally:
+            with torch.no_grad():
+                for name, value in kept.items():
+                    params[name].copy_(value)
+        return final
 
     def train_epoch(self) -> None:
         """Train from ``batch_pos`` to the end of epoch ``epoch`` (or to the last step)."""
@@ -890,6 +961,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema()
         self.step += 1
         if self.step % tc.log_every == 0 or self.step == self.total_steps:
             self._log_train(lr, grad_norm, bar)
