@@ -20,6 +20,7 @@ from cxrlib.anatomy.segmenter import (
     postprocess,
     predict_folder,
     segmenter_data,
+    split_held_out,
     summarise,
     train_segmenter,
 )
@@ -155,6 +156,22 @@ def phantom(tmp_path_factory):
     write_phantom(out, n=12, seed=2, size=64, progress=False)
     df = read_manifest(out / "manifest.csv")
     return df
+
+
+def test_split_held_out_draws_at_most_the_limits_in_manifest_order(phantom):
+    train, held_out = split_held_out(phantom)
+    assert set(train.frame["split"]) == {"train"}
+    assert len(train.frame) + len(held_out.frame) == len(phantom.frame)
+    n_train, n_held = len(train.frame), len(held_out.frame)
+    small_train, small_held = split_held_out(phantom, n_train - 2, n_held - 1, seed=3)
+    assert len(small_train.frame) == n_train - 2 and len(small_held.frame) == n_held - 1
+    assert set(small_train.frame.index) < set(train.frame.index)
+    assert set(small_held.frame.index) < set(held_out.frame.index)
+    assert small_train.frame.index.is_monotonic_increasing
+    again, _ = split_held_out(phantom, n_train - 2, n_held - 1, seed=3)
+    assert again.frame.index.equals(small_train.frame.index)
+    other, _ = split_held_out(phantom, 1, 1, seed=4)
+    assert len(other.frame) == 1
 
 
 @pytest.fixture(scope="module")
