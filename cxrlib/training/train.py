@@ -848,14 +848,10 @@ class Trainer:
             with torch.no_grad():
                 for name, avg in self.ema.items():
                     params[name].copy_(avg)
-
-            def save(tmp: Path) -> None:
-                self.raw_model.save_pretrained(tmp)
-                _fsync_tree(tmp)
-
             tmp = self.ckpt_dir / f".tmp-{EMA_CHECKPOINT}"
             shutil.rmtree(tmp, ignore_errors=True)
-            save(tmp)
+            self.raw_model.save_pretrained(tmp)
+            _fsync_tree(tmp)
             _swap_in(tmp, final, self._counter)
         finally:
             with torch.no_grad():
