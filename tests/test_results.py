@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pandas as pd
 import pytest
@@ -9,12 +10,15 @@ import pytest
 from cxrlib.base.errors import CxrError
 from cxrlib.cli import main
 from cxrlib.experiment.results import (
+    DETAILS_END,
+    DETAILS_START,
     END,
     GENERATED,
     START,
     replace_section,
     replicate_markdown,
     results_markdown,
+    results_sections,
     seed_set_agreement,
     targets_markdown,
     update_readme,
@@ -238,6 +242,38 @@ def test_readme_section_replaced_exactly_between_markers(run, tmp_path):
     assert readme.read_text() == expected + "\n\nTail kept.\n"
     assert update_readme(run, readme) is False  # already up to date
     assert update_readme(run, readme, check=True) is False
+
+
+def test_details_page_beside_the_readme_gets_the_long_tables(run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    page_text = "# Results\n\n" + DETAILS_START + "\nold\n" + DETAILS_END + "\n\nNotes kept.\n"
+    page.write_text(page_text)
+    with pytest.raises(CxrError, match="results section differs"):
+        update_readme(run, readme, check=True)
+    assert (readme.read_text(), page.read_text()) == (README, page_text)
+    assert update_readme(run, readme) is True
+    head, details = results_sections(run)
+    assert head + details.split("\n", 1)[1] == results_markdown(run)  # the same text, cut
+    assert "**Targets**" in head and "**Per seed**" not in head
+    assert details.startswith(GENERATED + "\n\n**Per seed**")
+    assert "**Where the time went**" in details and "**Targets**" not in details
+    intro = "# Title\n\nIntro kept.\n\n## Results\n\n"
+    assert readme.read_text() == intro + START + "\n" + head + END + "\n\nTail kept.\n"
+    expected = "# Results\n\n" + DETAILS_START + "\n" + details + DETAILS_END + "\n\nNotes kept.\n"
+    assert page.read_text() == expected
+    assert update_readme(run, readme) is False
+    assert update_readme(run, readme, check=True) is False
+    page.write_text(page_text)  # the page alone out of date: --check names it
+    with pytest.raises(CxrError, match=f"^{re.escape(str(page))}: the results section differs"):
+        update_readme(run, readme, check=True)
+    page.write_text("no markers\n")  # a page without its markers: nothing is written
+    readme.write_text(README)
+    with pytest.raises(CxrError, match=re.escape(f"{page}: no '{DETAILS_START}' marker")):
+        update_readme(run, readme)
+    assert readme.read_text() == README
 
 
 def test_replace_section_keeps_every_other_byte():
