@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from cxrlib.anatomy.cache import cached_priors_for_manifest, checkpoint_fingerprint
 from cxrlib.anatomy.priors import PriorConfig, masks_to_priors
@@ -37,14 +36,7 @@ from cxrlib.base.images import to_pixels
 from cxrlib.data.dataset import Collate, Example, ReportDataset
 from cxrlib.data.manifest import Manifest, read_manifest, text_cell
 from cxrlib.data.phantom import PhantomSpec, prepare_phantom
-from cxrlib.model import ModelConfig
-from cxrlib.model.encoders import (
-    build_encoder,
-    disable_rope_augmentation,
-    encoder_patches,
-    encoder_stride,
-    encoder_width,
-)
+from cxrlib.model import ModelConfig, encoders
 from cxrlib.model.report_model import hub_token
 from cxrlib.training.checkpoint import TrainingError
 from cxrlib.training.config import RunConfig
@@ -311,46 +303,39 @@ def image_inputs_for(
 # --- caches -------------------------------------------------------------------------------
 
 
-class ImageEncoder(nn.Module):
+class ImageEncoder:
     """The image side of a report model, built from its :class:`ModelConfig` alone: the
-    frozen encoder (as :meth:`ReportModel.from_config <cxrlib.model.ReportModel.from_config>`
-    builds it: the same weights, patch grid and RoPE setting, in eval mode) and the
-    decoder's number of layers. What the feature and prior caches read; no decoder or
+    frozen encoder as :meth:`ReportModel.from_config <cxrlib.model.ReportModel.from_config>`
+    builds it (the same weights, patch grid and RoPE setting, in eval mode) and the
+    decoder's number of layers; what the feature and prior caches read. No decoder or
     tokenizer is built."""
 
+    training = False  # frozen: always in eval mode (train() and eval() change nothing)
+
     def __init__(self, config: ModelConfig):
-        super().__init__()
         token = hub_token()
-        self.encoder = build_encoder(config.encoder, config.image_size, config.patch_size, token)
+        encoder = encoders.build_encoder(
+            config.encoder, config.image_size, config.patch_size, token
+        )
         if not config.encoder_rope_augmentation:
-            disable_rope_augmentation(self.encoder)
-        self.config = config.replace(patch_size=encoder_stride(self.encoder, config.image_size))
-        self.encoder.requires_grad_(False)
+            encoders.disable_rope_augmentation(encoder)
+        self.encoder = encoder.requires_grad_(False).eval()
+        stride = encoders.encoder_stride(encoder, config.image_size)
+        self.config = config.replace(patch_size=stride)
+        self.num_patches = self.config.num_patches
+        self.encoder_width = encoders.encoder_width(encoder)
         self.num_decoder_layers = _decoder_layers(config.decoder)
-        self.eval()
 
     def train(self, mode: bool = True) -> ImageEncoder:
-        """The encoder stays in eval mode (frozen), as in the report model."""
-        super().train(mode)
-        self.encoder.eval()
         return self
 
-    @property
-    def num_patches(self) -> int:
-        return self.config.num_patches
-
-    @property
-    def encoder_width(self) -> int:
-        return encoder_width(self.encoder)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.encoder.parameters()).device
+    def eval(self) -> ImageEncoder:
+        return self
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, P, E) patch features of (B, 3, S, S) pixel values."""
-        return encoder_patches(self.encoder, pixel_values)
+        return encoders.encoder_patches(self.encoder, pixel_values)
 
 
 def _decoder_layers(decoder: str | dict) -> int:
