@@ -41,7 +41,7 @@ test-all: $(STAMP) lint
 # what another CPU would: an assertion that holds on one kernel only fails on every machine.
 NUMERICS := tests/model tests/anatomy tests/evaluate tests/base tests/test_train.py \
 	tests/test_features.py tests/test_pretrain.py tests/test_generate.py \
-	tests/test_ablation.py tests/test_explorer.py tests/test_report.py
+	tests/test_ablation.py tests/test_explorer.py tests/test_inference.py
 MKL_BRANCHES ?= COMPATIBLE AVX2
 test-numerics: $(STAMP)
 	for branch in $(MKL_BRANCHES); do \

@@ -17,13 +17,13 @@ __all__ = ["__version__", "report_image"]
 
 def report_image(image, run, **kwargs):
     """Findings, labels and (with ``out=``) an attention PNG for one radiograph with a
-    trained run: :class:`cxrlib.experiment.report.ImageReport`. Keywords as
-    :class:`cxrlib.experiment.report.Reporter` (``masks``, ``segmenter``, ``device``) and ``out``
-    (a folder for the PNG). For many images use :func:`cxrlib.experiment.report.report_images`,
+    trained run: :class:`cxrlib.experiment.inference.ImageReport`. Keywords as
+    :class:`cxrlib.experiment.inference.Reporter` (``masks``, ``segmenter``, ``device``) and ``out``
+    (a folder for the PNG). For many images use :func:`cxrlib.experiment.inference.report_images`,
     which loads the run once."""
     # deferred: `import cxrlib.<anything>` runs this file, and must not load the whole
     # package (torch, transformers) through the top layer
-    from cxrlib.experiment.report import Reporter
+    from cxrlib.experiment.inference import Reporter
 
     out = kwargs.pop("out", None)
     return Reporter(run, **kwargs).report(image, Path(out) if out is not None else None)

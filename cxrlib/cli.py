@@ -13,6 +13,7 @@ package); this is the one module that does so.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -956,6 +957,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from cxrlib.training.checkpoint import CRASH_ENV
     from cxrlib.training.config import load_config, parse_assignment
     from cxrlib.training.train import train
 
@@ -965,7 +967,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append({"seed": args.seed})
     config = load_config(args.profile, args.config, overrides)
-    result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    # the kill -9 and write-fault tests' hook (cxrlib.training.checkpoint): read here, at
+    # the entry point, and passed in; the library never reads it
+    crash_at = os.environ.get(CRASH_ENV) or None
+    result = train(
+        config,
+        args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        crash_at=crash_at,
+    )
     if result.metrics is None:  # not the main process of a distributed run
         return 0
     best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
@@ -1291,7 +1302,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from cxrlib.experiment.report import report_images
+    from cxrlib.experiment.inference import report_images
 
     summary = report_images(
         args.images,

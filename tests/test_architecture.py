@@ -114,3 +114,63 @@ def test_method_and_architecture_docs_exist_and_are_linked():
         assert (ROOT / doc).is_file()
         assert doc in readme
     assert "../shared/METHOD.md" not in readme
+
+
+TRAINING_LOOP = "cxrlib.training.train"
+
+
+def _loop_imports(tree: ast.AST) -> list[str]:
+    """What a module takes from the training loop beyond its ``train`` function: each
+    ``from cxrlib.training.train import X`` with X not ``train``, and every import of the
+    module itself (``import cxrlib.training.train``, ``from cxrlib.training import train``)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == TRAINING_LOOP:
+            found += [a.name for a in node.names if a.name != "train"]
+        elif isinstance(node, ast.ImportFrom) and node.module == "cxrlib.training":
+            found += [f"module {TRAINING_LOOP}" for a in node.names if a.name == "train"]
+        elif isinstance(node, ast.Import):
+            found += [f"module {a.name}" for a in node.names if a.name == TRAINING_LOOP]
+    return found
+
+
+def _notebook_code(path: Path) -> str:
+    """The code cells of a notebook, IPython magics and shell lines left out."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    lines = [line for c in cells if c.cell_type == "code" for line in c.source.splitlines()]
+    return "\n".join(line for line in lines if not line.lstrip().startswith(("%", "!")))
+
+
+def test_only_the_training_package_and_the_cli_reach_into_the_training_loop():
+    """Model inputs live in ``training.inputs``, checkpoints in ``training.checkpoint``:
+    outside ``cxrlib/training/`` and the command line, modules and notebooks import
+    nothing from ``training.train`` but its ``train`` function."""
+    sources = {
+        path.relative_to(ROOT).as_posix(): path.read_text()
+        for path in _modules()
+        if not path.is_relative_to(PACKAGE / "training")
+        and not path.relative_to(PACKAGE).as_posix().startswith("cli")
+    }
+    sources |= {
+        path.relative_to(ROOT).as_posix(): _notebook_code(path)
+        for path in sorted((ROOT / "notebooks").glob("*.ipynb"))
+    }
+    found = {name: _loop_imports(ast.parse(text)) for name, text in sources.items()}
+    found = {name: names for name, names in found.items() if names}
+    assert not found, f"imports from {TRAINING_LOOP} other than train: {found}"
+
+
+def test_the_training_loop_check_finds_each_kind_of_import():
+    tree = ast.parse(
+        "from cxrlib.training.train import train, split_dataset\n"
+        "import cxrlib.training.train as t\n"
+        "from cxrlib.training import train as loop\n"
+        "from cxrlib.training.train import train\n"
+    )
+    assert _loop_imports(tree) == [
+        "split_dataset",
+        f"module {TRAINING_LOOP}",
+        f"module {TRAINING_LOOP}",
+    ]

@@ -22,11 +22,12 @@ from cxrlib.experiment.explorer import (
     prior_figure,
     view_html,
 )
-from cxrlib.experiment.report import read_radiograph
+from cxrlib.experiment.inference import read_radiograph
 from cxrlib.metrics.grounding import SIDE_COLUMNS
 from cxrlib.metrics.labeler import label_reports, laterality_column
 from cxrlib.training.generate import load_run
-from cxrlib.training.train import resolve_manifest, train
+from cxrlib.training.inputs import resolve_manifest
+from cxrlib.training.train import train
 from tests import smoke_config
 
 NAN = math.nan

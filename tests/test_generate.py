@@ -17,14 +17,9 @@ from cxrlib.evaluate.attention_grounding import SUMMARY_COLUMNS
 from cxrlib.evaluate.baselines import baseline_generations
 from cxrlib.evaluate.evaluate import compare, evaluate_generations, format_compare
 from cxrlib.model import ReportModel
-from cxrlib.training.generate import (
-    generate_split,
-    reference_nll,
-    reference_nll_split,
-    split_frame,
-)
+from cxrlib.training.generate import generate_split, reference_nll, reference_nll_split
+from cxrlib.training.inputs import resolve_manifest, split_dataset, split_frame
 from cxrlib.training.runs import run_checkpoint, run_config
-from cxrlib.training.train import resolve_manifest, split_dataset
 from tests import trained_smoke_run
 from tests.numerics import assert_rounding_close
 

@@ -16,11 +16,11 @@ from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
 from cxrlib.evaluate.evaluate import evaluate_generations
 from cxrlib.experiment.export import export_run
-from cxrlib.experiment.report import report_images
+from cxrlib.experiment.inference import report_images
 from cxrlib.model import ReportModel
 from cxrlib.training.generate import generate_split, load_run
+from cxrlib.training.inputs import resolve_manifest
 from cxrlib.training.model_card import CARD_FILE, MODEL_FILES, NOT_MEASURED, model_card
-from cxrlib.training.train import resolve_manifest
 from tests import trained_smoke_run
 
 

@@ -20,16 +20,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import cxrlib.training.inputs as inputs_module
 import cxrlib.training.train as train_module
 from cxrlib.model import ReportModel
+from cxrlib.training.checkpoint import CRASH_ENV, EMA_FILE, TrainingError, recover_checkpoints
 from cxrlib.training.config import load_config, parse_assignment
-from cxrlib.training.train import (
-    CRASH_ENV,
-    TrainingError,
-    recover_checkpoints,
-    resolve_manifest,
-    train,
-)
+from cxrlib.training.inputs import resolve_manifest
+from cxrlib.training.train import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ENV.pop(CRASH_ENV, None)
@@ -277,7 +274,7 @@ def test_unreadable_image_is_counted_and_skipped(cache, tmp_path, corrupt_manife
 def test_features_read_per_item_train_the_same(cache, tmp_path, monkeypatch):
     config = _smoke(cache, "train.epochs=1")
     train(config, tmp_path / "memory", progress=False)
-    monkeypatch.setattr(train_module, "FEATURES_IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(inputs_module, "FEATURES_IN_MEMORY_BYTES", 0)
     train(config, tmp_path / "lazy", progress=False)
     assert _same_weights(_weights(tmp_path / "memory"), _weights(tmp_path / "lazy"))
 
@@ -293,7 +290,7 @@ def test_ema_average_is_written_and_resumes_exactly(cache, tmp_path, monkeypatch
     last = _weights(whole)
     assert set(ema) <= set(last) and ema
     assert not _same_weights(ema, {k: last[k] for k in ema})
-    assert (whole / "checkpoints" / "last" / train_module.EMA_FILE).is_file()
+    assert (whole / "checkpoints" / "last" / EMA_FILE).is_file()
     ReportModel.from_pretrained(whole / "checkpoints" / "ema")
 
     step = train_module.Trainer._optimizer_step

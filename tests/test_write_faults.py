@@ -31,15 +31,16 @@ from safetensors import SafetensorError
 
 import cxrlib.base.io as io_module
 import cxrlib.model.report_model as report_model_module
-import cxrlib.training.train as train_module
+import cxrlib.training.checkpoint as checkpoint_module
 from cxrlib.anatomy.cache import PriorCache
 from cxrlib.anatomy.priors import PriorConfig, layer_priors
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import WriteError, os_error, write_atomic, write_json_atomic
 from cxrlib.data.phantom import write_phantom
 from cxrlib.model import ReportModel
+from cxrlib.training.checkpoint import CRASH_ENV, read_checkpoint, write_checkpoint
 from cxrlib.training.features import FeatureCache
-from cxrlib.training.train import CRASH_ENV, read_checkpoint, train, write_checkpoint
+from cxrlib.training.train import train
 from tests.model import TEXTS, one_thread, small_config  # noqa: F401  (one_thread: fixture)
 from tests.test_features import ids_paths, make_model, manifest
 from tests.test_train import ENV, _args, _smoke
@@ -184,7 +185,7 @@ def test_write_atomic_in_a_read_only_folder(read_only):
 
 def _write(folder: Path, model: ReportModel, step: int) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    rng = [train_module._rng_state()]
+    rng = [checkpoint_module.rng_state()]
     return write_checkpoint(folder, "last", model, optimizer, {"step": step}, rng, [0])
 
 
@@ -204,7 +205,7 @@ CHECKPOINT_FAULTS = {
     # model.safetensors: safetensors' own full-disk error
     "weights": (report_model_module, "save_model", safetensors_full, NO_SPACE),
     # optimizer.safetensors: an OSError
-    "optimizer": (train_module, "save_file", enospc, NO_SPACE),
+    "optimizer": (checkpoint_module, "save_file", enospc, NO_SPACE),
     # trainer_state.json
     "state": (
         Path,
@@ -242,12 +243,6 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, f
     folder = tmp_path / "run" / "checkpoints"
     torch.manual_seed(0)
     model = ReportModel.from_config(small_config(), texts=TEXTS)
-    # the model card reads a whole run folder; a plain one suffices here
-    monkeypatch.setattr(
-        train_module,
-        "write_card",
-        lambda f, *a, **k: write_atomic(Path(f) / "README.md", lambda t: t.write_text("card")),
-    )
     last = _write(folder, model, step=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -274,7 +269,7 @@ def test_training_stops_on_a_full_disk_and_keeps_the_last_checkpoint(
     next ``last`` fails with ENOSPC; the run stops, ``last`` still loads with step N."""
     out = tmp_path / "run"
     last = out / "checkpoints" / "last"
-    real_save = train_module.save_file
+    real_save = checkpoint_module.save_file
     kept: list[int] = []
 
     def save_file(tensors, path, *args, **kwargs):
@@ -283,7 +278,7 @@ def test_training_stops_on_a_full_disk_and_keeps_the_last_checkpoint(
             enospc()
         return real_save(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "save_file", save_file)
+    monkeypatch.setattr(checkpoint_module, "save_file", save_file)
     with pytest.raises(WriteError) as err:
         train(_smoke(data_cache), out, progress=False)
     monkeypatch.undo()

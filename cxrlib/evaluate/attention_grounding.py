@@ -81,7 +81,7 @@ from cxrlib.metrics.grounding import FINDINGS
 from cxrlib.metrics.labeler import LATERAL_OBSERVATIONS, label_reports, laterality_column
 from cxrlib.model.explain import group_label, layer_groups, sentence_attention
 from cxrlib.training.generate import load_run
-from cxrlib.training.train import split_dataset
+from cxrlib.training.inputs import split_dataset
 
 __all__ = [
     "ABLATION_FILE",

@@ -19,8 +19,7 @@ import torch
 
 from cxrlib.data.manifest import text_cell
 from cxrlib.model import ReportModel
-from cxrlib.training.features import features_for_manifest
-from cxrlib.training.generate import split_frame
+from cxrlib.training.inputs import cached_features, split_frame
 from cxrlib.training.runs import run_checkpoint, run_config
 
 
@@ -67,8 +66,6 @@ def baseline_generations(
 ) -> dict[str, pd.DataFrame]:
     """``{"most_frequent": frame, "retrieval": frame}`` for ``split``, each with
     ``image_id, generated``, using the training run's encoder and data settings."""
-    from pathlib import Path
-
     config = run_config(run)
     if cache_dir is not None:
         config.data.cache_dir = str(cache_dir)
@@ -79,9 +76,8 @@ def baseline_generations(
     test = split_frame(manifest, split)
     if max_images is not None:
         test = test.subset(test.frame.iloc[:max_images])
-    folder = Path(config.data.cache_dir) / "features"
-    bank = features_for_manifest(train, model, folder, progress=progress)
-    queries = features_for_manifest(test, model, folder, progress=progress)
+    bank = cached_features(config, model, train, progress)
+    queries = cached_features(config, model, test, progress)
     texts = train.frame[column].map(text_cell)
     text_of = dict(zip(train.frame["image_id"].map(text_cell), texts, strict=True))
     bank_texts = [text_of[i] for i in bank.image_ids]

@@ -71,9 +71,14 @@ from cxrlib.metrics.clinical import ClinicalData
 from cxrlib.metrics.grounding import GroundingData, has_ground_truth_sides
 from cxrlib.metrics.labeler import LABELER_NAME, label_reports
 from cxrlib.metrics.lexical import LexicalCorpus
-from cxrlib.model import ReportModel
 from cxrlib.training.config import PROFILES, RunConfig
-from cxrlib.training.generate import generate_split, reference_nll_split, split_frame
+from cxrlib.training.generate import generate_split, reference_nll_split
+from cxrlib.training.inputs import (
+    resolve_manifest,
+    resolve_model_config,
+    split_frame,
+    warm_caches,
+)
 from cxrlib.training.model_card import write_card
 from cxrlib.training.runs import (
     ablation_folder,
@@ -85,7 +90,6 @@ from cxrlib.training.runs import (
     run_name,
     training_run,
 )
-from cxrlib.training.train import resolve_manifest, resolve_model_config, split_dataset
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +142,7 @@ def prepare_shared(config: RunConfig, split: str, progress: bool = True) -> Path
     model_config = resolve_model_config(config, manifest, progress)
     frames = [split_frame(manifest, s) for s in dict.fromkeys(("train", "validate", split))]
     frame = frames[0].subset(pd.concat([f.frame for f in frames]))
-    model = ReportModel.from_config(model_config.replace(mode="soft"), texts=["x"])
-    split_dataset(config, model, frame, progress)  # fills the feature and prior caches
+    warm_caches(config, model_config, frame, progress)
     return manifest
 
 

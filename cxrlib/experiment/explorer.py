@@ -33,28 +33,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.anatomy.priors import masks_to_priors
 from cxrlib.anatomy.segmenter import Segmenter
 from cxrlib.base.errors import CxrError
 from cxrlib.base.masks import load_mask
 from cxrlib.data.manifest import resolve, text_cell
 from cxrlib.evaluate import attention_grounding as ag
 from cxrlib.experiment.figures import outline_masks, plot_prior_stack
-from cxrlib.experiment.report import (
+from cxrlib.experiment.inference import (
     MASK_STRUCTURES,
     Reporter,
     label_word,
     read_radiograph,
     run_segmenter,
 )
-from cxrlib.experiment.report import attention_figure as draw
+from cxrlib.experiment.inference import attention_figure as draw
 from cxrlib.experiment.workbook import REPO_ROOT
 from cxrlib.metrics.grounding import FINDINGS, SIDE_COLUMNS, GroundingData
 from cxrlib.metrics.labeler import label_report, label_reports, laterality_column
 from cxrlib.model.explain import group_label
-from cxrlib.training.generate import split_frame
+from cxrlib.training.inputs import image_priors, resolve_manifest, split_frame
 from cxrlib.training.runs import generations_path, run_config, training_run
-from cxrlib.training.train import resolve_manifest
 
 MODE_ORDER = ("none", "soft", "strict")
 VERDICT_COLORS = {
@@ -277,7 +275,7 @@ class Explorer:
     # --- models, masks, generations -----------------------------------------------------
 
     def reporter(self, mode: str):
-        """The loaded run of ``mode`` (a :class:`~cxrlib.experiment.report.Reporter`), once."""
+        """The loaded run of ``mode`` (a :class:`~cxrlib.experiment.inference.Reporter`), once."""
         if mode not in self.runs:
             raise CxrError(f"no {mode} run in {self.run_dir} (modes: {', '.join(self.modes)})")
         if mode not in self._reporters:
@@ -397,7 +395,7 @@ class Explorer:
         config = reporter.prior_config
         if masks is None:
             return np.ones((reporter.model.num_decoder_layers, config.grid, config.grid))
-        priors = masks_to_priors(masks, config, image_ids=[name])[0].numpy()
+        priors = image_priors(masks, config, name)[0].numpy()
         return priors.reshape(priors.shape[0], config.grid, config.grid)
 
     def _captions(self, view: StudyView, row: pd.Series | None) -> list | None:

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from cxrlib.base.errors import CxrError
-from cxrlib.experiment.report import EXPORTED_SEGMENTER, run_segmenter
+from cxrlib.experiment.inference import EXPORTED_SEGMENTER, run_segmenter
 from cxrlib.training.model_card import CARD_FILE, MODEL_FILES, model_card, test_metrics_path
 from cxrlib.training.runs import (
     EXPORTED_CONFIG_FILE,
@@ -44,7 +44,7 @@ def export_run(
     segmenter : path-like, optional
         The lung and heart segmenter to ship in ``out/segmenter/`` (what
         ``cxr report --run OUT`` segments new images with); default the one the run
-        used (:func:`cxrlib.experiment.report.run_segmenter`), none when it records none.
+        used (:func:`cxrlib.experiment.inference.run_segmenter`), none when it records none.
 
     Returns
     -------

@@ -625,8 +625,8 @@ def features_for_manifest(
     -------
     ManifestFeatures
         Features (N, P, E) float16 of the rows whose image was readable, in manifest
-        order; the unreadable ones in ``bad``. Everything is held in memory: for a
-        large dataset use :meth:`FeatureCache.load` per batch instead.
+        order (one tensor in memory, or with ``in_memory=False`` a
+        :class:`LazyFeatures` read per item); the unreadable ones in ``bad``.
     """
     df = manifest.frame
     ids = [str(v).strip() for v in df["image_id"]]

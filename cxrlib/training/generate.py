@@ -1,9 +1,9 @@
 """Generation for a manifest split with a trained run: ``generations.csv``.
 
 ``generate_split(run, manifest, split)`` loads a training run's checkpoint (``best``,
-else ``last``) and its config tree (``config.json``), computes the inputs exactly as
-training did (cached encoder features for a frozen encoder, the same prior settings
-and mask source) and generates Findings for every image of the split with the
+else ``last``) and its config tree (``config.json``), computes the inputs as training
+does (:mod:`cxrlib.training.inputs`: cached encoder features for a frozen encoder, the
+same prior settings and mask source) and generates Findings for every image of the split with the
 checkpoint's decoding settings (greedy or beam, repetition penalty, ``max_new_tokens``;
 override with ``num_beams=`` / ``max_new_tokens=``). The result has the columns
 ``image_id, generated`` that :mod:`cxrlib.evaluate` reads, and ``nll``: the
@@ -28,13 +28,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
 from cxrlib.data.dataset import Collate, image_inputs, model_inputs
-from cxrlib.data.manifest import Manifest, read_manifest, text_cell
+from cxrlib.data.manifest import text_cell
 from cxrlib.model import ReportModel
+from cxrlib.training.inputs import split_dataset, split_frame
 from cxrlib.training.runs import run_checkpoint, run_config, run_folder
-from cxrlib.training.train import split_dataset
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +46,6 @@ class GenerationResult:
     checkpoint: Path
     bad: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def split_frame(manifest: str | os.PathLike, split: str | None) -> Manifest:
-    """The manifest's rows of ``split`` (all rows for None) that have an image."""
-    full = read_manifest(manifest, check_files=False)
-    rows = full if split is None else full.split(split)
-    rows = rows.subset(rows.frame[rows.frame["image_path"].map(text_cell) != ""].copy())
-    if len(rows) == 0:
-        raise CxrError(f"{manifest}: no rows with an image in split {split!r}")
-    return rows
 
 
 def load_run(run: str | os.PathLike, cache_dir: str | os.PathLike | None = None):

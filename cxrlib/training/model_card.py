@@ -1,4 +1,4 @@
-"""Model cards: a ``README.md`` in every saved model folder, and ``cxr export``.
+"""Model cards: the ``README.md`` of a run's checkpoints and of an exported model folder.
 
 :func:`model_card` writes the Hugging Face model-card convention from a training run's
 own files, so a model folder can be shared or pushed to a hub as it is:
@@ -17,11 +17,11 @@ the ``model.safetensors`` header, a test ``metrics.json`` when given
 ``<manifest>.summary.json`` (which dataset it is). No clock: the same files give the
 same text.
 
-Every checkpoint :func:`cxrlib.training.train.write_checkpoint` writes carries its card (no test
-metrics yet). :func:`export_run` (``cxr export RUN --out DIR``) copies a run's best
-(else last) model files, its config as ``run_config.json`` and a card with the test
-metrics found into a new folder, atomically; the folder loads with
-:meth:`cxrlib.model.ReportModel.from_pretrained` and serves ``cxr report --run DIR``.
+When a training run ends, :func:`write_checkpoint_cards` writes the card of its
+``best`` and ``last`` checkpoints (no test metrics yet); the ablation rewrites the card
+of the best (else last) one with the test metrics once it has evaluated the run.
+``cxr export RUN --out DIR`` (:func:`cxrlib.experiment.export.export_run`) writes a card
+with the test metrics found beside a copy of the model files.
 """
 
 from __future__ import annotations
@@ -715,3 +715,14 @@ def write_card(
     text = model_card(run_dir, checkpoint, metrics, name=name)
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
     return path
+
+
+def write_checkpoint_cards(run_dir: str | os.PathLike) -> list[Path]:
+    """The card of each checkpoint (``best``, ``last``) of training run ``run_dir``, written
+    when the run ends (no test metrics yet); returns their paths."""
+    written = []
+    for name in ("best", "last"):
+        folder = Path(run_dir) / "checkpoints" / name
+        if folder.is_dir():
+            written.append(write_card(folder, run_dir, folder, name=name))
+    return written

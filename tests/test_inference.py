@@ -17,7 +17,7 @@ from cxrlib.base.errors import CxrError
 from cxrlib.base.images import to_pixels
 from cxrlib.base.masks import load_mask
 from cxrlib.cli import main
-from cxrlib.experiment.report import (
+from cxrlib.experiment.inference import (
     MASK_STRUCTURES,
     Reporter,
     expand_inputs,
@@ -25,7 +25,7 @@ from cxrlib.experiment.report import (
     report_images,
 )
 from cxrlib.training.generate import load_run
-from cxrlib.training.train import resolve_manifest
+from cxrlib.training.inputs import resolve_manifest
 from tests import trained_smoke_run
 
 

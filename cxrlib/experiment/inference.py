@@ -1,9 +1,11 @@
-"""Findings for any radiograph: ``report_images(paths, run)`` and ``cxr report``.
+"""Single-image inference: Findings for any radiograph, ``report_images(paths, run)``
+and ``cxr report``.
 
 For each image: read it (PNG / JPEG / 16-bit PNG, and DICOM when ``pydicom`` is
 installed, with its VOI windowing and MONOCHROME1 inverted), take lung and heart masks
 (the segmenter the run used, a folder of masks, or none: a uniform prior, said in the
-output), build that run's layer priors, generate the Findings, label them with the
+output), build the model's inputs with that run's prior settings
+(:func:`cxrlib.training.inputs.image_inputs_for`), generate the Findings, label them with the
 project's labeler (14 labels and sides) and draw where each sentence attended (the
 figure of notebook 06). One JSON Lines record per image goes to ``reports.jsonl``.
 
@@ -29,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrlib.anatomy.priors import masks_to_priors
 from cxrlib.anatomy.segmenter import Segmenter
 from cxrlib.base.errors import CxrError
-from cxrlib.base.images import load_image, stretch_to_uint8, to_pixels
+from cxrlib.base.images import load_image, stretch_to_uint8
 from cxrlib.base.io import read_json_object, write_atomic
 from cxrlib.base.masks import load_mask
 from cxrlib.experiment.figures import outline_masks, plot_sentence_attention
@@ -40,6 +41,7 @@ from cxrlib.experiment.workbook import segmenter_folder
 from cxrlib.metrics.labeler import LATERALITY_COLUMNS, label_report
 from cxrlib.model.explain import sentence_attention
 from cxrlib.training.generate import load_run
+from cxrlib.training.inputs import image_inputs_for, prior_settings
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +204,7 @@ class Reporter:
         self.config, self.model, self.checkpoint = load_run(run)
         self.model.to(device)
         self.device = torch.device(device)
-        self.prior_config = self.config.priors.resolve(
-            self.model.config.image_size,
-            self.model.config.patch_size,
-            self.model.num_decoder_layers,
-        )
+        self.prior_config = prior_settings(self.config, self.model)
         self.segmenter = None
         self.mask_folder: Path | None = None
         if self.model.config.mode == "none":
@@ -241,12 +239,7 @@ class Reporter:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(pixel values, priors)`` the model reads for one uint8 (H, W) image and its
         organ masks ((1, H, W) each, or None for a uniform prior; mode none: no priors)."""
-        pixels = to_pixels(gray, self.model.config.image_size)[None].to(self.device)
-        priors = None
-        if masks is not None and self.model.config.mode != "none":
-            priors = masks_to_priors(masks, self.prior_config, image_ids=[name])
-            priors = priors.to(self.device)
-        return pixels, priors
+        return image_inputs_for(self.model, self.prior_config, gray, masks, name)
 
     @torch.no_grad()
     def generate(self, pixels: torch.Tensor, priors: torch.Tensor | None) -> str:
