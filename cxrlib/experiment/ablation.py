@@ -63,6 +63,7 @@ from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
 from cxrlib.base.provenance import provenance
 from cxrlib.base.stats import RunSamples, resample_runs
+from cxrlib.base.vocabulary import MODES
 from cxrlib.data.manifest import CHEXPERT_LABELS, Manifest, read_manifest, text_cell
 from cxrlib.evaluate.attention_grounding import ablation_attention
 from cxrlib.evaluate.baselines import baseline_generations
@@ -89,7 +90,6 @@ from cxrlib.training.train import resolve_manifest, resolve_model_config, split_
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "soft", "strict")
 BASELINES = ("retrieval", "most_frequent")
 NLL_KEY = "likelihood.nll"
 """The teacher-forced negative log-likelihood of the reference Findings per token, mean

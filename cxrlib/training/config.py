@@ -36,13 +36,11 @@ from typing import Any
 
 import yaml
 
-from cxrlib.anatomy.priors import PriorConfig
+from cxrlib.anatomy.prior_config import PriorConfig
 from cxrlib.base.errors import one_line
-from cxrlib.model.config import ModelConfig
-from cxrlib.model.encoders import DEFAULT_TYPE
-from cxrlib.training.pretrain import PretrainConfig
+from cxrlib.base.vocabulary import MASK_SOURCES
+from cxrlib.model.config import DEFAULT_ENCODER_TYPE, ModelConfig
 
-MASK_SOURCES = ("auto", "manifest", "segmenter", "none")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 EARLY_STOPPING_MODES = ("min", "max")
 
@@ -245,6 +243,32 @@ class TrainConfig:
             )
 
 
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Encoder pretraining (:func:`cxrlib.training.pretrain.pretrained_encoder`); off
+    unless ``enabled``."""
+
+    # pretrain a config-built encoder before training the report model
+    enabled: bool = False
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    # random shifts of up to this many pixels (train images only)
+    max_shift: int = 8
+    # its own seed: one pretrained encoder serves every run seed of an ablation
+    seed: int = 0
+    # weight of the per-patch targets (organs and finding regions under each patch,
+    # module doc); 0: image-level targets only
+    dense_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.max_shift < 0:
+            raise ValueError("pretrain: epochs and batch_size >= 1, lr > 0, max_shift >= 0")
+        if not self.dense_weight >= 0:
+            raise ValueError("pretrain: dense_weight >= 0")
+
+
 @dataclass
 class RunConfig:
     """The whole tree of one training run."""
@@ -422,7 +446,7 @@ def merge(base: dict, override: dict) -> dict:
 def _same_kind(base: dict, override: dict) -> bool:
     if "model_type" not in override:
         return True
-    return base.get("model_type", DEFAULT_TYPE) == override["model_type"]
+    return base.get("model_type", DEFAULT_ENCODER_TYPE) == override["model_type"]
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
