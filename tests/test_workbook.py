@@ -235,14 +235,8 @@ def test_timings_come_from_each_stage_record(tmp_path):
     (segmenter / "config.json").write_text(json.dumps({"seconds": 480.0}))
     os.utime(segmenter / "config.json", (started - 3600, started - 3600))  # an earlier run's
     executed = run / "notebooks" / "02_masks.ipynb"
-    executed.parent.mkdir(parents=True)
-    nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("print(seg_dir)")
-    cell.outputs = [
-        nbformat.v4.new_output("stream", name="stdout", text=f"data\nsegmenter: {segmenter}\n")
-    ]
-    nb.cells = [cell]
-    nbformat.write(nb, executed)
+    run.mkdir()
+    (run / "segmenter.json").write_text(json.dumps({"path": str(segmenter)}))  # notebook 02's
     model = {"encoder": {"hidden_size": 32}, "image_size": 64, "patch_size": 16}
     pretrain = {"enabled": True, "epochs": 1, "seed": 0}
     for name, seed in (("encoder-1", 0), ("encoder-2", 1)):  # encoder-2: another seed
@@ -254,7 +248,8 @@ def test_timings_come_from_each_stage_record(tmp_path):
     tree = {"data": {"manifest": manifest}, "model": model, "pretrain": pretrain}
     train = run / "train" / "soft-seed0"
     train.mkdir(parents=True)
-    (train / "config.json").write_text(json.dumps({"config": tree}))
+    inputs = {"encoder": {"path": str(cache / "encoders" / "encoder-1")}}
+    (train / "run_config.json").write_text(json.dumps({"config": tree, "inputs": inputs}))
     (train / "summary.json").write_text(json.dumps({"seconds": 4.5}))
     stages = {"shared_inputs": 1.0, "training": 60.0, "generation": 10.0, "evaluation": 25.0}
     (run / "ablation").mkdir()

@@ -83,6 +83,7 @@ from cxrlib.training.runs import (
     evaluation_folder,
     generations_path,
     run_checkpoint,
+    run_config_path,
     run_name,
     training_run,
 )
@@ -196,7 +197,7 @@ def train_runs(
     while pending or running:
         while pending and len(running) < parallel:
             mode, seed, path, run_dir = pending.pop(0)
-            resume = (run_dir / "config.json").is_file()
+            resume = run_config_path(run_dir).is_file()
             log_path = ablation_folder(out) / f"{run_name(mode, seed)}.log"
             with open(log_path, "w") as log_file:
                 proc = subprocess.Popen(

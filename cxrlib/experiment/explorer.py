@@ -54,7 +54,7 @@ from cxrlib.metrics.grounding import FINDINGS, GroundingData
 from cxrlib.metrics.labeler import label_report, label_reports, laterality_column
 from cxrlib.model.explain import group_label
 from cxrlib.training.generate import split_frame
-from cxrlib.training.runs import generations_path, run_config, training_run
+from cxrlib.training.runs import generations_path, run_config, run_config_path, training_run
 from cxrlib.training.train import resolve_manifest
 
 VERDICT_COLORS = {
@@ -210,7 +210,7 @@ class Explorer:
     # --- what there is ----------------------------------------------------------------
 
     def _find_runs(self) -> dict[str, Path]:
-        if (self.run_dir / "config.json").is_file() and (self.run_dir / "checkpoints").is_dir():
+        if run_config_path(self.run_dir).is_file() and (self.run_dir / "checkpoints").is_dir():
             return {run_config(self.run_dir).model.mode: self.run_dir}
         runs = {}
         for mode in MODES:

@@ -11,14 +11,14 @@ The first failing notebook stops the run with its name and failing cell.
 
 ``run.json`` ends with ``timings`` (:func:`collect_timings`): where the run's time went,
 gathered from what each stage records (the notebooks' wall times here, the segmenter's
-``config.json``, the encoder's ``pretrain.json``, each training run's ``summary.json``,
+``config.json`` (named by notebook 02's ``segmenter.json``), the encoder's
+``pretrain.json`` (named by the training runs' records), each training run's ``summary.json``,
 ``ablation/ablation.json``), each marked as spent in this run or reused from the cache.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import time
@@ -29,13 +29,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from cxrlib.anatomy.segmenter import recorded_segmenter
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import read_json_object, write_json_atomic
 from cxrlib.base.provenance import provenance
 from cxrlib.data.phantom import PhantomSpec
 from cxrlib.training.config import profile_config
 from cxrlib.training.profiles import phantom_spec, profile_manifest
-from cxrlib.training.runs import ablation_record, training_runs
+from cxrlib.training.runs import ablation_record, recorded_inputs, training_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """Root of the source checkout (where ``notebooks/``, ``runs/`` and ``cache/`` live)."""
@@ -458,51 +459,21 @@ def _notebook_seconds(record: dict, prefix: str) -> tuple[str, float] | None:
     return None
 
 
-def segmenter_folder(run_dir: Path, record: dict) -> Path | None:
-    """The segmenter folder notebook 02 used: its executed copy prints ``segmenter: DIR``."""
-    for entry in record.get("notebooks", []):
-        if not entry.get("notebook", "").startswith("02_"):
-            continue
-        executed = Path(entry.get("executed") or run_dir / "notebooks" / entry["notebook"])
-        notebook = read_json_object(executed) or {}
-        for cell in notebook.get("cells", []):
-            for output in cell.get("outputs", []):
-                if output.get("output_type") != "stream":
-                    continue
-                text = output.get("text", "")
-                text = "".join(text) if isinstance(text, list) else text
-                for match in re.finditer(r"^segmenter: (.+)$", text, flags=re.MULTILINE):
-                    folder = Path(match.group(1).strip())
-                    if (folder / "config.json").is_file():
-                        return folder
+def segmenter_folder(run_dir: Path, record: dict | None = None) -> Path | None:
+    """The segmenter folder notebook 02 used, as it recorded in ``run_dir/segmenter.json``
+    (:func:`cxrlib.anatomy.segmenter.record_segmenter`); None when there is none.
+    ``record`` (the run's ``run.json``) is not needed: the file alone says it."""
+    return recorded_segmenter(run_dir)
+
+
+def _encoder_folder(run_dir: Path) -> Path | None:
+    """The pretrained encoder the run's training runs read, as their run records name it
+    (``inputs.encoder.path``, :func:`cxrlib.training.runs.run_inputs`)."""
+    for run in training_runs(run_dir).values():
+        path = (recorded_inputs(run).get("encoder") or {}).get("path")
+        if path and (Path(path) / "pretrain.json").is_file():
+            return Path(path)
     return None
-
-
-def _encoder_folder(run_dir: Path, record: dict, cache_dir: Path | None) -> Path | None:
-    """The pretrained encoder the run's training runs read: the cached
-    ``encoders/*/pretrain.json`` whose key has their manifest, encoder and settings."""
-    if cache_dir is None:
-        return None
-    configs = [run / "config.json" for run in training_runs(run_dir).values()]
-    tree = (read_json_object(configs[0]) or {}).get("config", {}) if configs else {}
-    model, settings = tree.get("model", {}), tree.get("pretrain", {})
-    if not settings.get("enabled") or not isinstance(model.get("encoder"), dict):
-        return None
-    manifest = tree.get("data", {}).get("manifest") or record.get("manifest")
-    want = {
-        "encoder": model["encoder"],
-        "image_size": model.get("image_size"),
-        "patch_size": model.get("patch_size"),
-        "settings": settings,
-        "seed": settings.get("seed"),
-    }
-    found = []
-    for path in (cache_dir / "encoders").glob("*/pretrain.json"):
-        key = (read_json_object(path) or {}).get("key") or {}
-        same_manifest = str(Path(str(manifest)).resolve()) == (key.get("manifest") or [None])[0]
-        if same_manifest and all(key.get(k) == v for k, v in want.items()):
-            found.append(path)
-    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
 
 
 def run_cache_dir(record: dict) -> Path | None:
@@ -579,19 +550,19 @@ def collect_timings(
     else:
         out["phantom_generation"] = _entry(None, None, note="not recorded in run.json")
 
-    segmenter = segmenter_folder(run_dir, record)
+    segmenter = segmenter_folder(run_dir)
     out["segmenter_training"] = _cached_stage(
         None if segmenter is None else segmenter / "config.json",
         since,
         "trained",
-        "not found: no segmenter folder in notebook 02's output",
+        "not found: no segmenter.json (written by notebook 02) in the run folder",
     )
-    encoder = _encoder_folder(run_dir, record, cache_dir)
+    encoder = _encoder_folder(run_dir)
     out["encoder_pretraining"] = _cached_stage(
         None if encoder is None else encoder / "pretrain.json",
         since,
         "pretrained",
-        "not found: no pretrained encoder of the training runs in the cache",
+        "not found: no pretrained encoder in the training runs' records",
     )
     out["feature_cache"] = _feature_cache_stage(cache_dir, since)
     runs = {}

@@ -15,11 +15,12 @@
   cosine decay, gradient clipping, gradient accumulation; validation loss every epoch
   (and whatever ``val_metrics`` computes on generated validation Findings); early
   stopping on ``train.early_stopping_metric``.
-- **Outputs** in ``out``: ``config.json`` (the whole tree, seed, git commit, package
-  versions), ``metrics.csv`` (one row per logged step and per validation), TensorBoard
-  logs in ``tensorboard/``, ``samples.csv`` (generated vs reference Findings of a few
-  validation images after each epoch), ``checkpoints/last`` and ``checkpoints/best``,
-  ``summary.json`` at the end.
+- **Outputs** in ``out``: ``run_config.json`` (the whole tree, seed, git commit, package
+  versions; once the model is built, the encoder, segmenter and priors it resolved:
+  :func:`cxrlib.training.runs.run_inputs`), ``metrics.csv`` (one row per logged step and
+  per validation), TensorBoard logs in ``tensorboard/``, ``samples.csv`` (generated vs
+  reference Findings of a few validation images after each epoch), ``checkpoints/last``
+  and ``checkpoints/best``, ``summary.json`` at the end.
 
 Checkpoints: a :meth:`ReportModel.save_pretrained` folder plus ``optimizer.safetensors``
 (optimizer tensors), ``rng.safetensors`` (every process's torch RNG state),
@@ -65,7 +66,6 @@ from cxrlib.anatomy.cache import cached_priors_for_manifest, checkpoint_fingerpr
 from cxrlib.anatomy.segmenter import Segmenter
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import WriteError, os_error, write_atomic
-from cxrlib.base.provenance import provenance
 from cxrlib.data.dataset import (
     Collate,
     Example,
@@ -83,6 +83,7 @@ from cxrlib.training.config import RunConfig
 from cxrlib.training.features import features_for_manifest
 from cxrlib.training.model_card import write_card
 from cxrlib.training.pretrain import pretrained_encoder
+from cxrlib.training.runs import record_inputs, run_config_path, run_inputs, write_run_record
 
 log = logging.getLogger(__name__)
 
@@ -657,18 +658,18 @@ class Trainer:
         return self._finish()
 
     def _open_run_folder(self, resume: bool) -> Path | None:
-        """Check ``out`` (new, or the same config on resume), write ``config.json``.
+        """Check ``out`` (new, or the same config on resume), write the run record.
 
         Returns the checkpoint to resume from, or ``None`` to start from the beginning.
         """
-        out, config_path, tree = self.out, self.out / "config.json", self.config.to_dict()
+        out, config_path, tree = self.out, run_config_path(self.out), self.config.to_dict()
         last = None
         if self.main:
             recover_checkpoints(self.ckpt_dir)
         self.accelerator.wait_for_everyone()
         if resume:
             if not config_path.is_file():
-                log.warning("%s: nothing to resume (no config.json); starting a new run", out)
+                log.warning("%s: nothing to resume (no run record); starting a new run", out)
                 resume = False
             else:
                 stored = json.loads(config_path.read_text())
@@ -685,10 +686,7 @@ class Trainer:
             raise TrainingError(f"{out}: not empty; give a new --out, or --resume to continue it")
         if self.main and not resume:
             out.mkdir(parents=True, exist_ok=True)
-            record = {
-                "config": tree, "seed": self.config.seed, "world_size": self.world, **provenance()
-            }  # fmt: skip
-            write_atomic(config_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+            write_run_record(out, self.config, self.world)
         self.accelerator.wait_for_everyone()
         return last
 
@@ -709,6 +707,9 @@ class Trainer:
                 model_config = resolve_model_config(config, manifest, self.progress and self.main)
             set_seed(config.seed)
             self.model = ReportModel.from_config(model_config, texts=train_texts)
+            if self.main:
+                layers = self.model.num_decoder_layers
+                record_inputs(self.out, run_inputs(config, self.model.config, layers, manifest))
         if self.tc.feature_cache and config.model.encoder_trainable != "frozen":
             log.warning(
                 "train.feature_cache ignored: the encoder trains (%s)",
