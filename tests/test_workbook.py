@@ -28,7 +28,7 @@ from cxrlib.experiment.workbook import (
     run_workbook,
 )
 from cxrlib.training.config import profile_config
-from cxrlib.training.profiles import profile_manifest
+from cxrlib.training.profiles import profile_manifest, profile_phantom
 
 ROOT_NOTEBOOKS = notebook_paths.__globals__["REPO_ROOT"] / "notebooks"
 
@@ -217,7 +217,7 @@ def test_phantom_generation_is_timed_and_marked_reused(tmp_path):
         run_workbook("smoke", out=tmp_path / name, notebooks=nbs, cache=cache)
         record = json.loads((tmp_path / name / "run.json").read_text())
         entry = record["timings"]["phantom_generation"]
-        assert entry["source"] == str((cache / PROFILES["smoke"].phantom.name).resolve())
+        assert entry["source"] == str((cache / profile_phantom("smoke").name).resolve())
         assert isinstance(entry["seconds"], float)
         notes.append((entry["in_run"], entry["note"]))
     assert notes == [(True, "generated"), (False, "reused from the cache")]
@@ -560,7 +560,7 @@ def test_notebook_01_default_manifest_is_the_smoke_profiles_phantom_set(tmp_path
     assert declared["manifest"]["default"] == "None"  # resolved from the profile
     assert declared["profile"]["default"].strip("\"'") == "smoke"
     default = profile_manifest("smoke", tmp_path)
-    assert default == tmp_path / PROFILES["smoke"].phantom.name / "manifest.csv"
+    assert default == tmp_path / profile_phantom("smoke").name / "manifest.csv"
 
 
 def test_every_notebook_defaults_to_the_smoke_workbook():
@@ -588,4 +588,6 @@ def test_workbook_profiles_are_the_config_profiles():
     for name, profile in PROFILES.items():
         data = profile_config(name).data
         assert profile.name == name
-        assert profile.phantom == PhantomSpec(data.phantom_n, data.phantom_seed, data.phantom_size)
+        assert profile_phantom(name) == PhantomSpec(
+            data.phantom_n, data.phantom_seed, data.phantom_size
+        )

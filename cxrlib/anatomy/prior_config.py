@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from numbers import Integral
 
+from cxrlib.base.cache import cache_key
 from cxrlib.base.vocabulary import PRIOR_PADDINGS, PRIOR_SCHEDULES, PRIOR_STRUCTURES
 
 PRIORS_VERSION = 2
@@ -161,6 +162,4 @@ class PriorConfig:
         Equal keys mean equal priors for equal masks; any change of a setting that
         affects values, or of :data:`PRIORS_VERSION`, changes the key.
         """
-        from cxrlib.base.cache import cache_key  # deferred: the CLI reads this module
-
         return cache_key(self.value_settings())

@@ -1,8 +1,8 @@
 """Run the workbook: the numbered notebooks in order, headless, under one profile.
 
-A *profile* names every setting of a run: the training config profile of its name
-decides the data and the config tree; the workbook adds the notebook parameters
-(seeds, sizes of figures and intervals, segmenter settings). ``run_workbook``
+A *profile* (:class:`cxrlib.training.config.Profile`) names every setting of a run: its
+training part decides the data and the config tree, its notebook part the notebook
+parameters (seeds, sizes of figures and intervals, segmenter settings). ``run_workbook``
 prepares the data the profile needs (the phantom dataset, cached by its arguments),
 then executes each ``notebooks/NN_*.ipynb`` with papermill, passing each notebook only
 the parameters its ``parameters`` cell declares. Executed copies, figures and
@@ -23,7 +23,7 @@ import shutil
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,9 +33,8 @@ from cxrlib.anatomy.segmenter import recorded_segmenter
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import read_json_object, write_json_atomic
 from cxrlib.base.provenance import provenance
-from cxrlib.data.phantom import PhantomSpec
-from cxrlib.training.config import profile_config
-from cxrlib.training.profiles import phantom_spec, profile_manifest
+from cxrlib.training.config import PROFILES, Profile
+from cxrlib.training.profiles import profile_manifest, profile_record
 from cxrlib.training.runs import ablation_record, recorded_inputs, training_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,92 +42,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SHARED_WINGSPAN = REPO_ROOT.parent / "shared" / "data" / "wingspan"
 """Where the open Wingspan data lies beside a checkout, when it does."""
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Settings of one workbook run: a training config profile plus notebook parameters.
-
-    ``name`` is a key of :data:`cxrlib.training.config.PROFILES`, which alone decides the
-    run's data (:attr:`phantom`); ``parameters`` are offered to every notebook (each takes
-    those its ``parameters`` cell declares); ``publish_figures`` copies the run's figures
-    to ``figures/``.
-    """
-
-    name: str
-    parameters: dict = field(default_factory=dict)
-    publish_figures: bool = False
-    workers: int = 2
-    # the profile runs on a user's manifest (--manifest), not on the phantom
-    needs_manifest: bool = False
-
-    @property
-    def phantom(self) -> PhantomSpec:
-        """The phantom dataset of the training config profile ``name``."""
-        return phantom_spec(profile_config(self.name).data)
-
-    def to_dict(self) -> dict:
-        """The profile as ``run.json`` records it (its phantom included)."""
-        return {**asdict(self), "phantom": asdict(self.phantom)}
-
-
-PROFILES: dict[str, Profile] = {
-    # every notebook on tiny settings; CI runs it
-    "smoke": Profile(
-        "smoke",
-        {
-            "seed": 0,
-            "n_overlay": 4,
-            "segmenter_epochs": 1,
-            "segmenter_image_size": 64,
-            "n_examples": 2,
-            "n_bootstrap": 50,
-            "epochs": 1,
-            "seeds": [0, 1, 2],
-        },
-    ),
-    # what `make workbook` runs on the embedded phantom dataset
-    "default": Profile(
-        "default",
-        {
-            "seed": 0,
-            "n_overlay": 8,
-            # 24 epochs at 192 px: held-out Dice 0.938 in 3.8 min against 0.944 in 11.7
-            # min for cxr segment train's 40 epochs at 256 px (README, "Fitting the
-            # 30-minute budget")
-            "segmenter_epochs": 24,
-            "segmenter_image_size": 192,
-            "n_examples": 4,
-            "n_bootstrap": 1000,
-            # None: the training profile's epochs (6, ending at learning rate 0): one
-            # epoch per run left the decoders far from what they learn (issue 25,
-            # README "Choosing the decoder budget")
-            "epochs": None,
-            "seeds": [0, 1, 2],
-        },
-        publish_figures=True,
-    ),
-    # the published sizes on a user's manifest (MIMIC-CXR), on GPUs; a --manifest is
-    # required; each ablation run on all GPUs with `accelerate launch`
-    "full": Profile(
-        "full",
-        {
-            "seed": 0,
-            "n_overlay": 8,
-            "segmenter_epochs": 40,
-            "segmenter_image_size": 256,
-            "n_examples": 4,
-            "n_bootstrap": 1000,
-            "epochs": None,
-            "seeds": [0, 1, 2],
-            "parallel": 1,
-        },
-        needs_manifest=True,
-    ),
-}
-"""The workbook's profiles: the training config profiles of the same names
-(:data:`cxrlib.training.config.PROFILES`, their data and config trees) plus the
-notebook parameters each offers."""
 
 
 @dataclass
@@ -213,7 +126,7 @@ def run_workbook(
     cache_dir = Path(cache or os.environ.get("CXR_CACHE") or REPO_ROOT / "cache")
     since, setup_started = time.time(), time.perf_counter()
     record: dict = {
-        "profile": prof.to_dict(),
+        "profile": profile_record(prof),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "provenance": provenance(),
         "notebooks": [],

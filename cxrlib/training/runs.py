@@ -25,6 +25,7 @@ import os
 import re
 from pathlib import Path
 
+from cxrlib.anatomy.cache import checkpoint_fingerprint
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import read_json_object, write_json_atomic
 from cxrlib.base.provenance import provenance
@@ -187,8 +188,6 @@ def run_inputs(
     ``model`` (:class:`~cxrlib.anatomy.prior_config.PriorConfig`, ``num_layers`` decoder
     layers) with their cache key, the mask ``source`` and the attention ``mode``.
     """
-    from cxrlib.anatomy.cache import checkpoint_fingerprint  # deferred: loads torch
-
     encoder = model.encoder
     if isinstance(encoder, dict):
         encoder_entry: dict = {"config": encoder}
