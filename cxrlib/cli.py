@@ -7,7 +7,8 @@ traceback instead. Argument errors exit 2 (argparse's convention).
 
 A subcommand imports the library code it runs inside its ``_cmd_`` function (deferred on
 purpose: ``cxr --help`` and a mistyped option answer without loading torch and the whole
-package); this is the one module that does so.
+package); this is the one module that does so. The choices of its flags come from
+:mod:`cxrlib.base.vocabulary` and the config profiles, which load no torch.
 """
 
 from __future__ import annotations
