@@ -50,7 +50,7 @@ def patch_grid(image_size: int, patch_size: int) -> int:
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """Every setting that decides the priors' values (see the module docstring).
+    """Every setting that decides the priors' values (see :mod:`cxrlib.anatomy.priors`).
 
     Sigmas are fractions of the image side (1 = the whole side), the same priors in
     image space on any patch grid; :func:`schedule` gives them in patches.

@@ -1,7 +1,8 @@
 """The words of the project, each defined once: every other module imports them here.
 
-Plain tuples and mappings, no imports, so configs and the CLI read them without loading
-torch. ``tests/test_vocabulary.py`` fails when a second definition appears elsewhere.
+Plain tuples and mappings in a module that imports nothing, so configs and the CLI read
+them without loading torch. ``tests/test_vocabulary.py`` fails when a second definition
+appears in the package or the notebooks.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ MODES: tuple[str, ...] = ("none", "soft", "strict")
 """Anatomical attention modes: no prior, prior as a soft bias, prior as a hard mask."""
 
 PROFILES: tuple[str, ...] = ("smoke", "default", "full")
-"""Profile names (:mod:`cxrlib.training.config`, :mod:`cxrlib.experiment.workbook`)."""
+"""Profile names: the keys of :data:`cxrlib.training.config.PROFILES`."""
 
 MASK_SOURCES: tuple[str, ...] = ("auto", "manifest", "segmenter", "none")
 """Where masks come from; ``auto`` tries the others in this order (``none``: uniform)."""
