@@ -7,7 +7,8 @@ traceback instead. Argument errors exit 2 (argparse's convention).
 
 A subcommand imports the library code it runs inside its ``_cmd_`` function (deferred on
 purpose: ``cxr --help`` and a mistyped option answer without loading torch and the whole
-package); this is the one module that does so.
+package); this is the one module that does so. The choices of its flags come from
+:mod:`cxrlib.base.vocabulary` and the config profiles, which load no torch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ from pathlib import Path
 
 from cxrlib import __version__
 from cxrlib.base.errors import CxrError
+from cxrlib.base.vocabulary import (
+    MASK_SOURCES,
+    MODES,
+    PRIOR_PADDINGS,
+    PRIOR_SCHEDULES,
+    PRIOR_STRUCTURES,
+)
+from cxrlib.training.config import PROFILES
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,44 +82,8 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-class _LazyChoices:
-    """An argparse ``choices`` read when first used (parsing, or the subcommand's help),
-    so that building the parser (``cxr --help``) does not import the library."""
-
-    def __init__(self, load: Callable[[], Sequence[str]]):
-        self._load = load
-
-    def _values(self) -> list[str]:
-        return list(self._load())
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._values()
-
-    def __iter__(self):
-        return iter(self._values())
-
-
-def _load_workbook_profiles() -> list[str]:
-    from cxrlib.experiment.workbook import PROFILES
-
-    return sorted(PROFILES)
-
-
-def _load_train_profiles() -> list[str]:
-    from cxrlib.training.config import PROFILES
-
-    return sorted(PROFILES)
-
-
-def _load_modes() -> Sequence[str]:
-    from cxrlib.model.config import MODES
-
-    return MODES
-
-
-_workbook_profiles = _LazyChoices(_load_workbook_profiles)
-_train_profiles = _LazyChoices(_load_train_profiles)
-_modes = _LazyChoices(_load_modes)
+# the choices of the flags below, read from the configs (no torch is loaded by them)
+_profiles = sorted(PROFILES)
 
 
 # --- cxr workbook ----------------------------------------------------------------------
@@ -129,7 +102,7 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--profile",
-        choices=_workbook_profiles,
+        choices=_profiles,
         metavar="PROFILE",
         default="default",
         help="settings preset: %(choices)s (default %(default)s)",
@@ -263,13 +236,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-# The choices repeat cxrlib.anatomy.priors' constants (a test keeps them equal) so that
-# building the parser does not import torch; defaults (None) are PriorConfig's.
-_PRIOR_SCHEDULES = ("thesis", "linear", "constant", "none")
-_PRIOR_PADDINGS = ("reflect", "replicate", "zeros")
-_PRIOR_SOURCES = ("auto", "manifest", "segmenter", "none")
-
-
 def _add_priors(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "priors",
@@ -285,10 +251,10 @@ def _add_priors(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--manifest", required=True, type=Path, help="manifest CSV")
     p.add_argument("--out", required=True, type=Path, help="cache folder (created)")
-    p.add_argument("--schedule", choices=_PRIOR_SCHEDULES, help="default linear")
+    p.add_argument("--schedule", choices=PRIOR_SCHEDULES, help="default linear")
     p.add_argument(
         "--structures",
-        help="comma-separated, from left_lung, right_lung, lungs, heart (default lungs,heart)",
+        help=f"comma-separated, from {', '.join(PRIOR_STRUCTURES)} (default lungs,heart)",
     )
     p.add_argument("--image-size", type=_positive_int, help="encoder input px (default 224)")
     p.add_argument("--patch-size", type=_positive_int, help="patch px (default 16)")
@@ -308,8 +274,8 @@ def _add_priors(sub: argparse._SubParsersAction) -> None:
         type=_positive_float,
         help="constant: every layer, a fraction of the image side (default 1/16)",
     )
-    p.add_argument("--padding", choices=_PRIOR_PADDINGS, help="blur border (default reflect)")
-    p.add_argument("--source", choices=_PRIOR_SOURCES, default="auto", help="default auto")
+    p.add_argument("--padding", choices=PRIOR_PADDINGS, help="blur border (default reflect)")
+    p.add_argument("--source", choices=MASK_SOURCES, default="auto", help="default auto")
     p.add_argument("--segmenter", type=Path, default=None, help="segmenter checkpoint folder")
     p.add_argument(
         "--dtype", choices=("float32", "float16"), default="float32", help="stored priors"
@@ -932,14 +898,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--profile",
-        choices=_train_profiles,
+        choices=_profiles,
         metavar="PROFILE",
         default="default",
         help="preset: %(choices)s (default %(default)s)",
     )
     p.add_argument("--config", type=Path, default=None, help="YAML or JSON (partial) tree")
     p.add_argument(
-        "--mode", choices=_modes, metavar="MODE", help="anatomical attention mode: %(choices)s"
+        "--mode", choices=MODES, metavar="MODE", help="anatomical attention mode: %(choices)s"
     )
     p.add_argument("--seed", type=_int, default=None, help="run seed")
     p.add_argument("--out", required=True, type=Path, help="run folder")

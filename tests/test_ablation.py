@@ -106,7 +106,7 @@ def test_runs_differ_only_in_mode_and_seed(ablation):
 
     _, out, _ = ablation
     trees = {
-        name: json.loads((out / "train" / name / "config.json").read_text())["config"]
+        name: json.loads((out / "train" / name / "run_config.json").read_text())["config"]
         for name in ("none-seed0", "strict-seed1")
     }
     a, b = trees["none-seed0"], trees["strict-seed1"]

@@ -104,10 +104,11 @@ def test_no_command_is_a_usage_error(capsys):
 
 
 def test_building_the_parser_imports_neither_torch_nor_the_library():
-    """`cxr --help` stays fast: the profile and mode choices are read only when used."""
+    """`cxr --help` stays fast: the choices come from the vocabulary and the configs,
+    which load no torch; the library proper is imported only by a command that runs."""
     code = (
         "import sys; from cxrlib.cli import build_parser; build_parser().format_help(); "
-        "heavy = [m for m in ('torch', 'transformers', 'cxrlib.training.config', "
+        "heavy = [m for m in ('torch', 'transformers', 'pandas', "
         "'cxrlib.experiment.workbook') if m in sys.modules]; print(heavy)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -82,7 +82,7 @@ def test_every_checkpoint_carries_a_card_without_test_metrics(run):
         assert NOT_MEASURED in card
         assert "best val_loss so far" in card  # the validation metric known at the time
         assert "Research only" in card and "Not for clinical use" in card
-        record = json.loads((out / "config.json").read_text())
+        record = json.loads((out / "run_config.json").read_text())
         assert record["git_commit"] in card
 
 
@@ -143,7 +143,7 @@ def test_export_refuses_bad_input(run, tmp_path):
         export_run(out, busy)
     bare = tmp_path / "bare"
     bare.mkdir()
-    shutil.copyfile(out / "config.json", bare / "config.json")
+    shutil.copyfile(out / "run_config.json", bare / "run_config.json")
     with pytest.raises(CxrError, match="no checkpoints/best or checkpoints/last"):
         export_run(bare, tmp_path / "a")
     with pytest.raises(CxrError, match="no such training run"):

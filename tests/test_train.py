@@ -103,11 +103,14 @@ def test_smoke_run_writes_checkpoints_config_metrics(reference):
         ):
             assert (folder / file).is_file(), f"{name}/{file}"
     assert not [p for p in (reference / "checkpoints").iterdir() if p.name.startswith(".")]
-    record = json.loads((reference / "config.json").read_text())
+    record = json.loads((reference / "run_config.json").read_text())
     assert record["config"]["profile"] == "smoke"
     assert record["config"]["train"]["epochs"] == 3
     assert record["seed"] == 0
     assert "git_commit" in record and record["packages"]["torch"] == torch.__version__
+    inputs = record["inputs"]  # what the run resolved, kept as data from its start
+    assert (Path(inputs["encoder"]["path"]) / "pretrain.json").is_file()  # pretrained, cached
+    assert inputs["segmenter"] is None and inputs["priors"]["source"] == "auto"
     metrics = pd.read_csv(reference / "metrics.csv")
     assert {"step", "epoch", "split", "loss", "lr", "grad_norm"} <= set(metrics.columns)
     val = metrics[metrics["split"] == "validate"]

@@ -28,7 +28,7 @@ from cxrlib.experiment.workbook import (
     run_workbook,
 )
 from cxrlib.training.config import profile_config
-from cxrlib.training.profiles import profile_manifest
+from cxrlib.training.profiles import profile_manifest, profile_phantom
 
 ROOT_NOTEBOOKS = notebook_paths.__globals__["REPO_ROOT"] / "notebooks"
 
@@ -217,7 +217,7 @@ def test_phantom_generation_is_timed_and_marked_reused(tmp_path):
         run_workbook("smoke", out=tmp_path / name, notebooks=nbs, cache=cache)
         record = json.loads((tmp_path / name / "run.json").read_text())
         entry = record["timings"]["phantom_generation"]
-        assert entry["source"] == str((cache / PROFILES["smoke"].phantom.name).resolve())
+        assert entry["source"] == str((cache / profile_phantom("smoke").name).resolve())
         assert isinstance(entry["seconds"], float)
         notes.append((entry["in_run"], entry["note"]))
     assert notes == [(True, "generated"), (False, "reused from the cache")]
@@ -235,14 +235,8 @@ def test_timings_come_from_each_stage_record(tmp_path):
     (segmenter / "config.json").write_text(json.dumps({"seconds": 480.0}))
     os.utime(segmenter / "config.json", (started - 3600, started - 3600))  # an earlier run's
     executed = run / "notebooks" / "02_masks.ipynb"
-    executed.parent.mkdir(parents=True)
-    nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("print(seg_dir)")
-    cell.outputs = [
-        nbformat.v4.new_output("stream", name="stdout", text=f"data\nsegmenter: {segmenter}\n")
-    ]
-    nb.cells = [cell]
-    nbformat.write(nb, executed)
+    run.mkdir()
+    (run / "segmenter.json").write_text(json.dumps({"path": str(segmenter)}))  # notebook 02's
     model = {"encoder": {"hidden_size": 32}, "image_size": 64, "patch_size": 16}
     pretrain = {"enabled": True, "epochs": 1, "seed": 0}
     for name, seed in (("encoder-1", 0), ("encoder-2", 1)):  # encoder-2: another seed
@@ -254,7 +248,8 @@ def test_timings_come_from_each_stage_record(tmp_path):
     tree = {"data": {"manifest": manifest}, "model": model, "pretrain": pretrain}
     train = run / "train" / "soft-seed0"
     train.mkdir(parents=True)
-    (train / "config.json").write_text(json.dumps({"config": tree}))
+    inputs = {"encoder": {"path": str(cache / "encoders" / "encoder-1")}}
+    (train / "run_config.json").write_text(json.dumps({"config": tree, "inputs": inputs}))
     (train / "summary.json").write_text(json.dumps({"seconds": 4.5}))
     stages = {"shared_inputs": 1.0, "training": 60.0, "generation": 10.0, "evaluation": 25.0}
     (run / "ablation").mkdir()
@@ -565,7 +560,7 @@ def test_notebook_01_default_manifest_is_the_smoke_profiles_phantom_set(tmp_path
     assert declared["manifest"]["default"] == "None"  # resolved from the profile
     assert declared["profile"]["default"].strip("\"'") == "smoke"
     default = profile_manifest("smoke", tmp_path)
-    assert default == tmp_path / PROFILES["smoke"].phantom.name / "manifest.csv"
+    assert default == tmp_path / profile_phantom("smoke").name / "manifest.csv"
 
 
 def test_every_notebook_defaults_to_the_smoke_workbook():
@@ -593,4 +588,6 @@ def test_workbook_profiles_are_the_config_profiles():
     for name, profile in PROFILES.items():
         data = profile_config(name).data
         assert profile.name == name
-        assert profile.phantom == PhantomSpec(data.phantom_n, data.phantom_seed, data.phantom_size)
+        assert profile_phantom(name) == PhantomSpec(
+            data.phantom_n, data.phantom_seed, data.phantom_size
+        )

@@ -34,11 +34,12 @@ from skimage import measure
 from torch import nn
 from tqdm.auto import tqdm
 
+from cxrlib.anatomy.cache import checkpoint_fingerprint
 from cxrlib.anatomy.metrics import dice, hd95
 from cxrlib.base.cache import build_once, cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image
-from cxrlib.base.io import write_atomic, write_json_atomic
+from cxrlib.base.io import read_json_object, write_atomic, write_json_atomic
 from cxrlib.base.masks import cardiothoracic_ratio, load_mask
 from cxrlib.base.provenance import provenance
 from cxrlib.base.stats import bootstrap_mean_ci
@@ -735,4 +736,31 @@ def cached_segmenter(
         train, held_out = split_held_out(data, *limits, seed=seed)
     config = SegmenterConfig(epochs=epochs, image_size=image_size, seed=seed)
     seg, folder = train_or_load(train, config, cache, held_out=held_out, progress=progress)
+    record_segmenter(run_dir, folder, source)
     return CachedSegmenter(seg, folder, data, train, held_out, source)
+
+
+SEGMENTER_RECORD = "segmenter.json"
+"""The file in a workbook run folder naming the segmenter its notebooks use."""
+
+
+def record_segmenter(run_dir: str | os.PathLike, folder: Path, source: str = "") -> Path:
+    """Write ``run_dir/segmenter.json``: the segmenter ``folder`` (resolved), its
+    :func:`~cxrlib.anatomy.cache.checkpoint_fingerprint` and the data ``source``."""
+    record = {
+        "path": str(Path(folder).resolve()),
+        "fingerprint": checkpoint_fingerprint(folder),
+        "source": source,
+    }
+    path = Path(run_dir) / SEGMENTER_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+    return path
+
+
+def recorded_segmenter(run_dir: str | os.PathLike) -> Path | None:
+    """The segmenter folder ``run_dir/segmenter.json`` names (:func:`record_segmenter`),
+    or None when there is no record or its folder is gone."""
+    record = read_json_object(Path(run_dir) / SEGMENTER_RECORD) or {}
+    folder = Path(record["path"]) if isinstance(record.get("path"), str) else None
+    return folder if folder is not None and (folder / "config.json").is_file() else None

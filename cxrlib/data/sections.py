@@ -256,15 +256,6 @@ def extract_sections(text: str) -> dict[str, str]:
     return result
 
 
-def extract_findings(text: str) -> str | None:
-    """The Findings of a report (last non-empty ``findings`` section), or None.
-
-    A report whose only findings-like section is ``FINDINGS AND IMPRESSION:`` has no
-    Findings (that section counts as impression).
-    """
-    return extract_sections(text).get("findings")
-
-
 def split_sentences(text: object) -> list[str]:
     """Sentences of a report text, whitespace collapsed, case and punctuation kept.
 

@@ -63,6 +63,7 @@ from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
 from cxrlib.base.provenance import provenance
 from cxrlib.base.stats import RunSamples, resample_runs
+from cxrlib.base.vocabulary import MODES
 from cxrlib.data.manifest import CHEXPERT_LABELS, Manifest, read_manifest, text_cell
 from cxrlib.evaluate.attention_grounding import ablation_attention
 from cxrlib.evaluate.baselines import baseline_generations
@@ -87,13 +88,13 @@ from cxrlib.training.runs import (
     evaluation_folder,
     generations_path,
     run_checkpoint,
+    run_config_path,
     run_name,
     training_run,
 )
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "soft", "strict")
 BASELINES = ("retrieval", "most_frequent")
 NLL_KEY = "likelihood.nll"
 """The teacher-forced negative log-likelihood of the reference Findings per token, mean
@@ -199,7 +200,7 @@ def train_runs(
     while pending or running:
         while pending and len(running) < parallel:
             mode, seed, path, run_dir = pending.pop(0)
-            resume = (run_dir / "config.json").is_file()
+            resume = run_config_path(run_dir).is_file()
             log_path = ablation_folder(out) / f"{run_name(mode, seed)}.log"
             with open(log_path, "w") as log_file:
                 proc = subprocess.Popen(

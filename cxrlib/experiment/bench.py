@@ -25,6 +25,7 @@ from cxrlib.anatomy.priors import (
 from cxrlib.anatomy.priors import schedule as layer_schedule
 from cxrlib.base.images import load_pixels
 from cxrlib.base.provenance import provenance
+from cxrlib.base.vocabulary import MODES
 from cxrlib.data.iu_xray import iter_reports
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import make_study_row, phantom_study, write_phantom
@@ -350,9 +351,6 @@ def bench_model(
     return result
 
 
-MODEL_MODES = ("none", "soft", "strict")
-
-
 def _bench_model(device, preset, dtype, batch, text_tokens, new_tokens, repeats, seed) -> dict:
     if new_tokens < 2:
         raise ValueError(f"new_tokens: need >= 2 to time a decoding step (got {new_tokens})")
@@ -383,7 +381,7 @@ def _bench_model(device, preset, dtype, batch, text_tokens, new_tokens, repeats,
 
 
 def _same_weight_models(preset: str, device, seed: int) -> dict:
-    """One model per mode (:data:`MODEL_MODES`) of ``preset``, with identical weights."""
+    """One model per mode (:data:`MODES`) of ``preset``, with identical weights."""
     import torch
 
     def config(mode: str) -> ModelConfig:
@@ -392,11 +390,11 @@ def _same_weight_models(preset: str, device, seed: int) -> dict:
         return ModelConfig.published(mode=mode, pretrained=False)
 
     models = {}
-    for mode in MODEL_MODES:
+    for mode in MODES:
         torch.manual_seed(seed)
         models[mode] = ReportModel.from_config(config(mode)).to(device)
     reference = models["none"].state_dict()
-    for mode in MODEL_MODES:  # equal sizes and equal weights
+    for mode in MODES:  # equal sizes and equal weights
         state = models[mode].state_dict()
         assert all(torch.equal(state[k], v) for k, v in reference.items())
     return models
@@ -456,7 +454,7 @@ class _ModeRunner:
 
     def mode_times(self, fn, warmup: int, count: int, stat) -> dict[str, float]:
         """``stat`` of the seconds of ``fn(mode)`` per mode, modes interleaved."""
-        fns = {mode: functools.partial(fn, mode) for mode in MODEL_MODES}
+        fns = {mode: functools.partial(fn, mode) for mode in MODES}
         runs = _interleaved_runs(fns, count, warmup, self.sync)
         return {mode: stat([seconds for seconds, _ in r]) for mode, r in runs.items()}
 
@@ -472,7 +470,7 @@ def _train_times(runner: _ModeRunner, repeats: int) -> tuple[dict, dict]:
     peak_mb = {}
     if runner.cuda:
         device = runner.device
-        for mode in MODEL_MODES:
+        for mode in MODES:
             torch.cuda.reset_peak_memory_stats(device)
             runner.train_step(mode)
             runner.sync()
@@ -527,7 +525,7 @@ def model_ratios(train: dict, cached: dict, full: dict) -> tuple[dict, bool | No
     for mode in ("soft", "strict"):
         ratios[f"train_step_{mode}_vs_none"] = _ratio(train[mode], train["none"], 3)
         ratios[f"decode_{mode}_vs_none"] = _ratio(cached[mode], cached["none"], 3)
-    for mode in MODEL_MODES:
+    for mode in MODES:
         ratios[f"cache_speedup_{mode}"] = _ratio(full[mode], cached[mode], 2)
     checked = [
         (ratios[f"{kind}_{m}_vs_none"], MODEL_TARGETS[f"{kind}_vs_none"])
@@ -612,7 +610,7 @@ def _bytes(n: float) -> str:
 
 def format_model_table(result: dict) -> str:
     """The model benchmark as an aligned table: one column per mode, ratios vs none."""
-    modes = ("none", "soft", "strict")
+    modes = MODES
     r = result["ratios"]
     rows = [
         ("train step (fwd+bwd) ms", [result["train_step_ms"][m] for m in modes]),

@@ -36,6 +36,7 @@ import pandas as pd
 from cxrlib.anatomy.segmenter import Segmenter
 from cxrlib.base.errors import CxrError
 from cxrlib.base.masks import load_mask
+from cxrlib.base.vocabulary import MODES, SIDE_COLUMNS
 from cxrlib.data.manifest import resolve, text_cell
 from cxrlib.evaluate import attention_grounding as ag
 from cxrlib.experiment.figures import outline_masks, plot_prior_stack
@@ -48,13 +49,12 @@ from cxrlib.experiment.inference import (
 )
 from cxrlib.experiment.inference import attention_figure as draw
 from cxrlib.experiment.workbook import REPO_ROOT
-from cxrlib.metrics.grounding import FINDINGS, SIDE_COLUMNS, GroundingData
+from cxrlib.metrics.grounding import FINDINGS, GroundingData
 from cxrlib.metrics.labeler import label_report, label_reports, laterality_column
 from cxrlib.model.explain import group_label
 from cxrlib.training.inputs import image_priors, resolve_manifest, split_frame
-from cxrlib.training.runs import generations_path, run_config, training_run
+from cxrlib.training.runs import generations_path, run_config, run_config_path, training_run
 
-MODE_ORDER = ("none", "soft", "strict")
 VERDICT_COLORS = {
     "correct": "#d4edda",
     "wrong side": "#fff3cd",
@@ -99,7 +99,7 @@ def compare_labels(generated: pd.Series | dict, truth: pd.Series | dict) -> pd.D
         columns, :func:`cxrlib.metrics.labeler.label_report`).
     truth : mapping
         The reference labels (CheXpert columns) and, for sides, the phantom's drawn-side
-        columns (:data:`cxrlib.metrics.grounding.SIDE_COLUMNS`).
+        columns (:data:`cxrlib.base.vocabulary.SIDE_COLUMNS`).
 
     Returns
     -------
@@ -208,10 +208,10 @@ class Explorer:
     # --- what there is ----------------------------------------------------------------
 
     def _find_runs(self) -> dict[str, Path]:
-        if (self.run_dir / "config.json").is_file() and (self.run_dir / "checkpoints").is_dir():
+        if run_config_path(self.run_dir).is_file() and (self.run_dir / "checkpoints").is_dir():
             return {run_config(self.run_dir).model.mode: self.run_dir}
         runs = {}
-        for mode in MODE_ORDER:
+        for mode in MODES:
             folder = training_run(self.run_dir, mode, self.seed)
             if (folder / "checkpoints").is_dir():
                 runs[mode] = folder

@@ -1,8 +1,8 @@
 """Run the workbook: the numbered notebooks in order, headless, under one profile.
 
-A *profile* names every setting of a run: the training config profile of its name
-decides the data and the config tree; the workbook adds the notebook parameters
-(seeds, sizes of figures and intervals, segmenter settings). ``run_workbook``
+A *profile* (:class:`cxrlib.training.config.Profile`) names every setting of a run: its
+training part decides the data and the config tree, its notebook part the notebook
+parameters (seeds, sizes of figures and intervals, segmenter settings). ``run_workbook``
 prepares the data the profile needs (the phantom dataset, cached by its arguments),
 then executes each ``notebooks/NN_*.ipynb`` with papermill, passing each notebook only
 the parameters its ``parameters`` cell declares. Executed copies, figures and
@@ -11,123 +11,37 @@ The first failing notebook stops the run with its name and failing cell.
 
 ``run.json`` ends with ``timings`` (:func:`collect_timings`): where the run's time went,
 gathered from what each stage records (the notebooks' wall times here, the segmenter's
-``config.json``, the encoder's ``pretrain.json``, each training run's ``summary.json``,
+``config.json`` (named by notebook 02's ``segmenter.json``), the encoder's
+``pretrain.json`` (named by the training runs' records), each training run's ``summary.json``,
 ``ablation/ablation.json``), each marked as spent in this run or reused from the cache.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from cxrlib.anatomy.segmenter import recorded_segmenter
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import read_json_object, write_json_atomic
 from cxrlib.base.provenance import provenance
-from cxrlib.data.phantom import PhantomSpec
-from cxrlib.training.config import profile_config
-from cxrlib.training.profiles import phantom_spec, profile_manifest
-from cxrlib.training.runs import ablation_record, training_runs
+from cxrlib.training.config import PROFILES, Profile
+from cxrlib.training.profiles import profile_manifest, profile_record
+from cxrlib.training.runs import ablation_record, recorded_inputs, training_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """Root of the source checkout (where ``notebooks/``, ``runs/`` and ``cache/`` live)."""
 
 SHARED_WINGSPAN = REPO_ROOT.parent / "shared" / "data" / "wingspan"
 """Where the open Wingspan data lies beside a checkout, when it does."""
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Settings of one workbook run: a training config profile plus notebook parameters.
-
-    ``name`` is a key of :data:`cxrlib.training.config.PROFILES`, which alone decides the
-    run's data (:attr:`phantom`); ``parameters`` are offered to every notebook (each takes
-    those its ``parameters`` cell declares); ``publish_figures`` copies the run's figures
-    to ``figures/``.
-    """
-
-    name: str
-    parameters: dict = field(default_factory=dict)
-    publish_figures: bool = False
-    workers: int = 2
-    # the profile runs on a user's manifest (--manifest), not on the phantom
-    needs_manifest: bool = False
-
-    @property
-    def phantom(self) -> PhantomSpec:
-        """The phantom dataset of the training config profile ``name``."""
-        return phantom_spec(profile_config(self.name).data)
-
-    def to_dict(self) -> dict:
-        """The profile as ``run.json`` records it (its phantom included)."""
-        return {**asdict(self), "phantom": asdict(self.phantom)}
-
-
-PROFILES: dict[str, Profile] = {
-    # every notebook on tiny settings; CI runs it
-    "smoke": Profile(
-        "smoke",
-        {
-            "seed": 0,
-            "n_overlay": 4,
-            "segmenter_epochs": 1,
-            "segmenter_image_size": 64,
-            "n_examples": 2,
-            "n_bootstrap": 50,
-            "epochs": 1,
-            "seeds": [0, 1, 2],
-        },
-    ),
-    # what `make workbook` runs on the embedded phantom dataset
-    "default": Profile(
-        "default",
-        {
-            "seed": 0,
-            "n_overlay": 8,
-            # 24 epochs at 192 px: held-out Dice 0.938 in 3.8 min against 0.944 in 11.7
-            # min for cxr segment train's 40 epochs at 256 px (README, "Fitting the
-            # 30-minute budget")
-            "segmenter_epochs": 24,
-            "segmenter_image_size": 192,
-            "n_examples": 4,
-            "n_bootstrap": 1000,
-            # None: the training profile's epochs (6, ending at learning rate 0): one
-            # epoch per run left the decoders far from what they learn (issue 25,
-            # README "Choosing the decoder budget")
-            "epochs": None,
-            "seeds": [0, 1, 2],
-        },
-        publish_figures=True,
-    ),
-    # the published sizes on a user's manifest (MIMIC-CXR), on GPUs; a --manifest is
-    # required; each ablation run on all GPUs with `accelerate launch`
-    "full": Profile(
-        "full",
-        {
-            "seed": 0,
-            "n_overlay": 8,
-            "segmenter_epochs": 40,
-            "segmenter_image_size": 256,
-            "n_examples": 4,
-            "n_bootstrap": 1000,
-            "epochs": None,
-            "seeds": [0, 1, 2],
-            "parallel": 1,
-        },
-        needs_manifest=True,
-    ),
-}
-"""The workbook's profiles: the training config profiles of the same names
-(:data:`cxrlib.training.config.PROFILES`, their data and config trees) plus the
-notebook parameters each offers."""
 
 
 @dataclass
@@ -212,7 +126,7 @@ def run_workbook(
     cache_dir = Path(cache or os.environ.get("CXR_CACHE") or REPO_ROOT / "cache")
     since, setup_started = time.time(), time.perf_counter()
     record: dict = {
-        "profile": prof.to_dict(),
+        "profile": profile_record(prof),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "provenance": provenance(),
         "notebooks": [],
@@ -458,51 +372,21 @@ def _notebook_seconds(record: dict, prefix: str) -> tuple[str, float] | None:
     return None
 
 
-def segmenter_folder(run_dir: Path, record: dict) -> Path | None:
-    """The segmenter folder notebook 02 used: its executed copy prints ``segmenter: DIR``."""
-    for entry in record.get("notebooks", []):
-        if not entry.get("notebook", "").startswith("02_"):
-            continue
-        executed = Path(entry.get("executed") or run_dir / "notebooks" / entry["notebook"])
-        notebook = read_json_object(executed) or {}
-        for cell in notebook.get("cells", []):
-            for output in cell.get("outputs", []):
-                if output.get("output_type") != "stream":
-                    continue
-                text = output.get("text", "")
-                text = "".join(text) if isinstance(text, list) else text
-                for match in re.finditer(r"^segmenter: (.+)$", text, flags=re.MULTILINE):
-                    folder = Path(match.group(1).strip())
-                    if (folder / "config.json").is_file():
-                        return folder
+def segmenter_folder(run_dir: Path, record: dict | None = None) -> Path | None:
+    """The segmenter folder notebook 02 used, as it recorded in ``run_dir/segmenter.json``
+    (:func:`cxrlib.anatomy.segmenter.record_segmenter`); None when there is none.
+    ``record`` (the run's ``run.json``) is not needed: the file alone says it."""
+    return recorded_segmenter(run_dir)
+
+
+def _encoder_folder(run_dir: Path) -> Path | None:
+    """The pretrained encoder the run's training runs read, as their run records name it
+    (``inputs.encoder.path``, :func:`cxrlib.training.runs.run_inputs`)."""
+    for run in training_runs(run_dir).values():
+        path = (recorded_inputs(run).get("encoder") or {}).get("path")
+        if path and (Path(path) / "pretrain.json").is_file():
+            return Path(path)
     return None
-
-
-def _encoder_folder(run_dir: Path, record: dict, cache_dir: Path | None) -> Path | None:
-    """The pretrained encoder the run's training runs read: the cached
-    ``encoders/*/pretrain.json`` whose key has their manifest, encoder and settings."""
-    if cache_dir is None:
-        return None
-    configs = [run / "config.json" for run in training_runs(run_dir).values()]
-    tree = (read_json_object(configs[0]) or {}).get("config", {}) if configs else {}
-    model, settings = tree.get("model", {}), tree.get("pretrain", {})
-    if not settings.get("enabled") or not isinstance(model.get("encoder"), dict):
-        return None
-    manifest = tree.get("data", {}).get("manifest") or record.get("manifest")
-    want = {
-        "encoder": model["encoder"],
-        "image_size": model.get("image_size"),
-        "patch_size": model.get("patch_size"),
-        "settings": settings,
-        "seed": settings.get("seed"),
-    }
-    found = []
-    for path in (cache_dir / "encoders").glob("*/pretrain.json"):
-        key = (read_json_object(path) or {}).get("key") or {}
-        same_manifest = str(Path(str(manifest)).resolve()) == (key.get("manifest") or [None])[0]
-        if same_manifest and all(key.get(k) == v for k, v in want.items()):
-            found.append(path)
-    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
 
 
 def run_cache_dir(record: dict) -> Path | None:
@@ -579,19 +463,19 @@ def collect_timings(
     else:
         out["phantom_generation"] = _entry(None, None, note="not recorded in run.json")
 
-    segmenter = segmenter_folder(run_dir, record)
+    segmenter = segmenter_folder(run_dir)
     out["segmenter_training"] = _cached_stage(
         None if segmenter is None else segmenter / "config.json",
         since,
         "trained",
-        "not found: no segmenter folder in notebook 02's output",
+        "not found: no segmenter.json (written by notebook 02) in the run folder",
     )
-    encoder = _encoder_folder(run_dir, record, cache_dir)
+    encoder = _encoder_folder(run_dir)
     out["encoder_pretraining"] = _cached_stage(
         None if encoder is None else encoder / "pretrain.json",
         since,
         "pretrained",
-        "not found: no pretrained encoder of the training runs in the cache",
+        "not found: no pretrained encoder in the training runs' records",
     )
     out["feature_cache"] = _feature_cache_stage(cache_dir, since)
     runs = {}

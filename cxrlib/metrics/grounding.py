@@ -28,18 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cxrlib.base.vocabulary import SIDE_COLUMNS
 from cxrlib.data.manifest import CHEXPERT_LABELS, text_cell
 from cxrlib.metrics.labeler import laterality_column
-
-SIDE_COLUMNS = {
-    "Pleural Effusion": "effusion_side",
-    "Pneumothorax": "pneumothorax_side",
-    "Consolidation": "consolidation_side",
-    "Atelectasis": "atelectasis_side",
-    "Lung Opacity": "opacity_side",
-    "Lung Lesion": "lesion_side",
-}
-"""Lateral observation -> the phantom manifest column with the drawn side."""
 
 CONVENTIONS = ("uncertain_as_negative", "uncertain_as_positive")
 

@@ -73,6 +73,7 @@ import yaml
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
+from cxrlib.base.vocabulary import LATERAL_OBSERVATIONS
 from cxrlib.data.adapters import iter_csv
 from cxrlib.data.manifest import CHEXPERT_LABELS, format_label
 from cxrlib.data.sections import BLANK_LINE, SENTENCE_END
@@ -99,16 +100,6 @@ LABELER_NAME = "cxrlib-rule-v3"
 
 LEXICON_PATH = Path(__file__).with_name("lexicon.yaml")
 """The default lexicon (package data)."""
-
-LATERAL_OBSERVATIONS: tuple[str, ...] = (
-    "Lung Opacity",
-    "Lung Lesion",
-    "Consolidation",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-)
-"""Observations with a laterality column, in the CheXpert order."""
 
 
 def laterality_column(observation: str) -> str:

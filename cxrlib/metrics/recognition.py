@@ -8,7 +8,7 @@ probabilities, on the validation and test splits, against the manifest's labels:
   Mann-Whitney statistic with ties counted half. ``None`` when a split holds no
   positive or no negative study;
 - **side accuracy** per lateral finding (a ``<finding>_side`` column of the phantom,
-  :data:`SIDE_TARGETS`): of the studies with a drawn side, the fraction whose most
+  :data:`PHANTOM_SIDE_COLUMNS`): of the studies with a drawn side, the fraction whose most
   probable non-blank side equals it (``bilateral`` only matches ``bilateral``);
 - **zone accuracy** likewise for the ``<finding>_zone`` columns.
 
@@ -21,21 +21,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from cxrlib.base.vocabulary import PHANTOM_SIDE_COLUMNS, phantom_column
 from cxrlib.data.manifest import CHEXPERT_LABELS
 
-SIDE_TARGETS = {
-    "effusion_side": "Pleural Effusion",
-    "pneumothorax_side": "Pneumothorax",
-    "consolidation_side": "Consolidation",
-    "atelectasis_side": "Atelectasis",
-    "opacity_side": "Lung Opacity",
-    "lesion_side": "Lung Lesion",
-    "fracture_side": "Fracture",
-    "pleural_other_side": "Pleural Other",
-}
-"""Phantom side column -> the finding it belongs to."""
-
-ZONE_TARGETS = {c.replace("_side", "_zone"): f for c, f in SIDE_TARGETS.items()}
+ZONE_TARGETS = {phantom_column(f, "zone"): f for f in PHANTOM_SIDE_COLUMNS.values()}
 """Phantom zone column -> the finding it belongs to."""
 
 COMMON_AUROC, RARE_AUROC, SIDE_ACCURACY = 0.97, 0.90, 0.95
@@ -81,7 +70,7 @@ def recognition(
         out["positives"][label] = int(positive.sum())
         value = auroc(positive, probs[k][:, 1] + probs[k][:, 2])
         out["auroc"][label] = None if value is None else round(value, 4)
-    for key, table in (("side", SIDE_TARGETS), ("zone", ZONE_TARGETS)):
+    for key, table in (("side", PHANTOM_SIDE_COLUMNS), ("zone", ZONE_TARGETS)):
         accuracy, counts = {}, {}
         for column, finding in table.items():
             if column not in names:

@@ -11,10 +11,26 @@ Priors cross into the model as a tensor (B, L, P) in [0, 1]: L decoder layers, P
 patches row-major over the patch grid; ``priors=None`` means uniform (no bias).
 """
 
-from cxrlib.model.attention import AnatomicalPrior
-from cxrlib.model.config import ModelConfig
-from cxrlib.model.report_model import ReportModel, ReportModelOutput
-from cxrlib.model.tokenizer import ReportTokenizer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cxrlib.model.attention import AnatomicalPrior
+    from cxrlib.model.config import ModelConfig
+    from cxrlib.model.report_model import ReportModel, ReportModelOutput
+    from cxrlib.model.tokenizer import ReportTokenizer
+
+# where each name lives; imported when first used, so that ``cxrlib.model.config``
+# (read by configs and the CLI) does not load torch through this package
+_HOMES = {
+    "AnatomicalPrior": "cxrlib.model.attention",
+    "ModelConfig": "cxrlib.model.config",
+    "ReportModel": "cxrlib.model.report_model",
+    "ReportModelOutput": "cxrlib.model.report_model",
+    "ReportTokenizer": "cxrlib.model.tokenizer",
+}
 
 __all__ = [
     "AnatomicalPrior",
@@ -23,3 +39,9 @@ __all__ = [
     "ReportModelOutput",
     "ReportTokenizer",
 ]
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

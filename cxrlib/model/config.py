@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MODES = ("none", "soft", "strict")
+from cxrlib.base.vocabulary import MODES
+
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 ENCODER_TRAINABLE = ("frozen", "last_n", "all")
+DEFAULT_ENCODER_TYPE = "dinov3_vit"
+"""An encoder config mapping's ``model_type`` when it names none."""
 
 PUBLISHED_ENCODER = "facebook/dinov3-vits16-pretrain-lvd1689m"
 PUBLISHED_DECODER = "gpt2"

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
+from cxrlib.model.config import DEFAULT_ENCODER_TYPE
+
 VIT_TYPES = ("dinov3_vit", "dinov2", "dinov2_with_registers")
 """Model types read as CLS (+ registers) + patch tokens; every other type is a backbone."""
-
-DEFAULT_TYPE = "dinov3_vit"
 
 # train-mode RoPE augmentation of DINOv3 (shift / jitter / rescale of patch positions)
 ROPE_AUGMENTATION = ("pos_embed_shift", "pos_embed_jitter", "pos_embed_rescale")
@@ -44,7 +44,7 @@ def is_vit(encoder: nn.Module) -> bool:
 def encoder_config(source: dict[str, Any], image_size: int, patch_size: int | None):
     """The transformers config of a config-built encoder (``source``: fields + model_type)."""
     fields = dict(source)
-    model_type = fields.pop("model_type", DEFAULT_TYPE)
+    model_type = fields.pop("model_type", DEFAULT_ENCODER_TYPE)
     if model_type in VIT_TYPES:
         if patch_size is not None:
             fields.setdefault("patch_size", patch_size)
@@ -96,7 +96,7 @@ def encoder_from_dict(data: dict[str, Any]) -> nn.Module:
     """Rebuild an encoder from its saved ``config.to_dict()`` (no weights, no network)."""
     from transformers import CONFIG_MAPPING
 
-    model_type = data.get("model_type", DEFAULT_TYPE)
+    model_type = data.get("model_type", DEFAULT_ENCODER_TYPE)
     return encoder_from_config(CONFIG_MAPPING[model_type].from_dict(data))
 
 

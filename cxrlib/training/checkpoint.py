@@ -1,5 +1,5 @@
 """Training checkpoints, written atomically and read back for an exact resume, and the
-run folder they resume in (its ``config.json`` record).
+run folder they resume in (its ``run_config.json`` record).
 
 A checkpoint is a :meth:`ReportModel.save_pretrained` folder plus ``optimizer.safetensors``
 (optimizer tensors), ``rng.safetensors`` (every process's torch RNG state),
@@ -40,15 +40,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cxrlib.base.errors import CxrError
-from cxrlib.base.io import WriteError, os_error, write_atomic
-from cxrlib.base.provenance import provenance
+from cxrlib.base.io import WriteError, os_error
 from cxrlib.model import ReportModel
 from cxrlib.training.config import RunConfig
+from cxrlib.training.runs import run_config_path
 
 log = logging.getLogger(__name__)
 
-RUN_RECORD = "config.json"
-"""The run's record: config tree, seed, world size and provenance."""
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -317,13 +315,13 @@ def resume_point(out: Path, config: RunConfig, resume: bool) -> tuple[bool, Path
     TrainingError
         On resume, a run record of another config; else an ``out`` that is not empty.
     """
-    record = out / RUN_RECORD
+    record = run_config_path(out)
     if not resume:
         if out.exists() and any(out.iterdir()):
             raise TrainingError(f"{out}: not empty; give a new --out, or --resume to continue it")
         return False, None
     if not record.is_file():
-        log.warning("%s: nothing to resume (no config.json); starting a new run", out)
+        log.warning("%s: nothing to resume (no run record); starting a new run", out)
         return False, None
     stored = json.loads(record.read_text())
     if _normalised(stored.get("config")) != config.to_dict():
@@ -336,15 +334,6 @@ def resume_point(out: Path, config: RunConfig, resume: bool) -> tuple[bool, Path
         return True, last
     log.warning("%s: no checkpoint yet; starting from the beginning", out)
     return True, None
-
-
-def write_run_record(out: Path, config: RunConfig, world_size: int) -> None:
-    """``out/config.json``: the config tree, seed, number of processes and provenance."""
-    out.mkdir(parents=True, exist_ok=True)
-    record = {
-        "config": config.to_dict(), "seed": config.seed, "world_size": world_size, **provenance()
-    }  # fmt: skip
-    write_atomic(out / RUN_RECORD, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
 
 
 def weights_sha256(model: ReportModel) -> str:

@@ -6,7 +6,10 @@ commented default per field; the tree is plain JSON (:meth:`RunConfig.to_dict`) 
 loads from YAML or JSON (:func:`load_config`). Unknown keys are errors at every level,
 so a typo never silently falls back to a default.
 
-Profiles are named presets (:data:`PROFILES`, :func:`profile_config`):
+Profiles are named presets (:data:`PROFILES`, one table of :class:`Profile`; the config
+tree of one: :func:`profile_config`). Each has a training part, the tree below, and a
+notebook part, what the workbook offers its notebooks (the smoke workbook trains its
+decoders 1 epoch, the others as the tree says):
 
 - ``smoke``: seconds on a CPU: 64 phantom images drawn at 128 px, a 2-layer model, 2 epochs
   (1 epoch of encoder pretraining); what the tests and CI run;
@@ -30,19 +33,18 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cxrlib.anatomy.priors import PriorConfig
+from cxrlib.anatomy.prior_config import PriorConfig
 from cxrlib.base.errors import one_line
-from cxrlib.model.config import ModelConfig
-from cxrlib.model.encoders import DEFAULT_TYPE
-from cxrlib.training.pretrain import PretrainConfig
+from cxrlib.base.vocabulary import MASK_SOURCES
+from cxrlib.model.config import DEFAULT_ENCODER_TYPE, ModelConfig
 
-MASK_SOURCES = ("auto", "manifest", "segmenter", "none")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 EARLY_STOPPING_MODES = ("min", "max")
 
@@ -245,6 +247,32 @@ class TrainConfig:
             )
 
 
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Encoder pretraining (:func:`cxrlib.training.pretrain.pretrained_encoder`); off
+    unless ``enabled``."""
+
+    # pretrain a config-built encoder before training the report model
+    enabled: bool = False
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    # random shifts of up to this many pixels (train images only)
+    max_shift: int = 8
+    # its own seed: one pretrained encoder serves every run seed of an ablation
+    seed: int = 0
+    # weight of the per-patch targets (organs and finding regions under each patch,
+    # module doc); 0: image-level targets only
+    dense_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.max_shift < 0:
+            raise ValueError("pretrain: epochs and batch_size >= 1, lr > 0, max_shift >= 0")
+        if not self.dense_weight >= 0:
+            raise ValueError("pretrain: dense_weight >= 0")
+
+
 @dataclass
 class RunConfig:
     """The whole tree of one training run."""
@@ -388,15 +416,100 @@ def _full() -> RunConfig:
     )
 
 
-PROFILES = {"smoke": _smoke, "default": _default, "full": _full}
-"""Profile name -> a function returning a fresh :class:`RunConfig`."""
+@dataclass(frozen=True)
+class Profile:
+    """A named preset: a training part and a notebook part.
+
+    ``run_config`` returns a fresh :class:`RunConfig`: what ``cxr train --profile``
+    trains, and alone the data (:func:`cxrlib.training.profiles.profile_phantom`). The
+    rest is what the workbook (:mod:`cxrlib.experiment.workbook`) does with it:
+    ``parameters`` are offered to every notebook (each takes those its ``parameters``
+    cell declares; ``epochs`` None: the config tree's), ``publish_figures`` copies the
+    run's figures to ``figures/``, ``workers`` processes draw the phantom,
+    ``needs_manifest`` asks for ``--manifest``.
+    """
+
+    name: str
+    run_config: Callable[[], RunConfig]
+    parameters: dict = field(default_factory=dict)
+    publish_figures: bool = False
+    workers: int = 2
+    # the profile runs on a user's manifest (--manifest), not on the phantom
+    needs_manifest: bool = False
+
+    def to_dict(self) -> dict:
+        """Every field but ``run_config``, as JSON-ready values."""
+        fields = (f.name for f in dataclasses.fields(self) if f.name != "run_config")
+        return {name: copy.deepcopy(getattr(self, name)) for name in fields}
+
+
+PROFILES: dict[str, Profile] = {
+    # every notebook on tiny settings; CI runs it
+    "smoke": Profile(
+        "smoke",
+        _smoke,
+        {
+            "seed": 0,
+            "n_overlay": 4,
+            "segmenter_epochs": 1,
+            "segmenter_image_size": 64,
+            "n_examples": 2,
+            "n_bootstrap": 50,
+            "epochs": 1,
+            "seeds": [0, 1, 2],
+        },
+    ),
+    # what `make workbook` runs on the embedded phantom dataset
+    "default": Profile(
+        "default",
+        _default,
+        {
+            "seed": 0,
+            "n_overlay": 8,
+            # 24 epochs at 192 px: held-out Dice 0.938 in 3.8 min against 0.944 in 11.7
+            # min for cxr segment train's 40 epochs at 256 px (README, "Fitting the
+            # 30-minute budget")
+            "segmenter_epochs": 24,
+            "segmenter_image_size": 192,
+            "n_examples": 4,
+            "n_bootstrap": 1000,
+            # None: the training profile's epochs (6, ending at learning rate 0): one
+            # epoch per run left the decoders far from what they learn (issue 25,
+            # README "Choosing the decoder budget")
+            "epochs": None,
+            "seeds": [0, 1, 2],
+        },
+        publish_figures=True,
+    ),
+    # the published sizes on a user's manifest (MIMIC-CXR), on GPUs; a --manifest is
+    # required; each ablation run on all GPUs with `accelerate launch`
+    "full": Profile(
+        "full",
+        _full,
+        {
+            "seed": 0,
+            "n_overlay": 8,
+            "segmenter_epochs": 40,
+            "segmenter_image_size": 256,
+            "n_examples": 4,
+            "n_bootstrap": 1000,
+            "epochs": None,
+            "seeds": [0, 1, 2],
+            "parallel": 1,
+        },
+        needs_manifest=True,
+    ),
+}
+"""The profiles, one table: each one's training part (its config tree) and its notebook
+part (the parameters the workbook offers its notebooks); names as
+:data:`cxrlib.base.vocabulary.PROFILES`."""
 
 
 def profile_config(name: str) -> RunConfig:
     """A fresh :class:`RunConfig` of profile ``name``."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r} (choose from {', '.join(PROFILES)})")
-    return PROFILES[name]()
+    return PROFILES[name].run_config()
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -422,7 +535,7 @@ def merge(base: dict, override: dict) -> dict:
 def _same_kind(base: dict, override: dict) -> bool:
     if "model_type" not in override:
         return True
-    return base.get("model_type", DEFAULT_TYPE) == override["model_type"]
+    return base.get("model_type", DEFAULT_ENCODER_TYPE) == override["model_type"]
 
 
 def read_config_file(path: str | os.PathLike) -> dict:

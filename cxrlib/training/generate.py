@@ -1,7 +1,7 @@
 """Generation for a manifest split with a trained run: ``generations.csv``.
 
 ``generate_split(run, manifest, split)`` loads a training run's checkpoint (``best``,
-else ``last``) and its config tree (``config.json``), computes the inputs as training
+else ``last``) and its config tree (``run_config.json``), computes the inputs as training
 does (:mod:`cxrlib.training.inputs`: cached encoder features for a frozen encoder, the
 same prior settings and mask source) and generates Findings for every image of the split with the
 checkpoint's decoding settings (greedy or beam, repetition penalty, ``max_new_tokens``;
@@ -94,7 +94,7 @@ def generate_split(
     ----------
     run : path-like
         A training run folder (``cxr train --out``), a checkpoint folder (it needs the
-        run's ``config.json`` two folders up) or an exported model folder.
+        run's ``run_config.json`` two folders up) or an exported model folder.
     cache_dir : path-like, optional
         Feature and prior caches (default: the run config's ``data.cache_dir``).
     max_images : int, optional

@@ -10,7 +10,7 @@ own files, so a model folder can be shared or pushed to a hub as it is:
   the test metrics with their 95 % intervals (or a line saying they were not measured),
   provenance, how to load the folder, limitations and intended use (research only).
 
-What it reads: the run's ``config.json`` (config tree and provenance), ``summary.json``
+What it reads: the run's ``run_config.json`` (config tree and provenance), ``summary.json``
 and ``metrics.csv``, the checkpoint's model ``config.json``, ``trainer_state.json`` and
 the ``model.safetensors`` header, a test ``metrics.json`` when given
 (:mod:`cxrlib.evaluate.evaluate`), and beside the manifest its ``phantom.json`` or
@@ -81,7 +81,7 @@ class RunFiles:
 
     run_dir: Path
     name: str  # the checkpoint's name: best, last or the folder's
-    record: dict  # the run's config.json: config tree, seed, provenance
+    record: dict  # the run's run_config.json: config tree, seed, provenance
     model: dict  # the checkpoint's config.json: model, encoder and decoder configs
     state: dict = field(default_factory=dict)  # trainer_state.json (may be absent)
     summary: dict = field(default_factory=dict)  # summary.json (after training)
@@ -200,8 +200,8 @@ def read_run_files(
     Raises
     ------
     CxrError
-        No run ``config.json`` (or ``run_config.json`` of an export), no model config in
-        the checkpoint, or a malformed ``metrics``.
+        No run record (``run_config.json``, or an older run's ``config.json``), no
+        model config in the checkpoint, or a malformed ``metrics``.
     """
     run_dir = Path(run_dir)
     checkpoint = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir)
@@ -643,8 +643,7 @@ def _provenance_section(files: RunFiles) -> list[str]:
         if test_commit:
             lines.append(f"- Test metrics computed at git commit `{test_commit}`")
     lines.append(
-        f"- Config profile `{files.config.profile}`; the whole tree in the run's "
-        "`config.json` (`run_config.json` in an exported folder)"
+        f"- Config profile `{files.config.profile}`; the whole tree in the run's `run_config.json`"
     )
     return lines
 
@@ -666,7 +665,7 @@ def _usage_section(files: RunFiles) -> list[str]:
         "```",
         "",
         "Findings, labels and an attention figure for any radiograph (the prior settings "
-        "come from the run's config, `run_config.json` in an exported folder):",
+        "come from the run's config, `run_config.json`):",
         "",
         "```",
         *shipped,

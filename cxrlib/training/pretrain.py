@@ -58,6 +58,7 @@ from cxrlib.base.cache import build_once, cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image, normalise, resize_gray
 from cxrlib.base.masks import load_mask, read_finding_mask
+from cxrlib.base.vocabulary import PHANTOM_SIDE_COLUMNS
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
     FINDING_MASK_COLUMN,
@@ -66,7 +67,7 @@ from cxrlib.data.manifest import (
     read_manifest,
     text_cell,
 )
-from cxrlib.metrics.recognition import SIDE_TARGETS, recognition, targets_met
+from cxrlib.metrics.recognition import recognition, targets_met
 from cxrlib.model.encoders import (
     build_encoder,
     disable_rope_augmentation,
@@ -74,6 +75,7 @@ from cxrlib.model.encoders import (
     encoder_stride,
     encoder_width,
 )
+from cxrlib.training.config import PretrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,31 +97,6 @@ NOT_TARGETS = {
 DENSE_ORGANS = ("left_lung_mask_path", "right_lung_mask_path", "heart_mask_path")
 DENSE_FINDINGS = tuple(label for label in CHEXPERT_LABELS if label != "No Finding")
 CARDIAC = ("Cardiomegaly", "Enlarged Cardiomediastinum")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Encoder pretraining (:func:`pretrained_encoder`); off unless ``enabled``."""
-
-    # pretrain a config-built encoder before training the report model
-    enabled: bool = False
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    # random shifts of up to this many pixels (train images only)
-    max_shift: int = 8
-    # its own seed: one pretrained encoder serves every run seed of an ablation
-    seed: int = 0
-    # weight of the per-patch targets (organs and finding regions under each patch,
-    # module doc); 0: image-level targets only
-    dense_weight: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.max_shift < 0:
-            raise ValueError("pretrain: epochs and batch_size >= 1, lr > 0, max_shift >= 0")
-        if not self.dense_weight >= 0:
-            raise ValueError("pretrain: dense_weight >= 0")
 
 
 @dataclass
@@ -287,7 +264,7 @@ class DenseTargets:
                 path = manifest.resolve(text_cell(df[FINDING_MASK_COLUMN].iloc[i]))
                 regions[i] = _grid_ready(read_finding_mask(path), size, bits=True)
         values = df[list(DENSE_FINDINGS)].apply(pd.to_numeric, errors="coerce").to_numpy()
-        side_of = {finding: column for column, finding in SIDE_TARGETS.items()}
+        side_of = {finding: column for column, finding in PHANTOM_SIDE_COLUMNS.items()}
         sides = np.full((len(df), len(DENSE_FINDINGS)), "", dtype=object)
         for k, finding in enumerate(DENSE_FINDINGS):
             column = side_of.get(finding)

@@ -9,15 +9,27 @@ rather than naming cache folders or building override trees themselves.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from cxrlib.data.phantom import PhantomSpec, prepare_phantom
-from cxrlib.training.config import DataConfig, RunConfig, load_config, profile_config
+from cxrlib.training.config import DataConfig, Profile, RunConfig, load_config, profile_config
 
 
 def phantom_spec(data: DataConfig) -> PhantomSpec:
     """The phantom dataset a data node generates when it names no manifest."""
     return PhantomSpec(n=data.phantom_n, seed=data.phantom_seed, size=data.phantom_size)
+
+
+def profile_phantom(profile: str) -> PhantomSpec:
+    """The phantom dataset of ``profile``'s config tree (its data, when it names no
+    manifest)."""
+    return phantom_spec(profile_config(profile).data)
+
+
+def profile_record(profile: Profile) -> dict:
+    """``profile`` as the workbook's ``run.json`` records it: its settings and phantom."""
+    return {**profile.to_dict(), "phantom": asdict(profile_phantom(profile.name))}
 
 
 def profile_manifest(

@@ -3,15 +3,19 @@
 A workbook (or ablation) run folder holds::
 
     run_dir/
+      segmenter.json                      the segmenter its notebooks use
       train/<mode>-seed<seed>/            one training run (training_run)
-        config.json  summary.json  checkpoints/{best,last}/
+        run_config.json  summary.json  checkpoints/{best,last}/
       ablation/generations/<name>.csv     its generated Findings (generations_path)
       ablation/evaluation/<name>/metrics.json   (evaluation_folder)
 
 ``<name>`` is :func:`run_name` (``soft-seed0``); a baseline's evaluation folder is the
-baseline's name. An exported model folder (``cxr export``) is a model folder with the
-run's record beside it as ``run_config.json``. Notebooks, the explorer, the ablation and
-the model card build and parse these names only through this module.
+baseline's name. A training run's record (:data:`RUN_RECORD`, ``run_config.json``: its
+config tree, provenance and, once the model is built, the inputs it resolved) has the
+same name in an exported model folder (``cxr export``), beside the model's own
+``config.json``. Runs written before the record had its name kept it in ``config.json``;
+:func:`run_config_path` still reads those. Notebooks, the explorer, the ablation and the
+model card build and parse these names only through this module.
 """
 
 from __future__ import annotations
@@ -21,12 +25,22 @@ import os
 import re
 from pathlib import Path
 
+from cxrlib.anatomy.cache import checkpoint_fingerprint
 from cxrlib.base.errors import CxrError
+from cxrlib.base.io import read_json_object, write_json_atomic
+from cxrlib.base.provenance import provenance
+from cxrlib.model.config import ModelConfig
 from cxrlib.training.config import RunConfig
 
-EXPORTED_CONFIG_FILE = "run_config.json"
-"""An exported model folder's copy of its run's ``config.json``
-(:func:`cxrlib.experiment.export.export_run`; the folder's own ``config.json`` is the model's)."""
+RUN_RECORD = "run_config.json"
+"""A training run's record (:func:`write_run_record`), in its run folder and in an exported
+model folder (:func:`cxrlib.experiment.export.export_run`); the model's config is
+``config.json``."""
+
+EXPORTED_CONFIG_FILE = RUN_RECORD
+"""The run record's name in an exported model folder (the same :data:`RUN_RECORD`)."""
+
+_LEGACY_RUN_RECORD = "config.json"  # a training run's record before it had its own name
 
 _RUN_NAME = re.compile(r"^(?P<mode>[a-z]+)-seed(?P<seed>\d+)$")
 
@@ -50,12 +64,14 @@ def training_run(run_dir: str | os.PathLike, mode: str, seed: int) -> Path:
 
 
 def training_runs(run_dir: str | os.PathLike) -> dict[tuple[str, int], Path]:
-    """The training runs under ``run_dir/train`` that recorded a ``config.json``, by
+    """The training runs under ``run_dir/train`` that wrote a run record, by
     ``(mode, seed)``, in name order."""
     runs = {}
-    for config in sorted((Path(run_dir) / "train").glob("*/config.json")):
+    for folder in sorted((Path(run_dir) / "train").glob("*/")):
+        if not run_config_path(folder).is_file():
+            continue
         try:
-            runs[parse_run_name(config.parent.name)] = config.parent
+            runs[parse_run_name(folder.name)] = folder
         except CxrError:
             continue  # a folder someone added by hand: not one of ours
     return runs
@@ -114,20 +130,28 @@ def run_checkpoint(run: str | os.PathLike) -> Path:
 
 
 def run_config_path(run: str | os.PathLike) -> Path:
-    """The run record of ``run``: its ``config.json``, or ``run_config.json`` in an
-    exported model folder."""
+    """The run record of a training run or an exported model folder: its
+    ``run_config.json`` (:data:`RUN_RECORD`); for a run written before the record had
+    that name, its ``config.json``."""
     run = Path(run)
-    exported = run / EXPORTED_CONFIG_FILE
-    return exported if exported.is_file() else run / "config.json"
+    record, legacy = run / RUN_RECORD, run / _LEGACY_RUN_RECORD
+    # a model folder's config.json is the model's, never a run record
+    if record.is_file() or not legacy.is_file() or (run / "model.safetensors").is_file():
+        return record
+    return legacy
 
 
 def run_config(run: str | os.PathLike) -> RunConfig:
-    """The config tree a training run recorded in ``config.json`` (an exported model
-    folder: ``run_config.json``)."""
+    """The config tree a training run recorded (:func:`run_config_path`)."""
     path = run_config_path(run)
     if not path.is_file():
         raise CxrError(f"{path}: not found (is {run} a training run folder?)")
     return RunConfig.from_dict(json.loads(path.read_text())["config"])
+
+
+def run_record(run: str | os.PathLike) -> dict:
+    """The whole run record of ``run`` (:func:`run_config_path`), or {} when there is none."""
+    return read_json_object(run_config_path(run)) or {}
 
 
 def run_folder(run: str | os.PathLike) -> Path:
@@ -136,8 +160,71 @@ def run_folder(run: str | os.PathLike) -> Path:
     folder (two folders up)."""
     checkpoint = run_checkpoint(run)
     run = Path(run)
-    if (checkpoint / EXPORTED_CONFIG_FILE).is_file():
+    if (checkpoint / RUN_RECORD).is_file():
         return checkpoint
-    if (run / "config.json").is_file() and checkpoint != run:
+    if run_config_path(run).is_file() and checkpoint != run:
         return run
     return checkpoint.parent.parent
+
+
+def write_run_record(out: str | os.PathLike, config: RunConfig, world_size: int) -> Path:
+    """Write ``out/run_config.json`` as a run starts: the config tree, the seed, the
+    number of processes and :func:`~cxrlib.base.provenance.provenance`."""
+    record = {"config": config.to_dict(), "seed": config.seed, "world_size": world_size}
+    path = Path(out) / RUN_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {**record, **provenance()})
+    return path
+
+
+def run_inputs(
+    config: RunConfig, model: ModelConfig, num_layers: int, manifest: str | os.PathLike
+) -> dict:
+    """What a run resolved before its first step, as its record keeps it (``inputs``).
+
+    ``manifest``: the manifest read; ``encoder``: ``{"path", "fingerprint"}`` for an
+    encoder folder on disk (a pretrained one in the cache), else ``{"name"}`` (a hub id)
+    or ``{"config"}`` (built from a config, random); ``segmenter``: ``{"path",
+    "fingerprint"}`` of ``priors.segmenter``, or None; ``priors``: the prior settings of
+    ``model`` (:class:`~cxrlib.anatomy.prior_config.PriorConfig`, ``num_layers`` decoder
+    layers) with their cache key, the mask ``source`` and the attention ``mode``.
+    """
+    encoder = model.encoder
+    if isinstance(encoder, dict):
+        encoder_entry: dict = {"config": encoder}
+    elif Path(encoder).exists():
+        encoder_entry = {"path": str(Path(encoder).resolve())}
+        encoder_entry["fingerprint"] = checkpoint_fingerprint(encoder)
+    else:
+        encoder_entry = {"name": encoder}
+    segmenter = config.priors.segmenter
+    prior = config.priors.resolve(model.image_size, model.patch_size, num_layers)
+    return {
+        "manifest": str(Path(manifest).resolve()),
+        "encoder": encoder_entry,
+        "segmenter": None
+        if not segmenter
+        else {
+            "path": str(Path(segmenter).resolve()),
+            "fingerprint": checkpoint_fingerprint(segmenter),
+        },
+        "priors": {
+            **prior.to_dict(),
+            "cache_key": prior.cache_key(),
+            "source": config.priors.source,
+            "mode": model.mode,
+        },
+    }
+
+
+def record_inputs(out: str | os.PathLike, inputs: dict) -> None:
+    """Add ``inputs`` (:func:`run_inputs`) to the run record in ``out``."""
+    path = run_config_path(out)
+    record = read_json_object(path) or {}
+    record["inputs"] = inputs
+    write_json_atomic(path, record)
+
+
+def recorded_inputs(run: str | os.PathLike) -> dict:
+    """The ``inputs`` a run recorded (:func:`run_inputs`); {} for runs that predate them."""
+    return run_record(run).get("inputs") or {}

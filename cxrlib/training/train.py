@@ -9,7 +9,7 @@ optimiser, schedule and weight average (:mod:`.optimization`), validation and ea
 stopping (:mod:`.validation`), ``metrics.csv`` (:mod:`.metrics_log`), the checkpoints
 (:mod:`.checkpoint`) and, when the run ends, the model cards (:mod:`.model_card`).
 
-Outputs in ``out``: ``config.json`` (the whole tree, seed, git commit, package
+Outputs in ``out``: ``run_config.json`` (the whole tree, seed, git commit, package
 versions), ``metrics.csv``, ``tensorboard/``, ``samples.csv``, ``checkpoints/last``,
 ``checkpoints/best`` (and ``checkpoints/ema``), ``summary.json``. A ``kill -9`` loses at
 most the steps since the last checkpoint; ``--resume`` continues bit-identically (same
@@ -39,6 +39,7 @@ from cxrlib.training.checkpoint import CHECKPOINTS, TrainingError
 from cxrlib.training.config import RunConfig
 from cxrlib.training.metrics_log import MetricsLog, TrainWindow
 from cxrlib.training.model_card import write_checkpoint_cards
+from cxrlib.training.runs import record_inputs, run_inputs, write_run_record
 from cxrlib.training.validation import ValMetrics
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class Trainer:
         return self._finish()
 
     def _open_run_folder(self, resume: bool) -> Path | None:
-        """Check ``out`` (new, or the same config on resume), write ``config.json``.
+        """Check ``out`` (new, or the same config on resume), write the run record.
 
         Returns the checkpoint to resume from, or ``None`` to start from the beginning.
         """
@@ -186,7 +187,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         resume, last = checkpoint.resume_point(self.out, self.config, resume)
         if self.main and not resume:
-            checkpoint.write_run_record(self.out, self.config, self.world)
+            write_run_record(self.out, self.config, self.world)
         self.accelerator.wait_for_everyone()
         return last
 
@@ -209,6 +210,9 @@ class Trainer:
                 )
             set_seed(config.seed)
             self.model = ReportModel.from_config(model_config, texts=train_texts)
+            if self.main:
+                layers = self.model.num_decoder_layers
+                record_inputs(self.out, run_inputs(config, self.model.config, layers, manifest))
         if self.tc.feature_cache and config.model.encoder_trainable != "frozen":
             log.warning(
                 "train.feature_cache ignored: the encoder trains (%s)",

@@ -1,5 +1,6 @@
 """Anatomical priors: the published schedule, area weights, edge cases, manifests, CLI."""
 
+import argparse
 import logging
 import math
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cxrlib import cli
-from cxrlib.anatomy import priors, segmenter
+from cxrlib.anatomy import segmenter
 from cxrlib.anatomy.priors import (
     PRIORS_VERSION,
     PUBLISHED_GRID,
@@ -28,6 +29,7 @@ from cxrlib.anatomy.priors import (
     priors_for_manifest,
     schedule,
 )
+from cxrlib.base import vocabulary
 from cxrlib.base.masks import load_mask
 from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
@@ -532,9 +534,12 @@ def test_cli_priors_missing_manifest_one_line_error(tmp_path, capsys):
 
 
 def test_cli_choices_equal_the_library_constants():
-    assert cli._PRIOR_SCHEDULES == priors.SCHEDULES
-    assert cli._PRIOR_PADDINGS == priors.PADDINGS
-    assert cli._PRIOR_SOURCES == priors.SOURCES
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    choices = {a.dest: a.choices for a in commands.choices["priors"]._actions}
+    assert tuple(choices["schedule"]) == vocabulary.PRIOR_SCHEDULES
+    assert tuple(choices["padding"]) == vocabulary.PRIOR_PADDINGS
+    assert tuple(choices["source"]) == vocabulary.MASK_SOURCES
     d = PriorConfig()
     assert (d.schedule, d.image_size, d.patch_size, d.num_layers) == ("linear", 224, 16, 12)
     assert (d.sigma_start, d.sigma_end, d.sigma) == (13 / 96, 1 / 48, 1 / 16)

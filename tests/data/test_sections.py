@@ -3,7 +3,6 @@
 import pytest
 
 from cxrlib.data.sections import (
-    extract_findings,
     extract_sections,
     normalize_section_name,
     split_sections,
@@ -44,12 +43,12 @@ def test_typical_report():
 def test_sections_out_of_order():
     text = " IMPRESSION: No acute process.\n FINDINGS: Clear lungs.\n INDICATION: Cough.\n"
     assert [s.name for s in split_sections(text)] == ["impression", "findings", "indication"]
-    assert extract_findings(text) == "Clear lungs."
+    assert extract_sections(text).get("findings") == "Clear lungs."
 
 
 def test_repeated_header_last_wins():
     text = " FINDINGS: First read.\n IMPRESSION: Fine.\n FINDINGS: Second read, final.\n"
-    assert extract_findings(text) == "Second read, final."
+    assert extract_sections(text).get("findings") == "Second read, final."
     assert [s.text for s in split_sections(text) if s.name == "findings"] == [
         "First read.",
         "Second read, final.",
@@ -58,24 +57,24 @@ def test_repeated_header_last_wins():
 
 def test_repeated_header_empty_last_is_dropped():
     text = " FINDINGS: The real findings.\n IMPRESSION: Fine.\n FINDINGS:  \n"
-    assert extract_findings(text) == "The real findings."
+    assert extract_sections(text).get("findings") == "The real findings."
 
 
 def test_no_findings():
     text = " INDICATION: Chest pain.\n IMPRESSION: No acute process.\n"
-    assert extract_findings(text) is None
+    assert extract_sections(text).get("findings") is None
     assert extract_sections(text)["impression"] == "No acute process."
 
 
 def test_findings_and_impression_counts_as_impression():
     text = " INDICATION: Fever.\n FINDINGS AND IMPRESSION: Clear lungs, no effusion.\n"
-    assert extract_findings(text) is None
+    assert extract_sections(text).get("findings") is None
     assert extract_sections(text)["impression"] == "Clear lungs, no effusion."
 
 
 def test_lower_case_headers_are_text():
     text = " INDICATION: Cough.\n findings: lungs clear.\n Impression: normal.\n"
-    assert extract_findings(text) is None
+    assert extract_sections(text).get("findings") is None
     assert extract_sections(text) == {
         "indication": "Cough. findings: lungs clear. Impression: normal."
     }
@@ -90,12 +89,12 @@ def test_whitespace_collapsed_and_empty_sections_dropped():
 
 
 def test_header_on_first_line_without_leading_space():
-    assert extract_findings("FINDINGS: Clear.\nIMPRESSION: Normal.") == "Clear."
+    assert extract_sections("FINDINGS: Clear.\nIMPRESSION: Normal.").get("findings") == "Clear."
 
 
 def test_no_header_is_full_report():
     assert split_sections("Lungs clear.\n No effusion.")[0].name == "full report"
-    assert extract_findings("Lungs clear.") is None
+    assert extract_sections("Lungs clear.").get("findings") is None
     assert split_sections("   \n ") == []
 
 
@@ -103,18 +102,21 @@ def test_subtitle_right_after_a_bare_header_stays_inside():
     # official "skip past the first newline": a header alone on its line cannot be
     # followed directly by another header
     text = " FINDINGS:\n CHEST PA AND LATERAL: Lungs clear.\n IMPRESSION: Normal.\n"
-    assert extract_findings(text) == "CHEST PA AND LATERAL: Lungs clear."
+    assert extract_sections(text).get("findings") == "CHEST PA AND LATERAL: Lungs clear."
     assert extract_sections(text)["impression"] == "Normal."
 
 
 def test_colon_needs_whitespace_and_whole_line_upper_case():
     text = " FINDINGS: Tube at 10:30 position. NOTE:see below\n Pt. NOTE: x\n"
-    assert extract_findings(text) == "Tube at 10:30 position. NOTE:see below Pt. NOTE: x"
+    assert (
+        extract_sections(text).get("findings")
+        == "Tube at 10:30 position. NOTE:see below Pt. NOTE: x"
+    )
 
 
 def test_view_description_header_counts_as_findings():
     text = " INDICATION: Cough.\n CHEST, PA AND LATERAL: Lungs are clear.\n IMPRESSION: Normal.\n"
-    assert extract_findings(text) == "Lungs are clear."
+    assert extract_sections(text).get("findings") == "Lungs are clear."
 
 
 @pytest.mark.parametrize(

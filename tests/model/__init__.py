@@ -11,10 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cxrlib.base.vocabulary import MODES
 from cxrlib.model import ModelConfig, ReportModel
 
+__all__ = ["MODES"]  # the tests of this package import it from here
+
 IMPLS = ("sdpa", "eager")
-MODES = ("none", "soft", "strict")
 
 TEXTS = [
     "The heart size is normal. The lungs are clear.",

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cxrlib.base.vocabulary import PHANTOM_ATTRIBUTES
 from cxrlib.data.manifest import CHEXPERT_LABELS
 
 SIDES = ("left", "right")
 ZONES = ("upper", "middle", "lower")
 EFFUSION_SIZES = ("small", "moderate", "large")
 PNEUMOTHORAX_SIZES = ("small", "moderate", "large")
-SEVERITIES = ("mild", "moderate", "severe")
-LESION_KINDS = ("nodule", "mass")
 DEVICE_KINDS = (
     "endotracheal tube",
     "enteric tube",
@@ -326,24 +325,9 @@ _FINDING_SAMPLERS = {
 }
 
 
-ATTRIBUTES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "Pleural Effusion": ("effusion", ("side", "size")),
-    "Pneumothorax": ("pneumothorax", ("side", "size")),
-    "Consolidation": ("consolidation", ("side", "zone")),
-    "Atelectasis": ("atelectasis", ("side", "zone")),
-    "Lung Opacity": ("opacity", ("side", "zone")),
-    "Lung Lesion": ("lesion", ("side", "zone", "size", "kind")),
-    "Fracture": ("fracture", ("side", "zone")),
-    "Pleural Other": ("pleural_other", ("side", "zone")),
-    "Cardiomegaly": ("cardiomegaly", ("size",)),
-    "Edema": ("edema", ("size",)),
-}
-"""Manifest attribute columns per observation: ``<prefix>_<attribute>``."""
-
-
 def attribute_columns() -> list[str]:
     """Names of the phantom's attribute columns, in manifest order."""
-    cols = [f"{key}_{attr}" for key, attrs in ATTRIBUTES.values() for attr in attrs]
+    cols = [f"{key}_{attr}" for key, attrs in PHANTOM_ATTRIBUTES.values() for attr in attrs]
     return cols + ["devices"]
 
 
@@ -355,9 +339,9 @@ def attributes(study: PhantomStudy) -> dict[str, str]:
     """
     out = dict.fromkeys(attribute_columns(), "")
     for f in study.findings:
-        if f.observation not in ATTRIBUTES:
+        if f.observation not in PHANTOM_ATTRIBUTES:
             continue
-        key, attrs = ATTRIBUTES[f.observation]
+        key, attrs = PHANTOM_ATTRIBUTES[f.observation]
         for attr in attrs:
             value = getattr(f, attr)
             if value is not None:
