@@ -14,7 +14,7 @@ from cxrlib.base.images import load_pixels
 from cxrlib.base.provenance import provenance
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
-from cxrlib.experiment.bench.harness import cpu_name, interleaved_runs
+from cxrlib.experiment.bench.harness import cpu_name, interleaved_runs, torch_threads
 from cxrlib.model import ModelConfig, ReportModel
 from cxrlib.training.features import FeatureCache
 
@@ -48,19 +48,12 @@ def bench_features(
     split into image loading, encoder and decoder step (bridge + decoder forward,
     backward and optimiser step), so what dominates is measured, not guessed.
     """
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0, got {threads}")
-    for name, value in (("n", n), ("batch", batch), ("size", size), ("repeats", repeats)):
-        if value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
+        for name, value in (("n", n), ("batch", batch), ("size", size), ("repeats", repeats)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         with tempfile.TemporaryDirectory() as tmp:
             return _bench_features(Path(tmp), n, batch, size, repeats, seed)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _bench_features(tmp: Path, n: int, batch: int, size: int, repeats: int, seed: int) -> dict:

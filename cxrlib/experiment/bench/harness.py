@@ -4,9 +4,13 @@ the plain two-column table."""
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 
 def best_rate(fn, n: int, repeats: int):
@@ -41,6 +45,21 @@ def interleaved_runs(fns: dict, repeats: int, warmup: int = 0, sync=no_sync) -> 
             if r >= warmup:
                 runs[name].append((time.perf_counter() - t0, result))
     return runs
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block on ``threads`` torch CPU threads (0: torch's count as it is); the
+    count before is restored afterwards."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_name() -> str:

@@ -13,7 +13,13 @@ import statistics
 import torch
 
 from cxrlib.base.provenance import provenance
-from cxrlib.experiment.bench.harness import cpu_name, format_bytes, interleaved_runs, no_sync
+from cxrlib.experiment.bench.harness import (
+    cpu_name,
+    format_bytes,
+    interleaved_runs,
+    no_sync,
+    torch_threads,
+)
 from cxrlib.model import ModelConfig, ReportModel, attention
 
 MODEL_TARGETS = {"train_step_vs_none": 1.10, "decode_vs_none": 1.15}
@@ -63,21 +69,15 @@ def bench_model(
         raise ValueError(f"dtype: expected float32 or bfloat16 (got {dtype!r})")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device cuda: no CUDA device is available")
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0, got {threads}")
     defaults = MODEL_PRESET_SIZES[preset]
     given = (batch, text_tokens, new_tokens, repeats)
     sizes = [v or d for v, d in zip(given, defaults, strict=True)]
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    kernel_before = attention.set_bias_kernel(bias_kernel)
-    try:
-        result = _bench_model(torch.device(device), preset, dtype, *sizes, seed)
-    finally:
-        torch.set_num_threads(before)
-        attention.set_bias_kernel(kernel_before)
-    return result
+    with torch_threads(threads):
+        kernel_before = attention.set_bias_kernel(bias_kernel)
+        try:
+            return _bench_model(torch.device(device), preset, dtype, *sizes, seed)
+        finally:
+            attention.set_bias_kernel(kernel_before)
 
 
 MODEL_MODES = ("none", "soft", "strict")

@@ -19,7 +19,7 @@ from cxrlib.anatomy.priors import (
 )
 from cxrlib.anatomy.priors import schedule as layer_schedule
 from cxrlib.base.provenance import provenance
-from cxrlib.experiment.bench.harness import best_rate
+from cxrlib.experiment.bench.harness import best_rate, torch_threads
 
 PRIORS_TARGET_MASKS_PER_S = 2000.0
 
@@ -63,15 +63,8 @@ def bench_priors(
     priors) on ``n_full``. Ratios: vectorised vs naive and vs the 2,000 masks/s target;
     the max abs difference vectorised vs naive checks they compute the same thing.
     """
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0, got {threads}")
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _bench_priors(n, grid, layers, schedule, n_naive, n_full, repeats, seed)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _bench_priors(
@@ -115,14 +108,10 @@ def _bench_priors(
     k_naive = min(n_naive, n)
     # the naive loop runs on one thread: its tiny ops gain nothing from more, and on a
     # busy machine a thread pool makes them collapse (measured: 5 masks/s on 2 threads)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         rate_naive, naive = best_rate(
             lambda: _naive_layer_priors(grid_masks[:k_naive], config), k_naive, 1
         )
-    finally:
-        torch.set_num_threads(threads)
     rate_full, _ = best_rate(lambda: masks_to_priors(masks, config), n_full, repeats)
     diff = float((layer_priors(grid_masks[:k_naive], config) - naive).abs().max())
     return {
