@@ -28,7 +28,8 @@ import time
 
 import torch
 
-from cxrlib.model import ModelConfig, ReportModel, attention, report_model
+from cxrlib.experiment.bench.model import model_inputs, preset_config, same_weight_models
+from cxrlib.model import ReportModel, attention, report_model
 from cxrlib.model.attention import AnatomicalPrior, fused_biased_attention
 
 KERNELS = ("mask", "fold", "efficient", "cudnn")
@@ -145,26 +146,14 @@ def attention_timing(repeats: int, sizes=None) -> dict:
     return rows
 
 
-def config(preset: str, mode: str) -> ModelConfig:
-    if preset == "tiny":
-        return ModelConfig.tiny(mode=mode)
-    return ModelConfig.published(mode=mode, pretrained=False)
-
-
 def setup(preset: str, text: int, batch: int = 8):
     """none / soft / strict models (equal weights, train mode) and one batch on DEVICE:
-    cached encoder features, ``text`` random token ids and priors with ~30% zeros."""
-    models = {}
-    for mode in ("none", "soft", "strict"):
-        torch.manual_seed(0)
-        models[mode] = ReportModel.from_config(config(preset, mode)).to(DEVICE).train()
-    model = models["none"]
-    gen = torch.Generator().manual_seed(0)
-    width = model.encoder_width
-    features = torch.randn(batch, model.num_patches, width, generator=gen).to(DEVICE)
-    ids = torch.randint(3, len(model.tokenizer), (batch, text), generator=gen).to(DEVICE)
-    priors = torch.rand(batch, model.num_decoder_layers, model.num_patches, generator=gen)
-    priors = priors.masked_fill(priors < 0.3, 0.0).to(DEVICE)
+    cached encoder features, ``text`` random token ids and priors with ~30% zeros (the
+    model benchmark's, :mod:`cxrlib.experiment.bench.model`)."""
+    models = same_weight_models(preset, DEVICE, seed=0)
+    for model in models.values():
+        model.train()
+    features, ids, priors = model_inputs(models["none"], batch, text, seed=0, device=DEVICE)
     return models, features, ids, priors
 
 
@@ -282,7 +271,7 @@ def decode_profile(preset: str = "published") -> dict:
     gen = torch.Generator().manual_seed(0)
     for mode in ("none", "soft"):
         torch.manual_seed(0)
-        model = ReportModel.from_config(config(preset, mode)).to(DEVICE).eval()
+        model = ReportModel.from_config(preset_config(preset, mode)).to(DEVICE).eval()
         width = model.encoder_width
         features = torch.randn(8, model.num_patches, width, generator=gen).to(DEVICE)
         priors = torch.rand(8, model.num_decoder_layers, model.num_patches, generator=gen)

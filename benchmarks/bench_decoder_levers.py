@@ -4,8 +4,8 @@ One optimizer step (forward, backward, AdamW) of the CPU preset's decoder (soft 
 4 layers, width 128) on one fixed batch of cached-feature inputs (batch 4, 64 patches,
 80 text tokens: the default profile's training step), on ``--threads`` threads (1: as
 the ablation trains its runs, two at a time on 2 cores). Levers, each timed in the same
-run as the baseline and interleaved with it (``cxrlib.experiment.bench``'s
-``_interleaved_runs``), reported as images/s per core and as a ratio to the baseline:
+run as the baseline and interleaved with it (``cxrlib.experiment.bench.harness``'s
+``interleaved_runs``), reported as images/s per core and as a ratio to the baseline:
 
 - ``eager fp32``: the baseline (what ``cxr train`` runs);
 - ``torch.compile``: the model compiled (default inductor backend; compile time reported
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from cxrlib.experiment.bench import _interleaved_runs
+from cxrlib.experiment.bench.harness import interleaved_runs
 from cxrlib.model import ModelConfig, ReportModel
 
 BATCH, TEXT_TOKENS = 4, 80
@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     fns["torch.compile"]()  # compiles
     compile_seconds = time.perf_counter() - started
     fns["bf16 autocast"] = _step_fn(fresh(), inputs, torch.autocast("cpu", dtype=torch.bfloat16))
-    runs = _interleaved_runs(fns, args.steps, warmup=3)
+    runs = interleaved_runs(fns, args.steps, warmup=3)
     median = {name: statistics.median(s for s, _ in r) for name, r in runs.items()}
     per_core = {name: BATCH / m / args.threads for name, m in median.items()}
     result = {

@@ -31,8 +31,6 @@ from cxrlib.base.vocabulary import (
 )
 from cxrlib.training.config import PROFILES
 
-Handler = Callable[[argparse.Namespace], int]
-
 
 def _positive_int(text: str) -> int:
     try:
@@ -146,35 +144,39 @@ def _add_workbook(sub: argparse._SubParsersAction) -> None:
         ),
     )
     r.set_defaults(handler=_cmd_workbook_run)
-    _add_workbook_report(wsub)
+    _add_workbook_readme(wsub)
 
 
-def _add_workbook_report(wsub: argparse._SubParsersAction) -> None:
-    rep = wsub.add_parser(
-        "report",
+def _add_workbook_readme(wsub: argparse._SubParsersAction) -> None:
+    description = (
+        "Replace the README text between <!-- results:start --> and "
+        "<!-- results:end --> with the results of the run folder RUN (tables, "
+        "intervals, tests, timings), generated from its files; the rest of the README "
+        "is left as it is. --check only compares and exits 1 when they differ."
+    )
+    readme = wsub.add_parser(
+        "readme",
         help="regenerate the README's results section from a run folder",
-        description=(
-            "Replace the README text between <!-- results:start --> and "
-            "<!-- results:end --> with the results of the run folder RUN (tables, "
-            "intervals, tests, timings), generated from its files; the rest of the README "
-            "is left as it is. --check only compares and exits 1 when they differ."
-        ),
+        description=description,
     )
-    rep.add_argument("run", type=Path, metavar="RUN", help="a workbook run folder")
-    rep.add_argument(
-        "--readme", type=Path, default=Path("README.md"), help="the README (default README.md)"
-    )
-    rep.add_argument(
-        "--check", action="store_true", help="fail if the section differs; write nothing"
-    )
-    rep.add_argument(
-        "--replicate",
-        type=Path,
-        default=None,
-        metavar="RUN2",
-        help="a run of the same profile on a disjoint seed set (--seeds): both runs' verdicts",
-    )
-    rep.set_defaults(handler=_cmd_workbook_report)
+    # the old name, kept for one release and not listed in the help
+    old = wsub.add_parser("report", description=f"{description} (old name of cxr workbook readme)")
+    for rep in (readme, old):
+        rep.add_argument("run", type=Path, metavar="RUN", help="a workbook run folder")
+        rep.add_argument(
+            "--readme", type=Path, default=Path("README.md"), help="the README (default README.md)"
+        )
+        rep.add_argument(
+            "--check", action="store_true", help="fail if the section differs; write nothing"
+        )
+        rep.add_argument(
+            "--replicate",
+            type=Path,
+            default=None,
+            metavar="RUN2",
+            help="a run of the same profile on a disjoint seed set (--seeds): both runs' verdicts",
+        )
+        rep.set_defaults(handler=_cmd_workbook_readme)
 
 
 def _seed_list(text: str) -> list[int]:
@@ -191,7 +193,7 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
-def _cmd_workbook_report(args: argparse.Namespace) -> int:
+def _cmd_workbook_readme(args: argparse.Namespace) -> int:
     from cxrlib.experiment.results import update_readme
 
     changed = update_readme(args.run, args.readme, check=args.check, replicate=args.replicate)

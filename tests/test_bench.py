@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cxrlib.cli import main
-from cxrlib.experiment.bench import (
+from cxrlib.experiment.bench.model import (
     bench_model,
     format_model_table,
     model_ratios,

@@ -1,6 +1,6 @@
 """The parts of ``cxr bench``: the interleaved timing its ratios rest on."""
 
-from cxrlib.experiment.bench import _interleaved_runs
+from cxrlib.experiment.bench.harness import interleaved_runs
 
 
 def test_interleaved_runs_rotate_the_order_and_drop_the_warm_up():
@@ -14,7 +14,7 @@ def test_interleaved_runs_rotate_the_order_and_drop_the_warm_up():
         return call
 
     syncs = []
-    runs = _interleaved_runs(
+    runs = interleaved_runs(
         {"a": fn("a"), "b": fn("b"), "c": fn("c")}, 2, warmup=1, sync=lambda: syncs.append(1)
     )
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
@@ -27,6 +27,6 @@ def test_interleaved_runs_rotate_the_order_and_drop_the_warm_up():
 
 def test_two_candidates_alternate():
     calls = []
-    runs = _interleaved_runs({"x": lambda: calls.append("x"), "y": lambda: calls.append("y")}, 3)
+    runs = interleaved_runs({"x": lambda: calls.append("x"), "y": lambda: calls.append("y")}, 3)
     assert calls == ["x", "y", "y", "x", "x", "y"]
     assert [len(r) for r in runs.values()] == [3, 3]

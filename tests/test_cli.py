@@ -38,6 +38,13 @@ def test_every_subcommand_has_help(path, capsys):
     assert "usage: cxr" in capsys.readouterr().out
 
 
+def test_workbook_readme_is_listed_and_its_old_name_report_is_not(capsys):
+    with pytest.raises(SystemExit):
+        main(["workbook", "--help"])
+    listed = capsys.readouterr().out
+    assert "readme" in listed and "report" not in listed
+
+
 def test_phantom_rejects_bad_numbers(capsys):
     with pytest.raises(SystemExit) as code:
         main(["phantom", "--out", "x", "--n", "0"])

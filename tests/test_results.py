@@ -312,7 +312,7 @@ def test_missing_file_is_one_line_naming_it(run, tmp_path, capsys, name):
     readme = tmp_path / "README.md"
     readme.write_text(README)
     (run / name).unlink()
-    assert main(["workbook", "report", str(run), "--readme", str(readme)]) == 1
+    assert main(["workbook", "readme", str(run), "--readme", str(readme)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith(f"cxr: error: {run / name}: file does not exist (")
@@ -339,15 +339,16 @@ def test_missing_evaluations_and_bad_files(run):
         results_markdown(run / "absent")
 
 
-def test_cli_report_and_check(run, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["readme", "report"])  # report: the old name
+def test_cli_readme_and_check(run, tmp_path, capsys, command):
     readme = tmp_path / "README.md"
     readme.write_text(README)
-    assert main(["workbook", "report", str(run), "--readme", str(readme), "--check"]) == 1
+    assert main(["workbook", command, str(run), "--readme", str(readme), "--check"]) == 1
     assert "results section differs" in capsys.readouterr().err
-    assert main(["workbook", "report", str(run), "--readme", str(readme)]) == 0
+    assert main(["workbook", command, str(run), "--readme", str(readme)]) == 0
     assert capsys.readouterr().out.strip() == f"{readme}: results section regenerated from {run}"
-    assert main(["workbook", "report", str(run), "--readme", str(readme), "--check"]) == 0
-    assert main(["workbook", "report", str(run), "--readme", str(tmp_path / "none.md")]) == 1
+    assert main(["workbook", command, str(run), "--readme", str(readme), "--check"]) == 0
+    assert main(["workbook", command, str(run), "--readme", str(tmp_path / "none.md")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"cxr: error: {tmp_path / 'none.md'}: file does not exist"]
 

@@ -35,13 +35,13 @@ from pathlib import Path
 
 import torch
 
-from cxrlib.anatomy.priors import (
-    PriorConfig,
+from cxrlib.anatomy.manifest_priors import (
     PriorInfo,
     manifest_mask_paths,
     priors_for_manifest,
     row_sources,
 )
+from cxrlib.anatomy.priors import PriorConfig
 from cxrlib.base.cache import cache_key, entry_lock
 from cxrlib.base.io import write_atomic
 from cxrlib.data.manifest import Manifest, resolve
@@ -100,7 +100,7 @@ def mask_fingerprints(
     config : PriorConfig
         Only ``structures`` matters (which mask columns are read).
     source, has_segmenter
-        As :func:`cxrlib.anatomy.priors.row_sources`.
+        As :func:`cxrlib.anatomy.manifest_priors.row_sources`.
     segmenter_id : str, optional
         Identity of the segmenter (e.g. :func:`checkpoint_fingerprint`).
 

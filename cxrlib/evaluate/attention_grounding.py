@@ -87,7 +87,7 @@ __all__ = [
     "ABLATION_FILE",
     "DEFAULT_MAX_STUDIES",
     "SUMMARY_COLUMNS",
-    "TARGETS",
+    "TARGET_REGIONS",
     "AttentionGrounding",
     "StudyMasks",
     "ablation_attention",
@@ -105,8 +105,9 @@ __all__ = [
 DEFAULT_MAX_STUDIES = 100
 """Studies the attention is read for, by default (one teacher-forced pass each)."""
 
-TARGETS: tuple[str, ...] = ("side_lung", "region")
-"""The targets of a sentence's attention (module docstring)."""
+TARGET_REGIONS: tuple[str, ...] = ("side_lung", "region")
+"""The regions a sentence's attention is scored on, the ``target`` column (module
+docstring)."""
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "layer_group",
@@ -385,7 +386,7 @@ def sentence_shares(
     rows = []
     for s, (sentence, named, side) in enumerate(findings):
         weights = {}
-        for target in TARGETS:
+        for target in TARGET_REGIONS:
             mask = masks.target_mask(target, named, side)
             weights[target] = None if mask is None else _grid_weights(mask, grid)
         if all(w is None for w in weights.values()):
@@ -474,13 +475,13 @@ def summarise(
         }
         for key in expected
         if tuple(key) not in seen
-        for target in TARGETS
+        for target in TARGET_REGIONS
     ]
     rows = []
     for key, part in parts:
         key = key if isinstance(key, tuple) else (key,)
-        values = part[list(TARGETS)].to_numpy(dtype=np.float64)
-        chance = part[[f"{t}_chance" for t in TARGETS]].to_numpy(dtype=np.float64)
+        values = part[list(TARGET_REGIONS)].to_numpy(dtype=np.float64)
+        chance = part[[f"{t}_chance" for t in TARGET_REGIONS]].to_numpy(dtype=np.float64)
         groups = part["study_id"].map(str).to_numpy()
         have = ~np.isnan(values)
 
@@ -489,17 +490,17 @@ def summarise(
             ok = ~np.isnan(v)
             n = ok.sum(0)
             total = np.where(ok, v, 0.0).sum(0)
-            return {t: total[k] / n[k] if n[k] else math.nan for k, t in enumerate(TARGETS)}
+            return {t: total[k] / n[k] if n[k] else math.nan for k, t in enumerate(TARGET_REGIONS)}
 
         if n_bootstrap > 0:
             results = bootstrap_many(
                 metric, len(part), n_resamples=n_bootstrap, seed=seed, groups=groups
             )
-            bounds = {t: (results[t].ci_low, results[t].ci_high) for t in TARGETS}
+            bounds = {t: (results[t].ci_low, results[t].ci_high) for t in TARGET_REGIONS}
         else:
-            bounds = dict.fromkeys(TARGETS, (math.nan, math.nan))
+            bounds = dict.fromkeys(TARGET_REGIONS, (math.nan, math.nan))
         observed = metric(np.arange(len(part)))
-        for k, target in enumerate(TARGETS):
+        for k, target in enumerate(TARGET_REGIONS):
             n = int(have[:, k].sum())
             rows.append(
                 {
@@ -525,7 +526,7 @@ def _share_metric(values: np.ndarray, code: np.ndarray, n_studies: int):
         ok = ~np.isnan(values)
         total = (np.where(ok, values, 0.0) * weight[:, None]).sum(0)
         n = (ok * weight[:, None]).sum(0)
-        return {t: total[k] / n[k] if n[k] else math.nan for k, t in enumerate(TARGETS)}
+        return {t: total[k] / n[k] if n[k] else math.nan for k, t in enumerate(TARGET_REGIONS)}
 
     return metric
 
@@ -554,13 +555,13 @@ def summarise_modes(
         n_studies = len(studies)
         runs = []
         for _, run in part.assign(code=codes).groupby("seed", sort=True):
-            values = run[list(TARGETS)].to_numpy(dtype=np.float64)
+            values = run[list(TARGET_REGIONS)].to_numpy(dtype=np.float64)
 
             runs.append(_share_metric(values, run["code"].to_numpy(), n_studies))
         samples = resample_runs({mode: runs}, n_studies, n_resamples=max(n_bootstrap, 1), seed=seed)
-        chance = part[[f"{t}_chance" for t in TARGETS]].to_numpy(dtype=np.float64)
-        have = ~np.isnan(part[list(TARGETS)].to_numpy(dtype=np.float64))
-        for k, target in enumerate(TARGETS):
+        chance = part[[f"{t}_chance" for t in TARGET_REGIONS]].to_numpy(dtype=np.float64)
+        have = ~np.isnan(part[list(TARGET_REGIONS)].to_numpy(dtype=np.float64))
+        for k, target in enumerate(TARGET_REGIONS):
             r = samples.mean(mode, target, bounds=(0.0, 1.0))
             n = int(have[:, k].sum())
             rows.append(
@@ -587,7 +588,7 @@ def summarise_modes(
         }
         for mode, group in expected
         if (mode, group) not in seen
-        for target in TARGETS
+        for target in TARGET_REGIONS
     ]
     return pd.DataFrame(rows + empty, columns=["mode", *SUMMARY_COLUMNS])
 

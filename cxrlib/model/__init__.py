@@ -4,7 +4,9 @@
   position scheme);
 - :mod:`cxrlib.model.attention`: the anatomical attention, registered with transformers
   (the one place the mechanism lives);
-- :mod:`cxrlib.model.report_model`: :class:`ReportModel` (forward, generate, save, load);
+- :mod:`cxrlib.model.report_model`: :class:`ReportModel` (forward, save, load);
+- :mod:`cxrlib.model.generation`: greedy and beam search, with or without the KV cache
+  (``ReportModel.generate`` calls it);
 - :mod:`cxrlib.model.tokenizer`: :class:`ReportTokenizer` (byte-level BPE, BOS/EOS/PAD).
 
 Priors cross into the model as a tensor (B, L, P) in [0, 1]: L decoder layers, P image

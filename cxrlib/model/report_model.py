@@ -13,7 +13,8 @@ Data flow (shapes for a batch of B images, P patches, T text tokens, L decoder l
 
 The prior ``priors`` (B, L, P) in [0, 1] enters every layer's attention as a
 (L, B, 1, 1, P) bias (see :mod:`cxrlib.model.attention` for the modes). The position
-scheme is documented in :mod:`cxrlib.model.config`.
+scheme is documented in :mod:`cxrlib.model.config`. Greedy and beam search live in
+:mod:`cxrlib.model.generation`; :meth:`ReportModel.generate` calls them.
 
 Save / load: ``config.json`` (the :class:`ModelConfig` plus the encoder's and decoder's
 own configs, so loading needs no hub), ``model.safetensors`` (written to a temporary
@@ -33,6 +34,7 @@ from torch import nn
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
 from cxrlib.base.io import write_atomic
+from cxrlib.model import generation
 from cxrlib.model.attention import IMPLEMENTATIONS, AnatomicalPrior
 from cxrlib.model.config import ModelConfig
 from cxrlib.model.encoders import (
@@ -74,30 +76,6 @@ class ReportModelOutput:
     logits: torch.Tensor
     loss: torch.Tensor | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
-
-
-def apply_repetition_penalty(
-    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, penalty: float
-) -> torch.Tensor:
-    """CTRL's repetition penalty on the logits of tokens already in each sequence.
-
-    Parameters
-    ----------
-    logits : (N, V) float
-    tokens : (N, T) int64
-        The sequence so far (prompt and generated tokens).
-    mask : (N, T) int64
-        1 where ``tokens`` holds a token, 0 at padding (not penalised).
-    penalty : float
-        > 1 discourages repeats: a seen token's positive logit is divided by it, a
-        negative one multiplied.
-    """
-    if penalty == 1.0:
-        return logits
-    counts = torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
-    seen = counts.scatter_add_(1, tokens, mask.long()) > 0  # (N, V)
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
 
 
 class ReportModel(nn.Module):
@@ -341,7 +319,7 @@ class ReportModel(nn.Module):
 
     # --- the decoder ---------------------------------------------------------------------
 
-    def _run_decoder(
+    def run_decoder(
         self,
         embeds: torch.Tensor,
         text_mask: torch.Tensor | None,
@@ -375,7 +353,7 @@ class ReportModel(nn.Module):
             )
         return out
 
-    def _text_positions(self, text_mask: torch.Tensor | None, batch: int, length: int):
+    def text_positions(self, text_mask: torch.Tensor | None, batch: int, length: int):
         """(B, T) positions of the text tokens: P, P + 1, ... counting real tokens only."""
         if text_mask is None:
             pos = torch.arange(length, device=self.device) + self.num_patches
@@ -434,8 +412,8 @@ class ReportModel(nn.Module):
         # transformers read packed sequences and build a block mask.
         decoder_mask = None if _right_padded(attention_mask) else attention_mask
         prefix_pos = torch.arange(self.num_patches, device=self.device).expand(batch, -1)
-        position_ids = torch.cat([prefix_pos, self._text_positions(decoder_mask, batch, length)], 1)
-        out = self._run_decoder(
+        position_ids = torch.cat([prefix_pos, self.text_positions(decoder_mask, batch, length)], 1)
+        out = self.run_decoder(
             embeds, decoder_mask, position_ids, prior, output_attentions=output_attentions
         )
         hidden = out.last_hidden_state[:, self.num_patches :]  # (B, T, D)
@@ -451,283 +429,12 @@ class ReportModel(nn.Module):
         attentions = tuple(out.attentions) if output_attentions else None
         return ReportModelOutput(logits=logits, loss=loss, attentions=attentions)
 
-    # --- generation ----------------------------------------------------------------------
+    # --- generation (cxrlib.model.generation) ------------------------------------------
 
-    def _next_logits(
-        self,
-        prefix: torch.Tensor,
-        tokens: torch.Tensor,
-        text_mask: torch.Tensor,
-        padded: bool,
-        prior: AnatomicalPrior,
-        cache: DynamicCache | None,
-        step: int,
-    ) -> torch.Tensor:
-        """(N, V) logits for the token after each row of ``tokens`` (N, T).
+    def generate_ids(self, *args, **kwargs) -> torch.Tensor:
+        """Generated token ids (B, T_new): :func:`cxrlib.model.generation.generate_ids`."""
+        return generation.generate_ids(self, *args, **kwargs)
 
-        Without a cache (or at step 0) the whole prefix + text is run; with a cache only
-        the last token, whose query still meets every cached patch key with its bias.
-        """
-        n, length = tokens.shape
-        text_pos = self._text_positions(text_mask, n, length)  # (N, T)
-        mask = text_mask if padded else None
-        if cache is None or step == 0:
-            text = self.decoder.transformer.wte(tokens)  # (N, T, D)
-            embeds = torch.cat([prefix.to(text.dtype), text], dim=1)  # (N, P + T, D)
-            prefix_pos = torch.arange(self.num_patches, device=self.device).expand(n, -1)
-            position_ids = torch.cat([prefix_pos, text_pos], dim=1)  # (N, P + T)
-            hidden = self._run_decoder(embeds, mask, position_ids, prior, cache).last_hidden_state
-            order = torch.arange(length, device=self.device)
-            last = (text_mask * (order + 1)).argmax(-1)  # (N,) last real text token
-            h = hidden[torch.arange(n, device=self.device), self.num_patches + last]  # (N, D)
-        else:
-            embeds = self.decoder.transformer.wte(tokens[:, -1:])  # (N, 1, D)
-            hidden = self._run_decoder(embeds, mask, text_pos[:, -1:], prior, cache)
-            h = hidden.last_hidden_state[:, -1]  # (N, D)
-        logits = self.decoder.lm_head(h)  # (N, V)
-        return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-    def _prompt(
-        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if input_ids is None:
-            ids = torch.full((batch, 1), self.tokenizer.bos_id, dtype=torch.long)
-            return ids.to(self.device), torch.ones_like(ids, device=self.device)
-        if input_ids.ndim != 2 or input_ids.shape[0] != batch:
-            raise ValueError(f"input_ids: expected ({batch}, T), got {tuple(input_ids.shape)}")
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        if not bool(mask.any(-1).all()):
-            raise ValueError("attention_mask: every prompt needs at least one token")
-        return input_ids.to(self.device), mask.long().to(self.device)
-
-    @torch.no_grad()
-    def generate_ids(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        image_features: torch.Tensor | None = None,
-        priors: torch.Tensor | None = None,
-        max_new_tokens: int | None = None,
-        num_beams: int | None = None,
-        use_cache: bool = True,
-        repetition_penalty: float | None = None,
-        length_penalty: float | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        stop_at_eos: bool = True,
-    ) -> torch.Tensor:
-        """Generate Findings token ids after the image prefix and a prompt (default BOS).
-
-        Parameters
-        ----------
-        pixel_values, image_features, priors
-            As in :meth:`forward`; the prior is applied in every layer at every step.
-        max_new_tokens, num_beams, repetition_penalty, length_penalty
-            Defaults from the config. ``num_beams == 1`` is greedy.
-        use_cache : bool
-            KV cache (same tokens as full recomputation, faster).
-        input_ids, attention_mask : (B, T0), optional
-            A prompt, left- or right-padded (mask 0 at padding). Default: BOS.
-        stop_at_eos : bool
-            Stop a sequence at EOS (False: always ``max_new_tokens``, for benchmarks).
-
-        Returns
-        -------
-        (B, T_new) int64: generated ids (EOS included), padded with the PAD id.
-        """
-        cfg = self.config
-        max_new = cfg.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-        beams = cfg.num_beams if num_beams is None else int(num_beams)
-        penalty = cfg.repetition_penalty if repetition_penalty is None else repetition_penalty
-        lp = cfg.length_penalty if length_penalty is None else length_penalty
-        if max_new <= 0:
-            raise ValueError(f"max_new_tokens: expected > 0 (got {max_new})")
-        if beams <= 0:
-            raise ValueError(f"num_beams: expected > 0 (got {beams})")
-        prefix = self.embed_prefix(pixel_values, image_features)  # (B, P, D)
-        batch = prefix.shape[0]
-        prior = self.prior_state(priors, batch)
-        tokens, text_mask = self._prompt(input_ids, attention_mask, batch)
-        if tokens.shape[1] + max_new > cfg.max_text_tokens:
-            raise ValueError(
-                f"max_new_tokens: prompt {tokens.shape[1]} + {max_new} new tokens exceed "
-                f"max_text_tokens={cfg.max_text_tokens}"
-            )
-        padded = not bool(text_mask.all())
-        args = (prefix, prior, tokens, text_mask, padded, max_new, penalty, use_cache, stop_at_eos)
-        if beams == 1:
-            return self._greedy(*args)
-        return self._beam_search(*args, beams, lp)
-
-    def _greedy(
-        self,
-        prefix: torch.Tensor,
-        prior: AnatomicalPrior,
-        tokens: torch.Tensor,
-        text_mask: torch.Tensor,
-        padded: bool,
-        max_new: int,
-        penalty: float,
-        use_cache: bool,
-        stop_at_eos: bool,
-    ) -> torch.Tensor:
-        """Greedy decoding of N = B rows; finished rows continue with PAD."""
-        n = tokens.shape[0]
-        cache = DynamicCache(config=self.decoder.config) if use_cache else None
-        finished = torch.zeros(n, dtype=torch.bool, device=self.device)
-        out = []
-        for step in range(max_new):
-            logits = self._next_logits(prefix, tokens, text_mask, padded, prior, cache, step)
-            logits = apply_repetition_penalty(logits, tokens, text_mask, penalty)  # (N, V)
-            nxt = logits.argmax(-1).masked_fill(finished, self.tokenizer.pad_id)  # (N,)
-            out.append(nxt)
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            text_mask = torch.cat([text_mask, text_mask.new_ones(n, 1)], dim=1)
-            if stop_at_eos:
-                finished |= nxt == self.tokenizer.eos_id
-                if bool(finished.all()):
-                    break
-        return torch.stack(out, dim=1)
-
-    def _beam_search(
-        self,
-        prefix: torch.Tensor,
-        prior: AnatomicalPrior,
-        tokens: torch.Tensor,
-        text_mask: torch.Tensor,
-        padded: bool,
-        max_new: int,
-        penalty: float,
-        use_cache: bool,
-        stop_at_eos: bool,
-        beams: int,
-        length_penalty: float,
-    ) -> torch.Tensor:
-        """Beam search: each image keeps ``beams`` running hypotheses; a hypothesis that
-        ends with EOS among the top ``beams`` candidates is finished with score
-        sum(log p) / length ** length_penalty; an image is done when ``beams``
-        hypotheses are finished and no running one can beat the worst of them
-        (:meth:`_select_beams`). The result is the best hypothesis of each image
-        (:meth:`_best_hypotheses`)."""
-        batch, k = prefix.shape[0], beams
-        rows = torch.arange(batch, device=self.device).repeat_interleave(k)  # (N,)
-        # All k beams of an image share its prefix and prior, and a beam only ever
-        # continues a beam of its own image: expanded once here, never reordered.
-        prefix, tokens, text_mask = prefix[rows], tokens[rows], text_mask[rows]
-        prior = prior.select(rows)
-        n = batch * k
-        cache = DynamicCache(config=self.decoder.config) if use_cache else None
-        scores = torch.zeros(batch, k, dtype=torch.float64, device=self.device)
-        scores[:, 1:] = -torch.inf  # the first step expands beam 0 only
-        generated = tokens.new_empty(n, 0)
-        finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(batch)]
-        done = [False] * batch
-        for step in range(max_new):
-            logits = self._next_logits(prefix, tokens, text_mask, padded, prior, cache, step)
-            logits = apply_repetition_penalty(logits, tokens, text_mask, penalty)
-            logp = torch.log_softmax(logits.double(), dim=-1)  # (N, V)
-            candidates = (scores.view(n, 1) + logp).view(batch, -1)  # (B, k * V)
-            scores, src, tok = self._select_beams(
-                candidates, scores, generated, finished, done, stop_at_eos, length_penalty
-            )
-            if all(done):
-                break
-            beam_idx = (torch.arange(batch, device=self.device)[:, None] * k + src).view(n)
-            generated = torch.cat([generated[beam_idx], tok.view(n, 1)], dim=1)
-            tokens = torch.cat([tokens[beam_idx], tok.view(n, 1)], dim=1)
-            text_mask = torch.cat([text_mask[beam_idx], text_mask.new_ones(n, 1)], dim=1)
-            if cache is not None:
-                cache.reorder_cache(beam_idx)
-        return self._best_hypotheses(finished, done, scores, generated, length_penalty)
-
-    def _select_beams(
-        self,
-        candidates: torch.Tensor,
-        scores: torch.Tensor,
-        generated: torch.Tensor,
-        finished: list[list[tuple[float, torch.Tensor]]],
-        done: list[bool],
-        stop_at_eos: bool,
-        length_penalty: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One step of beam search over ``candidates`` (B, k * V): running score + log p.
-
-        For each image not yet done, of its 2k best candidates an EOS among the first k
-        finishes its hypothesis (``finished[b]`` keeps the k best, best first) and the k
-        best others continue. ``done[b]`` becomes True once k hypotheses are finished
-        and the worst of them scores at least the best running score / (generated
-        length) ** length_penalty: transformers' ``early_stopping=False``. ``finished``
-        and ``done`` are updated in place; an image already done keeps its ``scores``
-        (B, k) and continues every beam with PAD.
-
-        Returns
-        -------
-        next_scores : (B, k) float64, next_src : (B, k) int64 the beam each one extends,
-        next_tok : (B, k) int64 the token it appends.
-        """
-        batch, k = scores.shape
-        eos, pad = self.tokenizer.eos_id, self.tokenizer.pad_id
-        vocab = candidates.shape[1] // k
-        length = generated.shape[1] + 1  # of every hypothesis after this step
-        top, idx = candidates.topk(2 * k, dim=1)  # (B, 2k) best first
-        top_l, src_l, tok_l = top.tolist(), (idx // vocab).tolist(), (idx % vocab).tolist()
-        next_scores = scores.clone()
-        next_src = torch.arange(k, device=self.device).repeat(batch, 1)  # (B, k)
-        next_tok = torch.full((batch, k), pad, dtype=torch.long, device=self.device)
-        for b in range(batch):
-            if done[b]:
-                continue
-            j = 0
-            for r in range(2 * k):
-                s, src, tok = top_l[b][r], src_l[b][r], tok_l[b][r]
-                if stop_at_eos and tok == eos:
-                    if r < k:
-                        seq = torch.cat([generated[b * k + src], generated.new_tensor([eos])])
-                        finished[b].append((s / length**length_penalty, seq))
-                    continue
-                next_scores[b, j], next_src[b, j], next_tok[b, j] = s, src, tok
-                j += 1
-                if j == k:
-                    break
-            finished[b] = sorted(finished[b], key=lambda h: -h[0])[:k]
-            if len(finished[b]) == k:
-                best_running = next_scores[b, 0].item() / length**length_penalty
-                done[b] = finished[b][-1][0] >= best_running
-        return next_scores, next_src, next_tok
-
-    def _best_hypotheses(
-        self,
-        finished: list[list[tuple[float, torch.Tensor]]],
-        done: list[bool],
-        scores: torch.Tensor,
-        generated: torch.Tensor,
-        length_penalty: float,
-    ) -> torch.Tensor:
-        """(B, T_new) the best hypothesis of each image, padded with PAD.
-
-        An image not done when the search ended (``max_new_tokens`` reached) also
-        competes its k running beams, ``generated`` (B * k, T) scored ``scores`` (B, k)
-        / T ** length_penalty.
-        """
-        batch, k = scores.shape
-        best = []
-        for b in range(batch):
-            hyps = list(finished[b])
-            if not done[b]:
-                length = generated.shape[1]
-                hyps += [
-                    (scores[b, j].item() / max(length, 1) ** length_penalty, generated[b * k + j])
-                    for j in range(k)
-                ]
-            best.append(max(hyps, key=lambda h: h[0])[1])
-        width = max(len(seq) for seq in best)
-        out = torch.full(
-            (batch, width), self.tokenizer.pad_id, dtype=torch.long, device=self.device
-        )
-        for b, seq in enumerate(best):
-            out[b, : len(seq)] = seq
-        return out
-
-    @torch.no_grad()
     def generate(self, *args, **kwargs) -> list[str]:
         """Generated Findings as text, one string per image (arguments of :meth:`generate_ids`)."""
         ids = self.generate_ids(*args, **kwargs)

@@ -126,11 +126,13 @@ class DataConfig:
 
 
 @dataclass
-class PriorsConfig:
-    """How masks become the per-layer priors (:class:`cxrlib.anatomy.priors.PriorConfig`).
+class RunPriorsConfig:
+    """A run's ``priors`` section: where the masks come from and how they become the
+    per-layer priors.
 
     Image size, patch size and the number of layers come from the model, so they are
-    not repeated here.
+    not repeated here; :meth:`resolve` adds them and gives the
+    :class:`cxrlib.anatomy.priors.PriorConfig` the priors are computed with.
     """
 
     # structures united into the mask: lungs, heart, left_lung, right_lung
@@ -279,7 +281,7 @@ class RunConfig:
 
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    priors: PriorsConfig = field(default_factory=PriorsConfig)
+    priors: RunPriorsConfig = field(default_factory=RunPriorsConfig)
     model: ModelConfig = field(default_factory=ModelConfig.tiny)
     train: TrainConfig = field(default_factory=TrainConfig)
     # supervised pretraining of a config-built encoder before it is frozen
@@ -307,7 +309,7 @@ class RunConfig:
         parts: dict[str, Any] = {k: data[k] for k in ("seed", "profile") if k in data}
         nodes = (
             ("data", DataConfig),
-            ("priors", PriorsConfig),
+            ("priors", RunPriorsConfig),
             ("train", TrainConfig),
             ("pretrain", PretrainConfig),
             ("model", ModelConfig),

@@ -17,7 +17,8 @@ from cxrlib.anatomy.cache import (
     checkpoint_fingerprint,
     mask_fingerprints,
 )
-from cxrlib.anatomy.priors import PriorConfig, layer_priors, priors_for_manifest
+from cxrlib.anatomy.manifest_priors import priors_for_manifest
+from cxrlib.anatomy.priors import PriorConfig, layer_priors
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
 from tests.numerics import assert_rounding_close, rounding_close

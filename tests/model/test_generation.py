@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cxrlib.model.report_model import apply_repetition_penalty
+from cxrlib.model.generation import apply_repetition_penalty
 from tests.model import (  # noqa: F401 (one_thread: an autouse fixture)
     IMPLS,
     MODES,
