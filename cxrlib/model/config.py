@@ -60,7 +60,7 @@ GPT2_SMALL_FIELDS: dict[str, Any] = {
 
 # The CPU preset's encoder: a ResNet of three stages of basic blocks (strides 4, 8, 16
 # after the 4x stem), widths 32 / 64 / 128, built through AutoBackbone; its last
-# feature map is the patch grid (README, "Choosing the CPU encoder").
+# feature map is the patch grid (docs/decisions.md, "Choosing the CPU encoder").
 CPU_ENCODER_FIELDS: dict[str, Any] = {
     "model_type": "resnet",
     "embedding_size": 32,
@@ -71,7 +71,7 @@ CPU_ENCODER_FIELDS: dict[str, Any] = {
 
 # The CPU preset's decoder: the tiny 4-layer GPT-2 without dropout. The default run
 # trains each decoder for one pass over the phantom, far from overfitting, and on CPU
-# dropout's random masks cost a third of a training step (README, "Choosing the CPU
+# dropout's random masks cost a third of a training step (docs/decisions.md, "Choosing the CPU
 # encoder": 1.4x faster, the same validation micro-F1).
 CPU_DECODER_FIELDS: dict[str, Any] = {
     "n_layer": 4,
@@ -243,7 +243,7 @@ class ModelConfig:
         decoder's prefix at 224 px), pretrained on the phantom labels and frozen, and the
         tiny preset's 4-layer GPT-2 of width 128 without dropout (:data:`CPU_DECODER_FIELDS`).
         Chosen on the phantom's validation split against a ConvNeXt and the tiny DINOv3
-        ViT (README, "Choosing the CPU encoder").
+        ViT (docs/decisions.md, "Choosing the CPU encoder").
         ``overrides`` replace any field."""
         fields: dict[str, Any] = {
             "encoder": dict(CPU_ENCODER_FIELDS),

@@ -377,7 +377,7 @@ def _smoke() -> RunConfig:
 def _default() -> RunConfig:
     return RunConfig(
         profile="default",
-        # 6,000 phantom studies drawn at 256 px, read at the model's 128 px (README,
+        # 6,000 phantom studies drawn at 256 px, read at the model's 128 px (docs/decisions.md,
         # "Choosing the CPU encoder": every variant tried, chosen on the validation split)
         data=DataConfig(phantom_n=6000, phantom_size=256),
         model=ModelConfig.cpu(),
@@ -385,7 +385,7 @@ def _default() -> RunConfig:
         # and more, smaller steps learn more per epoch (1 epoch, validation split:
         # loss 1.56 / labeler micro-F1 0.40 against 1.76 / 0.16 at batch 16, lr 3e-3)
         # 6 epochs, the cosine schedule reaching 0: validation micro-F1 0.816 against 0.747
-        # after 4 (soft, seed 0; README "Choosing the decoder budget")
+        # after 4 (soft, seed 0; docs/decisions.md, "Choosing the decoder budget")
         train=TrainConfig(
             epochs=6, batch_size=4, lr=2e-3, checkpoint_every=200, log_every=25, val_generate=64
         ),
@@ -469,7 +469,7 @@ PROFILES: dict[str, Profile] = {
             "seed": 0,
             "n_overlay": 8,
             # 24 epochs at 192 px: held-out Dice 0.938 in 3.8 min against 0.944 in 11.7
-            # min for cxr segment train's 40 epochs at 256 px (README, "Fitting the
+            # min for cxr segment train's 40 epochs at 256 px (docs/decisions.md, "Fitting the
             # 30-minute budget")
             "segmenter_epochs": 24,
             "segmenter_image_size": 192,
@@ -477,7 +477,7 @@ PROFILES: dict[str, Profile] = {
             "n_bootstrap": 1000,
             # None: the training profile's epochs (6, ending at learning rate 0): one
             # epoch per run left the decoders far from what they learn (issue 25,
-            # README "Choosing the decoder budget")
+            # docs/decisions.md, "Choosing the decoder budget")
             "epochs": None,
             "seeds": [0, 1, 2],
         },
