@@ -71,9 +71,11 @@ def add_workbook(sub: argparse._SubParsersAction) -> None:
 def _add_workbook_readme(wsub: argparse._SubParsersAction) -> None:
     description = (
         "Replace the README text between <!-- results:start --> and "
-        "<!-- results:end --> with the results of the run folder RUN (tables, "
-        "intervals, tests, timings), generated from its files; the rest of the README "
-        "is left as it is. --check only compares and exits 1 when they differ."
+        "<!-- results:end --> with the headline results of the run folder RUN, and, "
+        "when docs/results.md exists beside the README, its text between "
+        "<!-- results-details:start --> and <!-- results-details:end --> with the long "
+        "tables (intervals, tests, timings), all generated from the run's files; the "
+        "rest is left as it is. --check only compares and exits 1 when they differ."
     )
     readme = wsub.add_parser(
         "readme",
@@ -101,15 +103,17 @@ def _add_workbook_readme(wsub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_workbook_readme(args: argparse.Namespace) -> int:
-    from cxrlib.experiment.results import update_readme
+    from cxrlib.experiment.results import DETAILS_PAGE, update_readme
 
     changed = update_readme(args.run, args.readme, check=args.check, replicate=args.replicate)
+    page = args.readme.parent / DETAILS_PAGE
+    where = f"{args.readme} and {page}" if page.is_file() else str(args.readme)
     if args.check:
-        print(f"{args.readme}: the results section matches {args.run}")
+        print(f"{where}: the results section matches {args.run}")
     elif changed:
-        print(f"{args.readme}: results section regenerated from {args.run}")
+        print(f"{where}: results section regenerated from {args.run}")
     else:
-        print(f"{args.readme}: results section already up to date with {args.run}")
+        print(f"{where}: results section already up to date with {args.run}")
     return 0
 
 
