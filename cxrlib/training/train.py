@@ -34,12 +34,11 @@ from cxrlib.base.io import WriteError, write_atomic
 from cxrlib.data.dataset import Collate, epoch_batches, model_inputs
 from cxrlib.data.manifest import Manifest, text_cell
 from cxrlib.model import ReportModel
-from cxrlib.training import checkpoint, inputs, optimization, validation
+from cxrlib.training import checkpoint, inputs, optimization, runs, validation
 from cxrlib.training.checkpoint import CHECKPOINTS, TrainingError
 from cxrlib.training.config import RunConfig
 from cxrlib.training.metrics_log import MetricsLog, TrainWindow
 from cxrlib.training.model_card import write_checkpoint_cards
-from cxrlib.training.runs import record_inputs, run_inputs, write_run_record
 from cxrlib.training.validation import ValMetrics
 
 log = logging.getLogger(__name__)
@@ -187,7 +186,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         resume, last = checkpoint.resume_point(self.out, self.config, resume)
         if self.main and not resume:
-            write_run_record(self.out, self.config, self.world)
+            runs.write_run_record(self.out, self.config, self.world)
         self.accelerator.wait_for_everyone()
         return last
 
@@ -210,14 +209,11 @@ class Trainer:
                 )
             set_seed(config.seed)
             self.model = ReportModel.from_config(model_config, texts=train_texts)
-            if self.main:
-                layers = self.model.num_decoder_layers
-                record_inputs(self.out, run_inputs(config, self.model.config, layers, manifest))
-        if self.tc.feature_cache and config.model.encoder_trainable != "frozen":
-            log.warning(
-                "train.feature_cache ignored: the encoder trains (%s)",
-                config.model.encoder_trainable,
-            )
+            if self.main:  # what the run resolved, in its record
+                used = (config, self.model.config, self.model.num_decoder_layers, manifest)
+                runs.record_inputs(self.out, runs.run_inputs(*used))
+        if self.tc.feature_cache and (how := config.model.encoder_trainable) != "frozen":
+            log.warning("train.feature_cache ignored: the encoder trains (%s)", how)
         return splits
 
     def _build_data(self, splits: dict[str, Manifest]) -> None:
