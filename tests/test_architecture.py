@@ -181,3 +181,18 @@ def test_the_training_module_is_the_loop_alone():
     # (docs/architecture.md); the loop itself stays readable in one sitting
     lines = (PACKAGE / "training" / "train.py").read_text().splitlines()
     assert len(lines) < 500
+
+
+def test_no_code_reads_what_a_notebook_printed():
+    # provenance is recorded as data (run.json, segmenter.json, run_config.json), never
+    # scraped from an executed notebook's outputs (docs/architecture.md)
+    readers = [
+        path
+        for path in PACKAGE.rglob("*.py")
+        if re.search(
+            r"\bimport (nbformat|papermill)\b|from (nbformat|papermill)\b", path.read_text()
+        )
+    ]
+    assert readers  # the workbook runs the notebooks
+    for path in readers:
+        assert not re.search(r"""["']outputs["']|\.outputs\b""", path.read_text()), path
