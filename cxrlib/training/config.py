@@ -325,11 +325,11 @@ class RunConfig:
                 parts[name] = (
                     node.from_dict(data[name]) if node is ModelConfig else node(**data[name])
                 )
-            except (TypeError, OverflowError) as err:  # a value the node's checks cannot take
-                raise CxrError(f"config.{name}: {one_line(err)}") from None
-            except (CxrError, ValueError) as err:  # a nested check (PriorConfig) names no node
+            except CxrError as err:  # a nested check (priors -> PriorConfig) names no node
                 if str(err).startswith((name, "config")):
                     raise
+                raise CxrError(f"config.{name}: {one_line(err)}") from None
+            except (TypeError, ValueError, OverflowError) as err:  # a value the checks cannot take
                 raise CxrError(f"config.{name}: {one_line(err)}") from None
         return cls(**parts)
 
