@@ -553,9 +553,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError, RecursionError) as err:
         first = one_line(str(err).strip().splitlines()[0]) if str(err).strip() else one_line(err)
-        raise CxrError(
-            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'} ({first})"
-        ) from None
+        raise CxrError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'} ({first})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

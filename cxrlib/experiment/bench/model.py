@@ -71,6 +71,8 @@ def bench_model(
         raise ValueError(f"dtype: expected float32 or bfloat16 (got {dtype!r})")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CxrError("device cuda: no CUDA device is available")
+    if bias_kernel == "cudnn" and dtype != "bfloat16":  # the kernel has no float32 path
+        raise CxrError("bias kernel cudnn: needs dtype bfloat16 (--dtype bfloat16)")
     defaults = MODEL_PRESET_SIZES[preset]
     given = (batch, text_tokens, new_tokens, repeats)
     sizes = [v or d for v, d in zip(given, defaults, strict=True)]
