@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.dataset import epoch_batches, epoch_order
 from cxrlib.experiment.ablation import _known_profile, _train_command
 from cxrlib.model import ReportModel
@@ -68,21 +69,21 @@ def test_parse_assignment(text, expected):
 
 
 def test_errors_name_the_key(tmp_path):
-    with pytest.raises(ValueError, match=r"config.train: unknown key\(s\) epoch\b"):
+    with pytest.raises(CxrError, match=r"config.train: unknown key\(s\) epoch\b"):
         load_config("smoke", overrides=[{"train": {"epoch": 3}}])
-    with pytest.raises(ValueError, match="config: unknown key"):
+    with pytest.raises(CxrError, match="config: unknown key"):
         load_config("smoke", overrides=[{"trian": {}}])
-    with pytest.raises(ValueError, match=r"config.model: unknown key\(s\) moed"):
+    with pytest.raises(CxrError, match=r"config.model: unknown key\(s\) moed"):
         load_config("smoke", overrides=[{"model": {"moed": "soft"}}])
-    with pytest.raises(ValueError, match="train.lr"):
+    with pytest.raises(CxrError, match="train.lr"):
         TrainConfig(lr=-1)
-    with pytest.raises(ValueError, match="unknown profile"):
+    with pytest.raises(CxrError, match="unknown profile"):
         profile_config("huge")
-    with pytest.raises(ValueError, match="KEY=VALUE"):
+    with pytest.raises(CxrError, match="KEY=VALUE"):
         parse_assignment("train.epochs")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: not valid yaml"):
+    with pytest.raises(CxrError, match=r"bad.yaml: not valid yaml"):
         load_config("smoke", bad)
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_config("smoke", tmp_path / "missing.yaml")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import DINOv3ViTModel
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.manifest import CHEXPERT_LABELS
 from cxrlib.data.phantom import write_phantom
 from cxrlib.model import ModelConfig
@@ -99,7 +100,7 @@ def test_pretrained_encoder_is_cached_and_loads(tmp_path):
 
 
 def test_pretraining_needs_a_config_built_encoder(tmp_path):
-    with pytest.raises(ValueError, match="config-built encoder"):
+    with pytest.raises(CxrError, match="config-built encoder"):
         pretrain_encoder(
             ModelConfig.published(), tmp_path / "m.csv", tmp_path / "o", PretrainConfig()
         )

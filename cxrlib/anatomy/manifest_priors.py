@@ -87,13 +87,13 @@ def row_sources(df: pd.DataFrame, structures: Sequence[str], source: str, has_se
     """Mask source of every row (``"manifest"``, ``"segmenter"``, ``"none"``).
 
     ``auto``: the manifest's masks when every structure has one, else the segmenter
-    when given, else none. ``manifest``: every row must have its masks (ValueError
+    when given, else none. ``manifest``: every row must have its masks (CxrError
     naming the first image without). ``segmenter``: needs a segmenter.
     """
     if source not in MASK_SOURCES:
-        raise ValueError(f"source must be one of {', '.join(MASK_SOURCES)}, got {source!r}")
+        raise CxrError(f"source must be one of {', '.join(MASK_SOURCES)}, got {source!r}")
     if source == "segmenter" and not has_segmenter:
-        raise ValueError("source 'segmenter' needs a segmenter (--segmenter CKPT)")
+        raise CxrError("source 'segmenter' needs a segmenter (--segmenter CKPT)")
     if source in ("none", "segmenter"):
         return [source] * len(df)
     out = []
@@ -101,7 +101,7 @@ def row_sources(df: pd.DataFrame, structures: Sequence[str], source: str, has_se
         if manifest_mask_paths(row, structures) is not None:
             out.append("manifest")
         elif source == "manifest":
-            raise ValueError(
+            raise CxrError(
                 f"image {text_cell(row.get('image_id'))!r}: no manifest mask for every one of "
                 f"{', '.join(structures)} (columns lung_mask_path or left/right_lung_mask_path, "
                 "heart_mask_path); use source 'auto' to fall back"
@@ -138,7 +138,7 @@ def _manifest_grid_mask(row: Mapping, root: Path, structures: Sequence[str], gri
             if expected is None:
                 expected = m.shape  # text-only manifest: masks must agree with each other
             if m.shape != expected:
-                raise ValueError(
+                raise CxrError(
                     f"image {image_id!r}: {s} mask {cell} is {m.shape[1]}x{m.shape[0]} px but "
                     f"the image is {expected[1]}x{expected[0]} px"
                 )
@@ -158,7 +158,7 @@ def _segmenter_grid_masks(segmenter, rows: list[dict], root: Path, config: Prior
         for name, m in pred.items():
             if tuple(np.shape(m)) != (len(idx), *shape):
                 ids = [text_cell(rows[i].get("image_id")) for i in idx]
-                raise ValueError(
+                raise CxrError(
                     f"image {ids[0]!r}: segmenter mask {name!r} has shape {tuple(np.shape(m))}, "
                     f"expected {(len(idx), *shape)} (the images' size)"
                 )
@@ -215,12 +215,13 @@ def priors_for_manifest(
 
     Raises
     ------
-    ValueError
+    CxrError
         Naming the image, when its mask size differs from its image's, when
         ``source="manifest"`` and it has no masks; or when ``source`` is unknown or
-        ``"segmenter"`` without a segmenter.
-    CxrError
-        Naming the file, when a mask or image cannot be read.
+        ``"segmenter"`` without a segmenter; naming the file, when a mask or image
+        cannot be read.
+    ValueError
+        When ``batch_size`` is below 1.
     """
     from tqdm.auto import tqdm
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from numbers import Integral
 
 from cxrlib.base.cache import cache_key
+from cxrlib.base.errors import CxrError
 from cxrlib.base.vocabulary import PRIOR_PADDINGS, PRIOR_SCHEDULES, PRIOR_STRUCTURES
 
 PRIORS_VERSION = 2
@@ -36,15 +37,15 @@ def patch_grid(image_size: int, patch_size: int) -> int:
 
     Raises
     ------
-    ValueError
+    CxrError
         When either is not a positive integer or ``image_size`` is not a multiple of
         ``patch_size``.
     """
     for name, value in (("image_size", image_size), ("patch_size", patch_size)):
         if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise CxrError(f"{name} must be a positive integer, got {value!r}")
     if image_size % patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        raise CxrError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
     return int(image_size // patch_size)
 
 
@@ -74,32 +75,32 @@ class PriorConfig:
             structures = tuple(s.strip() for s in structures.split(",") if s.strip())
         structures = tuple(dict.fromkeys(structures))  # drop repeats, keep order
         if not structures:
-            raise ValueError("structures must name at least one structure")
+            raise CxrError("structures must name at least one structure")
         unknown = [s for s in structures if s not in PRIOR_STRUCTURES]
         if unknown:
-            raise ValueError(
+            raise CxrError(
                 f"structures: unknown {', '.join(map(repr, unknown))} "
                 f"(choose from {', '.join(PRIOR_STRUCTURES)})"
             )
         object.__setattr__(self, "structures", structures)
         if self.schedule not in PRIOR_SCHEDULES:
-            raise ValueError(
+            raise CxrError(
                 f"schedule must be one of {', '.join(PRIOR_SCHEDULES)}, got {self.schedule!r}"
             )
         if self.padding not in PRIOR_PADDINGS:
             choices = ", ".join(PRIOR_PADDINGS)
-            raise ValueError(f"padding must be one of {choices}, got {self.padding!r}")
+            raise CxrError(f"padding must be one of {choices}, got {self.padding!r}")
         if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int):
-            raise ValueError(f"num_layers must be a positive integer, got {self.num_layers!r}")
+            raise CxrError(f"num_layers must be a positive integer, got {self.num_layers!r}")
         if self.num_layers < 1:
-            raise ValueError(f"num_layers must be a positive integer, got {self.num_layers!r}")
+            raise CxrError(f"num_layers must be a positive integer, got {self.num_layers!r}")
         patch_grid(self.image_size, self.patch_size)
         for name in ("sigma_start", "sigma_end", "sigma"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+                raise CxrError(f"{name} must be a positive finite number, got {value!r}")
             if value > 1:
-                raise ValueError(
+                raise CxrError(
                     f"{name} is a fraction of the image side (in (0, 1]; the published "
                     f"layer 0 is 13/96 = 0.135), got {value!r}: sigmas in patches are "
                     f"{name} x the grid (before priors version 2 they were in patches)"
@@ -127,7 +128,7 @@ class PriorConfig:
         known = {f for f in cls.__dataclass_fields__}
         extra = sorted(set(d) - known)
         if extra:
-            raise ValueError(f"unknown PriorConfig key(s): {', '.join(extra)}")
+            raise CxrError(f"unknown PriorConfig key(s): {', '.join(extra)}")
         d = dict(d)
         if "structures" in d:
             d["structures"] = tuple(d["structures"])

@@ -45,9 +45,9 @@ Edge cases, the same in every function:
   attention is left unbiased; reported (``return_empty``, a logged warning, and the
   ``empty`` list of :func:`cxrlib.anatomy.manifest_priors.priors_for_manifest`);
 - all-one mask, or any layer that is constant after smoothing: all ones;
-- NaN anywhere in a mask: ``ValueError`` naming the image;
+- NaN anywhere in a mask: ``CxrError`` naming the image;
 - masks whose size differs from their image's (or from each other's):
-  ``ValueError`` naming the image. Masks need not be ``image_size`` pixels: the
+  ``CxrError`` naming the image. Masks need not be ``image_size`` pixels: the
   encoder sees the whole image resized to ``image_size`` squared, so area weights are
   taken directly from the mask's native resolution (exact, no resize first).
 
@@ -72,11 +72,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# the settings live in a module without torch (configs and the CLI read them); they
-# stay importable from here
 from cxrlib.anatomy.prior_config import PRIORS_VERSION as PRIORS_VERSION
 from cxrlib.anatomy.prior_config import PriorConfig as PriorConfig
 from cxrlib.anatomy.prior_config import patch_grid as patch_grid
+
+# the settings live in a module without torch (configs and the CLI read them); they
+# stay importable from here
+from cxrlib.base.errors import CxrError
 from cxrlib.base.vocabulary import PRIOR_STRUCTURES
 
 log = logging.getLogger(__name__)
@@ -419,8 +421,9 @@ def layer_priors(
     Raises
     ------
     ValueError
-        When ``grid_masks`` is not (B, g, g) with ``g == config.grid``, or naming the
-        image(s) whose mask contains NaN or values outside [0, 1].
+        When ``grid_masks`` is not (B, g, g) with ``g == config.grid``.
+    CxrError
+        Naming the image(s) whose mask contains NaN or values outside [0, 1].
     """
     x = _as_float_tensor(grid_masks, "grid_masks")
     g = config.grid
@@ -436,13 +439,13 @@ def layer_priors(
     nan = torch.isnan(flat).any(dim=1)
     if nan.any():
         rows = torch.nonzero(nan).flatten()
-        raise ValueError(f"grid_masks: NaN in the mask of {_image_names(image_ids, rows)}")
+        raise CxrError(f"grid_masks: NaN in the mask of {_image_names(image_ids, rows)}")
     if b:
         lo_v, hi_v = flat.amin(dim=1), flat.amax(dim=1)
         bad = (lo_v < -1e-5) | (hi_v > 1 + 1e-5)
         if bad.any():
             rows = torch.nonzero(bad).flatten()
-            raise ValueError(
+            raise CxrError(
                 f"grid_masks: values outside [0, 1] in the mask of {_image_names(image_ids, rows)}"
             )
         empty = hi_v <= 0

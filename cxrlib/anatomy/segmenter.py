@@ -84,7 +84,7 @@ class SegmenterConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"unknown segmenter config keys: {sorted(unknown)}")
+            raise CxrError(f"unknown segmenter config keys: {sorted(unknown)}")
         return cls(**data)
 
 

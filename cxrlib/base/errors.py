@@ -1,8 +1,11 @@
 """Errors the user can act on.
 
-Anything raised as :class:`CxrError` is printed by the ``cxr`` command as one line
-(``cxr: error: <message>``) and exits non-zero; every other exception is a bug and
-keeps its traceback under ``--debug``.
+:class:`CxrError` (and its subclasses) is for bad user input and files: a value from a
+config file, ``--set`` or a flag, or a manifest, CSV, image, mask or run folder, named
+in the message (the file, row, key or flag). The ``cxr`` command prints it as one line
+(``cxr: error: <message>``) and exits non-zero. ``ValueError`` and ``TypeError`` mean a
+calling program misused the API (shapes, exclusive arguments, internal invariants):
+like every other exception they are bugs and keep their traceback under ``--debug``.
 """
 
 from __future__ import annotations

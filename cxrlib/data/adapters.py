@@ -371,7 +371,7 @@ def label_value(cell: object, where: str, column: str) -> float:
     """One CheXpert label cell as 1.0, 0.0, -1.0 or NaN; CxrError naming file and row."""
     try:
         return parse_label(cell)
-    except ValueError as err:
+    except CxrError as err:
         raise CxrError(f"{where}: column {column!r}: {err}") from None
 
 

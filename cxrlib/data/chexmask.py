@@ -99,34 +99,34 @@ def decode_rle(rle: str, height: int, width: int) -> np.ndarray:
 
     Raises
     ------
-    ValueError
+    CxrError
         Non-integer tokens, an odd count, a start below 1, a length below 1, a run
         past the end of the mask, or a mask over :data:`MAX_MASK_PIXELS`.
     """
     if height <= 0 or width <= 0:
-        raise ValueError(f"mask size must be positive, got {height}x{width}")
+        raise CxrError(f"mask size must be positive, got {height}x{width}")
     size = height * width
     if size > MAX_MASK_PIXELS:
-        raise ValueError(f"mask size {height}x{width} is over {MAX_MASK_PIXELS} pixels")
+        raise CxrError(f"mask size {height}x{width} is over {MAX_MASK_PIXELS} pixels")
     tokens = rle.split()
     if not tokens:
         return np.zeros((height, width), dtype=bool)
     if len(tokens) % 2:
-        raise ValueError(f"RLE has an odd number of values ({len(tokens)})")
+        raise CxrError(f"RLE has an odd number of values ({len(tokens)})")
     try:
         runs = np.array(tokens, dtype=np.int64).reshape(-1, 2)  # (n_runs, 2): start, length
     except ValueError:
-        raise ValueError("RLE has a non-integer value") from None
+        raise CxrError("RLE has a non-integer value") from None
     except OverflowError:
-        raise ValueError("RLE has a value past the 64-bit integer range") from None
+        raise CxrError("RLE has a value past the 64-bit integer range") from None
     starts, lengths = runs[:, 0] - 1, runs[:, 1]
     if (starts < 0).any() or (lengths < 1).any():
-        raise ValueError("RLE starts must be >= 1 and lengths >= 1")
+        raise CxrError("RLE starts must be >= 1 and lengths >= 1")
     if (starts >= size).any() or (lengths > size).any():  # also keeps starts + lengths exact
-        raise ValueError(f"RLE run starts or runs past the end of the {height}x{width} mask")
+        raise CxrError(f"RLE run starts or runs past the end of the {height}x{width} mask")
     ends = starts + lengths
     if ends.max() > size:
-        raise ValueError(f"RLE run ends at pixel {int(ends.max())}, past {height}x{width}")
+        raise CxrError(f"RLE run ends at pixel {int(ends.max())}, past {height}x{width}")
     delta = np.zeros(size + 1, dtype=np.int32)
     np.add.at(delta, starts, 1)
     np.add.at(delta, ends, -1)
@@ -255,7 +255,7 @@ def _masks_of(
     for column, rle_column in RLE_COLUMNS.items():
         try:
             masks[column] = decode_rle(row[rle_column], height, width)
-        except ValueError as err:
+        except CxrError as err:
             raise CxrError(f"{where}: column {rle_column!r}: {err}") from None
     if not all(m.any() for m in masks.values()):
         return ("empty_rle", f"{where}: an empty RLE mask")

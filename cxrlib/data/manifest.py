@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlib.base.errors import ManifestError
+from cxrlib.base.errors import CxrError, ManifestError
 from cxrlib.base.io import read_json_object, write_atomic
 
 CHEXPERT_LABELS: tuple[str, ...] = (
@@ -136,7 +136,7 @@ def parse_label(value: object) -> float:
     """One CheXpert label cell as a float: 1.0, 0.0, -1.0, or NaN for blank.
 
     Accepts ``1``, ``0``, ``-1`` as numbers or strings (``"1.0"`` too) and blank
-    (``""``, ``None``, NaN, ``pd.NA``). Raises ``ValueError`` naming the value otherwise
+    (``""``, ``None``, NaN, ``pd.NA``). Raises ``CxrError`` naming the value otherwise
     (``"nan"``, ``"yes"``, ``2``, ``0.5``...).
     """
     if isinstance(value, str):
@@ -144,18 +144,18 @@ def parse_label(value: object) -> float:
         if text == "":
             return float("nan")
         if not _LABEL_TEXT.match(text):
-            raise ValueError(f"label value {value!r} is not one of 1, 0, -1, blank")
+            raise CxrError(f"label value {value!r} is not one of 1, 0, -1, blank")
         return float(text) + 0.0  # -0.0 -> 0.0
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return float("nan")
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"label value {value!r} is not one of 1, 0, -1, blank") from None
+        raise CxrError(f"label value {value!r} is not one of 1, 0, -1, blank") from None
     if np.isnan(number):
         return float("nan")
     if number not in LABEL_VALUES:
-        raise ValueError(f"label value {value!r} is not one of 1, 0, -1, blank")
+        raise CxrError(f"label value {value!r} is not one of 1, 0, -1, blank")
     return number + 0.0
 
 
@@ -264,7 +264,7 @@ def validate(
         for value in pd.unique(column.astype(object)):
             try:
                 parse_label(value)
-            except ValueError as err:
+            except CxrError as err:
                 same = (column.astype(object).map(repr) == repr(value)).to_numpy(dtype=bool)
                 for i in np.flatnonzero(same):
                     found.append((i, f"column {label!r}: {err}"))

@@ -778,7 +778,7 @@ def _study_shares(model, row, item, text: str, found, root) -> pd.DataFrame | No
     tensors = {key: value.to(model.device) for key, value in image_inputs([item]).items()}
     try:
         attention = sentence_attention(model, text, **tensors)
-    except ValueError as err:  # longer than the model reads
+    except CxrError as err:  # longer than the model reads
         if str(err).startswith("text has"):
             return None
         raise

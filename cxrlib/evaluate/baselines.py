@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.manifest import text_cell
 from cxrlib.model import ReportModel
 from cxrlib.training.inputs import cached_features, split_frame
@@ -73,6 +74,8 @@ def baseline_generations(
     model = ReportModel.from_pretrained(run_checkpoint(run))
     train = split_frame(manifest, "train")
     train = train.subset(train.frame[column].map(text_cell) != "")
+    if not len(train.frame):
+        raise CxrError(f"{manifest}: no train row has {column} text (the baselines need some)")
     test = split_frame(manifest, split)
     if max_images is not None:
         test = test.subset(test.frame.iloc[:max_images])

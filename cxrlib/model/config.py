@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxrlib.base.errors import CxrError
 from cxrlib.base.vocabulary import MODES
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -150,8 +151,8 @@ class ModelConfig:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"ModelConfig.{name}: {why} (got {getattr(self, name)!r})")
+        def bad(name: str, why: str) -> CxrError:
+            return CxrError(f"ModelConfig.{name}: {why} (got {getattr(self, name)!r})")
 
         if self.mode not in MODES:
             raise bad("mode", f"expected one of {', '.join(MODES)}")
@@ -288,7 +289,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"ModelConfig: unknown field(s) {', '.join(unknown)}")
+            raise CxrError(f"ModelConfig: unknown field(s) {', '.join(unknown)}")
         return cls(**data)
 
     def to_json(self, path: str | os.PathLike) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
+from cxrlib.base.errors import CxrError
 from cxrlib.model.config import DEFAULT_ENCODER_TYPE
 
 VIT_TYPES = ("dinov3_vit", "dinov2", "dinov2_with_registers")
@@ -52,7 +53,7 @@ def encoder_config(source: dict[str, Any], image_size: int, patch_size: int | No
     try:
         return AutoConfig.for_model(model_type, **fields)
     except ValueError as err:
-        raise ValueError(f"ModelConfig.encoder: {err}") from None
+        raise CxrError(f"ModelConfig.encoder: {err}") from None
 
 
 def encoder_from_config(config: PretrainedConfig) -> nn.Module:
@@ -62,7 +63,7 @@ def encoder_from_config(config: PretrainedConfig) -> nn.Module:
     if not getattr(config, "out_features", None):
         stages = getattr(config, "stage_names", None)
         if not stages:
-            raise ValueError(f"encoder model type {config.model_type!r} is no backbone")
+            raise CxrError(f"encoder model type {config.model_type!r} is no backbone")
         config.out_features = [stages[-1]]
     return _backbone_class(config)(config)
 
@@ -89,7 +90,7 @@ def _backbone_class(config: PretrainedConfig) -> type:
     try:
         return MODEL_FOR_BACKBONE_MAPPING[type(config)]
     except KeyError:
-        raise ValueError(f"encoder model type {config.model_type!r} has no backbone") from None
+        raise CxrError(f"encoder model type {config.model_type!r} has no backbone") from None
 
 
 def encoder_from_dict(data: dict[str, Any]) -> nn.Module:
@@ -155,7 +156,7 @@ def _measure_stride(encoder: nn.Module, image_size: int) -> int:
         height = encoder(pixel_values=blank).feature_maps[-1].shape[-1]
     encoder.train(was_training)
     if image_size % height:
-        raise ValueError(
+        raise CxrError(
             f"encoder gives a {height}x{height} feature map at {image_size} px: the image side "
             "must be a multiple of the output grid"
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cxrlib.base.errors import CxrError
 from cxrlib.data.sections import split_sentences
 
 
@@ -69,7 +70,7 @@ def sentence_attention(
     tok = model.tokenizer
     sentences = split_sentences(text)
     if not sentences:
-        raise ValueError("no sentence to explain (empty text)")
+        raise CxrError("no sentence to explain (empty text)")
     ids: list[int] = [tok.bos_id]
     spans = []
     for i, sentence in enumerate(sentences):
@@ -78,7 +79,7 @@ def sentence_attention(
         ids += piece
     limit = model.config.max_text_tokens
     if len(ids) > limit:
-        raise ValueError(f"text has {len(ids)} tokens, more than max_text_tokens={limit}")
+        raise CxrError(f"text has {len(ids)} tokens, more than max_text_tokens={limit}")
     input_ids = torch.tensor([ids], device=model.device)
     was_training = model.training
     model.eval()

@@ -33,6 +33,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
+from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
 from cxrlib.model import generation
 from cxrlib.model.attention import IMPLEMENTATIONS, AnatomicalPrior
@@ -156,7 +157,7 @@ class ReportModel(nn.Module):
             raise FileNotFoundError(f"{config_path}: no model config")
         data = json.loads(config_path.read_text())
         if data.get("format") != FORMAT:
-            raise ValueError(f"{config_path}: not a {FORMAT} folder")
+            raise CxrError(f"{config_path}: not a {FORMAT} folder")
         config = ModelConfig.from_dict(data["model_config"])
         encoder = encoder_from_dict(data["encoder_config"])
         decoder = GPT2LMHeadModel._from_config(
@@ -188,13 +189,13 @@ class ReportModel(nn.Module):
     def _check_parts(self) -> None:
         cfg, dec = self.config, self.decoder.config
         if dec.n_positions < cfg.num_positions:
-            raise ValueError(
+            raise CxrError(
                 f"decoder position table has {dec.n_positions} rows; the prefix and text need "
                 f"{cfg.num_positions} (num_patches {cfg.num_patches} + max_text_tokens "
                 f"{cfg.max_text_tokens})"
             )
         if len(self.tokenizer) > dec.vocab_size:
-            raise ValueError(
+            raise CxrError(
                 f"tokenizer has {len(self.tokenizer)} tokens, the decoder only {dec.vocab_size}"
             )
 
@@ -205,7 +206,7 @@ class ReportModel(nn.Module):
             blocks, norms = encoder_blocks(self.encoder)
             n = self.config.encoder_trainable_blocks
             if n > len(blocks):
-                raise ValueError(
+                raise CxrError(
                     f"ModelConfig.encoder_trainable_blocks={n}, the encoder has {len(blocks)}"
                 )
             for block in blocks[len(blocks) - n :]:
@@ -457,7 +458,7 @@ def _with_patch_size(config: ModelConfig, encoder: nn.Module) -> ModelConfig:
     """A copy of ``config`` whose ``patch_size`` is the encoder's (a given one must agree)."""
     stride = encoder_stride(encoder, config.image_size)
     if config.patch_size is not None and config.patch_size != stride:
-        raise ValueError(
+        raise CxrError(
             f"ModelConfig.patch_size={config.patch_size} but the encoder's patch size "
             f"(output stride) is {stride}"
         )

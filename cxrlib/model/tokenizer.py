@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from cxrlib.base.errors import CxrError
+
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 TOKENIZER_FILE = "tokenizer.json"
 SPECIALS_FILE = "tokenizer_config.json"
@@ -46,7 +48,7 @@ class ReportTokenizer:
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
         ids = [tokenizer.token_to_id(t) for t in (bos_token, eos_token, pad_token)]
         if any(i is None for i in ids):
-            raise ValueError(
+            raise CxrError(
                 f"tokenizer: special tokens {bos_token!r}, {eos_token!r}, {pad_token!r} "
                 "must all be in the vocabulary"
             )
@@ -70,7 +72,7 @@ class ReportTokenizer:
             Pairs seen fewer times are not merged.
         """
         if vocab_size < 259:
-            raise ValueError(f"vocab_size: needs at least 259 (got {vocab_size})")
+            raise CxrError(f"vocab_size: needs at least 259 (got {vocab_size})")
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -108,7 +110,7 @@ class ReportTokenizer:
         hf = AutoTokenizer.from_pretrained(str(source), token=token)
         eos = hf.eos_token
         if eos is None:
-            raise ValueError(f"tokenizer of {source!s} has no EOS token")
+            raise CxrError(f"tokenizer of {source!s} has no EOS token")
         bos = hf.bos_token or eos
         pad = hf.pad_token or eos
         return cls(hf.backend_tokenizer, bos, eos, pad)

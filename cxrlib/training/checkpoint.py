@@ -301,7 +301,7 @@ def _normalised(tree: dict | None) -> dict | None:
     defaults (so a run of an older version resumes); None when it no longer parses."""
     try:
         return RunConfig.from_dict(tree).to_dict()
-    except (TypeError, ValueError, KeyError):
+    except (CxrError, TypeError, ValueError, KeyError):
         return None
 
 

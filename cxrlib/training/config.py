@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from cxrlib.anatomy.prior_config import PriorConfig
-from cxrlib.base.errors import one_line
+from cxrlib.base.errors import CxrError, one_line
 from cxrlib.base.vocabulary import MASK_SOURCES
 from cxrlib.model.config import DEFAULT_ENCODER_TYPE, ModelConfig
 
@@ -58,7 +58,7 @@ def _check_unknown(cls: type, data: dict, where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(_key_text(k) for k in data if k not in known)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        raise CxrError(f"{where}: unknown key(s) {', '.join(unknown)}")
 
 
 def _matches(value: object, hint: object) -> bool:
@@ -82,14 +82,14 @@ def _matches(value: object, hint: object) -> bool:
 
 
 def _check_types(cls: type, data: dict, where: str) -> None:
-    """ValueError naming the first key of ``data`` whose value is not of its field's type."""
+    """CxrError naming the first key of ``data`` whose value is not of its field's type."""
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         if key in hints and not _matches(value, hints[key]):
             hint = str(hints[key]).replace("<class '", "").replace("'>", "")
             shown = " ".join(repr(value).split())
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise ValueError(f"{where}.{key}: expected {hint}, got {shown}")
+            raise CxrError(f"{where}.{key}: expected {hint}, got {shown}")
 
 
 @dataclass
@@ -116,13 +116,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         for name in ("phantom_n", "phantom_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"data.{name}: expected a positive integer")
+                raise CxrError(f"data.{name}: expected a positive integer")
         for name in ("max_train_images", "max_val_images"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"data.{name}: expected a positive integer or null")
+                raise CxrError(f"data.{name}: expected a positive integer or null")
         if self.max_bad_images < 0:
-            raise ValueError("data.max_bad_images: expected >= 0")
+            raise CxrError("data.max_bad_images: expected >= 0")
 
 
 @dataclass
@@ -154,7 +154,7 @@ class RunPriorsConfig:
 
     def __post_init__(self) -> None:
         if self.source not in MASK_SOURCES:
-            raise ValueError(f"priors.source: expected one of {', '.join(MASK_SOURCES)}")
+            raise CxrError(f"priors.source: expected one of {', '.join(MASK_SOURCES)}")
         self.resolve(224, 16, 1)  # validates the remaining fields
 
     def resolve(self, image_size: int, patch_size: int, num_layers: int):
@@ -221,30 +221,30 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"train.{name}: expected a positive integer (got {value!r})")
+                raise CxrError(f"train.{name}: expected a positive integer (got {value!r})")
         for name in ("checkpoint_every", "num_workers", "val_generate"):
             if getattr(self, name) < 0:
-                raise ValueError(f"train.{name}: expected >= 0")
+                raise CxrError(f"train.{name}: expected >= 0")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"train.lr: expected a positive number (got {self.lr!r})")
+            raise CxrError(f"train.lr: expected a positive number (got {self.lr!r})")
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError("train.warmup_ratio: expected a value in [0, 1)")
+            raise CxrError("train.warmup_ratio: expected a value in [0, 1)")
         if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("train.min_lr_ratio: expected a value in [0, 1]")
+            raise CxrError("train.min_lr_ratio: expected a value in [0, 1]")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError("train.grad_clip: expected a positive number or null")
+            raise CxrError("train.grad_clip: expected a positive number or null")
         if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"train.mixed_precision: expected one of {', '.join(MIXED_PRECISION)}")
+            raise CxrError(f"train.mixed_precision: expected one of {', '.join(MIXED_PRECISION)}")
         if self.early_stopping_mode not in EARLY_STOPPING_MODES:
-            raise ValueError("train.early_stopping_mode: expected min or max")
+            raise CxrError("train.early_stopping_mode: expected min or max")
         if self.patience is not None and self.patience < 1:
-            raise ValueError("train.patience: expected a positive integer or null")
+            raise CxrError("train.patience: expected a positive integer or null")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("train.max_steps: expected a positive integer or null")
+            raise CxrError("train.max_steps: expected a positive integer or null")
         if len(self.betas) != 2:
-            raise ValueError("train.betas: expected two numbers")
+            raise CxrError("train.betas: expected two numbers")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(
+            raise CxrError(
                 f"train.ema_decay: expected a number in (0, 1) or null (got {self.ema_decay!r})"
             )
 
@@ -270,9 +270,9 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.max_shift < 0:
-            raise ValueError("pretrain: epochs and batch_size >= 1, lr > 0, max_shift >= 0")
+            raise CxrError("pretrain: epochs and batch_size >= 1, lr > 0, max_shift >= 0")
         if not self.dense_weight >= 0:
-            raise ValueError("pretrain: dense_weight >= 0")
+            raise CxrError("pretrain: dense_weight >= 0")
 
 
 @dataclass
@@ -318,19 +318,19 @@ class RunConfig:
             if name not in data:
                 continue
             if not isinstance(data[name], dict):
-                raise ValueError(f"config.{name}: expected a mapping")
+                raise CxrError(f"config.{name}: expected a mapping")
             _check_unknown(node, data[name], f"config.{name}")
             _check_types(node, data[name], f"config.{name}")
             try:
                 parts[name] = (
                     node.from_dict(data[name]) if node is ModelConfig else node(**data[name])
                 )
-            except (TypeError, OverflowError) as err:  # a value the node's checks cannot take
-                raise ValueError(f"config.{name}: {one_line(err)}") from None
-            except ValueError as err:  # a nested check (priors -> PriorConfig) names no node
+            except CxrError as err:  # a nested check (priors -> PriorConfig) names no node
                 if str(err).startswith((name, "config")):
                     raise
-                raise ValueError(f"config.{name}: {one_line(err)}") from None
+                raise CxrError(f"config.{name}: {one_line(err)}") from None
+            except (TypeError, ValueError, OverflowError) as err:  # a value the checks cannot take
+                raise CxrError(f"config.{name}: {one_line(err)}") from None
         return cls(**parts)
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -510,7 +510,7 @@ part (the parameters the workbook offers its notebooks); names as
 def profile_config(name: str) -> RunConfig:
     """A fresh :class:`RunConfig` of profile ``name``."""
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r} (choose from {', '.join(PROFILES)})")
+        raise CxrError(f"unknown profile {name!r} (choose from {', '.join(PROFILES)})")
     return PROFILES[name].run_config()
 
 
@@ -548,31 +548,29 @@ def read_config_file(path: str | os.PathLike) -> dict:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({one_line(err)})") from None
+        raise CxrError(f"{path}: not UTF-8 text ({one_line(err)})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError, RecursionError) as err:
         first = one_line(str(err).strip().splitlines()[0]) if str(err).strip() else one_line(err)
-        raise ValueError(
-            f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'} ({first})"
-        ) from None
+        raise CxrError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'} ({first})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise CxrError(f"{path}: expected a mapping at the top level")
     return data
 
 
 def parse_assignment(text: str) -> dict:
     """``"train.epochs=3"`` -> ``{"train": {"epochs": 3}}`` (value parsed as YAML)."""
     if "=" not in text:
-        raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        raise CxrError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except (yaml.YAMLError, RecursionError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"--set {text!r}: the value is not valid YAML ({first})") from None
+        raise CxrError(f"--set {text!r}: the value is not valid YAML ({first})") from None
     node: dict = {}
     cursor = node
     parts = key.strip().split(".")

@@ -350,7 +350,7 @@ def pretrain_encoder(
     loadable with :func:`cxrlib.model.encoders.build_encoder`, and ``pretrain.json``).
     """
     if not isinstance(model_config.encoder, dict):
-        raise ValueError("pretraining needs a config-built encoder (ModelConfig.encoder dict)")
+        raise CxrError("pretraining needs a config-built encoder (ModelConfig.encoder dict)")
     data = read_manifest(manifest, check_files=False)
     df = data.frame
     train_df = df[df["split"] == "train"]

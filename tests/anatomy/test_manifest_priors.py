@@ -9,6 +9,7 @@ from PIL import Image
 
 from cxrlib.anatomy.manifest_priors import priors_for_manifest
 from cxrlib.anatomy.priors import PriorConfig, downsample_to_grid
+from cxrlib.base.errors import CxrError
 from cxrlib.base.masks import load_mask
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
@@ -55,11 +56,11 @@ def test_priors_for_manifest_sources(phantom, caplog):
         manifest, PriorConfig(image_size=64, patch_size=8, structures=("lungs",)), progress=False
     )
     assert lungs_only.counts["manifest"] == 4  # left + right lungs make "lungs" too
-    with pytest.raises(ValueError, match="image 'ph0-000001-frontal': no manifest mask"):
+    with pytest.raises(CxrError, match="image 'ph0-000001-frontal': no manifest mask"):
         priors_for_manifest(manifest, config, source="manifest", progress=False)
     _, priors_none, none_info = priors_for_manifest(manifest, config, source="none", progress=False)
     assert torch.equal(priors_none, torch.ones(4, 12, 64)) and none_info.counts["none"] == 4
-    with pytest.raises(ValueError, match="needs a segmenter"):
+    with pytest.raises(CxrError, match="needs a segmenter"):
         priors_for_manifest(manifest, config, source="segmenter", progress=False)
 
 
@@ -101,7 +102,7 @@ def test_mask_size_mismatch_names_the_image(phantom, tmp_path):
     Image.fromarray(np.full((32, 32), 255, dtype=np.uint8)).save(wrong)
     df.loc[2, "heart_mask_path"] = str(wrong)
     with pytest.raises(
-        ValueError,
+        CxrError,
         match=r"image 'ph0-000002-frontal': heart mask .* is 32x32 px "
         r"but the image is 64x64 px",
     ):

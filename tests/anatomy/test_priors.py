@@ -29,6 +29,7 @@ from cxrlib.anatomy.priors import (
     schedule,
 )
 from cxrlib.base import vocabulary
+from cxrlib.base.errors import CxrError
 from cxrlib.base.masks import load_mask
 from cxrlib.cli import main
 from cxrlib.data.manifest import read_manifest
@@ -61,9 +62,9 @@ def _blobs(g: int = 32) -> torch.Tensor:
 def test_patch_grid():
     assert patch_grid(224, 16) == 14
     assert patch_grid(512, 16) == 32
-    with pytest.raises(ValueError, match="image_size 200 is not a multiple of patch_size 16"):
+    with pytest.raises(CxrError, match="image_size 200 is not a multiple of patch_size 16"):
         patch_grid(200, 16)
-    with pytest.raises(ValueError, match="patch_size must be a positive integer"):
+    with pytest.raises(CxrError, match="patch_size must be a positive integer"):
         patch_grid(224, 0)
 
 
@@ -141,7 +142,7 @@ def test_gaussian_kernel():
     ],
 )
 def test_config_validation(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(CxrError, match=message):
         PriorConfig(**kwargs)
 
 
@@ -363,20 +364,20 @@ def test_all_one_mask_gives_ones(schedule_name):
 def test_nan_mask_is_refused_naming_the_image():
     grids = torch.zeros(3, 4, 4)
     grids[1, 2, 2] = float("nan")
-    with pytest.raises(ValueError, match="NaN in the mask of image 'b'"):
+    with pytest.raises(CxrError, match="NaN in the mask of image 'b'"):
         layer_priors(grids, PriorConfig(image_size=64), image_ids=["a", "b", "c"])
-    with pytest.raises(ValueError, match="NaN in the mask of batch index 1"):
+    with pytest.raises(CxrError, match="NaN in the mask of batch index 1"):
         layer_priors(grids, PriorConfig(image_size=64))
     masks = {"lungs": torch.zeros(3, 8, 8), "heart": torch.zeros(3, 8, 8)}
     masks["heart"][2, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="image 'c'"):
+    with pytest.raises(CxrError, match="image 'c'"):
         masks_to_priors(masks, PriorConfig(image_size=64), image_ids=["a", "b", "c"])
 
 
 def test_bad_grid_shape_and_range_are_refused():
     with pytest.raises(ValueError, match=r"shape \(B, 14, 14\) for image_size 224"):
         layer_priors(torch.zeros(1, 32, 32), PriorConfig())
-    with pytest.raises(ValueError, match="outside \\[0, 1\\] in the mask of image 'x'"):
+    with pytest.raises(CxrError, match="outside \\[0, 1\\] in the mask of image 'x'"):
         layer_priors(torch.full((1, 4, 4), 2.0), PriorConfig(image_size=64), image_ids=["x"])
 
 

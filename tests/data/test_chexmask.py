@@ -59,7 +59,7 @@ def test_rle_round_trip_random(seed):
     ],
 )
 def test_bad_rle(rle, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(CxrError, match=message):
         decode_rle(rle, 3, 3)
 
 

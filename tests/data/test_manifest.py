@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib.base.errors import ManifestError
+from cxrlib.base.errors import CxrError, ManifestError
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
     REQUIRED_COLUMNS,
@@ -173,7 +173,7 @@ def test_parse_label_blank(value):
 
 @pytest.mark.parametrize("value", ["2", "yes", 0.5, "1e3"])
 def test_parse_label_rejects(value):
-    with pytest.raises(ValueError, match="not one of 1, 0, -1, blank"):
+    with pytest.raises(CxrError, match="not one of 1, 0, -1, blank"):
         parse_label(value)
 
 

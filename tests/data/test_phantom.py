@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cxrlib.base.errors import CxrError
 from cxrlib.base.masks import cardiothoracic_ratio
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
@@ -237,9 +238,9 @@ def test_cardiomegaly_is_drawn_with_its_ctr():
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="n must be >= 1"):
+    with pytest.raises(CxrError, match="n must be >= 1"):
         write_phantom(tmp_path / "x", n=0)
-    with pytest.raises(ValueError, match="size must be >= 32"):
+    with pytest.raises(CxrError, match="size must be >= 32"):
         write_phantom(tmp_path / "x", n=1, size=8)
     afile = tmp_path / "file"
     afile.write_text("")

@@ -7,6 +7,7 @@ import torch
 from transformers import ConvNextConfig, Dinov2Config, Dinov2Model
 
 import cxrlib.model.encoders as encoders
+from cxrlib.base.errors import CxrError
 from cxrlib.model import ModelConfig, ReportModel
 from cxrlib.model.encoders import (
     build_encoder,
@@ -103,14 +104,14 @@ def test_vit_patches_drop_cls_and_registers():
 
 
 def test_a_stated_patch_size_must_agree_with_the_encoder():
-    with pytest.raises(ValueError, match="patch size"):
+    with pytest.raises(CxrError, match="patch size"):
         ReportModel.from_config(_config(CONVNEXT, 64, patch_size=8), texts=TEXTS)
     with pytest.raises(ValueError, match="patch_size is None"):
         _ = _config(CONVNEXT, 64).grid_size
 
 
 def test_unknown_encoder_type_is_a_clear_error():
-    with pytest.raises(ValueError, match="ModelConfig.encoder"):
+    with pytest.raises(CxrError, match="ModelConfig.encoder"):
         build_encoder({"model_type": "no-such-model"}, 64, None, None)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import DINOv3ViTConfig, DINOv3ViTModel, GPT2Config, GPT2LMHeadModel
 
+from cxrlib.base.errors import CxrError
 from cxrlib.model import ModelConfig, ReportModel, ReportTokenizer
 from tests.model import (  # noqa: F401 (one_thread: an autouse fixture)
     DECODER,
@@ -92,7 +93,7 @@ def test_inputs_are_checked():
     ):
         with pytest.raises(ValueError, match="priors"):
             model(**inputs, priors=bad.double())
-    with pytest.raises(ValueError, match="patch"):
+    with pytest.raises(CxrError, match="patch"):
         ReportModel.from_config(small_config(encoder={**ENCODER, "patch_size": 8}), texts=TEXTS)
     with pytest.raises(ValueError, match="max_text_tokens"):
         model(pixel_values=inputs["pixel_values"], input_ids=torch.zeros(2, 30, dtype=torch.long))
@@ -222,7 +223,7 @@ def test_saved_folder_is_json_and_safetensors_only(tmp_path, monkeypatch):
 
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         assert "bridge.0.weight" in list(f.keys())
-    with pytest.raises(ValueError, match="not a"):
+    with pytest.raises(CxrError, match="not a"):
         (tmp_path / "x").mkdir()
         (tmp_path / "x" / "config.json").write_text("{}")
         ReportModel.from_pretrained(tmp_path / "x")
@@ -288,7 +289,7 @@ def test_config_json_round_trip(tmp_path):
     for cfg in (ModelConfig.tiny("strict"), ModelConfig.published("soft"), small_config()):
         cfg.to_json(tmp_path / "c.json")
         assert ModelConfig.from_json(tmp_path / "c.json") == cfg
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(CxrError, match="unknown"):
         ModelConfig.from_dict({"mode": "soft", "moed": "x"})
 
 
@@ -315,5 +316,5 @@ def test_presets():
     ],
 )
 def test_config_rejects_bad_values(changes):
-    with pytest.raises(ValueError, match="ModelConfig"):
+    with pytest.raises(CxrError, match="ModelConfig"):
         small_config(**changes)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from cxrlib.base.errors import CxrError
 from cxrlib.model import ReportTokenizer
 from cxrlib.model.tokenizer import BOS, EOS, PAD
 from tests.model import TEXTS
@@ -23,7 +24,7 @@ def test_empty_corpus_gives_bytes_only():
     tok = ReportTokenizer.train([], vocab_size=1000)
     assert len(tok) == 259
     assert tok.decode(tok.encode("Cardiomegaly, 2 cm.")) == "Cardiomegaly, 2 cm."
-    with pytest.raises(ValueError, match="vocab_size"):
+    with pytest.raises(CxrError, match="vocab_size"):
         ReportTokenizer.train(TEXTS, vocab_size=100)
 
 

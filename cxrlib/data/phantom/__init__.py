@@ -37,6 +37,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cxrlib.base.cache import build_once
+from cxrlib.base.errors import CxrError
 from cxrlib.base.io import read_json_object, write_json_atomic
 from cxrlib.base.provenance import provenance
 from cxrlib.data.manifest import (
@@ -196,11 +197,11 @@ def write_phantom(
     PhantomSummary
     """
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise CxrError(f"n must be >= 1, got {n}")
     if size < 32:
-        raise ValueError(f"size must be >= 32, got {size}")
+        raise CxrError(f"size must be >= 32, got {size}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise CxrError(f"workers must be >= 1, got {workers}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from cxrlib.base.errors import CxrError
+
 
 def best_rate(fn, n: int, repeats: int):
     """(items/s of the fastest of ``repeats`` calls, the last call's result)."""
@@ -52,7 +54,7 @@ def torch_threads(threads: int) -> Iterator[None]:
     """Run the block on ``threads`` torch CPU threads (0: torch's count as it is); the
     count before is restored afterwards."""
     if threads < 0:
-        raise ValueError(f"threads must be >= 0, got {threads}")
+        raise CxrError(f"threads must be >= 0, got {threads}")
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

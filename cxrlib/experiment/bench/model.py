@@ -12,6 +12,7 @@ import statistics
 
 import torch
 
+from cxrlib.base.errors import CxrError
 from cxrlib.base.provenance import provenance
 from cxrlib.base.vocabulary import MODES
 from cxrlib.experiment.bench.harness import (
@@ -69,7 +70,9 @@ def bench_model(
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype: expected float32 or bfloat16 (got {dtype!r})")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda: no CUDA device is available")
+        raise CxrError("device cuda: no CUDA device is available")
+    if bias_kernel == "cudnn" and dtype != "bfloat16":  # the kernel has no float32 path
+        raise CxrError("bias kernel cudnn: needs dtype bfloat16 (--dtype bfloat16)")
     defaults = MODEL_PRESET_SIZES[preset]
     given = (batch, text_tokens, new_tokens, repeats)
     sizes = [v or d for v, d in zip(given, defaults, strict=True)]
@@ -83,11 +86,11 @@ def bench_model(
 
 def _bench_model(device, preset, dtype, batch, text_tokens, new_tokens, repeats, seed) -> dict:
     if new_tokens < 2:
-        raise ValueError(f"new_tokens: need >= 2 to time a decoding step (got {new_tokens})")
+        raise CxrError(f"new_tokens: need >= 2 to time a decoding step (got {new_tokens})")
     models = same_weight_models(preset, device, seed)
     model, cfg = models["none"], models["none"].config
     if text_tokens + new_tokens + 1 > cfg.max_text_tokens:
-        raise ValueError(
+        raise CxrError(
             f"text_tokens + new_tokens must stay below max_text_tokens={cfg.max_text_tokens}"
         )
     inputs = model_inputs(model, batch, text_tokens, seed, device)

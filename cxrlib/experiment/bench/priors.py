@@ -18,6 +18,7 @@ from cxrlib.anatomy.priors import (
     masks_to_priors,
 )
 from cxrlib.anatomy.priors import schedule as layer_schedule
+from cxrlib.base.errors import CxrError
 from cxrlib.base.provenance import provenance
 from cxrlib.experiment.bench.harness import best_rate, torch_threads
 
@@ -81,7 +82,7 @@ def _bench_priors(
     if schedule == "none":
         raise ValueError("schedule 'none' does no smoothing: nothing to benchmark")
     if max(k for k, _ in layer_schedule(config)) // 2 >= grid:
-        raise ValueError(f"grid {grid} is too small for the reflect-padded naive baseline")
+        raise CxrError(f"grid {grid} is too small for the reflect-padded naive baseline")
     gen = torch.Generator().manual_seed(seed)
     side = 16 * grid
     yy, xx = torch.meshgrid(torch.linspace(0, 1, side), torch.linspace(0, 1, side), indexing="ij")
