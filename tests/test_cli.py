@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from cxrlib import __version__
-from cxrlib.cli import build_parser, main
+from cxrlib.cli import INTERNAL_ERROR_HINT, build_parser, main
 
 
 def _cxr(*args: str) -> subprocess.CompletedProcess:
@@ -69,6 +69,30 @@ def test_traceback_only_with_debug(tmp_path):
     debug = _cxr("--debug", "phantom", "--out", str(afile), "--n", "2")
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("bug", [ValueError, TypeError, KeyError])
+def test_any_other_exception_is_shown_as_a_bug(tmp_path, capsys, monkeypatch, bug):
+    # docs/architecture.md, "Errors: one rule": CxrError is the user's, anything else ours
+    import cxrlib.experiment.results as results
+
+    def misuse(*args, **kwargs):
+        raise bug("an argument the library never accepts")
+
+    monkeypatch.setattr(results, "update_readme", misuse)
+    assert main(["workbook", "readme", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"cxr: internal error (a bug): {bug.__name__}: ")
+    assert "never accepts" in err[0]
+    assert err[1] == INTERNAL_ERROR_HINT
+    assert main(["--debug", "workbook", "readme", str(tmp_path)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_user_error_is_one_line_without_the_bug_hint(tmp_path, capsys):
+    assert main(["workbook", "readme", str(tmp_path), "--readme", str(tmp_path / "no.md")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cxr: error: {tmp_path / 'no.md'}: file does not exist"]
 
 
 def test_phantom_writes_a_dataset(tmp_path, capsys):

@@ -4,9 +4,12 @@ One module per group of subcommands (``datasets``, ``workbook``, ``bench``, ``an
 ``runs``, ``inference``, ``evaluation``); what several share (value types, common options)
 is in ``_args``. Every subcommand is a function ``_cmd_<name>(args) -> int`` beside the
 function ``add_<command>`` that declares its arguments. User errors
-(:class:`cxrlib.base.errors.CxrError`, missing files, bad values) end with one line
-``cxr: error: ...`` and exit 1; ``--debug`` shows the traceback instead. Argument errors
-exit 2 (argparse's convention).
+(:class:`cxrlib.base.errors.CxrError`, and the system's missing-file, not-a-folder and
+permission errors, which name the path) end with one line ``cxr: error: ...`` and exit 1.
+Every other exception (``ValueError`` and ``TypeError`` included: a caller's misuse of
+the API) is a bug: ``cxr: internal error (a bug): ...`` and a hint, exit 1. ``--debug``
+adds the traceback. Argument errors exit 2 (argparse's convention). The rule:
+docs/architecture.md, "Errors: one rule".
 
 A subcommand imports the library code it runs inside its ``_cmd_`` function (deferred on
 purpose: ``cxr --help`` and a mistyped option answer without loading torch and the whole
@@ -22,8 +25,10 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from cxrlib import __version__
-from cxrlib.base.errors import CxrError
+from cxrlib.base.errors import CxrError, one_line
 from cxrlib.cli import anatomy, bench, datasets, evaluation, inference, runs, workbook
+
+INTERNAL_ERROR_HINT = "cxr: rerun with --debug for the traceback, and please report it"
 
 # --- the command -----------------------------------------------------------------------
 
@@ -68,9 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cxr: interrupted", file=sys.stderr)
         return 130
-    except (CxrError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as err:
+    except (CxrError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         if args.debug:
             traceback.print_exc()
         message = str(err).rstrip() or type(err).__name__
         print(f"cxr: error: {message}", file=sys.stderr)
+        return 1
+    except Exception as err:  # anything else (ValueError, TypeError, ...) is a bug
+        if args.debug:
+            traceback.print_exc()
+        bug = f"{type(err).__name__}: {one_line(err)}"
+        print(f"cxr: internal error (a bug): {bug}\n{INTERNAL_ERROR_HINT}", file=sys.stderr)
         return 1
