@@ -17,7 +17,9 @@ def add_phantom(sub: argparse._SubParsersAction) -> None:
         description=(
             "Write N synthetic frontal chest radiographs with lung/heart masks, CheXpert "
             "labels, attributes and Findings text, plus DIR/manifest.csv. Same arguments "
-            "give byte-identical output."
+            "give byte-identical output. With --layout mimic-cxr-jpg or chexpert-plus, "
+            "write N frontal images (plus laterals) in that release's own layout instead, "
+            "for `cxr manifest mimic-cxr|chexpert-plus --root DIR`: a rehearsal dataset."
         ),
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
@@ -25,12 +27,38 @@ def add_phantom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=integer, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=positive_int, default=256, help="image side in px (default 256)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes (default 1)")
+    p.add_argument(
+        "--layout",
+        choices=("manifest", "mimic-cxr-jpg", "chexpert-plus"),
+        default="manifest",
+        help="manifest (default: DIR/manifest.csv, images, masks) or a real release's layout",
+    )
+    p.add_argument(
+        "--pool",
+        type=positive_int,
+        default=512,
+        help="with --layout: images rendered (default 512); every file hard-links to one",
+    )
     p.set_defaults(handler=_cmd_phantom)
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from cxrlib.data.phantom import write_phantom
 
+    if args.layout != "manifest":
+        from cxrlib.data.phantom.layouts import write_layout
+
+        layout = write_layout(
+            args.out,
+            args.layout,
+            n=args.n,
+            seed=args.seed,
+            size=args.size,
+            pool=args.pool,
+            workers=args.workers,
+        )
+        print(layout.describe())
+        return 0
     summary = write_phantom(
         args.out, n=args.n, seed=args.seed, size=args.size, workers=args.workers
     )
