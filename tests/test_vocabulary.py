@@ -28,6 +28,7 @@ WORDS = {
         "PRIOR_STRUCTURES",
         "PRIOR_SCHEDULES",
         "PRIOR_PADDINGS",
+        "PHANTOM_LAYOUTS",
         "LATERAL_OBSERVATIONS",
     )
 }

@@ -25,6 +25,10 @@ PRIOR_SCHEDULES: tuple[str, ...] = ("thesis", "linear", "constant", "none")
 PRIOR_PADDINGS: tuple[str, ...] = ("reflect", "replicate", "zeros")
 """Border handling of the prior's blur."""
 
+PHANTOM_LAYOUTS: tuple[str, ...] = ("manifest", "mimic-cxr-jpg", "chexpert-plus")
+"""How ``cxr phantom`` lays out its files: its own folder with ``manifest.csv`` (the
+default), or a real release's layout (:mod:`cxrlib.data.phantom.layouts`)."""
+
 LATERAL_OBSERVATIONS: tuple[str, ...] = (
     "Lung Opacity",
     "Lung Lesion",

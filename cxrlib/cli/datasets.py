@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cxrlib.base.vocabulary import PHANTOM_LAYOUTS
 from cxrlib.cli._args import integer, positive_int, unit_fraction
 
 # --- cxr phantom -----------------------------------------------------------------------
@@ -29,8 +30,8 @@ def add_phantom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=positive_int, default=1, help="processes (default 1)")
     p.add_argument(
         "--layout",
-        choices=("manifest", "mimic-cxr-jpg", "chexpert-plus"),
-        default="manifest",
+        choices=PHANTOM_LAYOUTS,
+        default=PHANTOM_LAYOUTS[0],
         help="manifest (default: DIR/manifest.csv, images, masks) or a real release's layout",
     )
     p.add_argument(
@@ -45,7 +46,7 @@ def add_phantom(sub: argparse._SubParsersAction) -> None:
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from cxrlib.data.phantom import write_phantom
 
-    if args.layout != "manifest":
+    if args.layout != PHANTOM_LAYOUTS[0]:
         from cxrlib.data.phantom.layouts import write_layout
 
         layout = write_layout(

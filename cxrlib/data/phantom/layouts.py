@@ -41,11 +41,13 @@ from PIL import Image
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_json_atomic
 from cxrlib.base.provenance import provenance
+from cxrlib.base.vocabulary import PHANTOM_LAYOUTS
 from cxrlib.data import chexpert_plus, mimic
 from cxrlib.data.manifest import CHEXPERT_LABELS, assign_split, read_manifest
 from cxrlib.data.phantom import PHANTOM_VERSION, PhantomSpec, prepare_phantom
 
-LAYOUTS: tuple[str, ...] = ("mimic-cxr-jpg", "chexpert-plus")
+LAYOUTS: tuple[str, ...] = PHANTOM_LAYOUTS[1:]
+"""The real releases' layouts (the first word is the phantom's own)."""
 DEFAULT_POOL = 512
 POOL_FOLDER = "phantom-pool"
 LINKS_FILE = "links.csv.gz"
