@@ -109,7 +109,14 @@ CHEXPERT_PLUS_COLUMNS: tuple[str, ...] = (
 _ID_STRIDE = 1_234_567
 """Coprime to 10**7, so ``i * stride mod 10**7`` gives distinct ids spread over p10..p19."""
 
-__all__ = ["LAYOUTS", "LayoutSummary", "PlannedStudy", "plan_layout", "write_layout"]
+__all__ = [
+    "LAYOUTS",
+    "LayoutSummary",
+    "PlannedStudy",
+    "impression_text",
+    "plan_layout",
+    "write_layout",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +226,8 @@ def _jpeg_pool(pool: _Pool) -> list[Path]:
         path = folder / f"{row['image_id']}.jpg"
         if not path.is_file():
             tmp = path.with_name(f".{path.name}.tmp")
-            Image.open(pool.image(k)).convert("L").save(tmp, format="JPEG", quality=95)
+            with Image.open(pool.image(k)) as image:
+                image.convert("L").save(tmp, format="JPEG", quality=95)
             os.replace(tmp, path)
         paths.append(path)
     return paths
@@ -312,7 +320,8 @@ def _write_mimic(out: Path, plan: list[PlannedStudy], pool: _Pool, linker: _Link
     jpegs = _jpeg_pool(pool)
     names = (mimic.METADATA_FILES[0], mimic.SPLIT_FILES[0], mimic.CHEXPERT_FILES[0])
     headers = (MIMIC_METADATA_COLUMNS, MIMIC_SPLIT_COLUMNS, MIMIC_LABEL_COLUMNS)
-    size = Image.open(jpegs[0]).size[0]
+    with Image.open(jpegs[0]) as first:
+        size = first.size[0]
     splits: dict[str, int] = {}
     with ExitStack() as stack:
         meta, split_csv, label_csv = (
