@@ -9,6 +9,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -17,13 +18,19 @@ from cxrlib.cli import main
 from cxrlib.data import chexpert_plus, mimic
 from cxrlib.data.adapters import collapse_whitespace
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest
+from cxrlib.data.phantom import phantom_study
+from cxrlib.data.phantom.findings import labels
 from cxrlib.data.phantom.layouts import (
     LINKS_FILE,
     POOL_FOLDER,
+    PlannedStudy,
     impression_text,
+    mimic_report,
     plan_layout,
     write_layout,
 )
+from cxrlib.data.phantom.text import findings_text
+from cxrlib.data.sections import extract_sections
 
 N, SEED, SIZE = 12, 0, 48
 ADAPTERS = {"mimic-cxr-jpg": mimic.build_manifest, "chexpert-plus": chexpert_plus.build_manifest}
@@ -64,6 +71,18 @@ def test_plan_has_n_frontals_several_studies_and_images():
     per_patient = [sum(s.patient == p for s in plan) for p in range(plan[-1].patient + 1)]
     assert max(per_patient) > 1 and min(per_patient) >= 1
     assert any(len(s.views) > 1 for s in plan) and all(s.views[0] == "frontal" for s in plan)
+
+
+def test_mimic_reports_give_back_their_findings_and_impression():
+    """Wrapped at 76 columns, never inside a word ("right-sided" once split in two)."""
+    study = PlannedStudy(0, 0, 0, 0, ("frontal",))
+    for index in range(400):
+        phantom = phantom_study(index, 5)
+        findings = findings_text(phantom, np.random.default_rng([5, index, 1]))
+        report = mimic_report(study, "PA", findings, impression_text(labels(phantom)))
+        sections = extract_sections(report)
+        assert sections["findings"] == collapse_whitespace(findings), index
+        assert sections["impression"] == impression_text(labels(phantom))
 
 
 def test_adapter_reads_n_rows_with_the_planned_studies_and_patients(layout):

@@ -114,6 +114,7 @@ __all__ = [
     "LayoutSummary",
     "PlannedStudy",
     "impression_text",
+    "mimic_report",
     "plan_layout",
     "write_layout",
 ]
@@ -284,7 +285,13 @@ def _dicom_id(seed: int, study: PlannedStudy, image: int) -> str:
     return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
-def _mimic_report(study: PlannedStudy, view: str, findings: str, impression: str) -> str:
+def _wrapped(text: str) -> list[str]:
+    """Lines of at most 77 characters, each after a space; words never broken."""
+    lines = textwrap.wrap(text, 76, break_long_words=False, break_on_hyphens=False)
+    return [f" {line}" for line in lines]
+
+
+def mimic_report(study: PlannedStudy, view: str, findings: str, impression: str) -> str:
     """A report in the MIMIC-CXR text layout (a leading space on every line)."""
     exam = "CHEST (PORTABLE AP)" if view == "AP" else "CHEST (PA AND LAT)"
     lines = [
@@ -297,11 +304,11 @@ def _mimic_report(study: PlannedStudy, view: str, findings: str, impression: str
         "",
         " FINDINGS:",
         "",
-        *(f" {line}" for line in textwrap.wrap(findings, 76)),
+        *_wrapped(findings),
         "",
         " IMPRESSION:",
         "",
-        *(f" {line}" for line in textwrap.wrap(impression, 76)),
+        *_wrapped(impression),
         "",
     ]
     return "\n".join(lines)
@@ -343,7 +350,7 @@ def _write_mimic(out: Path, plan: list[PlannedStudy], pool: _Pool, linker: _Link
                 splits[split] = splits.get(split, 0) + (kind == "frontal")
                 target = out / mimic.image_relpath(subject, study_id, dicom)
                 linker.put(jpegs[study.pool], target, study.pool)
-            report = _mimic_report(study, row["view"], row["findings"], impression_text(row))
+            report = mimic_report(study, row["view"], row["findings"], impression_text(row))
             (out / mimic.report_relpath(subject, study_id)).write_text(report, encoding="utf-8")
     return splits
 
