@@ -54,10 +54,12 @@ published sizes on MIMIC-CXR: ~300 GB) are read from the shards per item."""
 # --- which rows, which model --------------------------------------------------------------
 
 
-def resolve_manifest(config: RunConfig) -> Path:
-    """The manifest a run trains on: ``data.manifest`` or the cached phantom dataset."""
+def resolve_manifest(config: RunConfig) -> Path | str:
+    """The manifest a run trains on: ``data.manifest`` (a path, or a URL kept as a string)
+    or the cached phantom dataset."""
     if config.data.manifest:
-        return Path(config.data.manifest)
+        manifest = config.data.manifest
+        return manifest if storage.is_url(manifest) else Path(manifest)
     data = config.data
     spec = PhantomSpec(n=data.phantom_n, seed=data.phantom_seed, size=data.phantom_size)
     return prepare_phantom(spec, Path(data.cache_dir))  # the workbook's cache layout

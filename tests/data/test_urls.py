@@ -1,6 +1,7 @@
 """Images anywhere: manifest image and mask cells as fsspec URLs, read through fsspec's
 in-memory filesystem (``memory://``) exactly as from disk."""
 
+import dataclasses
 import importlib.util
 import io
 import uuid
@@ -22,7 +23,10 @@ from cxrlib.base.images import load_image, load_pixels
 from cxrlib.base.masks import load_mask, read_finding_mask
 from cxrlib.data.dataset import Example
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest, resolve
-from cxrlib.training.inputs import unreadable_images
+from cxrlib.model import ReportModel
+from cxrlib.training.inputs import load_splits, resolve_manifest, split_dataset, unreadable_images
+from cxrlib.training.runs import run_inputs
+from tests import smoke_config
 
 MASKS = ("left_lung", "right_lung", "heart")
 CONFIG = PriorConfig(image_size=64, patch_size=8)  # 8x8 grid
@@ -236,3 +240,25 @@ def test_file_urls_read_local_files(stores):
     url = (disk / "images" / "i0.png").as_uri()
     assert url.startswith("file://")
     np.testing.assert_array_equal(load_image(url), load_image(disk / "images" / "i0.png"))
+
+
+def test_a_run_reads_a_manifest_at_a_url(stores, tmp_path):
+    """``data.manifest`` as a URL: the splits, the dataset's pixels and priors are those
+    of the same files on disk."""
+    url = f"{stores['bucket']}/data/manifest.csv"
+    config = smoke_config(tmp_path / "cache")
+    config = config.replace(data=dataclasses.replace(config.data, manifest=url))
+    assert resolve_manifest(config) == url
+    train = load_splits(config, resolve_manifest(config))["train"]
+    local = read_manifest(stores["disk"] / "manifest.csv")
+    torch.manual_seed(0)
+    model = ReportModel.from_config(config.model, texts=["a b c"])
+    remote, bad = split_dataset(config, model, train, progress=False)
+    apart = dataclasses.replace(config.data, cache_dir=str(tmp_path / "other"))
+    on_disk, _ = split_dataset(config.replace(data=apart), model, local, progress=False)
+    assert bad == [] and len(remote) == len(on_disk) == 3
+    for i in range(3):  # the smoke profile: frozen encoder, cached features, soft priors
+        assert torch.equal(remote[i]["image_features"], on_disk[i]["image_features"])
+        assert torch.equal(remote[i]["priors"], on_disk[i]["priors"])
+    record = run_inputs(config, model.config, model.num_decoder_layers, url)
+    assert record["manifest"] == url
