@@ -21,6 +21,7 @@ from cxrlib.base import storage
 from cxrlib.base.errors import CxrError, ManifestError
 from cxrlib.base.images import load_image, load_pixels
 from cxrlib.base.masks import load_mask, read_finding_mask
+from cxrlib.data.chexmask import attach_masks
 from cxrlib.data.dataset import Example
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest, resolve
 from cxrlib.model import ReportModel
@@ -262,3 +263,21 @@ def test_a_run_reads_a_manifest_at_a_url(stores, tmp_path):
         assert torch.equal(remote[i]["priors"], on_disk[i]["priors"])
     record = run_inputs(config, model.config, model.num_decoder_layers, url)
     assert record["manifest"] == url
+
+
+def test_chexmask_masks_for_a_manifest_at_a_url(stores, tmp_path):
+    """The extended manifest is local: its images stay URLs (relative cells of the URL
+    manifest become absolute URLs), its decoded masks are local files."""
+    from tests.data.test_chexmask import COLUMNS_MIMIC, _chexmask_row, _write
+
+    url = f"{stores['bucket']}/data/manifest.csv"
+    rows = [_chexmask_row(f"i{i}", 0.9, h=40 + 4 * i, w=48) for i in range(3)]
+    rows[2] = _chexmask_row("i2", 0.9, h=8, w=8)  # not the image's size: masks kept
+    csv_path = _write(tmp_path / "chexmask.csv", COLUMNS_MIMIC, rows)
+    attach_masks(csv_path, url, tmp_path / "out")
+    out = read_manifest(tmp_path / "out" / "manifest.csv")
+    images = out.frame["image_path"].tolist()
+    assert images == [f"{stores['bucket']}/data/images/i{i}.png" for i in range(3)]
+    hearts = [out.resolve(cell) for cell in out.frame["heart_mask_path"]]
+    assert not storage.is_url(hearts[0]) and not storage.is_url(hearts[1])  # decoded here
+    assert hearts[2] == f"{stores['bucket']}/data/masks/heart/i2.png"  # kept, now absolute
