@@ -28,7 +28,7 @@ name them differently); the first one present goes into a cache fingerprint."""
 
 def is_url(path: object) -> bool:
     """Whether ``path`` is a URL string (``scheme://...``); ``Path`` objects never are."""
-    return isinstance(path, str) and _URL.match(path) is not None
+    return isinstance(path, str) and "://" in path and _URL.match(path) is not None
 
 
 def join(root: str | os.PathLike, cell: str) -> Path | str:

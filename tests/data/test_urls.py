@@ -21,6 +21,7 @@ from cxrlib.base import storage
 from cxrlib.base.errors import CxrError, ManifestError
 from cxrlib.base.images import load_image, load_pixels
 from cxrlib.base.masks import load_mask, read_finding_mask
+from cxrlib.cli import main
 from cxrlib.data.chexmask import attach_masks
 from cxrlib.data.dataset import Example
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest, resolve
@@ -281,3 +282,21 @@ def test_chexmask_masks_for_a_manifest_at_a_url(stores, tmp_path):
     hearts = [out.resolve(cell) for cell in out.frame["heart_mask_path"]]
     assert not storage.is_url(hearts[0]) and not storage.is_url(hearts[1])  # decoded here
     assert hearts[2] == f"{stores['bucket']}/data/masks/heart/i2.png"  # kept, now absolute
+
+
+def test_cxr_priors_reads_a_manifest_at_a_url(stores, tmp_path, capsys):
+    url = f"{stores['bucket']}/data/manifest.csv"
+    argv = ["priors", "--manifest", url, "--image-size", "64", "--patch-size", "8"]
+    assert main([*argv, "--out", str(tmp_path / "remote")]) == 0
+    capsys.readouterr()
+    local = read_manifest(stores["disk"] / "manifest.csv")
+    config = PriorConfig(image_size=64, patch_size=8)
+    cached = cached_priors_for_manifest(
+        read_manifest(url), config, tmp_path / "remote", progress=False
+    )
+    assert cached.reused == 3  # what the command cached
+    assert torch.equal(cached.priors, priors_for_manifest(local, config, progress=False)[1])
+    assert main(["priors", "--manifest", url + ".gone", "--out", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"cxr: error: invalid --manifest: {url}.gone: manifest file does not exist"
+    )
