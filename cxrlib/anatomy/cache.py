@@ -42,6 +42,7 @@ from cxrlib.anatomy.manifest_priors import (
     row_sources,
 )
 from cxrlib.anatomy.priors import PriorConfig
+from cxrlib.base import storage
 from cxrlib.base.cache import cache_key, entry_lock
 from cxrlib.base.io import write_atomic
 from cxrlib.data.manifest import Manifest, resolve
@@ -60,6 +61,12 @@ def _file_stat(path: Path) -> list:
     except FileNotFoundError:
         return [str(path), None, None]
     return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def _input_stat(path: Path | str) -> list:
+    """:func:`_file_stat` of a resolved local path; for a URL, its size and version
+    (:func:`cxrlib.base.storage.stat`)."""
+    return storage.stat(path) if storage.is_url(path) else _file_stat(Path(path).resolve())
 
 
 def checkpoint_fingerprint(path: str | os.PathLike) -> str:
@@ -120,13 +127,13 @@ def mask_fingerprints(
         if s == "manifest":
             paths = manifest_mask_paths(row, config.structures) or {}
             inputs = [
-                [name, *_file_stat(resolve(root, cell).resolve())]
+                [name, *_input_stat(resolve(root, cell))]
                 for name, cells in sorted(paths.items())
                 for cell in cells
             ]
         elif s == "segmenter":
-            image = resolve(root, str(row.get("image_path", ""))).resolve()
-            inputs = [segmenter_id, _file_stat(image)]
+            image = resolve(root, str(row.get("image_path", "")))
+            inputs = [segmenter_id, _input_stat(image)]
         else:
             inputs = []
         fingerprints.append(cache_key([s, inputs], compact=False)[:16])

@@ -25,8 +25,9 @@ from cxrlib.anatomy.priors import (
     masks_to_priors,
 )
 from cxrlib.base.errors import CxrError
-from cxrlib.base.images import load_image
+from cxrlib.base.images import image_source, load_image
 from cxrlib.base.masks import load_mask
+from cxrlib.base.storage import is_url
 from cxrlib.base.vocabulary import MASK_SOURCES
 from cxrlib.data.manifest import Manifest, resolve, text_cell
 
@@ -111,12 +112,13 @@ def row_sources(df: pd.DataFrame, structures: Sequence[str], source: str, has_se
     return out
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, from its header."""
+def _image_size(path: Path | str) -> tuple[int, int]:
+    """(height, width) of an image file (a local path or a URL), from its header."""
     from PIL import Image
 
+    source = image_source(path, "image")[1] if is_url(path) else path
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             w, h = img.size
     except FileNotFoundError:
         raise CxrError(f"{path}: image file does not exist") from None
@@ -268,7 +270,7 @@ def row_prior_stack(row: Mapping, root: str | os.PathLike, config: PriorConfig) 
     (``left_lung_mask_path``, ``right_lung_mask_path``, ``heart_mask_path`` under
     ``root``): what a figure of one image's priors draws."""
     masks = {
-        organ: load_mask(Path(root) / row[f"{organ}_mask_path"])[None]
+        organ: load_mask(resolve(root, text_cell(row[f"{organ}_mask_path"])))[None]
         for organ in ("left_lung", "right_lung", "heart")
     }
     return masks_to_priors(masks, config)[0].numpy()

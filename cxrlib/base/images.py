@@ -13,6 +13,7 @@ published code resized without padding too), repeats it over 3 channels, scales 
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from cxrlib.base.errors import CxrError
+from cxrlib.base.storage import is_url, read_bytes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,7 +73,7 @@ def load_pixels(path: str | os.PathLike, image_size: int) -> torch.Tensor:
     CxrError
         Naming the file, when it is missing or not a readable image.
     """
-    if not os.path.isfile(path):
+    if not is_url(path) and not os.path.isfile(path):
         raise CxrError(f"{path}: image file not found")
     return to_pixels(load_image(path), image_size)
 
@@ -99,14 +101,24 @@ def check_pixels(img: Image.Image, path: str | os.PathLike, what: str) -> None:
         raise CxrError(f"{path}: {what} of {width}x{height} pixels is over {MAX_PIXELS} pixels")
 
 
-def open_gray(path: str | os.PathLike, what: str) -> np.ndarray:
-    """``path`` as a uint8 (H, W) grayscale array (16-bit stretched, colour to luminance);
-    a :class:`CxrError` naming the file and ``what`` it should be otherwise."""
+def image_source(path: str | os.PathLike, what: str) -> tuple[str | Path, Path | io.BytesIO]:
+    """``(name, source)`` of an image file for ``Image.open``: a local path as itself, a
+    URL (:mod:`cxrlib.base.storage`) as its bytes; CxrError naming it when it is missing."""
+    if is_url(path):
+        return path, io.BytesIO(read_bytes(path, what))
     path = Path(path)
     if not path.is_file():
         raise CxrError(f"{path}: {what} file does not exist")
+    return path, path
+
+
+def open_gray(path: str | os.PathLike, what: str) -> np.ndarray:
+    """``path`` (a local path or a URL) as a uint8 (H, W) grayscale array (16-bit
+    stretched, colour to luminance); a :class:`CxrError` naming the file and ``what``
+    it should be otherwise."""
+    path, source = image_source(path, what)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             check_pixels(img, path, what)
             img.load()
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
@@ -132,8 +144,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
     Parameters
     ----------
-    path : path-like
-        Image file (any format Pillow reads).
+    path : path-like or str
+        Image file (any format Pillow reads): a local path or an fsspec URL
+        (:mod:`cxrlib.base.storage`).
 
     Returns
     -------

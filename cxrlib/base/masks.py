@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrlib.base.errors import CxrError
-from cxrlib.base.images import check_pixels, open_gray
+from cxrlib.base.images import check_pixels, image_source, open_gray
 
 
 def cardiothoracic_ratio(lungs: np.ndarray, heart: np.ndarray) -> float:
@@ -58,8 +58,9 @@ def load_mask(path: str | os.PathLike, threshold: int = 127) -> np.ndarray:
 
     Parameters
     ----------
-    path : path-like
-        Mask file (8-bit grayscale PNG; any image Pillow reads is converted first).
+    path : path-like or str
+        Mask file (8-bit grayscale PNG; any image Pillow reads is converted first): a
+        local path or an fsspec URL (:mod:`cxrlib.base.storage`).
 
     Returns
     -------
@@ -81,11 +82,9 @@ def read_finding_mask(path: str | os.PathLike) -> np.ndarray:
     Raises :class:`~cxrlib.base.errors.CxrError` naming the file when it is missing,
     unreadable or not a single-channel integer image.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CxrError(f"{path}: finding mask file does not exist")
+    path, source = image_source(path, "finding mask")
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             check_pixels(img, path, "finding mask")
             img.load()
             mode = img.mode

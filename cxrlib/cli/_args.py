@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cxrlib.base.storage import is_url
 from cxrlib.training.config import PROFILES
+
+
+def path_or_url(text: str) -> Path | str:
+    """A file argument that may be an fsspec URL (``gs://...``: kept a string, read
+    through :mod:`cxrlib.base.storage`), else a path."""
+    return text if is_url(text) else Path(text)
 
 
 def positive_int(text: str) -> int:

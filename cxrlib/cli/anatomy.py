@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.vocabulary import MASK_SOURCES, PRIOR_PADDINGS, PRIOR_SCHEDULES, PRIOR_STRUCTURES
-from cxrlib.cli._args import integer, positive_float, positive_int
+from cxrlib.cli._args import integer, path_or_url, positive_float, positive_int
 
 # --- cxr segment -----------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ def add_priors(sub: argparse._SubParsersAction) -> None:
             "already there under the same settings and unchanged masks are reused."
         ),
     )
-    p.add_argument("--manifest", required=True, type=Path, help="manifest CSV")
+    p.add_argument("--manifest", required=True, type=path_or_url, help="manifest CSV or URL")
     p.add_argument("--out", required=True, type=Path, help="cache folder (created)")
     p.add_argument("--schedule", choices=PRIOR_SCHEDULES, help="default linear")
     p.add_argument(
@@ -184,7 +184,7 @@ def _cmd_priors(args: argparse.Namespace) -> int:
     from cxrlib.anatomy.priors import PriorConfig
     from cxrlib.data.manifest import read_manifest
 
-    if not args.manifest.is_file():
+    if isinstance(args.manifest, Path) and not args.manifest.is_file():
         raise CxrError(f"--manifest {args.manifest} does not exist")
     given = {
         "structures": args.structures,

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from cxrlib.base.vocabulary import MODES
-from cxrlib.cli._args import PROFILE_NAMES, integer, positive_int
+from cxrlib.cli._args import PROFILE_NAMES, integer, path_or_url, positive_int
 
 # --- cxr train -------------------------------------------------------------------------
 
@@ -95,7 +95,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--run", required=True, type=Path, help="training run folder (cxr train --out)")
-    p.add_argument("--manifest", required=True, type=Path, help="manifest CSV")
+    p.add_argument("--manifest", required=True, type=path_or_url, help="manifest CSV or URL")
     p.add_argument("--split", default="test", help="split to generate for (default test)")
     p.add_argument("--out", required=True, type=Path, help="output CSV")
     p.add_argument("--max-images", type=positive_int, default=None, help="first N images only")

@@ -36,6 +36,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxrlib.base.errors import CxrError
+from cxrlib.base.images import image_source
+from cxrlib.base.storage import is_url
 from cxrlib.data.manifest import CHEXPERT_LABELS, parse_label, write_manifest
 
 PROTECTED_DATASETS: dict[str, str] = {
@@ -431,9 +433,10 @@ def image_readable(path: Path) -> str | None:
     return None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image from its header."""
-    with Image.open(path) as im:
+def image_size(path: Path | str) -> tuple[int, int]:
+    """``(height, width)`` of an image from its header (a local path or a URL)."""
+    source = image_source(path, "image")[1] if is_url(path) else path
+    with Image.open(source) as im:
         width, height = im.size
     return height, width
 

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from cxrlib.base.errors import CxrError, ManifestError
 from cxrlib.base.masks import write_binary_mask
+from cxrlib.base.storage import is_url
 from cxrlib.data.adapters import (
     IMAGE_SUFFIXES,
     AdapterSummary,
@@ -170,9 +171,11 @@ def chexmask_key(value: str) -> str:
     return "/".join(parts)
 
 
-def _rebase(cell: object, old_root: Path, new_root: Path) -> object:
-    if not isinstance(cell, str) or not cell.strip() or os.path.isabs(cell):
+def _rebase(cell: object, old_root: Path | str, new_root: Path) -> object:
+    if not isinstance(cell, str) or not cell.strip() or os.path.isabs(cell) or is_url(cell):
         return cell
+    if is_url(old_root):  # a manifest at a URL: its relative cells become URLs
+        return resolve(old_root, cell)
     return relative_to(old_root / cell, new_root)
 
 

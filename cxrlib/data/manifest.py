@@ -11,7 +11,8 @@ Columns (``data_manifests/README.md`` documents them; a test keeps the two equal
   region mask path);
 - anything else (e.g. the phantom's attribute columns) is kept as is.
 
-Paths are relative to the manifest's folder (absolute paths are allowed). Labels take
+Paths are relative to the manifest's folder (absolute paths and fsspec URLs such as
+``gs://bucket/x.png`` are allowed: :mod:`cxrlib.base.storage`). Labels take
 CheXpert values: ``1`` positive, ``0`` negative, ``-1`` uncertain, blank not mentioned;
 in memory they are floats with NaN for blank.
 """
@@ -19,15 +20,19 @@ in memory they are floats with NaN for blank.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxrlib.base import storage
 from cxrlib.base.errors import CxrError, ManifestError
 from cxrlib.base.io import read_json_object, write_atomic
 
@@ -165,10 +170,13 @@ def format_label(value: float) -> str:
     return "" if np.isnan(number) else str(int(number))
 
 
-def resolve(root: str | os.PathLike, path: str) -> Path:
-    """Path of a manifest cell: relative cells are relative to the manifest's folder."""
-    p = Path(path)
-    return p if p.is_absolute() else Path(root) / p
+def resolve(root: str | os.PathLike, path: str) -> Path | str:
+    """Path of a manifest cell: relative cells are relative to the manifest's folder
+    (a URL when the manifest is at one); a URL cell (``gs://...``) stays a string."""
+    if not storage.is_url(path) and not storage.is_url(root):
+        p = Path(path)
+        return p if p.is_absolute() else Path(root) / p
+    return storage.join(root, path)
 
 
 def text_cell(value: object) -> str:
@@ -178,13 +186,46 @@ def text_cell(value: object) -> str:
     return str(value).strip()
 
 
-def _is_file(path: Path) -> bool:
+def _is_file(path: Path | str) -> bool:
     """Whether ``path`` is a file; False also for a path the system refuses to look up
-    (a name too long, a loop of links): a cell naming it does not name a file."""
+    (a name too long, a loop of links): a cell naming it does not name a file. A URL is
+    looked up through fsspec (CxrError when it cannot be: :func:`storage.is_file`)."""
+    if storage.is_url(path):
+        return storage.is_file(path)
     try:
         return path.is_file()
     except OSError:
         return False
+
+
+def _missing_files(df: pd.DataFrame, root: str | os.PathLike, paths: pd.Series) -> list:
+    """``(row, message)`` for every image or mask cell that names no file. URLs are looked
+    up on 16 threads (one request each); one that cannot be looked up says why."""
+    cells = [("image_path", paths)] + [
+        (c, df[c].map(text_cell)) for c in (*MASK_COLUMNS, FINDING_MASK_COLUMN) if c in df.columns
+    ]
+    found, remote = [], []
+    for col, column in cells:
+        for i, cell in enumerate(column):
+            if not cell:
+                continue
+            path = resolve(root, cell)
+            if storage.is_url(path):
+                remote.append((i, col, cell, path))
+            elif not _is_file(path):
+                found.append((i, f"{col} {cell!r} does not exist"))
+
+    def look_up(item: tuple) -> tuple[int, str] | None:
+        i, col, cell, url = item
+        try:
+            return None if storage.is_file(url) else (i, f"{col} {cell!r} does not exist")
+        except CxrError as err:
+            return (i, f"{col} {cell!r}: {str(err).removeprefix(f'{url}: ')}")
+
+    if remote:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            found += [hit for hit in pool.map(look_up, remote) if hit is not None]
+    return found
 
 
 def is_text_only(df: pd.DataFrame) -> bool:
@@ -252,13 +293,7 @@ def validate(
         if not text_only:
             found.append((i, "empty image_path in a manifest with images"))
     if check_files:
-        for i, cell in enumerate(paths):
-            if cell and not _is_file(resolve(root, cell)):
-                found.append((i, f"image_path {cell!r} does not exist"))
-        for col in (c for c in (*MASK_COLUMNS, FINDING_MASK_COLUMN) if c in df.columns):
-            for i, cell in enumerate(df[col].map(text_cell)):
-                if cell and not _is_file(resolve(root, cell)):
-                    found.append((i, f"{col} {cell!r} does not exist"))
+        found += _missing_files(df, root, paths)
     for label in CHEXPERT_LABELS:
         column = df[label]
         for value in pd.unique(column.astype(object)):
@@ -291,8 +326,8 @@ class Manifest:
     """
 
     frame: pd.DataFrame
-    root: Path
-    path: Path | None = None
+    root: Path | str  # a URL (str) for a manifest read from one
+    path: Path | str | None = None
     summary: dict | None = None
 
     @classmethod
@@ -317,26 +352,26 @@ class Manifest:
         ------
         ManifestError
             When the file is missing, is not a readable CSV, or fails :func:`validate`.
+
+        A manifest at a URL (``gs://bucket/m.csv``) is read through fsspec; its relative
+        cells resolve against the URL's folder (``root`` is then that URL).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise ManifestError(str(path), [f"{path}: file does not exist"])
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ManifestError(str(path), [f"{path}: not a readable CSV ({first})"]) from None
-        problems = validate(df, path.parent, name=str(path), check_files=check_files)
+        url = storage.is_url(path)
+        path = path if url else Path(path)
+        df = _read_frame(path)
+        root = storage.parent(path) if url else path.parent
+        problems = validate(df, root, name=str(path), check_files=check_files)
         if problems:
             raise ManifestError(str(path), problems)
         for label in CHEXPERT_LABELS:
             df[label] = df[label].map(parse_label).astype("float64")
-        return cls(df, path.parent, path, read_json_object(summary_path(path)))
+        summary = _url_summary(path) if url else read_json_object(summary_path(path))
+        return cls(df, root, path, summary)
 
     def __len__(self) -> int:
         return len(self.frame)
 
-    def resolve(self, cell: str) -> Path:
+    def resolve(self, cell: str) -> Path | str:
         """Path of a cell of this manifest (relative cells resolve against ``root``)."""
         return resolve(self.root, cell)
 
@@ -349,6 +384,34 @@ class Manifest:
     def split(self, name: str) -> Manifest:
         """The rows of split ``name``."""
         return self.subset(self.frame["split"] == name)
+
+
+def _read_frame(path: Path | str) -> pd.DataFrame:
+    """The manifest CSV as strings; ManifestError when it is missing or not a CSV."""
+    if storage.is_url(path):
+        try:
+            source: Path | str | io.BytesIO = io.BytesIO(storage.read_bytes(path, "manifest"))
+        except CxrError as err:
+            raise ManifestError(str(path), [str(err)]) from None
+    elif not Path(path).is_file():
+        raise ManifestError(str(path), [f"{path}: file does not exist"])
+    else:
+        source = path
+    try:
+        return pd.read_csv(source, dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ManifestError(str(path), [f"{path}: not a readable CSV ({first})"]) from None
+
+
+def _url_summary(url: str) -> dict | None:
+    """The ``<manifest>.summary.json`` beside a manifest URL, or None (as
+    :func:`~cxrlib.base.io.read_json_object`)."""
+    try:
+        value = json.loads(storage.read_bytes(url + ".summary.json", "summary"))
+    except (CxrError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> Manifest:

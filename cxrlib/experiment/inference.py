@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from cxrlib.anatomy.segmenter import Segmenter
+from cxrlib.base import storage
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image, stretch_to_uint8
 from cxrlib.base.io import read_json_object, write_atomic
@@ -139,6 +140,8 @@ def read_radiograph(path: str | os.PathLike) -> np.ndarray:
     CxrError
         One line naming the file: missing, empty, or not a readable image.
     """
+    if storage.is_url(path):  # a manifest cell naming a URL: PNG / JPEG through fsspec
+        return load_image(path)
     path = Path(path)
     if not path.is_file():
         raise CxrError(f"{path}: file does not exist")

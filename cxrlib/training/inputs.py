@@ -31,8 +31,9 @@ import torch
 from cxrlib.anatomy.cache import cached_priors_for_manifest, checkpoint_fingerprint
 from cxrlib.anatomy.priors import PriorConfig, masks_to_priors
 from cxrlib.anatomy.segmenter import Segmenter
+from cxrlib.base import storage
 from cxrlib.base.errors import CxrError
-from cxrlib.base.images import to_pixels
+from cxrlib.base.images import image_source, to_pixels
 from cxrlib.data.dataset import Collate, Example, ReportDataset
 from cxrlib.data.manifest import Manifest, read_manifest, text_cell
 from cxrlib.data.phantom import PhantomSpec, prepare_phantom
@@ -53,10 +54,12 @@ published sizes on MIMIC-CXR: ~300 GB) are read from the shards per item."""
 # --- which rows, which model --------------------------------------------------------------
 
 
-def resolve_manifest(config: RunConfig) -> Path:
-    """The manifest a run trains on: ``data.manifest`` or the cached phantom dataset."""
+def resolve_manifest(config: RunConfig) -> Path | str:
+    """The manifest a run trains on: ``data.manifest`` (a path, or a URL kept as a string)
+    or the cached phantom dataset."""
     if config.data.manifest:
-        return Path(config.data.manifest)
+        manifest = config.data.manifest
+        return manifest if storage.is_url(manifest) else Path(manifest)
     data = config.data
     spec = PhantomSpec(n=data.phantom_n, seed=data.phantom_seed, size=data.phantom_size)
     return prepare_phantom(spec, Path(data.cache_dir))  # the workbook's cache layout
@@ -200,8 +203,12 @@ def unreadable_images(examples: list[Example]) -> dict[str, str]:
     bad = {}
     for ex in examples:
         try:
-            with Image.open(ex.path) as img:
+            source = image_source(ex.path, "image")[1] if storage.is_url(ex.path) else ex.path
+            with Image.open(source) as img:
                 img.size  # noqa: B018 (reads the header)
+        except CxrError as err:  # a URL that cannot be read
+            bad[ex.image_id] = str(err)
+            log.warning("skipped unreadable image %s: %s", ex.image_id, bad[ex.image_id])
         except (OSError, ValueError) as err:
             bad[ex.image_id] = f"{ex.path}: not a readable image ({err})"
             log.warning("skipped unreadable image %s: %s", ex.image_id, bad[ex.image_id])

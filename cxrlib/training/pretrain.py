@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cxrlib.base import storage
 from cxrlib.base.cache import build_once, cache_key
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import load_image, normalise, resize_gray
@@ -565,11 +566,15 @@ def pretrained_encoder(
     the seed and :data:`PRETRAIN_VERSION`. Two processes asking at once train it once
     (:func:`~cxrlib.base.cache.build_once`: the other waits, then reuses it).
     """
-    manifest = Path(manifest).resolve()
-    st = manifest.stat()
+    if storage.is_url(manifest):
+        stamp = storage.stat(manifest)  # [url, size, version]
+    else:
+        manifest = Path(manifest).resolve()
+        st = manifest.stat()
+        stamp = [str(manifest), st.st_size, st.st_mtime_ns]
     key_data = {
         "version": PRETRAIN_VERSION,
-        "manifest": [str(manifest), st.st_size, st.st_mtime_ns],
+        "manifest": stamp,
         "encoder": model_config.encoder,
         "image_size": model_config.image_size,
         "patch_size": model_config.patch_size,

@@ -29,6 +29,7 @@ from cxrlib.anatomy.cache import checkpoint_fingerprint
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import read_json_object, write_json_atomic
 from cxrlib.base.provenance import provenance
+from cxrlib.base.storage import is_url
 from cxrlib.model.config import ModelConfig
 from cxrlib.training.config import RunConfig
 
@@ -200,7 +201,7 @@ def run_inputs(
     segmenter = config.priors.segmenter
     prior = config.priors.resolve(model.image_size, model.patch_size, num_layers)
     return {
-        "manifest": str(Path(manifest).resolve()),
+        "manifest": manifest if is_url(manifest) else str(Path(manifest).resolve()),
         "encoder": encoder_entry,
         "segmenter": None
         if not segmenter
