@@ -44,7 +44,9 @@ PARTS = {"encoder": DINOV3_VITS16_FIELDS, "decoder": GPT2_SMALL_FIELDS}
 as config fields: what the rehearsal without a download sets instead."""
 
 _PROBED: dict[tuple[str, str, bool], Exception | None] = {}
-"""The hub's answer per (endpoint, model id, token given): asked once per process."""
+"""The hub's answer per (endpoint, model id, token given): asked once per process
+while the loads succeed (a failed load asks again next time: a notebook kernel that
+went online meanwhile)."""
 
 
 def hub_token() -> str | None:
@@ -81,8 +83,9 @@ def load_from_hub(
     if part not in PARTS:
         raise ValueError(f"part must be one of {', '.join(PARTS)} (got {part!r})")
     source = str(source)
-    if Path(source).expanduser().is_dir():
-        return loader(source, token=token or hub_token(), **kwargs)
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return loader(str(folder), token=token or hub_token(), **kwargs)
     try:
         validate_repo_id(source)
     except HFValidationError:
@@ -96,6 +99,7 @@ def load_from_hub(
             return loader(source, token=token, **kwargs)
         return loader(source, token=token, local_files_only=True, **kwargs)
     except OSError as err:
+        _PROBED.pop((constants.ENDPOINT, source, token is not None), None)  # ask again
         cause = refused or _hub_cause(err)
         if cause is None:  # the hub answered; the files are not what the loader needs
             raise CxrError(f"{part} {source!r}: {one_line(err)}") from None

@@ -119,6 +119,7 @@ def test_a_refusal_of_the_hub_falls_back_to_the_cache_then_says_why(monkeypatch)
     assert calls == [{"token": None, "local_files_only": True}]
     _fixes(str(err.value), "decoder", "no-such/model")
     assert "not on the hub (a wrong id" in str(err.value)
+    assert not hub._PROBED  # a failed load asks the hub again next time
     # a cached copy is used when the hub refuses or cannot be reached
     assert load_from_hub("decoder", "no-such/model", lambda s, **kw: kw["local_files_only"])
 
