@@ -7,7 +7,8 @@
 - :mod:`cxrlib.model.report_model`: :class:`ReportModel` (forward, save, load);
 - :mod:`cxrlib.model.generation`: greedy and beam search, with or without the KV cache
   (``ReportModel.generate`` calls it);
-- :mod:`cxrlib.model.tokenizer`: :class:`ReportTokenizer` (byte-level BPE, BOS/EOS/PAD).
+- :mod:`cxrlib.model.tokenizer`: :class:`ReportTokenizer` (byte-level BPE, BOS/EOS/PAD);
+- :mod:`cxrlib.model.hub`: every load of a hub id (``HF_TOKEN``; failures in one line).
 
 Priors cross into the model as a tensor (B, L, P) in [0, 1]: L decoder layers, P image
 patches row-major over the patch grid; ``priors=None`` means uniform (no bias).

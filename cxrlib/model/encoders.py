@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from cxrlib.base.errors import CxrError
 from cxrlib.model.config import DEFAULT_ENCODER_TYPE
+from cxrlib.model.hub import load_from_hub
 
 VIT_TYPES = ("dinov3_vit", "dinov2", "dinov2_with_registers")
 """Model types read as CLS (+ registers) + patch tokens; every other type is a backbone."""
@@ -71,17 +72,19 @@ def encoder_from_config(config: PretrainedConfig) -> nn.Module:
 def build_encoder(
     source: str | dict[str, Any], image_size: int, patch_size: int | None, token: str | None
 ) -> nn.Module:
-    """The encoder of a source: config fields (random weights), a hub id or a folder."""
+    """The encoder of a source: config fields (random weights), a hub id or a folder
+    (through :func:`~cxrlib.model.hub.load_from_hub`; ``token`` default ``HF_TOKEN``)."""
     if isinstance(source, dict):
         return encoder_from_config(encoder_config(source, image_size, patch_size))
-    config = AutoConfig.from_pretrained(source, token=token)
-    kwargs = {"token": token, "dtype": torch.float32, "use_safetensors": True}
+    config = load_from_hub("encoder", source, AutoConfig.from_pretrained, token)
+    kwargs = {"dtype": torch.float32, "use_safetensors": True}
     if config.model_type in VIT_TYPES:
-        return AutoModel.from_pretrained(source, **kwargs)
+        return load_from_hub("encoder", source, AutoModel.from_pretrained, token, **kwargs)
     if not getattr(config, "out_features", None):
         config.out_features = [config.stage_names[-1]]
     # the backbone class itself: AutoBackbone.from_pretrained asks the hub first
-    return _backbone_class(config).from_pretrained(source, config=config, **kwargs)
+    loader = _backbone_class(config).from_pretrained
+    return load_from_hub("encoder", source, loader, token, config=config, **kwargs)
 
 
 def _backbone_class(config: PretrainedConfig) -> type:

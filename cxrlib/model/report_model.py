@@ -47,17 +47,13 @@ from cxrlib.model.encoders import (
     encoder_stride,
     encoder_width,
 )
+from cxrlib.model.hub import hub_token, load_from_hub
 from cxrlib.model.tokenizer import ReportTokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "cxrlib.ReportModel"
 FORMAT_VERSION = 1
-
-
-def hub_token() -> str | None:
-    """The hub access token: the ``HF_TOKEN`` environment variable, never code or configs."""
-    return os.environ.get("HF_TOKEN") or None
 
 
 @dataclass
@@ -480,9 +476,11 @@ def _build_decoder(
         fields["n_positions"] = max(int(fields.get("n_positions", 0)), config.num_positions)
         fields.update(specials)
         return GPT2LMHeadModel._from_config(GPT2Config(**fields), attn_implementation=impl)
-    decoder = GPT2LMHeadModel.from_pretrained(
+    decoder = load_from_hub(
+        "decoder",
         config.decoder,
-        token=token,
+        GPT2LMHeadModel.from_pretrained,
+        token,
         attn_implementation=impl,
         dtype=torch.float32,
         use_safetensors=True,  # never unpickle a checkpoint

@@ -26,6 +26,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from cxrlib.base.errors import CxrError
+from cxrlib.model.hub import load_from_hub
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 TOKENIZER_FILE = "tokenizer.json"
@@ -93,7 +94,8 @@ class ReportTokenizer:
         """A pretrained decoder's tokenizer (hub id or folder), or one saved by :meth:`save`.
 
         GPT-2's has no BOS/PAD of its own: its ``<|endoftext|>`` serves as all three.
-        ``token`` is the hub access token (pass ``os.environ.get("HF_TOKEN")``).
+        ``token`` is the hub access token (default: the ``HF_TOKEN`` environment
+        variable); a hub id loads through :func:`~cxrlib.model.hub.load_from_hub`.
         """
         folder = Path(source)
         if (folder / TOKENIZER_FILE).is_file() and (folder / SPECIALS_FILE).is_file():
@@ -107,7 +109,7 @@ class ReportTokenizer:
                 return cls(tok, specials["bos_token"], eos, pad)
         from transformers import AutoTokenizer
 
-        hf = AutoTokenizer.from_pretrained(str(source), token=token)
+        hf = load_from_hub("decoder", source, AutoTokenizer.from_pretrained, token)
         eos = hf.eos_token
         if eos is None:
             raise CxrError(f"tokenizer of {source!s} has no EOS token")

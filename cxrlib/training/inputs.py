@@ -38,7 +38,7 @@ from cxrlib.data.dataset import Collate, Example, ReportDataset
 from cxrlib.data.manifest import Manifest, read_manifest, text_cell
 from cxrlib.data.phantom import PhantomSpec, prepare_phantom
 from cxrlib.model import ModelConfig, encoders
-from cxrlib.model.report_model import hub_token
+from cxrlib.model.hub import hub_token, load_from_hub
 from cxrlib.training.checkpoint import TrainingError
 from cxrlib.training.config import RunConfig
 from cxrlib.training.features import ManifestFeatures, features_for_manifest
@@ -351,7 +351,7 @@ def _decoder_layers(decoder: str | dict) -> int:
 
     if isinstance(decoder, dict):
         return int(GPT2Config(**decoder).n_layer)
-    return int(GPT2Config.from_pretrained(decoder, token=hub_token()).n_layer)
+    return int(load_from_hub("decoder", decoder, GPT2Config.from_pretrained).n_layer)
 
 
 def warm_caches(
