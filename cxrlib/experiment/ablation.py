@@ -133,17 +133,18 @@ class AblationResult:
     seconds: float
 
 
-def prepare_shared(config: RunConfig, split: str, progress: bool = True) -> Path:
+def prepare_shared(config: RunConfig, split: str, progress: bool = True, runs: int = 1) -> Path:
     """Build once what all runs read: manifest, pretrained encoder, features, priors.
 
     Each run then finds them in the caches (the same keys), so parallel runs only read
-    and every run uses exactly the same encoder. Returns the manifest.
+    and every run uses exactly the same encoder. ``runs``: how many runs will read the
+    features (what ``train.feature_cache="auto"`` weighs). Returns the manifest.
     """
     manifest = resolve_manifest(config)
     model_config = resolve_model_config(config, manifest, progress)
     frames = [split_frame(manifest, s) for s in dict.fromkeys(("train", "validate", split))]
     frame = frames[0].subset(pd.concat([f.frame for f in frames]))
-    warm_caches(config, model_config, frame, progress)
+    warm_caches(config, model_config, frame, progress, runs)
     return manifest
 
 
@@ -251,7 +252,7 @@ def run_ablation(
     out = Path(out)
     folder = ablation_folder(out)
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = prepare_shared(config, split, progress)
+    manifest = prepare_shared(config, split, progress, len(modes) * len(seeds))
     clock.lap("shared_inputs")
     runs = train_runs(config, out, modes, seeds, parallel, threads, progress, launcher)
     clock.lap("training")

@@ -193,8 +193,10 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     # auto: bf16 autocast on CUDA, fp32 on CPU; or no / bf16 / fp16
     mixed_precision: str = "auto"
-    # frozen encoder: compute patch features once (fp16 on disk) and reuse them
-    feature_cache: bool = True
+    # frozen encoder: compute patch features once (fp16 on disk) and reuse them; "auto":
+    # only when it pays and fits on disk (cxrlib.training.features.cache_pays, decided
+    # at the start of the run)
+    feature_cache: bool | str = True
     # DataLoader worker processes (0: load in the training process)
     num_workers: int = 0
     # optimizer steps between checkpoints (0: only at the end of each epoch)
@@ -233,6 +235,10 @@ class TrainConfig:
             raise CxrError("train.min_lr_ratio: expected a value in [0, 1]")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise CxrError("train.grad_clip: expected a positive number or null")
+        if self.feature_cache not in (True, False, "auto"):
+            raise CxrError(
+                f"train.feature_cache: expected true, false or auto (got {self.feature_cache!r})"
+            )
         if self.mixed_precision not in MIXED_PRECISION:
             raise CxrError(f"train.mixed_precision: expected one of {', '.join(MIXED_PRECISION)}")
         if self.early_stopping_mode not in EARLY_STOPPING_MODES:
@@ -414,6 +420,9 @@ def _full() -> RunConfig:
             patience=3,
             val_generate=256,
             num_workers=8,
+            # on MIMIC-CXR the cache is ~300 GB: used only when it pays and fits
+            # (docs/decisions.md, "Caching encoder features at scale")
+            feature_cache="auto",
         ),
     )
 

@@ -646,3 +646,101 @@ def features_for_manifest(
             cache.folder, [cache._where[i] for i in kept], cache.num_patches, cache.width
         )
     return ManifestFeatures(kept, features, list(report.bad), report, rows)
+
+
+# --- when the cache pays ------------------------------------------------------------------
+
+IMAGE_SECONDS = 0.0124
+"""Seconds the cache saves per image and pass when the encoder runs on a GPU: reading
+and resizing one image on a CPU core (12.4 ms, a 1024 px phantom PNG, ``cxr bench
+features``), the encoder counted as free. Real radiographs (2-3k px JPEG) cost more and
+the encoder on a CPU costs 1.23 s per image at the published sizes, so this is a lower
+bound: the rule errs towards not caching (docs/decisions.md, "Caching encoder features
+at scale")."""
+
+DISK_BYTES_PER_SECOND = 200e6
+"""Bytes per second the cache is written and read at: a cloud network disk (projection;
+measured here: 822 MB/s written, 3.9 GB/s read from the page cache)."""
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in words: B, KB, MB, GB or TB (powers of 1000)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class CacheDecision:
+    """What :func:`cache_pays` decided: ``use`` the cache or not, ``reason`` in words,
+    the disk it needs (``need_bytes``: the images not cached yet) and the free space
+    (None: not checked)."""
+
+    use: bool
+    reason: str
+    need_bytes: int = 0
+    free_bytes: int | None = None
+
+    def describe(self) -> str:
+        return f"feature cache {'on' if self.use else 'off'}: {self.reason}"
+
+
+def cache_pays(
+    encoder_frozen: bool,
+    epochs: int,
+    runs: int,
+    n_images: int,
+    bytes_per_image: int,
+    free_bytes: int | None,
+    cached_images: int = 0,
+    image_seconds: float = IMAGE_SECONDS,
+    disk_bytes_per_second: float = DISK_BYTES_PER_SECOND,
+) -> CacheDecision:
+    """Whether caching encoder features pays for ``runs`` runs of ``epochs`` epochs each
+    over ``n_images`` images (``cached_images`` of them cached already).
+
+    With p = epochs x runs passes, m = images not cached, t = ``image_seconds``
+    (image reading and encoder per image) and d = ``bytes_per_image`` /
+    ``disk_bytes_per_second``: recomputing costs p n t, caching m (t + d) to build
+    plus p n d to read. The cache is used when the encoder is frozen, caching costs
+    less, and its m x ``bytes_per_image`` bytes fit in ``free_bytes`` (None: not
+    checked).
+    """
+    for name, value in (("epochs", epochs), ("runs", runs)):
+        if value < 1:
+            raise ValueError(f"{name}: expected >= 1 (got {value})")
+    if n_images < 0 or cached_images < 0 or bytes_per_image < 0:
+        raise ValueError("n_images, cached_images and bytes_per_image: expected >= 0")
+    if not encoder_frozen:
+        return CacheDecision(False, "the encoder trains, so its features change every step")
+    if n_images == 0:
+        return CacheDecision(False, "no images")
+    passes, missing = epochs * runs, max(0, n_images - cached_images)
+    need = missing * bytes_per_image
+    io = bytes_per_image / disk_bytes_per_second
+    uncached = passes * n_images * image_seconds
+    cached = missing * (image_seconds + io) + passes * n_images * io
+    sizes = (
+        f"{n_images} images ({missing} not cached, {format_bytes(bytes_per_image)} each), "
+        f"{passes} passes ({epochs} epochs x {runs} runs)"
+    )
+    if cached >= uncached:
+        saving = f"caching costs ~{_duration(cached)}, recomputing ~{_duration(uncached)}"
+        return CacheDecision(False, f"{saving}; {sizes}", need, free_bytes)
+    if free_bytes is not None and need > free_bytes:
+        short = f"it needs {format_bytes(need)}, only {format_bytes(free_bytes)} free"
+        return CacheDecision(False, f"{short}; {sizes}", need, free_bytes)
+    saving = f"saves ~{_duration(uncached - cached)} of ~{_duration(uncached)} recomputing"
+    free = "" if free_bytes is None else f", {format_bytes(free_bytes)} free"
+    reason = f"{saving}; needs {format_bytes(need)}{free}; {sizes}"
+    return CacheDecision(True, reason, need, free_bytes)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,14 @@ from cxrlib.model import ModelConfig, encoders
 from cxrlib.model.hub import hub_token, load_from_hub
 from cxrlib.training.checkpoint import TrainingError
 from cxrlib.training.config import RunConfig
-from cxrlib.training.features import ManifestFeatures, features_for_manifest
+from cxrlib.training.features import (
+    CacheDecision,
+    FeatureCache,
+    ManifestFeatures,
+    cache_pays,
+    features_for_manifest,
+    format_bytes,
+)
 from cxrlib.training.pretrain import pretrained_encoder
 
 log = logging.getLogger(__name__)
@@ -130,20 +139,25 @@ def resolve_model_config(config: RunConfig, manifest: Path, progress: bool = Tru
 
 
 def split_dataset(
-    config: RunConfig, model, manifest: Manifest, progress: bool = True
+    config: RunConfig,
+    model,
+    manifest: Manifest,
+    progress: bool = True,
+    use_cache: bool | None = None,
 ) -> tuple[ReportDataset, list[tuple[str, str]]]:
     """The model's inputs for the manifest rows ``manifest``, and the unreadable images.
 
-    Texts from ``data.text_column``; with a frozen encoder and ``train.feature_cache``
-    the cached patch features (in memory up to :data:`FEATURES_IN_MEMORY_BYTES`, else
-    read per item), otherwise image paths after a header check; the priors of the
-    config (none for mode ``none``). Unreadable images are left out and returned as
-    ``(image_id, message)``. ``model``: a :class:`~cxrlib.model.ReportModel`.
+    Texts from ``data.text_column``; with the feature cache (``use_cache``; None: as
+    :func:`use_feature_cache` decides from ``train.feature_cache``) the cached patch
+    features (in memory up to :data:`FEATURES_IN_MEMORY_BYTES`, else read per item),
+    otherwise image paths after a header check; the priors of the config (none for mode
+    ``none``). Unreadable images are left out and returned as ``(image_id, message)``.
+    ``model``: a :class:`~cxrlib.model.ReportModel`.
     """
     examples = _examples(config, manifest)
     per_image = model.num_patches * model.encoder_width * 2  # fp16
     in_memory = len(examples) * per_image <= FEATURES_IN_MEMORY_BYTES
-    found, bad = _readable(config, model, manifest, examples, progress, in_memory)
+    found, bad = _readable(config, model, manifest, examples, progress, in_memory, use_cache)
     bad_ids = {image_id for image_id, _ in bad}
     keep = [i for i, ex in enumerate(examples) if ex.image_id not in bad_ids]
     examples = [examples[i] for i in keep]
@@ -177,9 +191,12 @@ def _readable(
     examples: list[Example],
     progress: bool,
     in_memory: bool,
+    use_cache: bool | None = None,
 ) -> tuple[ManifestFeatures | None, list[tuple[str, str]]]:
     """The cached features (None when the run reads images) and the unreadable images."""
-    if config.train.feature_cache and model.config.encoder_trainable == "frozen" and examples:
+    if use_cache is None and examples:
+        use_cache = use_feature_cache(config, model, [ex.image_id for ex in examples])
+    if use_cache and model.config.encoder_trainable == "frozen" and examples:
         found = cached_features(config, model, manifest, progress, in_memory=in_memory)
         return found, [(image_id, message) for image_id, _, message in found.bad]
     # cheap header check first (the priors read image sizes); images that fail
@@ -192,8 +209,122 @@ def cached_features(
 ) -> ManifestFeatures:
     """The frozen encoder's features of ``rows`` from the run's feature cache
     (``data.cache_dir/features``), computed for the images not cached yet."""
-    folder = Path(config.data.cache_dir) / "features"
+    folder = feature_folder(config)
     return features_for_manifest(rows, model, folder, progress=progress, in_memory=in_memory)
+
+
+def feature_folder(config: RunConfig) -> Path:
+    """The run's feature cache folder: ``data.cache_dir/features``."""
+    return Path(config.data.cache_dir) / "features"
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Free bytes (:func:`shutil.disk_usage`) where ``folder`` is or will be created."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return int(shutil.disk_usage(path).free)
+
+
+def feature_cache_decision(
+    config: RunConfig, model, image_ids: Sequence[str], runs: int = 1
+) -> CacheDecision:
+    """Whether the run caches the encoder features of ``image_ids``
+    (``train.feature_cache``: true or false as set, with a frozen encoder; ``"auto"``:
+    :func:`~cxrlib.training.features.cache_pays` for ``train.epochs`` x ``runs`` passes
+    and the free space of :func:`feature_folder`). ``model``: a report model or an
+    :class:`ImageEncoder`."""
+    setting = config.train.feature_cache
+    frozen = model.config.encoder_trainable == "frozen"
+    ids = list(dict.fromkeys(str(i) for i in image_ids))
+    missing = ids
+    if frozen and setting:
+        missing = FeatureCache(feature_folder(config), model).missing(ids)
+    per_image = model.num_patches * model.encoder_width * 2  # float16
+    if setting != "auto":
+        use = bool(setting) and frozen
+        why = "the encoder trains" if setting and not frozen else "as set"
+        return CacheDecision(use, f"train.feature_cache={str(setting).lower()} ({why})",
+                             len(missing) * per_image if use else 0)  # fmt: skip
+    return cache_pays(
+        frozen,
+        config.train.epochs,
+        runs,
+        len(ids),
+        per_image,
+        free_bytes(feature_folder(config)),
+        cached_images=len(ids) - len(missing),
+    )
+
+
+def use_feature_cache(config: RunConfig, model, image_ids: Sequence[str]) -> bool:
+    """Whether a run reads the features of ``image_ids`` from the cache
+    (:func:`feature_cache_decision`; an ``"auto"`` decision is logged)."""
+    decision = feature_cache_decision(config, model, image_ids)
+    if config.train.feature_cache == "auto":
+        log.info("%s", decision.describe())
+    return decision.use
+
+
+def checkpoint_bytes(model, ema: bool = False) -> int:
+    """Rough disk of a run's checkpoints: three copies (``last``, ``best``, and the new
+    one while it replaces the old) of the weights, AdamW's two moments of the trainable
+    ones and, with ``ema``, their moving average."""
+    params = list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    trainable = sum(p.numel() * 4 for p in params if p.requires_grad)
+    return 3 * (weights + trainable * (3 if ema else 2))
+
+
+def check_disk(needs: dict[Path, tuple[int, str]]) -> None:
+    """Log in one line the disk each folder will need, and stop with one
+    :class:`CxrError` line naming the folder, the need and the free space when a
+    folder's free space (:func:`shutil.disk_usage`) is short. ``needs``: folder ->
+    (bytes, what); folders on one file system add up."""
+    by_device: dict[object, list[Path]] = {}
+    for folder in needs:
+        path = Path(folder).absolute()
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        by_device.setdefault(path.stat().st_dev, []).append(folder)
+    parts, short = [], None
+    for folders in by_device.values():
+        need = sum(needs[f][0] for f in folders)
+        free = free_bytes(folders[0])
+        what = " + ".join(f"{needs[f][1]} {format_bytes(needs[f][0])} in {f}" for f in folders)
+        parts.append(f"{what} ({format_bytes(free)} free)")
+        if need > free and short is None:
+            short = (folders, need, free, what)
+    log.info("disk needed: %s", "; ".join(parts))
+    if short is not None:
+        folders, need, free, what = short
+        fixes = "free some space or point data.cache_dir or --out elsewhere"
+        if "feature cache" in what:
+            fixes += ", or set train.feature_cache=false (or auto)"
+        raise CxrError(
+            f"{folders[0]}: not enough free disk: the run needs {format_bytes(need)} "
+            f"({what}), {format_bytes(free)} free; {fixes}"
+        )
+
+
+def check_run_disk(
+    config: RunConfig, model, image_ids: Sequence[str], out: str | os.PathLike | None = None
+) -> CacheDecision:
+    """Before a run: decide the feature cache for ``image_ids``
+    (:func:`feature_cache_decision`, logged), then :func:`check_disk` for the
+    features not cached yet and, with ``out``, the checkpoints (roughly,
+    :func:`checkpoint_bytes`). Returns the decision."""
+    decision = feature_cache_decision(config, model, image_ids)
+    log.info("%s", decision.describe())
+    needs: dict[Path, tuple[int, str]] = {}
+    if decision.use:
+        needs[feature_folder(config)] = (decision.need_bytes, "feature cache")
+    if out is not None:
+        ema = config.train.ema_decay is not None
+        needs[Path(out)] = (checkpoint_bytes(model, ema), "checkpoints ~")
+    if needs:
+        check_disk(needs)
+    return decision
 
 
 def unreadable_images(examples: list[Example]) -> dict[str, str]:
@@ -355,14 +486,26 @@ def _decoder_layers(decoder: str | dict) -> int:
 
 
 def warm_caches(
-    config: RunConfig, model_config: ModelConfig, rows: Manifest, progress: bool = True
+    config: RunConfig,
+    model_config: ModelConfig,
+    rows: Manifest,
+    progress: bool = True,
+    runs: int = 1,
 ) -> list[tuple[str, str]]:
-    """Fill the feature cache (frozen encoder and ``train.feature_cache``) and the prior
-    cache for ``rows`` as runs of ``config`` with model ``model_config`` read them (any
-    mode), so the runs only read; returns the unreadable images."""
+    """Fill the feature cache (frozen encoder and ``train.feature_cache``; ``"auto"``
+    decides for ``runs`` runs, after :func:`check_disk`) and the prior cache for
+    ``rows`` as runs of ``config`` with model ``model_config`` read them (any mode), so
+    the runs only read; returns the unreadable images."""
     encoder = ImageEncoder(model_config)
     examples = _examples(config, rows)
-    _, bad = _readable(config, encoder, rows, examples, progress, in_memory=False)
+    ids = [ex.image_id for ex in examples]
+    decision = feature_cache_decision(config, encoder, ids, runs) if ids else None
+    if decision is not None:
+        log.info("%s", decision.describe())
+        if decision.use:
+            check_disk({feature_folder(config): (decision.need_bytes, "feature cache")})
+    use = decision is not None and decision.use
+    _, bad = _readable(config, encoder, rows, examples, progress, False, use)
     bad_ids = {image_id for image_id, _ in bad}
     keep = [i for i, ex in enumerate(examples) if ex.image_id not in bad_ids]
     manifest_priors(config, prior_settings(config, encoder), rows.subset(rows.frame.iloc[keep]))
