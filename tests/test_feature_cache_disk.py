@@ -91,7 +91,7 @@ def test_check_disk_logs_one_line_and_refuses_when_short(tmp_path, monkeypatch, 
         inputs.check_disk(
             {
                 tmp_path / "cache" / "features": (3 * GB, "feature cache"),
-                tmp_path / "run": (int(2.5 * GB), "checkpoints ~"),
+                tmp_path / "run": (int(2.5 * GB), "checkpoints about"),
             }
         )
     message = str(err.value)

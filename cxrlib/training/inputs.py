@@ -321,7 +321,7 @@ def check_run_disk(
         needs[feature_folder(config)] = (decision.need_bytes, "feature cache")
     if out is not None:
         ema = config.train.ema_decay is not None
-        needs[Path(out)] = (checkpoint_bytes(model, ema), "checkpoints ~")
+        needs[Path(out)] = (checkpoint_bytes(model, ema), "checkpoints about")
     if needs:
         check_disk(needs)
     return decision
