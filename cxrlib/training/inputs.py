@@ -308,13 +308,14 @@ def check_disk(needs: dict[Path, tuple[int, str]]) -> None:
 
 
 def check_run_disk(
-    config: RunConfig, model, image_ids: Sequence[str], out: str | os.PathLike | None = None
+    config: RunConfig, model, splits: dict[str, Manifest], out: str | os.PathLike | None = None
 ) -> CacheDecision:
-    """Before a run: decide the feature cache for ``image_ids``
+    """Before a run: decide the feature cache for the images of ``splits``
     (:func:`feature_cache_decision`, logged), then :func:`check_disk` for the
     features not cached yet and, with ``out``, the checkpoints (roughly,
     :func:`checkpoint_bytes`). Returns the decision."""
-    decision = feature_cache_decision(config, model, image_ids)
+    ids = [text_cell(i) for rows in splits.values() for i in rows.frame["image_id"]]
+    decision = feature_cache_decision(config, model, ids)
     log.info("%s", decision.describe())
     needs: dict[Path, tuple[int, str]] = {}
     if decision.use:

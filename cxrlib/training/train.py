@@ -154,8 +154,7 @@ class Trainer:
         """Run (or with ``resume`` continue) the training; returns its :class:`TrainResult`."""
         last = self._open_run_folder(resume)
         splits = self._build_model(last)
-        ids = [i for rows in splits.values() for i in rows.frame["image_id"].map(text_cell)]
-        self.cache_decision = inputs.check_run_disk(self.config, self.model, ids, self.out)
+        self.use_cache = inputs.check_run_disk(self.config, self.model, splits, self.out).use
         self._build_data(splits)
         self.optimizer, self.scheduler = optimization.build_optimizer(
             self.model, self.tc, self.total_steps
@@ -225,9 +224,8 @@ class Trainer:
         for split, frame in splits.items():
             with self.accelerator.main_process_first():
                 self.datasets[split], bad = inputs.split_dataset(
-                    self.config, self.model, frame, self.progress and self.main,
-                    self.cache_decision.use,
-                )  # fmt: skip
+                    self.config, self.model, frame, self.progress and self.main, self.use_cache
+                )
             self.bad_images += bad
         inputs.check_bad_images(self.bad_images, self.config.data.max_bad_images)
         self.collate = Collate(self.model.tokenizer, self.model.config.max_text_tokens)
