@@ -133,3 +133,15 @@ def test_warm_caches_auto_leaves_out_a_cache_that_does_not_fit(tmp_path, monkeyp
     _free(monkeypatch, 10**12)
     assert inputs.warm_caches(config, config.model, rows, progress=False, runs=3) == []
     assert list((tmp_path / "cache").glob("features/features-*/shard-*"))
+
+
+def test_train_with_auto_logs_the_decision_and_the_disk(tmp_path, caplog):
+    config = _smoke(tmp_path, "auto")  # one epoch, nothing cached: one pass does not pay
+    with caplog.at_level(logging.INFO, logger="cxrlib.training.inputs"):
+        train(config, tmp_path / "run", progress=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("feature cache off: caching costs") for m in messages)
+    disk = [m for m in messages if m.startswith("disk needed:")]
+    assert len(disk) == 1 and "checkpoints about" in disk[0] and "feature cache" not in disk[0]
+    assert not list((tmp_path / "cache").glob("features/features-*/shard-*"))
+    assert (tmp_path / "run" / "checkpoints" / "last").is_dir()

@@ -259,10 +259,12 @@ def feature_cache_decision(
 
 def use_feature_cache(config: RunConfig, model, image_ids: Sequence[str]) -> bool:
     """Whether a run reads the features of ``image_ids`` from the cache
-    (:func:`feature_cache_decision`; an ``"auto"`` decision is logged)."""
+    (true or false: as set, with a frozen encoder; ``"auto"``:
+    :func:`feature_cache_decision`, logged)."""
+    if config.train.feature_cache != "auto":
+        return bool(config.train.feature_cache) and model.config.encoder_trainable == "frozen"
     decision = feature_cache_decision(config, model, image_ids)
-    if config.train.feature_cache == "auto":
-        log.info("%s", decision.describe())
+    log.info("%s", decision.describe())
     return decision.use
 
 
