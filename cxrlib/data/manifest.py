@@ -283,8 +283,13 @@ def validate(
     ok = ~bad_split & (text["study_id"] != "").to_numpy()
     per_study = pd.DataFrame({"study": text["study_id"][ok], "split": text["split"][ok]})
     n_splits = per_study.groupby("study")["split"].nunique()
-    for study in n_splits.index[n_splits > 1]:
-        rows = np.flatnonzero((text["study_id"] == study).to_numpy() & ok)
+    leaking = n_splits.index[n_splits > 1]
+    study_of = text["study_id"].to_numpy()
+    rows_of: dict[str, list[int]] = {}  # one pass over the rows, not one per study
+    for i in np.flatnonzero(ok & text["study_id"].isin(leaking).to_numpy()):
+        rows_of.setdefault(study_of[i], []).append(int(i))
+    for study in leaking:
+        rows = rows_of[study]  # ascending manifest rows
         lines = ", ".join(str(r + 2) for r in rows)
         found.append((rows[0], f"study {study!r} has images in several splits (lines {lines})"))
     text_only = is_text_only(df)

@@ -595,6 +595,34 @@ class LazyFeatures:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}}
 
+    def batches(self, batch_size: int = 1024):
+        """Yield ``(positions, features)``: every item once, as (b, P, E) float16 blocks
+        of at most ``batch_size`` items of one shard, with their positions (list of int).
+
+        Shards are read one at a time and closed after (a memory-mapped shard's pages
+        count in the resident memory while it is open), so the memory used does not
+        grow with the number of items or shards.
+        """
+        from safetensors import safe_open
+
+        if batch_size <= 0:
+            raise ValueError(f"batch_size: expected > 0 (got {batch_size})")
+        by_shard: dict[str, list[tuple[int, int]]] = {}  # shard -> [(row, position)]
+        for pos, (name, row) in enumerate(self.where):
+            by_shard.setdefault(name, []).append((row, pos))
+        for name, wanted in by_shard.items():
+            wanted.sort()
+            handle = safe_open(str(self.folder / name), framework="pt")
+            features = handle.get_slice("features")
+            for start in range(0, len(wanted), batch_size):
+                part = wanted[start : start + batch_size]
+                lo, hi = part[0][0], part[-1][0] + 1
+                block = features[lo:hi]  # (hi - lo, P, E): rows sorted, at most one shard
+                rows = torch.tensor([row - lo for row, _ in part])
+                yield [pos for _, pos in part], block[rows]
+                del block
+            del features, handle
+
 
 def features_for_manifest(
     manifest: Manifest,

@@ -174,13 +174,12 @@ def split_dataset(
 
 def _examples(config: RunConfig, manifest: Manifest) -> list[Example]:
     """One :class:`Example` per row: image id, ``data.text_column`` text, image path."""
+    df = manifest.frame  # three columns, not a dict of every column per row
+    column = config.data.text_column
+    texts = df[column] if column in df.columns else [""] * len(df)
     return [
-        Example(
-            text_cell(r["image_id"]),
-            text_cell(r.get(config.data.text_column, "")),
-            str(manifest.resolve(text_cell(r["image_path"]))),
-        )
-        for r in manifest.frame.to_dict("records")
+        Example(text_cell(i), text_cell(t), str(manifest.resolve(text_cell(p))))
+        for i, t, p in zip(df["image_id"], texts, df["image_path"], strict=True)
     ]
 
 
