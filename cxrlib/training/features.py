@@ -691,13 +691,17 @@ DISK_BYTES_PER_SECOND = 200e6
 measured here: 822 MB/s written, 3.9 GB/s read from the page cache)."""
 
 
-def format_bytes(n: float) -> str:
-    """``n`` bytes in words: B, KB, MB, GB or TB (powers of 1000)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000:
+def format_bytes(n: float, binary: bool = False) -> str:
+    """``n`` bytes in words: B, KB, MB, GB or TB (powers of 1000), or with ``binary``
+    B, KiB, MiB or GiB (powers of 1024); the largest unit takes any bigger number."""
+    step, units = (
+        (1024, ("B", "KiB", "MiB", "GiB")) if binary else (1000, ("B", "KB", "MB", "GB", "TB"))
+    )
+    for unit in units:
+        if abs(n) < step or unit == units[-1]:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+        n /= step
+    raise AssertionError("unreachable: the last unit returns")
 
 
 def _duration(seconds: float) -> str:

@@ -75,15 +75,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def format_bytes(n: float) -> str:
-    """``n`` bytes in B, KiB, MiB or GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def format_table(result: dict) -> str:
     """A result with ``images_per_s`` and ``ratios`` as an aligned two-column table."""
     rows = [(k, v) for k, v in result["images_per_s"].items()]

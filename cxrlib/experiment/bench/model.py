@@ -17,12 +17,17 @@ from cxrlib.base.provenance import provenance
 from cxrlib.base.vocabulary import MODES
 from cxrlib.experiment.bench.harness import (
     cpu_name,
-    format_bytes,
     interleaved_runs,
     no_sync,
     torch_threads,
 )
 from cxrlib.model import ModelConfig, ReportModel, attention
+from cxrlib.training.features import format_bytes
+
+
+def _mem(n: float) -> str:
+    return format_bytes(n, binary=True)  # GPU memory in KiB / MiB / GiB
+
 
 MODEL_TARGETS = {"train_step_vs_none": 1.10, "decode_vs_none": 1.15}
 MODEL_PRESET_SIZES = {  # preset: (batch, text tokens, new tokens, repeats)
@@ -346,8 +351,8 @@ def format_model_table(result: dict) -> str:
     lines.append(
         f"  prior memory at published sizes (L={mem['layers']}, P={mem['patches']}, "
         f"T={mem['patches'] + mem['text_tokens']}, batch {mem['batch']}): "
-        f"(L,B,1,1,P) bias {format_bytes(mem['bias_L_B_1_1_P_bytes'])} vs (L,B,1,T,T) masks "
-        f"{format_bytes(mem['masks_L_B_1_T_T_bytes'])} = {mem['masks_vs_bias']}x"
+        f"(L,B,1,1,P) bias {_mem(mem['bias_L_B_1_1_P_bytes'])} vs (L,B,1,T,T) masks "
+        f"{_mem(mem['masks_L_B_1_T_T_bytes'])} = {mem['masks_vs_bias']}x"
     )
     verdict = {True: "yes", False: "no", None: "not measured (a step too short to time)"}
     lines.append(f"  meets targets: {verdict[result['meets_targets']]}")
