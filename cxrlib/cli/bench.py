@@ -86,6 +86,26 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     )
     la.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     la.set_defaults(handler=_cmd_bench_labeler)
+    sc = bsub.add_parser(
+        "scale",
+        help="the full profile's data path on the MIMIC-CXR rehearsal layout at N images: "
+        "time, peak RSS and disk per stage",
+    )
+    sc.add_argument(
+        "--n", type=positive_int, nargs="+", default=[2000, 20000, 100000], help="sizes"
+    )
+    sc.add_argument("--sample", type=positive_int, default=512, help="images of sampled stages")
+    sc.add_argument("--work", type=Path, default=Path("/tmp/cxr-scale"), help="scratch folder")
+    sc.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    sc.set_defaults(handler=_cmd_bench_scale)
+    co = bsub.add_parser(
+        "costs", help="write the README's 'Running on MIMIC-CXR' tables from benchmark files"
+    )
+    co.add_argument("--scale", type=Path, required=True, help="JSON of cxr bench scale")
+    co.add_argument("--gpu", type=Path, required=True, help="JSON of cxr bench model on a GPU")
+    co.add_argument("--readme", type=Path, default=Path("README.md"), help="default README.md")
+    co.add_argument("--check", action="store_true", help="only compare; fail when it differs")
+    co.set_defaults(handler=_cmd_bench_costs)
 
 
 def _cmd_bench_phantom(args: argparse.Namespace) -> int:
@@ -148,4 +168,19 @@ def _cmd_bench_labeler(args: argparse.Namespace) -> int:
     from cxrlib.experiment.bench import run
 
     run("labeler", out=args.json, n=args.n, repeats=args.repeats, iu=args.iu)
+    return 0
+
+
+def _cmd_bench_scale(args: argparse.Namespace) -> int:
+    from cxrlib.experiment.bench import run
+
+    run("scale", out=args.json, sizes=tuple(args.n), work=args.work, sample=args.sample)
+    return 0
+
+
+def _cmd_bench_costs(args: argparse.Namespace) -> int:
+    from cxrlib.experiment.bench.costs import update_costs
+
+    changed = update_costs(args.scale, args.gpu, args.readme, check=args.check)
+    print(f"{args.readme}: " + ("updated" if changed else "up to date"))
     return 0

@@ -3,7 +3,8 @@ also given as a ratio against a baseline measured in the same run (no timing ass
 live in the tests; speed claims live here and in ``benchmarks/README.md``).
 
 One module per benchmark (:mod:`~cxrlib.experiment.bench.phantom`, ``priors``,
-``model``, ``features``, ``labeler``); what they share, the interleaved timing of a
+``model``, ``features``, ``labeler``, ``scale``; ``costs`` writes the README's cost
+section from their files); what they share, the interleaved timing of a
 baseline and its candidates, is :mod:`~cxrlib.experiment.bench.harness`.
 """
 
@@ -19,6 +20,7 @@ from cxrlib.experiment.bench.labeler import bench_labeler, format_labeler_table
 from cxrlib.experiment.bench.model import bench_model, format_model_table
 from cxrlib.experiment.bench.phantom import bench_phantom
 from cxrlib.experiment.bench.priors import bench_priors
+from cxrlib.experiment.bench.scale import bench_scale, format_scale_table
 
 BENCHMARKS = {  # name: (measure, format its result as a table)
     "phantom": (bench_phantom, format_table),
@@ -26,6 +28,7 @@ BENCHMARKS = {  # name: (measure, format its result as a table)
     "model": (bench_model, format_model_table),
     "features": (bench_features, format_features_table),
     "labeler": (bench_labeler, format_labeler_table),
+    "scale": (bench_scale, format_scale_table),
 }
 
 
