@@ -119,3 +119,15 @@ def test_update_costs_writes_between_markers_and_checks(tmp_path):
         costs.update_costs(s, g, readme, check=True)
     with pytest.raises(CxrError, match="missing.json: file does not exist"):
         costs.update_costs(tmp_path / "missing.json", g, readme)
+
+
+def test_readme_costs_are_generated_from_the_committed_files():
+    """The README's "Running on MIMIC-CXR" tables are what `cxr bench costs` writes from
+    the committed benchmark files (one scale run, the last GPU run)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    results = root / "benchmarks" / "results"
+    (scale_file,) = sorted(results.glob("scale-*.json"))
+    (gpu_file,) = sorted(results.glob("gpu-*.json"))
+    assert costs.update_costs(scale_file, gpu_file, root / "README.md", check=True) is False
