@@ -409,13 +409,14 @@ def test_failed_prior_write_keeps_the_cached_priors(tmp_path, monkeypatch, fault
     owner, name, error, cause = PRIOR_FAULTS[fault]
     ids, priors, grids = _prior_entries(4)
     cache = PriorCache(tmp_path, PRIORS)
-    path = cache.put(ids[:2], priors[:2], grids[:2], fingerprints=["a", "b"])
+    (path,) = cache.put(ids[:2], priors[:2], grids[:2], fingerprints=["a", "b"])
     before = path.read_bytes()
     with monkeypatch.context() as patch, pytest.raises(WriteError) as err:
         patch.setattr(owner, name, error)
         cache.put(ids[2:], priors[2:], grids[2:], fingerprints=["c", "d"])
-    check_message(err, path, cause)
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+    check_message(err, cache.path / "shard-00000001.safetensors", cause)
+    names = sorted(p.name for p in cache.path.iterdir())
+    assert path.read_bytes() == before and names == [path.name, "shards.lock"]
     again = PriorCache(tmp_path, PRIORS)
     got, got_grids = again.get(ids[:2], fingerprints=["a", "b"])
     assert torch.equal(got, priors[:2]) and torch.equal(got_grids, grids[:2])
@@ -428,10 +429,11 @@ def test_failed_prior_write_keeps_the_cached_priors(tmp_path, monkeypatch, fault
 def test_prior_cache_in_a_read_only_folder(read_only):
     ids, priors, grids = _prior_entries(4)
     cache = PriorCache(read_only, PRIORS)
-    path = cache.put(ids[:2], priors[:2], grids[:2])
+    (path,) = cache.put(ids[:2], priors[:2], grids[:2])
     before = path.read_bytes()
-    read_only.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    cache.path.chmod(stat.S_IRUSR | stat.S_IXUSR)
     with pytest.raises(WriteError) as err:
         cache.put(ids[2:], priors[2:], grids[2:])
-    check_message(err, path, "permission denied")
-    assert path.read_bytes() == before and [p.name for p in read_only.iterdir()] == [path.name]
+    check_message(err, cache.path / "shard-00000001.safetensors", "permission denied")
+    names = sorted(p.name for p in cache.path.iterdir())
+    assert path.read_bytes() == before and names == [path.name, "shards.lock"]

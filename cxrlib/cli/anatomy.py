@@ -140,7 +140,7 @@ def add_priors(sub: argparse._SubParsersAction) -> None:
             "Unite the selected structures' masks, area-downsample them to the encoder's "
             "patch grid (IMAGE_SIZE / PATCH_SIZE per side) and smooth them once per decoder "
             "layer, broad to focused. Masks come from the manifest, else the segmenter, "
-            "else none (uniform prior). Writes DIR/priors-<key>.safetensors: priors "
+            "else none (uniform prior). Writes shards DIR/priors-<key>/shard-*.safetensors: priors "
             "(N, LAYERS, grid*grid) float32 in [0, 1], grid masks and image ids; images "
             "already there under the same settings and unchanged masks are reused."
         ),

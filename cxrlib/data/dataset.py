@@ -64,8 +64,10 @@ class ReportDataset(Dataset):
         Side of ``pixel_values`` when images are read from disk.
     features : (N, P, E) tensor, optional
         Cached encoder features in ``examples`` order (any float dtype).
-    priors : (N, L, P) tensor, optional
-        Layer priors in ``examples`` order.
+    priors : (N, L, P) tensor or lazy view, optional
+        Layer priors in ``examples`` order: anything with ``shape`` and ``priors[i]``
+        -> (L, P), such as :class:`cxrlib.anatomy.cache.LazyRows` (read per item from
+        the prior cache's shards, so memory does not grow with N).
     """
 
     def __init__(
@@ -73,7 +75,7 @@ class ReportDataset(Dataset):
         examples: Sequence[Example],
         image_size: int,
         features: torch.Tensor | None = None,
-        priors: torch.Tensor | None = None,
+        priors=None,
     ):
         self.examples = list(examples)
         self.image_size = image_size

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrlib.anatomy.cache import cached_priors_for_manifest, checkpoint_fingerprint
+from cxrlib.anatomy.cache import LazyRows, cached_priors_for_manifest, checkpoint_fingerprint
 from cxrlib.anatomy.priors import PriorConfig, masks_to_priors
 from cxrlib.anatomy.segmenter import Segmenter
 from cxrlib.base import storage
@@ -356,11 +356,10 @@ def prior_settings(config: RunConfig, model) -> PriorConfig:
     )
 
 
-def manifest_priors(
-    config: RunConfig, settings: PriorConfig, rows: Manifest
-) -> torch.Tensor | None:
+def manifest_priors(config: RunConfig, settings: PriorConfig, rows: Manifest) -> LazyRows | None:
     """(N, L, P) priors of ``rows`` from the run's prior cache (``data.cache_dir/priors``)
-    with the run's mask source and segmenter; None for no rows."""
+    with the run's mask source and segmenter, read on demand (:class:`LazyRows`; its
+    ``tensor()`` materialises them); None for no rows."""
     if len(rows) == 0:
         return None
     segmenter = segmenter_id = None

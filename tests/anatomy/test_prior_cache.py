@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import pickle
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from cxrlib.anatomy import cache as cache_module
 from cxrlib.anatomy.cache import (
     PriorCache,
     cached_priors_for_manifest,
@@ -19,6 +21,7 @@ from cxrlib.anatomy.cache import (
 )
 from cxrlib.anatomy.manifest_priors import priors_for_manifest
 from cxrlib.anatomy.priors import PriorConfig, layer_priors
+from cxrlib.data.dataset import Example, ReportDataset
 from cxrlib.data.manifest import read_manifest
 from cxrlib.data.phantom import write_phantom
 from tests.numerics import assert_rounding_close, rounding_close
@@ -36,9 +39,9 @@ def test_round_trip(tmp_path):
     ids, priors, grids = _entries(3)
     cache = PriorCache(tmp_path, CONFIG)
     assert cache.get(ids) is None  # no file yet
-    path = cache.put(ids, priors, grids, sources=["manifest"] * 3, fingerprints=["a", "b", "c"])
-    assert path == tmp_path / f"priors-{cache.key[:16]}.safetensors" and path.is_file()
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
+    (path,) = cache.put(ids, priors, grids, sources=["manifest"] * 3, fingerprints=list("abc"))
+    assert path == tmp_path / f"priors-{cache.key[:16]}" / "shard-00000000.safetensors"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, "shards.lock"]
     got_priors, got_grids = PriorCache(tmp_path, CONFIG).get(["img2", "img0"])
     assert torch.equal(got_priors, priors[[2, 0]]) and got_priors.dtype == torch.float32
     assert torch.equal(got_grids, grids[[2, 0]])
@@ -82,7 +85,8 @@ def test_a_cache_of_other_settings_is_never_read(tmp_path, caplog):
     assert stale.path != PriorCache(tmp_path, CONFIG).path
     assert stale.get(ids) is None
     # even a file copied under the other key's name is refused: the key is re-checked
-    shutil.copy(PriorCache(tmp_path, CONFIG).path, stale.path)
+    stale.path.mkdir()
+    shutil.copy(PriorCache(tmp_path, CONFIG).shard_paths()[0], stale.path)
     with caplog.at_level(logging.WARNING, logger="cxrlib.anatomy.cache"):
         assert stale.get(ids) is None
     assert "written under another key, ignored" in caplog.text
@@ -92,10 +96,11 @@ def test_a_cache_of_other_settings_is_never_read(tmp_path, caplog):
 
 def test_unreadable_cache_is_ignored(tmp_path):
     cache = PriorCache(tmp_path, CONFIG)
-    cache.path.write_bytes(b"not a safetensors file")
+    cache.path.mkdir()
+    (cache.path / "shard-00000000.safetensors").write_bytes(b"not a safetensors file")
     assert cache.get(["img0"]) is None
     ids, priors, grids = _entries(1)
-    cache.put(ids, priors, grids)  # overwritten cleanly
+    cache.put(ids, priors, grids)  # a new shard, read instead
     assert cache.get(ids) is not None
 
 
@@ -120,12 +125,12 @@ def test_cached_priors_for_manifest(phantom, tmp_path):
     first = cached_priors_for_manifest(manifest, CONFIG, tmp_path, progress=False)
     assert (first.reused, first.computed) == (0, 4)
     _, direct, info = priors_for_manifest(manifest, CONFIG, progress=False)
-    assert torch.equal(first.priors, direct)
+    assert torch.equal(first.priors.tensor(), direct)
     assert first.info.counts == info.counts == {"manifest": 4, "segmenter": 0, "none": 0}
     second = cached_priors_for_manifest(manifest, CONFIG, tmp_path, progress=False)
     assert (second.reused, second.computed) == (4, 0)
-    assert torch.equal(second.priors, direct)
-    assert torch.equal(second.info.grid_masks, info.grid_masks)
+    assert torch.equal(second.priors.tensor(), direct)
+    assert torch.equal(second.info.grid_masks.tensor(), info.grid_masks)
     assert "4 reused, 0 computed" in second.describe()
     other = cached_priors_for_manifest(
         manifest, PriorConfig(image_size=64, patch_size=8), tmp_path, progress=False
@@ -147,7 +152,7 @@ def test_a_changed_mask_is_recomputed(phantom, tmp_path):
     _, fresh, _ = priors_for_manifest(manifest, CONFIG, progress=False)
     # the recomputed study ran in a batch of one, ``fresh`` in a batch of four: another
     # route through the blur's sums, so equal up to rounding (exact on one CPU, not all)
-    assert_rounding_close(again.priors, fresh)
+    assert_rounding_close(again.priors.tensor(), fresh)
     assert not rounding_close(before.priors[1], fresh[1])  # a stale prior would be caught
 
 
@@ -179,3 +184,45 @@ def test_checkpoint_fingerprint(tmp_path):
     assert checkpoint_fingerprint(ckpt) != before
     with pytest.raises(FileNotFoundError, match="does not exist"):
         checkpoint_fingerprint(tmp_path / "nope")
+
+
+def test_sharded_cache_serves_exact_rows(phantom, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "SHARD_IMAGES", 3)
+    ids, priors, grids = _entries(10, seed=1)
+    cache = PriorCache(tmp_path, CONFIG)
+    assert len(cache.put(ids[:7], priors[:7], grids[:7])) == 3  # shards of 3, 3, 1
+    assert len(cache.put(ids[7:], priors[7:], grids[7:])) == 1  # two puts keep both
+    got, got_grids = PriorCache(tmp_path, CONFIG).get(ids)
+    assert torch.equal(got, priors) and torch.equal(got_grids, grids)
+    index = cache.load()
+    view = cache.lazy(index, ids[::-1])
+    assert view.shape == (10, 12, 64) and torch.equal(view[0], priors[9])
+    assert torch.equal(view.rows([3, 3, 0, 9]), priors.flip(0)[[3, 3, 0, 9]])
+    clone = pickle.loads(pickle.dumps(view))  # a DataLoader worker reopens the files
+    assert torch.equal(clone.tensor(), priors.flip(0))
+    cache.put(ids[2:4], priors[2:4] * 0 + 0.5, grids[2:4])  # a later entry wins
+    got, _ = cache.get(ids)
+    assert torch.equal(got[2:4], torch.full((2, 12, 64), 0.5))
+    assert torch.equal(got[:2], priors[:2]) and torch.equal(got[4:], priors[4:])
+    assert cache.compact() == []  # 2 superseded rows of 12: nothing to do
+    for _ in range(5):
+        cache.put(ids, priors, grids)
+    assert len(cache.compact()) == 4 and len(cache.shard_paths()) == 4
+    assert torch.equal(cache.get(ids)[0], priors)
+
+    manifest = read_manifest(phantom / "manifest.csv")
+    folder = tmp_path / "m"
+    first = cached_priors_for_manifest(manifest, CONFIG, folder, progress=False)
+    _, direct, info = priors_for_manifest(manifest, CONFIG, progress=False)
+    assert torch.equal(first.priors.tensor(), direct)
+    assert torch.equal(first.info.grid_masks.tensor(), info.grid_masks)
+    shards = PriorCache(folder, CONFIG).shard_paths()
+    assert len(shards) == 2
+    shards[0].write_bytes(b"corrupt")
+    again = cached_priors_for_manifest(manifest, CONFIG, folder, progress=False)
+    assert (again.reused, again.computed) == (1, 3)
+    assert_rounding_close(again.priors.tensor(), direct)
+    examples = [Example(i, "", "") for i in again.image_ids]
+    dataset = ReportDataset(examples, 64, torch.zeros(4, 64, 2), again.priors)
+    for i in range(4):
+        assert torch.equal(dataset[i]["priors"], again.priors.tensor()[i])

@@ -430,8 +430,9 @@ def test_cli_priors(phantom, tmp_path, capsys):
     assert "shape (4, 12, 64)" in text
     assert "mask sources: manifest 4, segmenter 0, none 0" in text
     assert "(0 reused, 4 computed)" in text
-    files = list(out.glob("priors-*.safetensors"))
-    assert len(files) == 1 and str(files[0]) in text
+    folders = list(out.glob("priors-*"))
+    assert len(folders) == 1 and str(folders[0]) in text
+    assert [p.name for p in folders[0].glob("shard-*")] == ["shard-00000000.safetensors"]
     assert main(args) == 0  # the second run reads the cache
     assert "(4 reused, 0 computed)" in capsys.readouterr().out
 

@@ -140,7 +140,7 @@ def test_priors_of_url_rows_equal_those_of_the_files_on_disk(stores, where, tmp_
     assert ids == ids0 and info.sources == ["manifest"] * 3
     assert torch.equal(priors, priors0)
     cached = cached_priors_for_manifest(manifest, CONFIG, tmp_path / "cache", progress=False)
-    assert torch.equal(cached.priors, priors0)
+    assert torch.equal(cached.priors.tensor(), priors0)
     again = cached_priors_for_manifest(manifest, CONFIG, tmp_path / "cache", progress=False)
     assert again.reused == 3
 
@@ -295,7 +295,8 @@ def test_cxr_priors_reads_a_manifest_at_a_url(stores, tmp_path, capsys):
         read_manifest(url), config, tmp_path / "remote", progress=False
     )
     assert cached.reused == 3  # what the command cached
-    assert torch.equal(cached.priors, priors_for_manifest(local, config, progress=False)[1])
+    expected = priors_for_manifest(local, config, progress=False)[1]
+    assert torch.equal(cached.priors.tensor(), expected)
     assert main(["priors", "--manifest", url + ".gone", "--out", str(tmp_path / "x")]) == 1
     assert capsys.readouterr().err.strip() == (
         f"cxr: error: invalid --manifest: {url}.gone: manifest file does not exist"
