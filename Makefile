@@ -54,11 +54,13 @@ test-numerics: $(STAMP)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/fuzz -q
 
-# ruff, and the import layers of pyproject.toml's [tool.importlinter] (docs/architecture.md)
+# ruff, the import layers of pyproject.toml's [tool.importlinter] (docs/architecture.md),
+# and the container image's Dockerfile (hadolint, from the dev extra; docs/cloud.md)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
