@@ -117,7 +117,7 @@ def _priors(root: Path, cache: Path, calls: list) -> str:
     config = PriorConfig(image_size=64, patch_size=8, schedule="thesis")
     data = read_manifest(root / "manifest.csv")
     result = prior_cache.cached_priors_for_manifest(data, config, cache, progress=False)
-    tensor = hashlib.sha256(result.priors.numpy().tobytes()).hexdigest()
+    tensor = hashlib.sha256(result.priors.tensor().numpy().tobytes()).hexdigest()
     return _digest(result.path) + tensor
 
 

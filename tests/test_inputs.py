@@ -58,7 +58,7 @@ def test_warmed_caches_hold_what_a_run_reads(setting):
     priors = PriorCache(
         config.data.cache_dir + "/priors", settings, source=config.priors.source
     ).load()
-    assert priors is not None and set(ids) <= set(priors.index())
+    assert priors is not None and set(ids) <= set(priors.image_ids)
 
 
 def _pixels(rows, i, model):

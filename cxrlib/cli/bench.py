@@ -86,6 +86,11 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     )
     la.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     la.set_defaults(handler=_cmd_bench_labeler)
+    _add_bench_scale(bsub)
+
+
+def _add_bench_scale(bsub: argparse._SubParsersAction) -> None:
+    """``cxr bench scale`` and ``cxr bench costs`` (the README's table made from it)."""
     sc = bsub.add_parser(
         "scale",
         help="the full profile's data path on the MIMIC-CXR rehearsal layout at N images: "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cxrlib.base.errors import CxrError
 from cxrlib.base.io import write_atomic
+from cxrlib.experiment.results import replace_section
 
 START = "<!-- costs:start -->"
 END = "<!-- costs:end -->"
@@ -74,104 +75,96 @@ def stage_table(scale: dict) -> list[str]:
     return lines
 
 
+def _each(f) -> list[str]:
+    """``f(n)`` for the image count of each dataset of :data:`DATASETS`."""
+    return [f(n) for _, n in DATASETS]
+
+
 def cost_rows(scale: dict, gpu: dict) -> list[tuple[str, list[str], str]]:
     """(what, one value per dataset of :data:`DATASETS`, how it was obtained)."""
+    return _space_rows(scale) + _time_rows(scale, gpu)
+
+
+def _space_rows(scale: dict) -> list[tuple[str, list[str], str]]:
+    """Disk and memory rows."""
     seg = _stage(scale, "segmentation")
     pri = _stage(scale, "priors")
     load = _stage(scale, "loader")
     train = _stage(scale, "train")
     mask_per_image = seg["disk_bytes"] / max(seg["items"], 1)
     prior_per_image = pri["disk_bytes"] / max(pri["items"], 1)
-    load_rate = 1000 / load["per_image_ms"] / CORES  # images/s per core
-    seg_rate = 1000 / seg["per_image_ms"] / CORES
-    prior_rate = 1000 / pri["per_image_ms"] / CORES
-    step_ms = gpu["train"]["32"]["soft_ms"]
-    gpu_rate = 32 / (step_ms / 1000)
-    rows: list[tuple[str, list[str], str]] = []
-
-    def per_dataset(f) -> list[str]:
-        return [f(n) for _, n in DATASETS]
-
-    rows.append(("disk: images", ["as released"] * 2, "not measured here (the release's files)"))
-    rows.append(
+    return [
+        ("disk: images", ["as released"] * 2, "not measured here (the release's files)"),
         (
             "disk: masks (segmenter PNGs)",
-            per_dataset(lambda n: _gb(n * mask_per_image)),
+            _each(lambda n: _gb(n * mask_per_image)),
             f"projection: N x {mask_per_image / 1e3:.1f} KB (measured per image)",
-        )
-    )
-    rows.append(
+        ),
         (
             "disk: prior cache",
-            per_dataset(lambda n: _gb(n * prior_per_image)),
+            _each(lambda n: _gb(n * prior_per_image)),
             f"projection: N x {prior_per_image / 1e3:.1f} KB (measured at N = {pri['n']:,})",
-        )
-    )
-    rows.append(
+        ),
         (
             "disk: feature cache (when it pays)",
-            per_dataset(lambda n: _gb(n * FEATURE_BYTES)),
+            _each(lambda n: _gb(n * FEATURE_BYTES)),
             "projection: N x 786 KB (1,024 x 384 float16; docs/decisions.md)",
-        )
-    )
-    rows.append(
+        ),
         (
             "disk: checkpoints",
             [_gb(train["checkpoint_bytes"])] * 2,
             "measured: 3 x (weights + AdamW moments), counted from the parameters",
-        )
-    )
-    rows.append(
+        ),
         (
             "RAM: training process (CPU, batch 2)",
             [f"{train['peak_rss_mb'] / 1024:,.1f} GiB"] * 2,
             f"measured peak RSS at N = {train['n']:,} (flat in N: see the stage table)",
-        )
-    )
-    rows.append(
+        ),
         (
             "RAM: per loader worker",
             [f"{load['workers_peak_rss_mb'] / 1024:,.1f} GiB"] * 2,
             f"measured peak RSS of a worker at N = {load['n']:,}",
-        )
-    )
-    rows.append(
+        ),
+    ]
+
+
+def _time_rows(scale: dict, gpu: dict) -> list[tuple[str, list[str], str]]:
+    """Preprocessing and training-time rows."""
+    seg = _stage(scale, "segmentation")
+    pri = _stage(scale, "priors")
+    load = _stage(scale, "loader")
+    load_rate = 1000 / load["per_image_ms"] / CORES  # images/s per core
+    seg_rate = 1000 / seg["per_image_ms"] / CORES
+    prior_rate = 1000 / pri["per_image_ms"] / CORES
+    gpu_rate = 32 / (gpu["train"]["32"]["soft_ms"] / 1000)
+    return [
         (
             "preprocessing: images/s per core",
             [f"load {load_rate:,.0f}, segment {seg_rate:,.0f}, priors {prior_rate:,.0f}"] * 2,
             f"measured on {CORES} cores, divided by {CORES}",
-        )
-    )
-    rows.append(
+        ),
         (
             "preprocessing: segmentation + priors, one core",
-            per_dataset(lambda n: _hours(n / seg_rate + n / prior_rate)),
+            _each(lambda n: _hours(n / seg_rate + n / prior_rate)),
             "projection: N / rate (images without masks; with CheXmask masks only priors)",
-        )
-    )
-    rows.append(
+        ),
         (
             "time per epoch, 1 H100 (features cached)",
-            per_dataset(lambda n: _hours(n / gpu_rate)),
+            _each(lambda n: _hours(n / gpu_rate)),
             f"projection: N / {gpu_rate:,.0f} images/s (soft, bf16, batch 32, measured "
             f"{gpu['date']} on {gpu['device']}; encoder not in the step)",
-        )
-    )
-    rows.append(
+        ),
         (
             "time per epoch, 8 H100s (features cached)",
-            per_dataset(lambda n: _hours(n / (8 * gpu_rate))),
+            _each(lambda n: _hours(n / (8 * gpu_rate))),
             "projection: N / (8 x the one-GPU rate): linear scaling assumed, not measured",
-        )
-    )
-    rows.append(
+        ),
         (
             "cores to feed 8 H100s reading images",
             [f"{8 * gpu_rate / load_rate:,.0f}"] * 2,
             "projection: 8 x the GPU rate / images loaded per core per s",
-        )
-    )
-    return rows
+        ),
+    ]
 
 
 def costs_section(scale: dict, gpu: dict, scale_name: str, gpu_name: str) -> str:
@@ -210,7 +203,6 @@ def update_costs(
     check: bool = False,
 ) -> bool:
     """Write (``check``: compare) the section; returns whether the README changed."""
-    from cxrlib.experiment.results import replace_section
 
     files = {}
     for path in (scale, gpu, readme):

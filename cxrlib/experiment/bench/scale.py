@@ -41,6 +41,19 @@ import sys
 import time
 from pathlib import Path
 
+from cxrlib.anatomy.cache import cached_priors_for_manifest
+from cxrlib.anatomy.segmenter import Segmenter, SegmenterConfig
+from cxrlib.base.provenance import provenance
+from cxrlib.data import explore, mimic
+from cxrlib.data.dataset import Collate
+from cxrlib.data.manifest import read_manifest, write_manifest
+from cxrlib.data.phantom.layouts import write_layout
+from cxrlib.evaluate.evaluate import evaluate_generations
+from cxrlib.experiment import figures
+from cxrlib.model import ModelConfig, ReportModel, ReportTokenizer
+from cxrlib.training.config import load_config
+from cxrlib.training.inputs import checkpoint_bytes, epoch_loader, load_splits, split_dataset
+
 STAGES = (
     "layout",
     "adapter",
@@ -101,8 +114,6 @@ def disk_bytes(*paths: Path) -> int:
 
 
 def _config(work: Path, manifest: Path):
-    from cxrlib.model import ModelConfig
-    from cxrlib.training.config import load_config
 
     config = load_config("full", overrides=[{"data": {"manifest": str(manifest)}}])
     config.data.cache_dir = str(work / "cache")
@@ -111,7 +122,6 @@ def _config(work: Path, manifest: Path):
 
 
 def _model(config, texts):
-    from cxrlib.model import ReportModel, ReportTokenizer
 
     torch_seed()
     tokenizer = ReportTokenizer.train(texts, config.model.tokenizer_vocab_size)
@@ -125,14 +135,12 @@ def torch_seed() -> None:
 
 
 def stage_layout(work: Path, n: int, sample: int) -> dict:
-    from cxrlib.data.phantom.layouts import write_layout
 
     write_layout(work / "mimic", "mimic-cxr-jpg", n, size=IMAGE_SIZE)
     return {"items": n, "outputs": [work / "mimic"]}
 
 
 def stage_adapter(work: Path, n: int, sample: int) -> dict:
-    from cxrlib.data import mimic
 
     mimic.build_manifest(work / "mimic", work / "manifest.csv", allow_in_repo=True)
     return {"items": n, "outputs": [work / "manifest.csv"]}
@@ -142,8 +150,6 @@ def stage_masks(work: Path, n: int, sample: int) -> dict:
     """Every image gets its pool image's mask files (what ``cxr masks chexmask`` gives a
     MIMIC-CXR manifest), except the first ``sample`` train rows, left to the segmenter."""
     import pandas as pd
-
-    from cxrlib.data.manifest import read_manifest, write_manifest
 
     pool = work / "mimic" / "phantom-pool"
     with gzip.open(pool / "links.csv.gz", "rt", newline="") as f:
@@ -172,14 +178,12 @@ def stage_masks(work: Path, n: int, sample: int) -> dict:
 
 
 def stage_validation(work: Path, n: int, sample: int) -> dict:
-    from cxrlib.data.manifest import read_manifest
 
     read_manifest(work / "manifest-masks.csv", check_files=True)
     return {"items": n}
 
 
 def stage_split(work: Path, n: int, sample: int) -> dict:
-    from cxrlib.training.inputs import load_splits
 
     manifest = work / "manifest-masks.csv"
     splits = load_splits(_config(work, manifest), manifest)
@@ -189,9 +193,6 @@ def stage_split(work: Path, n: int, sample: int) -> dict:
 def stage_segmentation(work: Path, n: int, sample: int) -> dict:
     import numpy as np
     from PIL import Image
-
-    from cxrlib.anatomy.segmenter import Segmenter, SegmenterConfig
-    from cxrlib.data.manifest import read_manifest
 
     torch_seed()
     manifest = read_manifest(work / "manifest-masks.csv", check_files=False)
@@ -214,7 +215,6 @@ def stage_segmentation(work: Path, n: int, sample: int) -> dict:
 
 
 def _train_rows(work: Path):
-    from cxrlib.training.inputs import load_splits
 
     manifest = work / "manifest-masks.csv"
     config = _config(work, manifest)
@@ -223,7 +223,6 @@ def _train_rows(work: Path):
 
 
 def stage_priors(work: Path, n: int, sample: int) -> dict:
-    from cxrlib.anatomy.cache import cached_priors_for_manifest
 
     config, rows = _train_rows(work)
     settings = config.priors.resolve(IMAGE_SIZE, 16, 12)
@@ -235,9 +234,6 @@ def stage_priors(work: Path, n: int, sample: int) -> dict:
 
 def stage_loader(work: Path, n: int, sample: int) -> dict:
     import torch
-
-    from cxrlib.data.dataset import Collate
-    from cxrlib.training.inputs import epoch_loader, split_dataset
 
     config, rows = _train_rows(work)
     model = _model(config, list(rows.frame["findings"].iloc[:2000]))
@@ -256,7 +252,6 @@ def stage_loader(work: Path, n: int, sample: int) -> dict:
 
 
 def stage_tokenisation(work: Path, n: int, sample: int) -> dict:
-    from cxrlib.model import ReportTokenizer
 
     _, rows = _train_rows(work)
     texts = [str(t) for t in rows.frame["findings"]]
@@ -267,9 +262,6 @@ def stage_tokenisation(work: Path, n: int, sample: int) -> dict:
 
 def stage_train(work: Path, n: int, sample: int) -> dict:
     import torch
-
-    from cxrlib.data.dataset import Collate
-    from cxrlib.training.inputs import checkpoint_bytes, epoch_loader, split_dataset
 
     config, rows = _train_rows(work)
     model = _model(config, list(rows.frame["findings"].iloc[:2000]))
@@ -307,9 +299,6 @@ def stage_train(work: Path, n: int, sample: int) -> dict:
 def stage_generation(work: Path, n: int, sample: int) -> dict:
     import torch
 
-    from cxrlib.data.dataset import Collate
-    from cxrlib.training.inputs import epoch_loader, split_dataset
-
     config, rows = _train_rows(work)
     model = _model(config, list(rows.frame["findings"].iloc[:2000]))
     dataset, _ = split_dataset(config, model, rows, progress=False, use_cache=False)
@@ -331,9 +320,6 @@ def stage_generation(work: Path, n: int, sample: int) -> dict:
 def stage_evaluation(work: Path, n: int, sample: int) -> dict:
     import pandas as pd
 
-    from cxrlib.data.manifest import read_manifest
-    from cxrlib.evaluate.evaluate import evaluate_generations
-
     ref = read_manifest(work / "manifest-masks.csv", check_files=False)
     test = ref.frame[ref.frame["split"] == "test"]
     # a deterministic "system": each test image gets the next image's Findings
@@ -349,9 +335,6 @@ def stage_figures(work: Path, n: int, sample: int) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
-    from cxrlib.data import explore
-    from cxrlib.data.manifest import read_manifest
-    from cxrlib.experiment import figures
 
     df = read_manifest(work / "manifest-masks.csv", check_files=False).frame
     out = work / "figures"
@@ -391,8 +374,6 @@ def bench_scale(
 ) -> dict:
     """Every stage at every size (module docstring); each stage in its own process."""
     import shutil
-
-    from cxrlib.base.provenance import provenance
 
     rows = []
     for n in sizes:
