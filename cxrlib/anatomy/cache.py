@@ -646,20 +646,23 @@ def cached_priors_for_manifest(
         with entry_lock(cache.lock):  # one writer: another process's images are reused
             stored = cache.load()
             hit, miss = _hits(stored, ids, fps)
-            if miss:
-                sub = manifest.subset(manifest.frame.iloc[miss])
+            # a shard's worth at a time: memory does not grow with the images to compute
+            for lo in range(0, len(miss), SHARD_IMAGES):
+                part = miss[lo : lo + SHARD_IMAGES]
+                sub = manifest.subset(manifest.frame.iloc[part])
                 _, new_priors, new_info = priors_for_manifest(
                     sub, config, source=source, segmenter=segmenter, progress=progress
                 )
                 empty |= set(new_info.empty)
                 cache.write(
-                    [ids[i] for i in miss],
+                    [ids[i] for i in part],
                     new_priors,
                     new_info.grid_masks,
                     sources=new_info.sources,
-                    fingerprints=[fps[i] for i in miss],
+                    fingerprints=[fps[i] for i in part],
                 )
                 del new_priors, new_info
+            if miss:
                 stored = cache.load()
     if hit:
         grids = cache.lazy(stored, [ids[i] for i in hit], "grid_masks")

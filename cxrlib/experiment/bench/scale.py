@@ -41,7 +41,6 @@ import sys
 import time
 from pathlib import Path
 
-from cxrlib.anatomy.cache import cached_priors_for_manifest
 from cxrlib.anatomy.segmenter import Segmenter, SegmenterConfig
 from cxrlib.base.provenance import provenance
 from cxrlib.data import explore, mimic
@@ -52,7 +51,13 @@ from cxrlib.evaluate.evaluate import evaluate_generations
 from cxrlib.experiment import figures
 from cxrlib.model import ModelConfig, ReportModel, ReportTokenizer
 from cxrlib.training.config import load_config
-from cxrlib.training.inputs import checkpoint_bytes, epoch_loader, load_splits, split_dataset
+from cxrlib.training.inputs import (
+    checkpoint_bytes,
+    epoch_loader,
+    load_splits,
+    manifest_priors,
+    split_dataset,
+)
 
 STAGES = (
     "layout",
@@ -225,11 +230,12 @@ def _train_rows(work: Path):
 def stage_priors(work: Path, n: int, sample: int) -> dict:
 
     config, rows = _train_rows(work)
-    settings = config.priors.resolve(IMAGE_SIZE, 16, 12)
-    cached = cached_priors_for_manifest(
-        rows, settings, work / "cache" / "priors", source="manifest", progress=False
-    )
-    return {"items": len(rows), "computed": cached.computed, "outputs": [work / "cache" / "priors"]}
+    # the settings and mask source a run uses (prior_settings of the published model:
+    # GPT-2 small's 12 layers), so that the loader and training stages find them cached
+    settings = config.priors.resolve(config.model.image_size, config.model.patch_size, 12)
+    priors = manifest_priors(config, settings, rows)
+    folders = sorted((work / "cache" / "priors").glob("priors-*"))
+    return {"items": len(rows), "rows": len(priors), "outputs": folders}
 
 
 def stage_loader(work: Path, n: int, sample: int) -> dict:
