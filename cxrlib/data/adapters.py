@@ -11,8 +11,10 @@ Every adapter (``mimic``, ``chexpert_plus``, ``iu_xray``, ``wingspan``, ``folder
   inside a git work tree unless explicitly allowed, and default to the user's cache
   folder (``$XDG_CACHE_HOME/cxrlib/manifests/``, else ``~/.cache/cxrlib/manifests/``);
 - reading CSV and gzipped CSV with one-line errors that name the file and line;
-- the row loop every adapter runs (:func:`collect_rows`: one input item at a time,
-  each giving its manifest rows or being dropped with a reason);
+- the row loop every adapter runs (:func:`write_rows`, or :func:`collect_rows` for the
+  small datasets: one input item at a time, each giving its manifest rows or being
+  dropped with a reason); :func:`write_rows` writes them a chunk at a time, holding
+  one chunk of rows plus the ids and studies the checks over the whole table need;
 - small helpers: whitespace collapsing, view lists, relative paths, binary masks.
 """
 
@@ -38,7 +40,7 @@ from tqdm import tqdm
 from cxrlib.base.errors import CxrError
 from cxrlib.base.images import image_source
 from cxrlib.base.storage import is_url
-from cxrlib.data.manifest import CHEXPERT_LABELS, parse_label, write_manifest
+from cxrlib.data.manifest import CHEXPERT_LABELS, ManifestWriter, parse_label, write_manifest
 
 PROTECTED_DATASETS: dict[str, str] = {
     "mimic-cxr": "credentialed (PhysioNet data use agreement)",
@@ -184,6 +186,59 @@ def collect_rows(
     return rows
 
 
+def write_rows(
+    items: Iterable[_T],
+    rows_of: Callable[[_T], list[dict[str, object]]],
+    out: str | os.PathLike,
+    summary: AdapterSummary,
+    *,
+    desc: str,
+    unit: str,
+) -> int:
+    """Write the manifest rows of every input item as they come, a chunk at a time.
+
+    What :func:`collect_rows` then :func:`finish` do, without holding every row: the
+    rows go through a :class:`~cxrlib.data.manifest.ManifestWriter` (validated, written
+    atomically, byte-identical to :func:`~cxrlib.data.manifest.write_manifest` of all
+    rows). The summary is not written: the caller adds its last counts, then
+    ``summary.write(out)``.
+
+    Parameters
+    ----------
+    items, rows_of, desc, unit
+        As for :func:`collect_rows`.
+    out : path-like
+        Manifest path.
+    summary : AdapterSummary
+        The run's counts; ``kept`` is set to the number of rows written.
+
+    Returns
+    -------
+    int
+        Rows written.
+
+    Raises
+    ------
+    CxrError
+        No row is left (the message names the drop reasons, as :func:`finish`).
+    """
+    out = Path(out)
+    with ManifestWriter(out) as writer:
+        for item in tqdm(items, desc=desc, unit=unit, disable=None):
+            writer.add(rows_of(item))
+        kept = writer.close()
+    if kept == 0:
+        raise _no_rows(out, summary)
+    summary.kept = kept
+    return kept
+
+
+def _no_rows(out: Path, summary: AdapterSummary) -> CxrError:
+    """The error of a run that dropped every row, naming the reasons."""
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.dropped.items())) or "no input"
+    return CxrError(f"{out}: no rows left to write ({summary.dataset}; dropped: {reasons})")
+
+
 def finish(df: pd.DataFrame, out: str | os.PathLike, summary: AdapterSummary) -> AdapterSummary:
     """Write the manifest (validated, atomic) and its summary; return the summary.
 
@@ -199,8 +254,7 @@ def finish(df: pd.DataFrame, out: str | os.PathLike, summary: AdapterSummary) ->
     """
     out = Path(out)
     if len(df) == 0:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.dropped.items())) or "no input"
-        raise CxrError(f"{out}: no rows left to write ({summary.dataset}; dropped: {reasons})")
+        raise _no_rows(out, summary)
     summary.kept = len(df)
     # relative paths such as ../data/x.png only resolve once the folder exists
     out.parent.mkdir(parents=True, exist_ok=True)

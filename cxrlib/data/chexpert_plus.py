@@ -43,21 +43,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import pandas as pd
-
 from cxrlib.base.errors import CxrError
 from cxrlib.data.adapters import (
     AdapterSummary,
     blank_labels,
     check_out_path,
     collapse_whitespace,
-    collect_rows,
-    finish,
     iter_csv,
     label_value,
     note_first_line,
     parse_views,
     relative_to,
+    write_rows,
 )
 from cxrlib.data.manifest import CHEXPERT_LABELS, assign_split
 
@@ -323,5 +320,6 @@ def build_manifest(
         keep_missing_findings,
         summary,
     )
-    rows = collect_rows(records, selection.rows_of, desc="chexpert-plus", unit="image")
-    return finish(pd.DataFrame(rows), out, summary)
+    write_rows(records, selection.rows_of, out, summary, desc="chexpert-plus", unit="image")
+    summary.write(out)
+    return summary

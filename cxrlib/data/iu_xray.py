@@ -59,20 +59,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from cxrlib.base.errors import CxrError, one_line
 from cxrlib.data.adapters import (
     AdapterSummary,
     blank_labels,
     check_out_path,
     collapse_whitespace,
-    collect_rows,
-    finish,
     index_images,
     iter_csv,
     parse_views,
     relative_to,
+    write_rows,
 )
 from cxrlib.data.manifest import assign_split
 
@@ -358,5 +355,8 @@ def build_manifest(
     selection = _Selection(
         out.parent, images, image_index, view_table, views, seed, drop_empty_findings, summary
     )
-    rows = collect_rows(iter_reports(reports), selection.rows_of, desc="iu-xray", unit="report")
-    return finish(pd.DataFrame(rows), out, summary)
+    write_rows(
+        iter_reports(reports), selection.rows_of, out, summary, desc="iu-xray", unit="report"
+    )
+    summary.write(out)
+    return summary

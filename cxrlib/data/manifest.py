@@ -34,7 +34,7 @@ import pandas as pd
 
 from cxrlib.base import storage
 from cxrlib.base.errors import CxrError, ManifestError
-from cxrlib.base.io import read_json_object, write_atomic
+from cxrlib.base.io import WriteError, read_json_object, remove_quietly, write_atomic
 
 CHEXPERT_LABELS: tuple[str, ...] = (
     "No Finding",
@@ -239,11 +239,16 @@ def validate(
     *,
     name: str = "manifest",
     check_files: bool = True,
+    first_line: int = 2,
+    text_only: bool | None = None,
 ) -> list[str]:
     """Every problem of a manifest, one line each, naming the CSV line.
 
     Line numbers are those of the CSV file (the header is line 1, so row ``i`` of
-    ``df`` is line ``i + 2``). Checks: required columns present; ``study_id`` and
+    ``df`` is line ``i + first_line``; a later chunk of a manifest written a chunk at a
+    time starts further down: :class:`ManifestWriter`). ``text_only`` overrides whether
+    the rows belong to a text-only manifest (default: whether no row of ``df`` has an
+    image). Checks: required columns present; ``study_id`` and
     ``image_id`` non-empty; ``image_id`` unique; ``split`` in :data:`SPLITS`; all
     images of a study in one split; labels in {1, 0, -1, blank}; image and mask files
     exist (when ``check_files``). An empty ``image_path`` is allowed only when every
@@ -262,7 +267,7 @@ def validate(
         return [f"{name}: no rows"]
 
     def line(i: int) -> str:
-        return f"{name}:{i + 2}"
+        return f"{name}:{i + first_line}"
 
     found: list[tuple[int, str]] = []  # (row, message), sorted by row at the end
     text = {c: df[c].map(text_cell) for c in CORE_COLUMNS}
@@ -274,7 +279,11 @@ def validate(
     first_row = {v: i for i, v in reversed(list(enumerate(ids)))}
     for i in np.flatnonzero(dup):
         found.append(
-            (i, f"duplicate image_id {ids.iloc[i]!r} (first on line {first_row[ids.iloc[i]] + 2})")
+            (
+                i,
+                f"duplicate image_id {ids.iloc[i]!r} "
+                f"(first on line {first_row[ids.iloc[i]] + first_line})",
+            )
         )
     bad_split = ~text["split"].isin(SPLITS).to_numpy()
     for i in np.flatnonzero(bad_split):
@@ -290,9 +299,9 @@ def validate(
         rows_of.setdefault(study_of[i], []).append(int(i))
     for study in leaking:
         rows = rows_of[study]  # ascending manifest rows
-        lines = ", ".join(str(r + 2) for r in rows)
+        lines = ", ".join(str(r + first_line) for r in rows)
         found.append((rows[0], f"study {study!r} has images in several splits (lines {lines})"))
-    text_only = is_text_only(df)
+    text_only = is_text_only(df) if text_only is None else text_only
     paths = text["image_path"]
     for i in np.flatnonzero((paths == "").to_numpy()):
         if not text_only:
@@ -454,3 +463,190 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, check_files: bo
         out[label] = out[label].map(format_label)
     out = out[ordered_columns(out.columns)]
     return write_atomic(path, lambda tmp: out.to_csv(tmp, index=False, lineterminator="\n"))
+
+
+CHUNK_ROWS = 10_000
+"""Rows a :class:`ManifestWriter` holds before validating and appending them."""
+
+
+def _cell_text(value: object) -> str:
+    """A non-label cell as written: blank for None/NaN/NA, else ``str(value)`` (what
+    pandas writes for a column of one type: text, integers, floats, booleans)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def _problem_line(problem: str, name: str) -> int:
+    """The CSV line a :func:`validate` problem names (0 when it names none)."""
+    head = problem.removeprefix(f"{name}:").split(":", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+class ManifestWriter:
+    """Write a manifest a chunk of rows at a time, as :func:`write_manifest` would.
+
+    Rows (dicts of the manifest schema, in manifest order) are buffered; every
+    :data:`CHUNK_ROWS` of them are validated (:func:`validate`, line numbers of the
+    whole file) and appended to a temporary file beside ``path``, renamed to ``path``
+    by :meth:`close`. Memory holds one chunk plus what the checks over the whole table
+    need: the first line of every ``image_id`` (duplicates) and the split of every
+    study (a study in several splits). The file written is byte-identical to
+    ``write_manifest(pd.DataFrame(rows), path)``: non-label cells are written as
+    ``str(value)`` (blank for None/NaN), labels as ``1``, ``0``, ``-1`` or blank, columns
+    in schema order of the first chunk's keys; a later row may lack a column (blank)
+    but not bring a new one.
+
+    Use as a context manager: leaving it by an exception removes the temporary file.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, *, check_files: bool = True, chunk_rows: int | None = None
+    ):
+        self.path = Path(path)
+        self.check_files = check_files
+        self.chunk_rows = int(chunk_rows or CHUNK_ROWS)
+        self.rows = 0  # rows validated so far
+        self.problems: list[str] = []
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._handle: io.TextIOBase | None = None
+        self._buffer: list[dict[str, object]] = []
+        self._columns: list[str] | None = None
+        self._id_line: dict[str, int] = {}
+        self._study_split: dict[str, tuple[str, int]] = {}
+        self._text_rows = 0  # rows before the first with an image (all without one)
+        self._has_images = False
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(self, kind: object, err: object, tb: object) -> None:
+        if err is not None:
+            self.discard()
+
+    def add(self, rows: Iterable[dict[str, object]]) -> None:
+        """Append rows; a full chunk is validated and written."""
+        self._buffer.extend(rows)
+        while len(self._buffer) >= self.chunk_rows:
+            chunk, self._buffer = self._buffer[: self.chunk_rows], self._buffer[self.chunk_rows :]
+            self._flush(chunk)
+
+    def discard(self) -> None:
+        """Remove the temporary file; nothing is written at ``path``."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        remove_quietly(self._tmp)
+
+    def close(self) -> int:
+        """Write the last chunk and rename the file to ``path``; return the row count.
+
+        Raises :class:`ManifestError` listing every problem (writing nothing) and
+        :class:`~cxrlib.base.io.WriteError` when the system refuses the write.
+        """
+        if self._buffer:
+            chunk, self._buffer = self._buffer, []
+            self._flush(chunk)
+        if self.problems or self._handle is None:
+            self.discard()
+            if self.problems:
+                problems = sorted(self.problems, key=lambda p: _problem_line(p, str(self.path)))
+                raise ManifestError(str(self.path), problems)
+            return 0
+        try:
+            self._handle.close()
+            self._handle = None
+            os.replace(self._tmp, self.path)
+        except OSError as err:
+            self.discard()
+            raise WriteError(self.path, err) from err
+        return self.rows
+
+    def _flush(self, rows: list[dict[str, object]]) -> None:
+        """Validate one chunk (line numbers of the whole file) and append it."""
+        first_line = self.rows + 2
+        out = pd.DataFrame(rows)
+        for label in CHEXPERT_LABELS:
+            if label not in out.columns:
+                out[label] = float("nan")
+        # the folder first: relative paths like ../data/x.png resolve only through it
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        problems = validate(
+            out,
+            self.path.parent,
+            name=str(self.path),
+            check_files=self.check_files,
+            first_line=first_line,
+            text_only=self._text_only(out, first_line),
+        )
+        if "image_path" in out.columns:  # else validate said so
+            problems += self._across_chunks(out, first_line)
+        self.rows += len(out)
+        self.problems += problems
+        if self.problems:
+            return  # keep validating, write nothing more
+        for column in out.columns:
+            cell = format_label if column in CHEXPERT_LABELS else _cell_text
+            out[column] = out[column].map(cell)
+        columns = ordered_columns(out.columns)
+        if self._columns is None:
+            self._columns = columns
+        elif not set(columns) <= set(self._columns):
+            new = ", ".join(c for c in columns if c not in self._columns)
+            raise CxrError(f"{self.path}:{first_line}: rows from here on add column(s) {new}")
+        out = out.reindex(columns=self._columns, fill_value="")
+        try:
+            if self._handle is None:
+                self._handle = open(self._tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            out.to_csv(self._handle, header=first_line == 2, index=False, lineterminator="\n")
+        except OSError as err:
+            self.discard()
+            raise WriteError(self.path, err) from err
+
+    def _text_only(self, out: pd.DataFrame, first_line: int) -> bool:
+        """Whether the chunk's rows without an image are allowed (no row so far has one);
+        records the rows of the manifest so far that lack an image when one appears."""
+        if "image_path" not in out.columns:
+            return True
+        if not self._has_images and (out["image_path"].map(text_cell) != "").any():
+            self._has_images = True
+            name = str(self.path)
+            self.problems += [
+                f"{name}:{line}: empty image_path in a manifest with images"
+                for line in range(2, 2 + self._text_rows)
+            ]
+        if not self._has_images:
+            self._text_rows += len(out)
+        return not self._has_images
+
+    def _across_chunks(self, out: pd.DataFrame, first_line: int) -> list[str]:
+        """Problems between this chunk and earlier ones: an ``image_id`` seen before, a
+        study already in another split; records this chunk's ids and studies."""
+        name = str(self.path)
+        problems = []
+        ids = out["image_id"].map(text_cell).tolist()
+        studies = out["study_id"].map(text_cell).tolist()
+        splits = out["split"].map(text_cell).tolist()
+        for i, image_id in enumerate(ids):
+            first = self._id_line.get(image_id)
+            if image_id and first is not None and first < first_line:
+                problems.append(
+                    f"{name}:{first_line + i}: duplicate image_id {image_id!r} "
+                    f"(first on line {first})"
+                )
+            elif image_id and first is None:
+                self._id_line[image_id] = first_line + i
+        told: set[str] = set()
+        for i, (study, split) in enumerate(zip(studies, splits, strict=True)):
+            if not study or split not in SPLITS:
+                continue
+            seen = self._study_split.get(study)
+            if seen is None:
+                self._study_split[study] = (split, first_line + i)
+            elif seen[0] != split and seen[1] < first_line and study not in told:
+                told.add(study)
+                problems.append(  # named on the study's first line, as validate does
+                    f"{name}:{seen[1]}: study {study!r} has images in several splits "
+                    f"({seen[0]} on line {seen[1]}, {split} on line {first_line + i})"
+                )
+        return problems

@@ -35,24 +35,21 @@ from __future__ import annotations
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
 
 from cxrlib.base.errors import CxrError, one_line
 from cxrlib.data.adapters import (
     AdapterSummary,
     blank_labels,
     check_out_path,
-    collect_rows,
     find_file,
-    finish,
     iter_csv,
     label_value,
     note_first_line,
     parse_views,
     relative_to,
+    write_rows,
 )
 from cxrlib.data.manifest import CHEXPERT_LABELS, SPLITS
 from cxrlib.data.sections import extract_sections
@@ -212,7 +209,9 @@ class _Selection:
     labels: dict[tuple[str, str], dict[str, float]]
     source: _Reports
     summary: AdapterSummary
-    parsed: dict[tuple[str, str], tuple[str, dict[str, str]] | None] = field(default_factory=dict)
+    # the last study's report: records come sorted (_read_metadata), so a study's rows
+    # are consecutive and each report is read and counted once
+    last: tuple[tuple[str, str], tuple[str, dict[str, str]] | None] | None = None
 
     def rows_of(self, record: tuple[str, str, str, str, int]) -> list[dict[str, object]]:
         """The manifest row of one metadata row, or none (the drop reason counted)."""
@@ -273,9 +272,9 @@ class _Selection:
         A study without Findings is dropped unless ``keep_missing_findings``.
         """
         key = (subject, study)
-        if key not in self.parsed:
-            self.parsed[key] = self._parse(subject, study)
-        report = self.parsed[key]
+        if self.last is None or self.last[0] != key:
+            self.last = (key, self._parse(subject, study))
+        report = self.last[1]
         if report is None:
             self.summary.drop(
                 "missing_report", f"{where}: no report {report_relpath(subject, study)}"
@@ -293,7 +292,7 @@ class _Selection:
         return sections
 
     def _parse(self, subject: str, study: str) -> tuple[str, dict[str, str]] | None:
-        """``(where, sections)`` of a study's report (None when absent), counted once."""
+        """``(where, sections)`` of a study's report (None when absent), counted."""
         text, report_where = self.source.get(subject, study)
         if text is None:
             self.summary.count("studies_without_report")
@@ -374,9 +373,20 @@ def build_manifest(
         source,
         summary,
     )
+    studies = [0, None]  # studies kept; the last one's (patient, study)
+
+    def rows_of(record: tuple[str, str, str, str, int]) -> list[dict[str, object]]:
+        rows = selection.rows_of(record)
+        for row in rows:  # records are sorted: a study's rows are consecutive
+            key = (row["patient_id"], row["study_id"])
+            if key != studies[1]:
+                studies[:] = [studies[0] + 1, key]
+        return rows
+
     try:
-        rows = collect_rows(metadata, selection.rows_of, desc="mimic-cxr", unit="image")
+        write_rows(metadata, rows_of, out, summary, desc="mimic-cxr", unit="image")
     finally:
         source.close()
-    summary.count("studies_kept", len({(r["patient_id"], r["study_id"]) for r in rows}))
-    return finish(pd.DataFrame(rows), out, summary)
+    summary.count("studies_kept", studies[0])
+    summary.write(out)
+    return summary

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cxrlib.base.errors import CxrError
+from cxrlib.data import manifest as manifest_module
 from cxrlib.data.iu_xray import build_manifest, iter_reports, read_views
 from cxrlib.data.manifest import is_text_only, read_manifest, resolve
 from tests.data.test_mimic import tiny_image, write_csv_gz
@@ -282,3 +283,18 @@ def test_real_metadata_views_and_image_mode(tmp_path):
     assert set(df["study_id"]) == {"CXR1", "CXR4", "CXR10"}
     assert set(df["view"]) <= {"PA", "AP"}
     assert summary.kept + summary.dropped_total == sum(len(r.image_ids) for r in reports.values())
+
+
+@pytest.mark.parametrize("with_images", [False, True])
+def test_written_in_chunks_same_bytes(iu_dir, tmp_path, monkeypatch, with_images):
+    images = None
+    if with_images:
+        images = tmp_path / "NLMCXR_png"
+        for ids in ("CXR1_1_IM-0001-3001", "CXR2_IM-0002-1001", "CXR3_IM-0003-1001"):
+            tiny_image(images / f"{ids}.png")
+    out = tmp_path / "out"
+    build_manifest(iu_dir / "NLMCXR_reports.tgz", out / "whole.csv", images=images)
+    monkeypatch.setattr(manifest_module, "CHUNK_ROWS", 1)
+    summary = build_manifest(iu_dir / "NLMCXR_reports.tgz", out / "chunked.csv", images=images)
+    assert summary.kept >= 2
+    assert (out / "chunked.csv").read_bytes() == (out / "whole.csv").read_bytes()

@@ -16,6 +16,7 @@ from PIL import Image
 from cxrlib.base.errors import CxrError
 from cxrlib.cli import main
 from cxrlib.data import chexpert_plus, mimic
+from cxrlib.data import manifest as manifest_module
 from cxrlib.data.adapters import collapse_whitespace
 from cxrlib.data.manifest import CHEXPERT_LABELS, read_manifest
 from cxrlib.data.phantom import phantom_study
@@ -186,3 +187,19 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         write_layout(tmp_path / "x", "nih", 5)
     with pytest.raises(CxrError, match="--pool must be >= 1"):
         write_layout(tmp_path / "x", "chexpert-plus", 5, pool=0)
+
+
+def test_manifest_written_in_chunks_is_the_same_bytes(layout, monkeypatch):
+    """The adapters write their rows a chunk at a time: 7 rows a chunk gives the bytes
+    (and the summary) of one chunk."""
+    name, root, _, manifest = layout
+    whole = Path(manifest.path)
+    chunked = whole.with_name("chunked.csv")
+    monkeypatch.setattr(manifest_module, "CHUNK_ROWS", 7)
+    summary = ADAPTERS[name](root, chunked)
+    assert summary.kept == len(manifest) > 7
+    assert chunked.read_bytes() == whole.read_bytes()
+    one = json.loads(whole.with_name(whole.name + ".summary.json").read_text())
+    many = json.loads(chunked.with_name(chunked.name + ".summary.json").read_text())
+    assert {**many, "manifest": None} == {**one, "manifest": None}
+    assert not list(whole.parent.glob(".*.tmp"))

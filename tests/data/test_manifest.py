@@ -10,6 +10,7 @@ from cxrlib.base.errors import CxrError, ManifestError
 from cxrlib.data.manifest import (
     CHEXPERT_LABELS,
     REQUIRED_COLUMNS,
+    ManifestWriter,
     assign_split,
     format_label,
     is_text_only,
@@ -205,3 +206,88 @@ def test_manifest_selections_keep_root_and_summary(folder):
     first = test.subset(test.frame.iloc[:1])
     assert len(first) == 1 and first.resolve("images/i1.png") == folder / "images" / "i1.png"
     assert first.resolve("/abs/x.png").as_posix() == "/abs/x.png"
+
+
+# --- writing a chunk at a time ---------------------------------------------------------
+
+
+def _varied_rows(n: int) -> list[dict]:
+    """Rows whose cells pandas would type differently chunk by chunk: ints, floats,
+    NaN, None, booleans, labels as floats and text, a column some rows lack."""
+    rows = []
+    for i in range(n):
+        row = _row(
+            i,
+            study_id=f"s{i // 3}",
+            split=("train", "validate", "test")[(i // 3) % 3],
+            **{"No Finding": 1.0 if i % 4 == 0 else float("nan"), "Edema": ("", "-1", 0)[i % 3]},
+        )
+        row["count"] = i * 7
+        row["score"] = 0.1 * i if i % 5 else float("nan")
+        row["note"] = None if i % 6 == 0 else f'say "{i}", twice\nthen stop'
+        row["flag"] = i % 2 == 0
+        if i % 8 == 1:
+            row["extra"] = f"x{i}"
+        rows.append(row)
+    return rows
+
+
+def _write_chunked(rows: list[dict], path, chunk_rows: int) -> None:
+    with ManifestWriter(path, check_files=False, chunk_rows=chunk_rows) as writer:
+        for row in rows:
+            writer.add([row])
+        writer.close()
+
+
+def test_writer_in_chunks_writes_the_bytes_of_write_manifest(tmp_path):
+    rows = [r for r in _varied_rows(40) if "extra" not in r]  # keys of every row alike
+    whole = write_manifest(pd.DataFrame(rows), tmp_path / "whole.csv", check_files=False)
+    for chunk_rows in (1, 7, 40, 10_000):
+        _write_chunked(rows, tmp_path / f"c{chunk_rows}.csv", chunk_rows)
+        assert (tmp_path / f"c{chunk_rows}.csv").read_bytes() == whole.read_bytes()
+    assert read_manifest(whole, check_files=False).frame.loc[0, "No Finding"] == 1.0
+
+
+def test_writer_blanks_a_column_a_later_chunk_lacks(tmp_path):
+    rows = _varied_rows(20)
+    written = tmp_path / "c.csv"
+    _write_chunked(rows, written, 7)  # "extra" is in the first chunk (row 1)
+    frame = read_manifest(written, check_files=False).frame
+    assert frame["extra"].tolist() == [f"x{i}" if i % 8 == 1 else "" for i in range(20)]
+    late = _varied_rows(20)
+    for row in late:
+        row.pop("extra", None)
+    late[15]["extra"] = "new"
+    with pytest.raises(CxrError, match=r"c2.csv:16: rows from here on add column\(s\) extra"):
+        _write_chunked(late, tmp_path / "c2.csv", 7)
+    assert not (tmp_path / "c2.csv").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda rows: rows[9].update(image_id="i3"),  # duplicate of line 5, another chunk
+        lambda rows: rows[10].update(split="test", study_id="s0"),  # s0 is in train
+        lambda rows: [r.update(image_path="") for r in rows[:8]],  # text-only, then images
+        lambda rows: rows[12].update(Edema="maybe"),
+    ],
+)
+def test_writer_finds_problems_across_chunks_and_writes_nothing(tmp_path, edit):
+    rows = _varied_rows(14)
+    edit(rows)
+    path = tmp_path / "m.csv"
+    with pytest.raises(ManifestError) as whole:
+        write_manifest(pd.DataFrame(rows), path, check_files=False)
+    with pytest.raises(ManifestError) as chunked:
+        _write_chunked(rows, path, 7)
+    lines = [p.split(":")[1] for p in chunked.value.problems]
+    assert lines == [p.split(":")[1] for p in whole.value.problems]
+    if "duplicate" in whole.value.problems[0]:
+        assert chunked.value.problems == whole.value.problems
+    assert not path.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_writer_without_rows_writes_nothing(tmp_path):
+    with ManifestWriter(tmp_path / "out" / "m.csv") as writer:
+        assert writer.close() == 0
+    assert not (tmp_path / "out").exists()
