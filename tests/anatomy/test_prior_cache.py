@@ -214,8 +214,10 @@ def test_sharded_cache_serves_exact_rows(phantom, tmp_path, monkeypatch):
     folder = tmp_path / "m"
     first = cached_priors_for_manifest(manifest, CONFIG, folder, progress=False)
     _, direct, info = priors_for_manifest(manifest, CONFIG, progress=False)
-    assert torch.equal(first.priors.tensor(), direct)
-    assert torch.equal(first.info.grid_masks.tensor(), info.grid_masks)
+    # computed a shard's worth (3 images) at a time: the batched smoothing's floats may
+    # differ from one batch of 4 in the last bits, the values do not
+    torch.testing.assert_close(first.priors.tensor(), direct, rtol=0, atol=1e-6)
+    torch.testing.assert_close(first.info.grid_masks.tensor(), info.grid_masks, rtol=0, atol=1e-6)
     shards = PriorCache(folder, CONFIG).shard_paths()
     assert len(shards) == 2
     shards[0].write_bytes(b"corrupt")
