@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from cxrlib.evaluate import baselines
 from cxrlib.evaluate.baselines import nearest_reports, pooled
 from cxrlib.training.features import LazyFeatures
 
@@ -43,6 +44,21 @@ def test_streamed_retrieval_equals_in_memory(tmp_path):
         assert nearest_reports(lazy, texts, lazy_q, batch_size=size) == expected
         assert torch.equal(pooled(lazy, size), pooled(bank[order]))
     assert expected[1][0] == order.index(17)  # ties: the earliest bank position
+
+
+def test_retrieval_over_bank_blocks_equals_one_block(monkeypatch):
+    torch.manual_seed(1)
+    bank = torch.randn(10, 6, 4)
+    bank[7] = bank[2]  # a tie across blocks of 3: the earlier block wins
+    bank[8] = bank[4]  # a tie across blocks
+    bank[1] = bank[0] * 2  # a tie inside one block (cosine ignores the norm; x2 is exact)
+    texts = [f"t{i}" for i in range(10)]
+    queries = torch.cat([bank[[2, 4, 0, 9]], torch.randn(5, 6, 4)])
+    whole = nearest_reports(bank, texts, queries)
+    assert whole[1][:4] == [2, 4, 0, 9]
+    for rows in (1, 3, 4):
+        monkeypatch.setattr(baselines, "BANK_ROWS", rows)
+        assert nearest_reports(bank, texts, queries, batch_size=2) == whole
 
 
 _RSS = """
