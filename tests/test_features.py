@@ -233,7 +233,7 @@ def test_killed_build_keeps_a_consistent_index(phantom, tmp_path, monkeypatch):
     assert no_temp_files(tmp_path)
     index = json.loads(cache.index_path.read_text())
     assert index["cache_key"] == cache.key
-    assert index["shards"] == {"shard-00000.safetensors": ids[:2]}
+    assert index["shards"] == ["shard-00000.safetensors"]  # names only (format 2)
     with safe_open(str(cache.folder / "shard-00000.safetensors"), framework="pt") as f:
         assert json.loads(f.metadata()["image_ids"]) == ids[:2]
         assert f.metadata()["cache_key"] == cache.key
@@ -333,3 +333,90 @@ def test_the_index_keeps_the_encoder_time_of_every_build(phantom, tmp_path):
     again.build(ids, paths, batch_size=2, progress=False)  # nothing to compute
     assert again.build_seconds == pytest.approx(second, abs=0.01)
     assert json.loads(cache.index_path.read_text())["build_seconds"] == second
+
+
+def _fake_ids(n: int) -> list[str]:
+    return [f"img-{i:04d}" for i in range(n)]
+
+
+def _write_shards(cache: FeatureCache, ids: list[str], per_shard: int) -> torch.Tensor:
+    """Write ``ids`` in shards of ``per_shard`` with distinct features; returns them."""
+    shape = (len(ids), cache.num_patches, cache.width)
+    stored = torch.arange(torch.Size(shape).numel(), dtype=torch.float32).reshape(shape)
+    stored = (stored % 2003).to(torch.float16)  # exact in float16
+    for start in range(0, len(ids), per_shard):
+        cache._write_shard(ids[start : start + per_shard], [stored[start : start + per_shard]])
+    return stored
+
+
+def test_the_index_names_the_shards_only(tmp_path):
+    model = make_model()
+    ids = _fake_ids(12)
+    one = FeatureCache(tmp_path / "one", model)
+    _write_shards(one, ids[:6], 1)  # 6 shards of 1 image
+    stored = _write_shards(FeatureCache(tmp_path / "two", model), ids, 2)  # 6 shards of 2
+    index_path = FeatureCache(tmp_path / "two", model).index_path
+    index = json.loads(index_path.read_text())
+    assert set(index) == {
+        "format",
+        "format_version",
+        "cache_key",
+        "description",
+        "settings",
+        "num_images",
+        "build_seconds",
+        "shards",
+    }
+    assert index["shards"] == [f"shard-0000{i}.safetensors" for i in range(6)]
+    assert index["num_images"] == 12 and not any(i in index_path.read_text() for i in ids)
+    # twice the images, same shards: only num_images ("6" -> "12") is longer
+    assert index_path.stat().st_size - one.index_path.stat().st_size == 1
+    again = FeatureCache(tmp_path / "two", model)  # ids from the shard headers
+    assert again.image_ids == ids and torch.equal(again.load(ids), stored)
+    assert torch.equal(again.load(ids[::-1]), stored.flip(0))
+
+
+def test_headers_are_read_once_per_shard(tmp_path, monkeypatch):
+    model = make_model()
+    ids = _fake_ids(12)
+    writer, reader = FeatureCache(tmp_path, model), FeatureCache(tmp_path, model)
+    reads: list[str] = []
+    real = FeatureCache._read_header
+
+    def counted(self, path):
+        reads.append(Path(path).name)
+        return real(self, path)
+
+    monkeypatch.setattr(FeatureCache, "_read_header", counted)
+    for start in range(0, 12, 2):  # 6 shards; the reader refreshes after each
+        _write_shards(writer, ids[start : start + 2], 2)
+        writer._refresh()
+        assert writer.image_ids == ids[: start + 2]
+        assert reader.image_ids == ids[: start + 2]
+    # the writer knows what it wrote; the reader reads each new header once
+    assert sorted(reads) == [f"shard-0000{i}.safetensors" for i in range(6)]
+    reads.clear()
+    assert FeatureCache(tmp_path, model).image_ids == ids
+    assert len(reads) == 6  # a new object reads each header once
+
+
+def test_a_missing_or_corrupt_shard_is_ignored_and_rebuilt(phantom, tmp_path, caplog):
+    model = make_model()
+    ids, paths = ids_paths(manifest(phantom))
+    cache = FeatureCache(tmp_path, model)
+    cache.build(ids, paths, batch_size=2, shard_size=2, progress=False)  # 3 shards
+    (cache.folder / "shard-00000.safetensors").unlink()
+    (cache.folder / "shard-00002.safetensors").write_bytes(b"\x08\x00garbage")
+    with caplog.at_level(logging.WARNING, logger="cxrlib.training.features"):
+        again = FeatureCache(tmp_path, model)
+    assert "shard-00000.safetensors: listed in the index but missing" in caplog.text
+    assert "shard-00002.safetensors: unreadable" in caplog.text
+    assert "shard ignored, its images will be rebuilt" in caplog.text
+    assert again.missing(ids) == ids[:2] + ids[4:]
+    report = again.build(ids, paths, batch_size=2, shard_size=2, progress=False)
+    assert (report.computed, report.reused) == (4, 2)
+    with torch.no_grad():
+        direct = model.encode_images(pixels(model, paths))
+    fresh = FeatureCache(tmp_path, model)
+    assert sorted(fresh.image_ids) == sorted(ids)
+    torch.testing.assert_close(fresh.load(ids).float(), direct, atol=ATOL, rtol=RTOL)

@@ -7,16 +7,25 @@ instead of decoding the image and running the encoder again.
 
 Layout of ``FeatureCache(folder, model)``::
 
-    folder/features-<key[:16]>/index.json               key, settings, shard -> image ids
-    folder/features-<key[:16]>/shard-00000.safetensors  "features" (n, P, E) float16
+    folder/features-<key[:16]>/index.json               key, settings, shard names
+    folder/features-<key[:16]>/shard-00000.safetensors  "features" (n, P, E) float16,
+                                                        header: key, image ids (rows)
     folder/features-<key[:16]>/shard-00001.safetensors  ...
+
+The index lists shard names only, so its size grows with the number of shards, not of
+images (rewriting it after every shard stays cheap at 377k images); each shard's image
+ids are in its own header, read once per shard when the index changes (a reader
+remembers them per file size, mtime and inode, and the writer knows the shards it
+wrote).
 
 The key (:attr:`FeatureCache.key`) is a sha256 of everything that decides the values:
 :data:`CACHE_FORMAT`, :func:`encoder_fingerprint` (every encoder weight), the encoder's
 config (operations without weights: norms, RoPE), the image preprocessing
 (:func:`cxrlib.base.images.preprocessing` at ``config.image_size``), the register
 tokens dropped, the stored dtype, P and E. Any change gives a new folder; an old
-folder is never read under new settings.
+folder is never read under new settings. Format 2 (index of shard names, ids in the
+headers) replaced format 1 (every id in the index): folders of format 1 have another
+key, so they are not read and the features are computed again.
 
 Each shard is written whole to a temporary name, then renamed; ``index.json`` is
 rewritten the same way after every shard. A build killed at any point therefore loses
@@ -25,11 +34,12 @@ half-written shard. A write the system refuses (disk full, read-only) raises
 :class:`~cxrlib.base.io.WriteError` and leaves the previous index and its shards
 loadable: a shard written before a failed index write is deleted again. Both the index
 and every shard header carry the key, checked again on reading: a folder copied under
-another key is ignored with a warning (and rebuilt). Shards are read with
-:func:`safetensors.safe_open` (memory-mapped, no pickle). One writer per folder at a
-time: :meth:`FeatureCache.build` holds the folder's lock
-(:func:`cxrlib.base.cache.entry_lock`, ``features-<key[:16]>.lock`` beside it) while it
-encodes, so a second process building the same images waits and then reuses them;
+another key is ignored with a warning (and rebuilt), and so is a shard the index lists
+but that is missing, unreadable or from another key (its images are computed again).
+Shards are read with :func:`safetensors.safe_open` (memory-mapped, no pickle). One
+writer per folder at a time: :meth:`FeatureCache.build` holds the folder's lock
+(:func:`cxrlib.base.cache.entry_lock`, ``features-<key[:16]>.lock`` beside it) while
+it encodes, so a second process building the same images waits and then reuses them;
 readers may run beside a writer (they see whole shards only).
 """
 
@@ -56,8 +66,9 @@ from cxrlib.data.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
-"""Version of the folder layout and of what is stored; part of the key."""
+CACHE_FORMAT = 2
+"""Version of the folder layout and of what is stored; part of the key (2: the index
+lists shard names only, the image ids are in the shard headers)."""
 
 STORED_DTYPE = "float16"
 INDEX_FILE = "index.json"
@@ -198,6 +209,8 @@ class FeatureCache:
         self._shards: dict[str, list[str]] = {}  # shard file name -> its image ids (rows)
         self._where: dict[str, tuple[str, int]] = {}  # image id -> (shard, row)
         self._stat: tuple | None = None  # (size, mtime_ns) of the index last read
+        # shard file name -> (its (size, mtime_ns, inode), image ids): headers read once
+        self._known: dict[str, tuple[tuple[int, int, int], list[str]]] = {}
         self._handles: dict[str, object] = {}  # open safe_open handles, per shard
         self.build_seconds = 0.0  # encoder time spent filling this folder, all builds
         self._refresh()
@@ -237,8 +250,8 @@ class FeatureCache:
         try:
             data = json.loads(self.index_path.read_text())
             key, shards = data["cache_key"], data["shards"]
-            if not isinstance(shards, dict):
-                raise TypeError(f"shards: expected an object, got {type(shards).__name__}")
+            if not isinstance(shards, list):
+                raise TypeError(f"shards: expected a list, got {type(shards).__name__}")
         except (OSError, ValueError, KeyError, TypeError) as err:
             log.warning("%s: unreadable feature index ignored (%s)", self.index_path, err)
             return
@@ -249,42 +262,62 @@ class FeatureCache:
                 str(key)[:16],
             )
             return
-        for name, ids in shards.items():
-            problem = self._check_shard(name, ids)
-            if problem:
+        known = {}
+        for name in shards:
+            ids, problem = self._shard_ids(name)
+            if ids is None:
                 log.warning(
-                    "%s: %s; its %d images will be rebuilt", self.folder / name, problem, len(ids)
+                    "%s: %s; shard ignored, its images will be rebuilt", self.folder / name, problem
                 )
                 continue
-            self._shards[name] = list(ids)
+            known[name] = self._known[name]
+            self._shards[name] = ids
             for row, image_id in enumerate(ids):
                 self._where[image_id] = (name, row)
+        self._known = known  # forget shards the index no longer lists
         self.build_seconds = float(data.get("build_seconds", 0.0) or 0.0)
 
-    def _check_shard(self, name: str, ids: list[str]) -> str | None:
-        """Why shard ``name`` cannot serve ``ids`` (None when it can); reads the header only."""
-        from safetensors import SafetensorError, safe_open
+    def _shard_ids(self, name: object) -> tuple[list[str] | None, str]:
+        """The image ids (rows) of shard ``name`` from its header, or None and why it
+        cannot serve them. The header is read only when the file is new or changed
+        since the last read (its size, mtime and inode)."""
+        from safetensors import SafetensorError
 
-        if not _SHARD_RE.match(str(name)) or not isinstance(ids, list):
-            return "not a shard entry"
+        if not isinstance(name, str) or not _SHARD_RE.match(name):
+            return None, "not a shard name"
         path = self.folder / name
-        if not path.is_file():
-            return "listed in the index but missing"
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                shape = tuple(f.get_slice("features").get_shape())
-                dtype = f.get_slice("features").get_dtype()
-            stored_ids = json.loads(meta.get("image_ids", "null"))
+            st = path.stat()
+        except OSError:
+            return None, "listed in the index but missing"
+        stat = (st.st_size, st.st_mtime_ns, st.st_ino)
+        known = self._known.get(name)
+        if known is not None and known[0] == stat:
+            return known[1], ""
+        try:
+            ids, problem = self._read_header(path)
         except (SafetensorError, OSError, ValueError) as err:
-            return f"unreadable ({err})"
+            ids, problem = None, f"unreadable ({err})"
+        if ids is not None:
+            self._known[name] = (stat, ids)
+        return ids, problem
+
+    def _read_header(self, path: Path) -> tuple[list[str] | None, str]:
+        """A shard's image ids from its header (None and why when it cannot serve them)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shape = tuple(f.get_slice("features").get_shape())
+            dtype = f.get_slice("features").get_dtype()
         if meta.get("cache_key") != self.key:
-            return "written under another key"
-        if stored_ids != ids:
-            return "image ids differ from the index"
+            return None, "written under another key"
+        ids = json.loads(meta.get("image_ids", "null"))
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return None, "no image ids in its header"
         if shape != (len(ids), self.num_patches, self.width) or dtype != "F16":
-            return f"unexpected features {dtype} {shape}"
-        return None
+            return None, f"unexpected features {dtype} {shape}"
+        return ids, ""
 
     def _write_index(self) -> None:
         data = {
@@ -295,7 +328,7 @@ class FeatureCache:
             "settings": self.settings,
             "num_images": len(self._where),
             "build_seconds": self.build_seconds,  # unrounded: a tiny build adds milliseconds
-            "shards": self._shards,
+            "shards": list(self._shards),  # names only: the ids are in the headers
         }
         write_json_atomic(self.index_path, data, default=str)
         st = self.index_path.stat()
@@ -405,13 +438,16 @@ class FeatureCache:
             lambda tmp: save_file({"features": tensor}, str(tmp), metadata=meta),
         )
         shards, where = dict(self._shards), dict(self._where)
-        self._shards[name] = list(ids)
-        for row, image_id in enumerate(ids):
-            self._where[image_id] = (name, row)
         try:
+            st = (self.folder / name).stat()
+            self._known[name] = ((st.st_size, st.st_mtime_ns, st.st_ino), list(ids))  # no re-read
+            self._shards[name] = list(ids)
+            for row, image_id in enumerate(ids):
+                self._where[image_id] = (name, row)
             self._write_index()
         except BaseException:  # the index on disk is the previous one: forget the shard
             self._shards, self._where = shards, where
+            self._known.pop(name, None)
             remove_quietly(self.folder / name)
             raise
 
