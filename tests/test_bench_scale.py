@@ -103,6 +103,16 @@ def test_cost_rows_follow_their_formulas():
     assert "projection" in rows["disk: feature cache (when it pays)"][1]
 
 
+def test_rss_growth_is_kb_per_image_between_the_extreme_sizes():
+    rows = [
+        {"n": 20_000, "peak_rss_mb": 600.0},
+        {"n": 2_000, "peak_rss_mb": 500.0},
+        {"n": 100_000, "peak_rss_mb": 1_480.0},
+    ]
+    assert costs.rss_growth(rows) == 980 * 1024 / 98_000  # 10.24 KB per image
+    assert costs.rss_growth(rows[:1]) is None
+
+
 def test_update_costs_writes_between_markers_and_checks(tmp_path):
     s, g, readme = tmp_path / "s.json", tmp_path / "g.json", tmp_path / "README.md"
     s.write_text(json.dumps(_scale_file()))
@@ -112,6 +122,7 @@ def test_update_costs_writes_between_markers_and_checks(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.endswith(f"{costs.END}\n\ntail\n")
     assert "| priors | all N |" in text and "commit `abc1234`" in text
+    assert text.count("+0.00 KB/img |") == 5  # the same peak RSS at both sizes
     assert "last measured (2026-12-05): from a note" in text
     assert costs.update_costs(s, g, readme, check=True) is False
     readme.write_text(text.replace("| priors |", "| priorz |"))

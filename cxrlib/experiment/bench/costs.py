@@ -52,10 +52,11 @@ def _stage(scale: dict, stage: str, n: int | None = None) -> dict:
 
 
 def stage_table(scale: dict) -> list[str]:
-    """Markdown rows: each stage's seconds, ms per image, peak RSS and disk at every N."""
+    """Markdown rows: each stage's seconds, ms per image, peak RSS and disk at every N,
+    and its peak RSS growth (:func:`rss_growth`)."""
     sizes = scale["sizes"]
-    head = "| stage | images | " + " | ".join(f"N = {n:,}" for n in sizes) + " |"
-    lines = [head, "| --- | --- | " + " | ".join("---:" for _ in sizes) + " |"]
+    head = "| stage | images | " + " | ".join(f"N = {n:,}" for n in sizes) + " | RSS growth |"
+    lines = [head, "| --- | --- | " + " | ".join("---:" for _ in sizes) + " | ---: |"]
     by = {(r["stage"], r["n"]): r for r in scale["stages"]}
     kinds = {"all": "all N", "sample": f"{scale['sample']} of N", "few": "a few"}
     for stage in dict.fromkeys(r["stage"] for r in scale["stages"]):
@@ -71,8 +72,19 @@ def stage_table(scale: dict) -> list[str]:
                 f"{r['seconds']:,.1f} s, {r['per_image_ms']:,.2f} ms/img, "
                 f"{r['peak_rss_mb']:,.0f} MB{disk}"
             )
-        lines.append(f"| {stage} | {kinds[kind]} | " + " | ".join(cells) + " |")
+        growth = rss_growth([by[(stage, n)] for n in sizes if (stage, n) in by])
+        grown = "" if growth is None else f"{growth:+,.2f} KB/img"
+        lines.append(f"| {stage} | {kinds[kind]} | " + " | ".join(cells) + f" | {grown} |")
     return lines
+
+
+def rss_growth(rows: list[dict]) -> float | None:
+    """Peak RSS growth of one stage in KB per image of N, from its smallest to its largest
+    N (None with fewer than two sizes): about 0 where memory is flat in N."""
+    if len(rows) < 2:
+        return None
+    small, large = min(rows, key=lambda r: r["n"]), max(rows, key=lambda r: r["n"])
+    return (large["peak_rss_mb"] - small["peak_rss_mb"]) * 1024 / (large["n"] - small["n"])
 
 
 def _each(f) -> list[str]:
