@@ -75,6 +75,10 @@ INDEX_FILE = "index.json"
 SHARD_BYTES = 256 * 2**20
 """Default shard size in bytes of features (a build killed mid-way loses at most one)."""
 
+OPEN_SHARDS = 8
+"""Shards a process keeps memory-mapped at once (the oldest opened is closed first): the
+file-backed pages they hold count in its RSS, at most 8 x 256 MB."""
+
 _SHARD_RE = re.compile(r"^shard-(\d+)\.safetensors$")
 _FORMAT_NAME = "cxrlib-features"
 
@@ -397,7 +401,7 @@ class FeatureCache:
 
         handle = self._handles.get(name)
         if handle is None:
-            if len(self._handles) >= 64:  # bound the open files
+            if len(self._handles) >= OPEN_SHARDS:
                 self._handles.pop(next(iter(self._handles)))
             handle = safe_open(str(self.folder / name), framework="pt")
             if (handle.metadata() or {}).get("cache_key") != self.key:
@@ -622,7 +626,7 @@ class LazyFeatures:
         if handle is None:
             from safetensors import safe_open
 
-            if len(self._handles) >= 64:
+            if len(self._handles) >= OPEN_SHARDS:
                 self._handles.pop(next(iter(self._handles)))
             handle = safe_open(str(self.folder / name), framework="pt")
             self._handles[name] = handle
