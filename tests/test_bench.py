@@ -39,6 +39,29 @@ def test_bench_model_reports_ratios_and_its_bias_kernel(kernel, tmp_path):
     assert f"bias kernel={result['bias_kernel']}" in text and "meets targets: " in text
 
 
+def test_bench_model_with_the_encoder_in_the_step_encodes_pixels(monkeypatch):
+    from cxrlib.model import ReportModel
+
+    shapes = []
+    encode = ReportModel.encode_images
+
+    def counted(self, pixel_values):
+        shapes.append(tuple(pixel_values.shape))
+        return encode(self, pixel_values)
+
+    monkeypatch.setattr(ReportModel, "encode_images", counted)
+    kw = dict(batch=2, text_tokens=4, new_tokens=2, repeats=1, threads=1)
+    result = bench_model(**kw, encoder_in_step=True)
+    size = ModelConfig.tiny().image_size
+    # every training step of every mode (3 warm-ups + 1 timed each) encodes the batch;
+    # decoding reads the features
+    assert shapes == [(2, 3, size, size)] * 12
+    assert result["train_step_input"] == "pixels (encoder in the step)"
+    assert all(v > 0 for v in result["train_step_ms"].values())
+    shapes.clear()
+    assert bench_model(**kw)["train_step_input"] == "features" and shapes == []
+
+
 def test_per_token_times_are_differences_and_never_made_up():
     t_n = {"none": 0.50, "soft": 0.62, "strict": 0.40}
     t_1 = {"none": 0.10, "soft": 0.12, "strict": 0.45}  # strict: noise above the steps

@@ -29,6 +29,38 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--threads", type=integer, default=0, help="torch threads (0: torch's default)")
     pr.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     pr.set_defaults(handler=_cmd_bench_priors)
+    _add_bench_model(bsub)
+    fe = bsub.add_parser(
+        "features",
+        help="training epoch with the encoder feature cache vs recomputing the encoder (tiny)",
+    )
+    fe.add_argument("--n", type=positive_int, default=128, help="phantom images (one epoch)")
+    fe.add_argument("--batch", type=positive_int, default=16, help="images per training step")
+    fe.add_argument(
+        "--size", type=positive_int, default=224, help="phantom side in px (resized to 224)"
+    )
+    fe.add_argument("--repeats", type=positive_int, default=3, help="epochs each way (best)")
+    fe.add_argument("--threads", type=integer, default=0, help="torch threads (0: torch's default)")
+    fe.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    fe.set_defaults(handler=_cmd_bench_features)
+    la = bsub.add_parser(
+        "labeler", help="report labeler reports/s on one core vs the 1,000/s target"
+    )
+    la.add_argument("--n", type=positive_int, default=2000, help="synthetic reports")
+    la.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (best)")
+    la.add_argument(
+        "--iu",
+        type=Path,
+        default=None,
+        help="IU X-ray NLMCXR_reports.tgz (default ../shared/data/iu-xray/... if present)",
+    )
+    la.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    la.set_defaults(handler=_cmd_bench_labeler)
+    _add_bench_scale(bsub)
+
+
+def _add_bench_model(bsub: argparse._SubParsersAction) -> None:
+    """``cxr bench model``: the cost of the anatomical attention."""
     mo = bsub.add_parser(
         "model",
         help="anatomical attention cost: train step and decode ms/token, soft/strict vs none",
@@ -58,35 +90,14 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="how soft/strict add the bias in causal training passes (auto: the device's)",
     )
+    mo.add_argument(
+        "--encoder-in-step",
+        action="store_true",
+        help="the training step starts from pixels and runs the frozen encoder "
+        "(a run without the feature cache)",
+    )
     mo.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     mo.set_defaults(handler=_cmd_bench_model)
-    fe = bsub.add_parser(
-        "features",
-        help="training epoch with the encoder feature cache vs recomputing the encoder (tiny)",
-    )
-    fe.add_argument("--n", type=positive_int, default=128, help="phantom images (one epoch)")
-    fe.add_argument("--batch", type=positive_int, default=16, help="images per training step")
-    fe.add_argument(
-        "--size", type=positive_int, default=224, help="phantom side in px (resized to 224)"
-    )
-    fe.add_argument("--repeats", type=positive_int, default=3, help="epochs each way (best)")
-    fe.add_argument("--threads", type=integer, default=0, help="torch threads (0: torch's default)")
-    fe.add_argument("--json", type=Path, default=None, help="also write the JSON here")
-    fe.set_defaults(handler=_cmd_bench_features)
-    la = bsub.add_parser(
-        "labeler", help="report labeler reports/s on one core vs the 1,000/s target"
-    )
-    la.add_argument("--n", type=positive_int, default=2000, help="synthetic reports")
-    la.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (best)")
-    la.add_argument(
-        "--iu",
-        type=Path,
-        default=None,
-        help="IU X-ray NLMCXR_reports.tgz (default ../shared/data/iu-xray/... if present)",
-    )
-    la.add_argument("--json", type=Path, default=None, help="also write the JSON here")
-    la.set_defaults(handler=_cmd_bench_labeler)
-    _add_bench_scale(bsub)
 
 
 def _add_bench_scale(bsub: argparse._SubParsersAction) -> None:
@@ -135,6 +146,7 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
         repeats=args.repeats or 0,
         threads=args.threads,
         bias_kernel=args.bias_kernel,
+        encoder_in_step=args.encoder_in_step,
     )
     return 0
 

@@ -47,6 +47,7 @@ def bench_model(
     threads: int = 0,
     seed: int = 0,
     bias_kernel: str = "auto",
+    encoder_in_step: bool = False,
 ) -> dict:
     """Cost of the anatomical attention: soft and strict against none, same run, same sizes.
 
@@ -57,7 +58,10 @@ def bench_model(
 
     - training step: forward + backward of the bridge and decoder on one fixed batch of
       ``batch`` images (cached encoder features: the encoder is the same in every mode
-      and would only dilute the ratio) and ``text_tokens`` text tokens;
+      and would only dilute the ratio) and ``text_tokens`` text tokens; with
+      ``encoder_in_step`` the step starts from pixel values at the preset's image size
+      instead and runs the (frozen) encoder too, as a run without the feature cache
+      does (training images/s of such a run);
     - decoding with the KV cache, ms per token: ``(t(new_tokens) - t(1)) / (new_tokens - 1)``
       for greedy ``generate_ids`` without EOS stopping, so the prefill is excluded;
     - the same without the cache (full recomputation every step), and the speed-up.
@@ -84,12 +88,14 @@ def bench_model(
     with torch_threads(threads):
         kernel_before = attention.set_bias_kernel(bias_kernel)
         try:
-            return _bench_model(torch.device(device), preset, dtype, *sizes, seed)
+            return _bench_model(torch.device(device), preset, dtype, *sizes, seed, encoder_in_step)
         finally:
             attention.set_bias_kernel(kernel_before)
 
 
-def _bench_model(device, preset, dtype, batch, text_tokens, new_tokens, repeats, seed) -> dict:
+def _bench_model(
+    device, preset, dtype, batch, text_tokens, new_tokens, repeats, seed, encoder_in_step
+) -> dict:
     if new_tokens < 2:
         raise CxrError(f"new_tokens: need >= 2 to time a decoding step (got {new_tokens})")
     models = same_weight_models(preset, device, seed)
@@ -100,12 +106,17 @@ def _bench_model(device, preset, dtype, batch, text_tokens, new_tokens, repeats,
         )
     inputs = model_inputs(model, batch, text_tokens, seed, device)
     runner = _ModeRunner(models, device, dtype, *inputs)
+    if encoder_in_step:
+        gen = torch.Generator().manual_seed(seed + 1)
+        size = cfg.image_size
+        runner.pixels = torch.randn(batch, 3, size, size, generator=gen).to(device)
     train, peak_mb = _train_times(runner, repeats)
     cached, full = _decode_times(runner, new_tokens, repeats)
     ratios, meets = model_ratios(train, cached, full)
     ms = lambda d: {m: None if v is None else round(1000 * v, 3) for m, v in d.items()}  # noqa: E731
     return {
         **_model_settings(device, preset, dtype, model, batch, text_tokens, new_tokens, repeats),
+        "train_step_input": "pixels (encoder in the step)" if encoder_in_step else "features",
         "train_step_ms": ms(train),
         "decode_ms_per_token_cached": ms(cached),
         "decode_ms_per_token_recompute": ms(full),
@@ -156,6 +167,7 @@ class _ModeRunner:
 
     def __init__(self, models: dict, device, dtype: str, features, ids, priors):
         self.models, self.features, self.ids, self.priors = models, features, ids, priors
+        self.pixels: torch.Tensor | None = None  # set: the training step runs the encoder
         self.device = device
         self.cuda = device.type == "cuda"
         self.autocast = (
@@ -168,9 +180,14 @@ class _ModeRunner:
     def train_step(self, mode: str) -> None:
         m = self.models[mode]
         m.zero_grad(set_to_none=True)
+        image = (
+            {"image_features": self.features}
+            if self.pixels is None
+            else {"pixel_values": self.pixels}
+        )
         with self.autocast:
             loss = m(
-                image_features=self.features,
+                **image,
                 input_ids=self.ids,
                 priors=self.priors,
                 labels=self.ids,
@@ -342,6 +359,7 @@ def format_model_table(result: dict) -> str:
         f"text={result['text_tokens']}, new={result['new_tokens']}, "
         f"patches={result['num_patches']}, layers={result['decoder_layers']}, "
         f"threads={result['torch_threads']}, bias kernel={result['bias_kernel']}, "
+        f"train step from {result.get('train_step_input', 'features')}, "
         f"train: median of {result['repeats']}, decode: best of {result['repeats']}"
     )
     lines = [head, f"  {'':<{label}}  " + "".join(f"{m:>10}" for m in modes)]
