@@ -381,6 +381,7 @@ def bench_scale(
     """Every stage at every size (module docstring); each stage in its own process."""
     import shutil
 
+    started = provenance()  # the code the stages run: the commit when the run starts
     rows = []
     for n in sizes:
         folder = Path(work) / f"n{n}"
@@ -405,7 +406,7 @@ def bench_scale(
         "sample": sample,
         "sizes": list(sizes),
         "stages": rows,
-        "provenance": provenance(),
+        "provenance": started,
     }
 
 
