@@ -109,7 +109,7 @@ def test_rss_growth_is_kb_per_image_between_the_extreme_sizes():
         {"n": 2_000, "peak_rss_mb": 500.0},
         {"n": 100_000, "peak_rss_mb": 1_480.0},
     ]
-    assert costs.rss_growth(rows) == 980 * 1024 / 98_000  # 10.24 KB per image
+    assert costs.rss_growth(rows) == 880 * 1024 / 80_000  # 11.264 KB per image
     assert costs.rss_growth(rows[:1]) is None
 
 

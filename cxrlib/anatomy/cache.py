@@ -310,6 +310,10 @@ class LazyRows:
         """Every row, float32 (N, ...): for small data only."""
         return self.rows(range(len(self)))
 
+    def close(self) -> None:
+        """Unmap the open shards (their pages count in the RSS); reads reopen them."""
+        self._open.clear()
+
 
 class PriorCache:
     """Priors and grid masks per image id, in shard files, one folder per setting.
@@ -673,6 +677,7 @@ def cached_priors_for_manifest(
                 for j in torch.nonzero(flat_max <= 0).flatten().tolist()
                 if sources[hit[lo + j]] != "none"
             }
+        grids.close()  # the scan's mapped pages go with it
     if stored is None:  # no rows at all
         stored = CacheIndex([], {})
     priors = cache.lazy(stored, ids)

@@ -55,7 +55,10 @@ def stage_table(scale: dict) -> list[str]:
     """Markdown rows: each stage's seconds, ms per image, peak RSS and disk at every N,
     and its peak RSS growth (:func:`rss_growth`)."""
     sizes = scale["sizes"]
-    head = "| stage | images | " + " | ".join(f"N = {n:,}" for n in sizes) + " | RSS growth |"
+    top = sorted(sizes)[-2:]
+    span = f"{top[0]:,} to {top[-1]:,}" if len(top) > 1 else "n/a"
+    head = "| stage | images | " + " | ".join(f"N = {n:,}" for n in sizes)
+    head += f" | RSS growth, N = {span} |"
     lines = [head, "| --- | --- | " + " | ".join("---:" for _ in sizes) + " | ---: |"]
     by = {(r["stage"], r["n"]): r for r in scale["stages"]}
     kinds = {"all": "all N", "sample": f"{scale['sample']} of N", "few": "a few"}
@@ -79,11 +82,13 @@ def stage_table(scale: dict) -> list[str]:
 
 
 def rss_growth(rows: list[dict]) -> float | None:
-    """Peak RSS growth of one stage in KB per image of N, from its smallest to its largest
-    N (None with fewer than two sizes): about 0 where memory is flat in N."""
+    """Peak RSS growth of one stage in KB per image of N between its two largest N (None
+    with fewer than two sizes): about 0 where memory is flat in N. The two largest, not
+    the extremes: bounded buffers (a shard being filled, the shards kept open) reach
+    their size between the small N and the middle one, and are not growth with N."""
     if len(rows) < 2:
         return None
-    small, large = min(rows, key=lambda r: r["n"]), max(rows, key=lambda r: r["n"])
+    small, large = sorted(rows, key=lambda r: r["n"])[-2:]
     return (large["peak_rss_mb"] - small["peak_rss_mb"]) * 1024 / (large["n"] - small["n"])
 
 
