@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from cxrlib.anatomy.manifest_priors import (
     PriorInfo,
@@ -651,13 +652,16 @@ def cached_priors_for_manifest(
             stored = cache.load()
             hit, miss = _hits(stored, ids, fps)
             # a shard's worth at a time: memory does not grow with the images to compute
+            bar = tqdm(total=len(miss), desc="priors", unit="img", disable=not progress)
+            unmasked = 0
             for lo in range(0, len(miss), SHARD_IMAGES):
                 part = miss[lo : lo + SHARD_IMAGES]
                 sub = manifest.subset(manifest.frame.iloc[part])
                 _, new_priors, new_info = priors_for_manifest(
-                    sub, config, source=source, segmenter=segmenter, progress=progress
+                    sub, config, source=source, segmenter=segmenter, bar=bar
                 )
                 empty |= set(new_info.empty)
+                unmasked += new_info.counts["none"]
                 cache.write(
                     [ids[i] for i in part],
                     new_priors,
@@ -666,6 +670,9 @@ def cached_priors_for_manifest(
                     fingerprints=[fps[i] for i in part],
                 )
                 del new_priors, new_info
+            bar.close()
+            if unmasked:
+                log.warning("%d of %d images have no masks: uniform prior", unmasked, len(miss))
             if miss:
                 stored = cache.load()
     if hit:

@@ -178,6 +178,7 @@ def priors_for_manifest(
     segmenter=None,
     progress: bool = True,
     batch_size: int = 16,
+    bar=None,
 ) -> tuple[list[str], torch.Tensor, PriorInfo]:
     """Priors for every image of a manifest, masks taken from the best source.
 
@@ -205,6 +206,10 @@ def priors_for_manifest(
         Show a tqdm progress bar.
     batch_size : int
         Images per segmenter call.
+    bar : tqdm, optional
+        An open progress bar to advance (a caller computing several parts of one
+        manifest, e.g. the prior cache a shard at a time); it also takes the warning
+        about images without masks, once for all parts. Default: a bar of its own.
 
     Returns
     -------
@@ -236,7 +241,9 @@ def priors_for_manifest(
     rows = df.to_dict("records")
     grid_masks = torch.zeros(n, g, g)
     seg_rows = [i for i, s in enumerate(sources) if s == "segmenter"]
-    bar = tqdm(total=n, desc="priors", unit="img", disable=not progress)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=n, desc="priors", unit="img", disable=not progress)
     for i, s in enumerate(sources):
         if s == "manifest":
             grid_masks[i] = _manifest_grid_mask(rows[i], root, config.structures, g)
@@ -249,7 +256,8 @@ def priors_for_manifest(
         for i, m in zip(chunk, predicted, strict=True):
             grid_masks[i] = m
         bar.update(len(chunk))
-    bar.close()
+    if own_bar:
+        bar.close()
     # rows without masks get ones directly (no "all-zero mask" warning for them)
     priors = torch.ones(n, config.num_layers, g * g)
     masked = [i for i, s in enumerate(sources) if s != "none"]
@@ -260,7 +268,7 @@ def priors_for_manifest(
         priors[masked] = sub
         empty_ids = [sub_ids[j] for j in torch.nonzero(empty).flatten().tolist()]
     info = PriorInfo(sources=sources, grid_masks=grid_masks, empty=empty_ids)
-    if info.counts["none"]:
+    if info.counts["none"] and own_bar:
         log.warning("%d of %d images have no masks: uniform prior", info.counts["none"], n)
     return ids, priors, info
 

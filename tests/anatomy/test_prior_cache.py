@@ -228,3 +228,31 @@ def test_sharded_cache_serves_exact_rows(phantom, tmp_path, monkeypatch):
     dataset = ReportDataset(examples, 64, torch.zeros(4, 64, 2), again.priors)
     for i in range(4):
         assert torch.equal(dataset[i]["priors"], again.priors.tensor()[i])
+
+
+def test_shard_by_shard_computation_has_one_bar_and_one_warning(
+    phantom, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(cache_module, "SHARD_IMAGES", 3)
+    bars = []
+
+    class Bar:  # records what the prior cache's one bar is told
+        def __init__(self, total, **_):
+            self.total, self.done, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, k=1):
+            self.done += k
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(cache_module, "tqdm", Bar)
+    manifest = read_manifest(phantom / "manifest.csv")
+    manifest.frame.loc[[0, 3], "heart_mask_path"] = ""  # one unmasked image in each part
+    with caplog.at_level(logging.WARNING):
+        result = cached_priors_for_manifest(manifest, CONFIG, tmp_path, progress=False)
+    assert result.computed == 4 and len(result.priors.paths) == 2  # shards of 3 and 1
+    assert [(b.total, b.done, b.closed) for b in bars] == [(4, 4, True)]
+    assert caplog.text.count("no masks: uniform prior") == 1
+    assert "2 of 4 images have no masks: uniform prior" in caplog.text
