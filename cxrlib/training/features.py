@@ -441,7 +441,9 @@ class FeatureCache:
             self.folder / name,
             lambda tmp: save_file({"features": tensor}, str(tmp), metadata=meta),
         )
-        shards, where = dict(self._shards), dict(self._where)
+        # what an undo needs: these ids' earlier places only (copying every id's place
+        # before each shard made a build O(N^2 / shard))
+        before = {image_id: self._where.get(image_id) for image_id in ids}
         try:
             st = (self.folder / name).stat()
             self._known[name] = ((st.st_size, st.st_mtime_ns, st.st_ino), list(ids))  # no re-read
@@ -450,7 +452,12 @@ class FeatureCache:
                 self._where[image_id] = (name, row)
             self._write_index()
         except BaseException:  # the index on disk is the previous one: forget the shard
-            self._shards, self._where = shards, where
+            self._shards.pop(name, None)
+            for image_id, place in before.items():
+                if place is None:
+                    self._where.pop(image_id, None)
+                else:
+                    self._where[image_id] = place
             self._known.pop(name, None)
             remove_quietly(self.folder / name)
             raise
