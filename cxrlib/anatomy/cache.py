@@ -55,6 +55,7 @@ from cxrlib.anatomy.manifest_priors import (
     manifest_mask_paths,
     priors_for_manifest,
     row_sources,
+    warn_unmasked,
 )
 from cxrlib.anatomy.priors import PriorConfig
 from cxrlib.base import storage
@@ -671,8 +672,7 @@ def cached_priors_for_manifest(
                 )
                 del new_priors, new_info
             bar.close()
-            if unmasked:
-                log.warning("%d of %d images have no masks: uniform prior", unmasked, len(miss))
+            warn_unmasked(unmasked, len(miss))
             if miss:
                 stored = cache.load()
     if hit:

@@ -207,9 +207,10 @@ def priors_for_manifest(
     batch_size : int
         Images per segmenter call.
     bar : tqdm, optional
-        An open progress bar to advance (a caller computing several parts of one
-        manifest, e.g. the prior cache a shard at a time); it also takes the warning
-        about images without masks, once for all parts. Default: a bar of its own.
+        An open progress bar to advance, for a caller computing one manifest in parts
+        (the prior cache, a shard at a time); that caller then warns about images
+        without masks once for all parts (:func:`warn_unmasked`). Default: a bar of its
+        own, and the warning here.
 
     Returns
     -------
@@ -268,9 +269,15 @@ def priors_for_manifest(
         priors[masked] = sub
         empty_ids = [sub_ids[j] for j in torch.nonzero(empty).flatten().tolist()]
     info = PriorInfo(sources=sources, grid_masks=grid_masks, empty=empty_ids)
-    if info.counts["none"] and own_bar:
-        log.warning("%d of %d images have no masks: uniform prior", info.counts["none"], n)
+    if own_bar:
+        warn_unmasked(info.counts["none"], n)
     return ids, priors, info
+
+
+def warn_unmasked(unmasked: int, n: int) -> None:
+    """Log how many of ``n`` images have no masks (their prior is uniform), if any."""
+    if unmasked:
+        log.warning("%d of %d images have no masks: uniform prior", unmasked, n)
 
 
 def row_prior_stack(row: Mapping, root: str | os.PathLike, config: PriorConfig) -> np.ndarray:
