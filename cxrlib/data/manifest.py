@@ -450,10 +450,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, check_files: bo
     renamed). Raises :class:`ManifestError` listing every problem, writing nothing.
     """
     path = Path(path)
-    out = df.copy()
-    for label in CHEXPERT_LABELS:
-        if label not in out.columns:
-            out[label] = float("nan")
+    out = _with_label_columns(df.copy())
     # the folder first: relative paths like ../data/x.png resolve only through it
     path.parent.mkdir(parents=True, exist_ok=True)
     problems = validate(out, path.parent, name=str(path), check_files=check_files)
@@ -463,6 +460,14 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *, check_files: bo
         out[label] = out[label].map(format_label)
     out = out[ordered_columns(out.columns)]
     return write_atomic(path, lambda tmp: out.to_csv(tmp, index=False, lineterminator="\n"))
+
+
+def _with_label_columns(out: pd.DataFrame) -> pd.DataFrame:
+    """``out`` with every CheXpert label column (missing ones blank), in place."""
+    for label in CHEXPERT_LABELS:
+        if label not in out.columns:
+            out[label] = float("nan")
+    return out
 
 
 CHUNK_ROWS = 10_000
@@ -565,10 +570,7 @@ class ManifestWriter:
     def _flush(self, rows: list[dict[str, object]]) -> None:
         """Validate one chunk (line numbers of the whole file) and append it."""
         first_line = self.rows + 2
-        out = pd.DataFrame(rows)
-        for label in CHEXPERT_LABELS:
-            if label not in out.columns:
-                out[label] = float("nan")
+        out = _with_label_columns(pd.DataFrame(rows))
         # the folder first: relative paths like ../data/x.png resolve only through it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         problems = validate(
