@@ -44,7 +44,7 @@ def test_cheap_stages_run_in_their_own_process(tmp_path):
     assert len(df) == 12
     assert (df["lung_mask_path"].fillna("") == "").sum() == 2
     table = scale.format_scale_table(result)
-    assert "| segmentation | 2 sampled |" in table
+    assert "| segmentation | 2 of N |" in table
 
 
 def _scale_file() -> dict:

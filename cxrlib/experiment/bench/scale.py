@@ -49,6 +49,7 @@ from cxrlib.data.manifest import read_manifest, write_manifest
 from cxrlib.data.phantom.layouts import write_layout
 from cxrlib.evaluate.evaluate import evaluate_generations
 from cxrlib.experiment import figures
+from cxrlib.experiment.bench.costs import stage_table
 from cxrlib.model import ModelConfig, ReportModel, ReportTokenizer
 from cxrlib.training.config import load_config
 from cxrlib.training.inputs import (
@@ -420,25 +421,9 @@ def format_row(row: dict) -> str:
 
 
 def format_scale_table(result: dict) -> str:
-    """Markdown: one row per stage, time / ms per image / peak RSS / disk per size."""
-    sizes = result["sizes"]
-    by = {(r["stage"], r["n"]): r for r in result["stages"]}
-    head = "| stage | images | " + " | ".join(f"N = {n:,}" for n in sizes) + " |"
-    lines = [head, "| --- | --- | " + " | ".join("---:" for _ in sizes) + " |"]
-    for stage in dict.fromkeys(r["stage"] for r in result["stages"]):
-        cells = []
-        for n in sizes:
-            r = by.get((stage, n))
-            if r is None:
-                cells.append("")
-                continue
-            cells.append(
-                f"{r['seconds']:.1f} s, {r['per_image_ms']:.2f} ms/img, "
-                f"{r['peak_rss_mb']:.0f} MB, {r['disk_bytes'] / 2**20:.0f} MB disk"
-            )
-        kind = {"all": "all", "sample": f"{result['sample']} sampled", "few": "a few"}
-        lines.append(f"| {stage} | {kind[SAMPLED.get(stage, 'all')]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Markdown: one row per stage, time / ms per image / peak RSS / disk per size and
+    the RSS growth (the README's table: :func:`cxrlib.experiment.bench.costs.stage_table`)."""
+    return "\n".join(stage_table(result))
 
 
 if __name__ == "__main__":  # one stage, in its own process (bench_scale's child)
